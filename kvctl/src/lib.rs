@@ -1,0 +1,648 @@
+//! kvctl: a client for chordkv.
+//!
+//! [`Client`] talks to one node over a [`Channel`] and asks it to get, put, delete or look up
+//! keys; the node coordinates each request wherever the key lives on the ring. [`Client::ring`]
+//! walks the ring node by node with `Status` requests and reports what it finds inconsistent,
+//! which is how an operator (and the end-to-end tests) see whether the ring has converged.
+//!
+//! Errors are the node crate's [`Error`], re-exported: what a node answers and what goes wrong
+//! on the way are one enum.
+
+pub use chordkv_node::id::Id;
+pub use chordkv_node::message::{LookupInfo, NodeRef, NodeStatus};
+pub use chordkv_node::{Error, Result};
+
+use chordkv_node::message::{Request, Response};
+use chordkv_node::wire::{Channel, Limits, Role};
+use std::collections::{HashMap, HashSet};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// At most this many nodes are visited by [`Client::ring`]; a longer walk is reported as not
+/// closing.
+pub const MAX_RING_NODES: usize = 10_000;
+
+/// A connection to one chordkv node.
+#[derive(Clone, Debug)]
+pub struct Client {
+    channel: Channel,
+    timeout: Duration,
+}
+
+impl Client {
+    /// Connects to the node at `addr` ("HOST:PORT"); `timeout` bounds the connection and then
+    /// every request.
+    ///
+    /// Every address the host resolves to is tried in turn, so "localhost:7000" works whether
+    /// the node listens on IPv4 or IPv6.
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] if `addr` is not HOST:PORT or does not resolve; otherwise the
+    /// errors of [`Channel::connect`] for the last address tried.
+    pub async fn connect(addr: &str, timeout: Duration) -> Result<Client> {
+        let mut last = None;
+        for candidate in resolve(addr, timeout).await? {
+            match Channel::connect(candidate, Role::Client, Limits::default(), timeout).await {
+                Ok(channel) => return Ok(Client { channel, timeout }),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| {
+            Error::InvalidInput(format!("bad address {addr:?}: it resolves to no address"))
+        }))
+    }
+
+    /// The address of the node this client talks to.
+    pub fn addr(&self) -> SocketAddr {
+        self.channel.peer()
+    }
+
+    /// Sends one request and returns the node's answer.
+    ///
+    /// # Errors
+    /// As [`Channel::call`].
+    pub async fn call(&self, req: Request) -> Result<Response> {
+        self.channel.call(req, self.timeout).await
+    }
+
+    /// The value stored under `key`, or `None` if there is none.
+    ///
+    /// # Errors
+    /// As [`Client::call`]; [`Error::InvalidData`] if the node answers something else.
+    pub async fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        match self.call(Request::Get { key: key.to_vec() }).await? {
+            Response::Value(value) => Ok(value),
+            other => Err(unexpected("get", &other)),
+        }
+    }
+
+    /// Stores `value` under `key`.
+    ///
+    /// # Errors
+    /// As [`Client::get`].
+    pub async fn put(&self, key: &[u8], value: &[u8]) -> Result<()> {
+        let req = Request::Put {
+            key: key.to_vec(),
+            value: value.to_vec(),
+        };
+        match self.call(req).await? {
+            Response::Ack => Ok(()),
+            other => Err(unexpected("put", &other)),
+        }
+    }
+
+    /// Deletes `key`; whether it existed.
+    ///
+    /// # Errors
+    /// As [`Client::get`].
+    pub async fn delete(&self, key: &[u8]) -> Result<bool> {
+        match self.call(Request::Delete { key: key.to_vec() }).await? {
+            Response::Deleted(existed) => Ok(existed),
+            other => Err(unexpected("delete", &other)),
+        }
+    }
+
+    /// Which node owns `key`, and how many hops it took to find out.
+    ///
+    /// # Errors
+    /// As [`Client::get`].
+    pub async fn lookup(&self, key: &[u8]) -> Result<LookupInfo> {
+        match self.call(Request::Lookup { key: key.to_vec() }).await? {
+            Response::Lookup(info) => Ok(info),
+            other => Err(unexpected("lookup", &other)),
+        }
+    }
+
+    /// The node's view of itself and its neighbours.
+    ///
+    /// # Errors
+    /// As [`Client::get`].
+    pub async fn status(&self) -> Result<NodeStatus> {
+        match self.call(Request::Status).await? {
+            Response::Status(status) => Ok(status),
+            other => Err(unexpected("status", &other)),
+        }
+    }
+
+    /// Walks the ring from the node at `start_addr`: its status, then its successor's, and so on
+    /// until the walk returns to the start. A node that cannot be reached is recorded and the
+    /// walk goes on with the next entry of the previous node's successor list. At most
+    /// [`MAX_RING_NODES`] nodes are visited. `timeout` bounds each connection and request.
+    ///
+    /// # Errors
+    /// Only if the start node cannot be asked; any later failure is part of the [`RingView`].
+    pub async fn ring(start_addr: &str, timeout: Duration) -> Result<RingView> {
+        Client::connect(start_addr, timeout)
+            .await?
+            .ring_view()
+            .await
+    }
+
+    /// [`Client::ring`] starting from this client's node, connecting to the others in turn.
+    ///
+    /// # Errors
+    /// Only if this client's node cannot be asked.
+    pub async fn ring_view(&self) -> Result<RingView> {
+        let start = self.status().await?;
+        let timeout = self.timeout;
+        let view = walk_ring(start, |node: NodeRef| async move {
+            Client::connect(&node.addr.to_string(), timeout)
+                .await?
+                .status()
+                .await
+        })
+        .await;
+        Ok(view)
+    }
+}
+
+/// Resolves "HOST:PORT" to socket addresses, within `timeout`.
+async fn resolve(addr: &str, timeout: Duration) -> Result<Vec<SocketAddr>> {
+    let bad = || Error::InvalidInput(format!("bad address {addr:?}: expected HOST:PORT"));
+    let (host, port) = addr.rsplit_once(':').ok_or_else(bad)?;
+    if host.is_empty() || port.parse::<u16>().is_err() {
+        return Err(bad());
+    }
+    match tokio::time::timeout(timeout, tokio::net::lookup_host(addr)).await {
+        Ok(Ok(addrs)) => Ok(addrs.collect()),
+        Ok(Err(e)) => Err(Error::InvalidInput(format!(
+            "bad address {addr:?}: cannot resolve {host}: {e}"
+        ))),
+        Err(_) => Err(Error::Timeout(format!(
+            "resolving {host} took longer than {timeout:?}"
+        ))),
+    }
+}
+
+/// The error for an answer that does not fit the request.
+fn unexpected(op: &str, response: &Response) -> Error {
+    // Name the variant only: a Value may be megabytes long.
+    let kind = match response {
+        Response::Pong { .. } => "Pong",
+        Response::Route(_) => "Route",
+        Response::Neighbors { .. } => "Neighbors",
+        Response::Ack => "Ack",
+        Response::Value(_) => "Value",
+        Response::Deleted(_) => "Deleted",
+        Response::Lookup(_) => "Lookup",
+        Response::Status(_) => "Status",
+    };
+    Error::InvalidData(format!("the node answered {op} with {kind}"))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Ring walk
+// ---------------------------------------------------------------------------------------------
+
+/// One stop of a ring walk.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RingMember {
+    /// The node answered with its status.
+    Up(NodeStatus),
+    /// The node, named in its predecessor's successor list, could not be asked.
+    Unreachable {
+        /// The node as its predecessor named it.
+        node: NodeRef,
+        /// What went wrong.
+        error: String,
+    },
+}
+
+impl RingMember {
+    /// The node this stop is about.
+    pub fn node(&self) -> NodeRef {
+        match self {
+            RingMember::Up(status) => status.node,
+            RingMember::Unreachable { node, .. } => *node,
+        }
+    }
+
+    /// Its status, if it answered.
+    pub fn status(&self) -> Option<&NodeStatus> {
+        match self {
+            RingMember::Up(status) => Some(status),
+            RingMember::Unreachable { .. } => None,
+        }
+    }
+}
+
+/// How a ring walk ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum WalkEnd {
+    /// It came back to the start node: the ring closes.
+    Closed,
+    /// This node's successor list had no entry left to try: empty, or all unreachable.
+    NoSuccessor(NodeRef),
+    /// `from` named `to` as its successor, but `to` had been visited already and is not the
+    /// start: the walk loops without passing the start.
+    Revisited {
+        /// The last node visited.
+        from: NodeRef,
+        /// The node it named, visited before.
+        to: NodeRef,
+    },
+    /// The walk visited [`MAX_RING_NODES`] nodes without coming back.
+    TooLong,
+}
+
+/// What a ring walk found: the nodes in ring order, starting with the start node, and every
+/// inconsistency among them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RingView {
+    /// The nodes in the order visited; each is the first reachable successor of the previous one.
+    pub nodes: Vec<RingMember>,
+    /// How the walk ended.
+    pub end: WalkEnd,
+    /// Human-readable inconsistencies, empty for a healthy ring. See [`inconsistencies`].
+    pub inconsistencies: Vec<String>,
+}
+
+impl RingView {
+    /// Whether the ring closed and nothing was found wrong.
+    pub fn is_consistent(&self) -> bool {
+        self.inconsistencies.is_empty()
+    }
+}
+
+/// Walks the ring from `start`, asking `status_of` about each successor in turn. This is
+/// [`Client::ring`] with the network taken out, so tests can walk rings they make up.
+pub async fn walk_ring<F, Fut>(start: NodeStatus, mut status_of: F) -> RingView
+where
+    F: FnMut(NodeRef) -> Fut,
+    Fut: Future<Output = Result<NodeStatus>>,
+{
+    let start_id = start.node.id;
+    let mut visited: HashSet<Id> = HashSet::from([start_id]);
+    let mut nodes = vec![RingMember::Up(start.clone())];
+    let mut current = start;
+    let end = 'walk: loop {
+        if nodes.len() >= MAX_RING_NODES {
+            break WalkEnd::TooLong;
+        }
+        for candidate in current.succs.clone() {
+            if candidate.id == start_id {
+                break 'walk WalkEnd::Closed;
+            }
+            if visited.contains(&candidate.id) {
+                break 'walk WalkEnd::Revisited {
+                    from: current.node,
+                    to: candidate,
+                };
+            }
+            visited.insert(candidate.id);
+            match status_of(candidate).await {
+                Ok(status) => {
+                    nodes.push(RingMember::Up(status.clone()));
+                    current = status;
+                    continue 'walk;
+                }
+                Err(e) => nodes.push(RingMember::Unreachable {
+                    node: candidate,
+                    error: e.to_string(),
+                }),
+            }
+        }
+        break WalkEnd::NoSuccessor(current.node);
+    };
+    let inconsistencies = inconsistencies(&nodes, &end);
+    RingView {
+        nodes,
+        end,
+        inconsistencies,
+    }
+}
+
+/// Everything wrong with a walked ring, as one line each:
+///
+/// - a node that could not be reached;
+/// - a node that answered as another node than the one named;
+/// - a node that has not finished joining;
+/// - node X's successor is Y but Y's predecessor is not X (Chord's `stabilize` would fix it);
+/// - ids that do not increase clockwise around the circle: the walk must pass zero exactly
+///   once, or the successor pointers skip over nodes;
+/// - a walk that did not close.
+pub fn inconsistencies(nodes: &[RingMember], end: &WalkEnd) -> Vec<String> {
+    let mut found = Vec::new();
+    let by_id: HashMap<Id, &NodeStatus> = nodes
+        .iter()
+        .filter_map(RingMember::status)
+        .map(|status| (status.node.id, status))
+        .collect();
+
+    for (i, member) in nodes.iter().enumerate() {
+        let status = match member {
+            RingMember::Unreachable { node, error } => {
+                found.push(format!("node {node} is unreachable: {error}"));
+                continue;
+            }
+            RingMember::Up(status) => status,
+        };
+        // Every node but the start was asked because its predecessor named it: check it
+        // answered as that node.
+        if i > 0 {
+            if let Some(named) = named_as(nodes, i) {
+                if named != status.node {
+                    found.push(format!(
+                        "node {named} answered as {}: two nodes share an address, or it restarted",
+                        status.node
+                    ));
+                }
+            }
+        }
+        if !status.joined {
+            found.push(format!("node {} has not finished joining", status.node));
+        }
+        let Some(succ) = status.succs.first() else {
+            continue; // reported below, through WalkEnd::NoSuccessor
+        };
+        if let Some(succ_status) = by_id.get(&succ.id) {
+            if succ_status.pred != Some(status.node) {
+                found.push(format!(
+                    "node {}'s successor is {} but {}'s predecessor is {}",
+                    status.node,
+                    succ,
+                    succ,
+                    succ_status
+                        .pred
+                        .map_or_else(|| "unknown".to_string(), |p| p.to_string())
+                ));
+            }
+        }
+    }
+
+    // Going clockwise from the start and back, the ids rise except for one step that passes
+    // zero. More such steps mean the successor pointers skip nodes or the ring is twisted.
+    let ring: Vec<NodeRef> = nodes.iter().map(RingMember::node).collect();
+    let closing = (*end == WalkEnd::Closed && ring.len() > 1).then(|| ring[0]);
+    let steps: Vec<(NodeRef, NodeRef)> = ring
+        .windows(2)
+        .map(|w| (w[0], w[1]))
+        .chain(closing.and_then(|first| ring.last().map(|last| (*last, first))))
+        .collect();
+    let backwards: Vec<String> = steps
+        .iter()
+        .filter(|(a, b)| b.id <= a.id)
+        .map(|(a, b)| format!("{a} -> {b}"))
+        .collect();
+    let allowed = usize::from(closing.is_some());
+    if backwards.len() > allowed {
+        found.push(format!(
+            "ring order not increasing by id: the walk passes zero {} times, expected {allowed} ({})",
+            backwards.len(),
+            backwards.join(", ")
+        ));
+    }
+
+    match end {
+        WalkEnd::Closed => {}
+        WalkEnd::NoSuccessor(node) => found.push(format!(
+            "walk did not close: node {node} has no reachable successor"
+        )),
+        WalkEnd::Revisited { from, to } => found.push(format!(
+            "walk did not close: node {from}'s successor {to} was already visited, \
+             the walk loops without returning to the start"
+        )),
+        WalkEnd::TooLong => found.push(format!(
+            "walk did not close: stopped after {MAX_RING_NODES} nodes"
+        )),
+    }
+    found
+}
+
+/// The node that member `i` was asked as: the entry of the previous reachable node's successor
+/// list that the walk followed, which is the same node unless it answered under another id.
+fn named_as(nodes: &[RingMember], i: usize) -> Option<NodeRef> {
+    let prev = nodes[..i].iter().rev().find_map(RingMember::status)?;
+    let tried = nodes[..i]
+        .iter()
+        .rev()
+        .take_while(|m| m.status().is_none())
+        .count();
+    prev.succs.get(tried).copied()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A node with id `n` (in the top byte, so it shows in short ids) on port 7000 + n.
+    fn node(n: u8) -> NodeRef {
+        let mut id = [0u8; 20];
+        id[0] = n;
+        NodeRef {
+            id: Id(id),
+            addr: SocketAddr::from(([127, 0, 0, 1], 7000 + u16::from(n))),
+        }
+    }
+
+    /// The status of node `n` with predecessor `pred` and successor list `succs`.
+    fn status(n: u8, pred: Option<u8>, succs: &[u8]) -> NodeStatus {
+        NodeStatus {
+            node: node(n),
+            joined: true,
+            pred: pred.map(node),
+            succs: succs.iter().copied().map(node).collect(),
+            fingers: vec![],
+            keys: u64::from(n),
+            successors_wanted: 2,
+        }
+    }
+
+    /// A healthy ring of the given ids (ascending), each with two successors.
+    fn healthy(ids: &[u8]) -> Vec<NodeStatus> {
+        let n = ids.len();
+        (0..n)
+            .map(|i| {
+                status(
+                    ids[i],
+                    Some(ids[(i + n - 1) % n]),
+                    &[ids[(i + 1) % n], ids[(i + 2) % n]],
+                )
+            })
+            .collect()
+    }
+
+    /// Walks from the first status over the given ones; nodes not listed are unreachable.
+    async fn walk(statuses: Vec<NodeStatus>) -> RingView {
+        let start = statuses[0].clone();
+        let by_addr: HashMap<SocketAddr, NodeStatus> =
+            statuses.into_iter().map(|s| (s.node.addr, s)).collect();
+        walk_ring(start, |n: NodeRef| {
+            let answer = by_addr
+                .get(&n.addr)
+                .cloned()
+                .ok_or_else(|| Error::Unreachable(format!("node {}", n.addr)));
+            std::future::ready(answer)
+        })
+        .await
+    }
+
+    fn order(view: &RingView) -> Vec<u8> {
+        view.nodes.iter().map(|m| m.node().id.0[0]).collect()
+    }
+
+    /// Checks the view reports exactly one inconsistency per needle, each containing it.
+    fn assert_found(view: &RingView, needles: &[&str]) {
+        let found = &view.inconsistencies;
+        assert_eq!(found.len(), needles.len(), "{found:#?}");
+        for needle in needles {
+            assert!(
+                found.iter().any(|i| i.contains(needle)),
+                "no inconsistency mentions {needle:?}: {found:#?}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_consistent_ring_reports_nothing() {
+        // Negative control: the checks below must not fire on a healthy ring, from any start.
+        let ring = healthy(&[10, 50, 90, 200]);
+        for start in 0..ring.len() {
+            let mut rotated = ring.clone();
+            rotated.rotate_left(start);
+            let view = walk(rotated).await;
+            assert_eq!(view.end, WalkEnd::Closed);
+            assert!(view.is_consistent(), "{:#?}", view.inconsistencies);
+            assert_eq!(view.nodes.len(), 4);
+        }
+        let order_from_90 = {
+            let mut r = ring.clone();
+            r.rotate_left(2);
+            order(&walk(r).await)
+        };
+        assert_eq!(order_from_90, vec![90, 200, 10, 50]);
+    }
+
+    #[tokio::test]
+    async fn a_ring_of_one_is_consistent() {
+        let view = walk(vec![status(7, Some(7), &[7])]).await;
+        assert_eq!(view.end, WalkEnd::Closed);
+        assert!(view.is_consistent(), "{:#?}", view.inconsistencies);
+    }
+
+    #[tokio::test]
+    async fn a_wrong_predecessor_is_reported() {
+        let mut ring = healthy(&[10, 50, 90]);
+        ring[1].pred = Some(node(90)); // 10's successor is 50, but 50 thinks 90 precedes it
+        let view = walk(ring).await;
+        assert_eq!(view.end, WalkEnd::Closed);
+        assert_found(
+            &view,
+            &[
+                "node 0a000000@127.0.0.1:7010's successor is 32000000@127.0.0.1:7050 \
+               but 32000000@127.0.0.1:7050's predecessor is 5a000000@127.0.0.1:7090",
+            ],
+        );
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_node_is_skipped_and_reported() {
+        let mut ring = healthy(&[10, 50, 90, 200]);
+        ring.remove(1); // 50 is down; 10 still names it first
+        ring[1].pred = Some(node(10)); // and 90 already adopted 10
+        let view = walk(ring).await;
+        assert_eq!(view.end, WalkEnd::Closed);
+        assert_eq!(order(&view), vec![10, 50, 90, 200]);
+        assert!(matches!(view.nodes[1], RingMember::Unreachable { .. }));
+        assert_found(&view, &["node 32000000@127.0.0.1:7050 is unreachable"]);
+    }
+
+    #[tokio::test]
+    async fn ids_out_of_order_are_reported() {
+        // Successor pointers skip 50 and come back to it: 10 -> 90 -> 50 -> 200 -> 10.
+        let ring = vec![
+            status(10, Some(200), &[90]),
+            status(90, Some(10), &[50]),
+            status(50, Some(90), &[200]),
+            status(200, Some(50), &[10]),
+        ];
+        let view = walk(ring).await;
+        assert_eq!(view.end, WalkEnd::Closed);
+        assert_found(
+            &view,
+            &["ring order not increasing by id: the walk passes zero 2 times, expected 1"],
+        );
+    }
+
+    #[tokio::test]
+    async fn a_walk_that_does_not_close_is_reported() {
+        // 90 has no successor at all.
+        let ring = vec![
+            status(10, Some(90), &[50]),
+            status(50, Some(10), &[90]),
+            status(90, Some(50), &[]),
+        ];
+        let view = walk(ring).await;
+        assert_eq!(view.end, WalkEnd::NoSuccessor(node(90)));
+        assert_found(
+            &view,
+            &["walk did not close: node 5a000000@127.0.0.1:7090 has no reachable successor"],
+        );
+
+        // 90 points back to 50, never to the start: a loop that misses 10.
+        let ring = vec![
+            status(10, Some(90), &[50]),
+            status(50, Some(90), &[90]),
+            status(90, Some(50), &[50]),
+        ];
+        let view = walk(ring).await;
+        assert_eq!(
+            view.end,
+            WalkEnd::Revisited {
+                from: node(90),
+                to: node(50)
+            }
+        );
+        assert_found(
+            &view,
+            &[
+                "walk did not close: node 5a000000@127.0.0.1:7090's successor 32000000",
+                // 50 took 90 as its predecessor, so 10 -> 50 is one-sided.
+                "node 0a000000@127.0.0.1:7010's successor is 32000000",
+            ],
+        );
+    }
+
+    #[tokio::test]
+    async fn a_node_answering_under_another_id_is_reported() {
+        let mut ring = healthy(&[10, 50, 90]);
+        // The process at 50's address now has id 60; 90 still thinks 50 precedes it.
+        ring[1].node.id = node(60).id;
+        let view = walk(ring).await;
+        assert_found(
+            &view,
+            &[
+                "node 32000000@127.0.0.1:7050 answered as 3c000000@127.0.0.1:7050",
+                // 90 still names the old id as its predecessor.
+                "node 3c000000@127.0.0.1:7050's successor is 5a000000",
+            ],
+        );
+    }
+
+    #[test]
+    fn inconsistencies_of_hand_built_lists() {
+        // The pure check on its own, without a walk.
+        let ring: Vec<RingMember> = healthy(&[1, 2, 3])
+            .into_iter()
+            .map(RingMember::Up)
+            .collect();
+        assert!(inconsistencies(&ring, &WalkEnd::Closed).is_empty());
+        let found = inconsistencies(&ring, &WalkEnd::TooLong);
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(found[0].contains("stopped after"), "{found:?}");
+    }
+
+    #[tokio::test]
+    async fn bad_addresses_are_invalid_input() {
+        for addr in ["nocolon", ":7000", "host:", "host:notaport", "host:70000"] {
+            let got = Client::connect(addr, Duration::from_secs(1)).await;
+            match got {
+                Err(Error::InvalidInput(msg)) => {
+                    assert!(msg.contains("expected HOST:PORT"), "{addr}: {msg}");
+                }
+                other => panic!("{addr}: unexpected {other:?}"),
+            }
+        }
+    }
+}

@@ -1,0 +1,1277 @@
+//! The Chord protocol as a pure state machine.
+//!
+//! IDENTIFIERS
+//!
+//! Nodes and keys share one 160-bit circle ([`crate::id`]). Key `k` belongs to `successor(k)`.
+//! A node `n` believes it owns `(pred, n]`; with no known predecessor it claims what it is sent.
+//!
+//! FINGERS
+//!
+//! `fingers[i] = successor(n + 2^i)` for `i` in `0..160` (the paper's finger `i+1`, SIGCOMM 2001
+//! §4.3). They are refreshed one lookup at a time by *fix_fingers*; one lookup usually settles
+//! many fingers at once, since every finger start in `(n, owner]` has that same owner. Fingers only
+//! make lookups fast; correctness rests on the successor list alone (Zave 2017).
+//!
+//! JOIN AND STABILIZE
+//!
+//! This follows Zave's corrected protocol ("Reasoning about identifier spaces", TSE 2017):
+//! - *join*: look up `successor(n)` through the bootstrap node, then copy that successor's
+//!   successor list before calling itself joined, then notify it.
+//! - *stabilize*: ask the successor for its predecessor and successor list; adopt
+//!   `[succ] + succ.succs` (dropping ourselves and duplicates, keeping `r`); if the successor's
+//!   predecessor `p` lies between us and it, adopt `p` only after `p` itself answered (never adopt a
+//!   pointer to a node not checked to be live). Then notify the successor.
+//! - *notify / rectify*: a node adopts a notifier as predecessor when it has none or the notifier
+//!   lies between the current predecessor and itself. The predecessor is pinged every
+//!   `check_pred_interval`; one that does not answer is dropped.
+//! - A successor that does not answer is dropped from the list, and the next one takes its place.
+//!
+//! A one-node ring has no successors and no predecessor; it learns its first successor when the
+//! newcomer's notify gives it a predecessor, which its next stabilize adopts (as Zave's rules
+//! require for rings smaller than `r + 1`).
+//!
+//! LOOKUP
+//!
+//! Lookups are iterative: the node that starts one asks each hop in turn, so it counts hops and
+//! timeouts itself and routes around a dead hop by asking the previous hop again with the dead node
+//! on an `avoid` list. Each hop answers from fingers *and* successor list: the successor if the
+//! target lies in `(self, successor]`, else the closest preceding known node (§4.3, ToN 2003
+//! §IV.E.3).
+//!
+//! KEYS ON JOIN AND LEAVE
+//!
+//! When a newcomer `m` notifies its successor `n`, `n` first hands over every key in `(n, m]`
+//! (all it holds outside its new range `(m, n]`), and adopts `m` as predecessor only when a whole
+//! round finds nothing left to send. Until then `n` keeps serving those keys, so reads never see a
+//! gap. A round sends what changed since the last acknowledged round, including deletes, and `n`
+//! removes its copies only after `m` acknowledged storing them: an interrupted move loses nothing
+//! and duplicates nothing that stays visible. A graceful leave hands all keys to the successor the
+//! same way, then tells both neighbours.
+//!
+//! FAILURES
+//!
+//! Every request has a deadline. A peer that does not answer in time is suspected: dropped from
+//! fingers, successor list and predecessor. Stabilization then repairs the ring around it.
+//!
+//! CAVEATS
+//!
+//! Without replicas (a later layer) a crashed node's keys are unavailable until it returns, and a
+//! key deleted while its node was down can return with it.
+//!
+//! # Call contract
+//!
+//! [`Chord`] owns no sockets, clocks, threads or global randomness. The driver (the tokio
+//! [`crate::server`] or the [`crate::sim`] simulator) feeds it inputs, each stamped with the
+//! current time in milliseconds (any monotonic origin):
+//! - [`Chord::handle_request`]: a request that arrived on connection `conn` (an opaque number the
+//!   driver chose), from a peer or a client.
+//! - [`Chord::handle_response`]: the answer, or the transport's error, for a request the machine
+//!   asked to send. Every [`Output::Send`] must eventually get exactly one; the machine also times
+//!   requests out itself, and ignores answers that arrive afterwards.
+//! - [`Chord::tick`]: time passed. Call it often (every 10–50 ms); intervals live in [`Options`].
+//! - [`Chord::leave`]: begin a graceful leave.
+//!
+//! After every input, drain [`Chord::poll_output`] until it returns `None`: messages to send,
+//! responses to deliver, and [`Event`]s to log or count. A response that acknowledges a write must
+//! not reach the network before the driver has made the write durable ([`Storage::flush`]).
+
+use crate::error::{Error, Result};
+use crate::id::{BITS, Id, distance, in_half_open, in_open};
+use crate::message::{LookupInfo, NodeRef, NodeStatus, Request, RequestId, Response, Route};
+use crate::storage::Storage;
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::net::SocketAddr;
+
+/// Identifies the connection a request arrived on; chosen by the driver, echoed in responses.
+pub type ConnId = u64;
+
+/// The tunables of the protocol. Tests pin them; the node binary exposes the main ones as flags.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Successor list length `r`.
+    pub successors: usize,
+    /// How often to stabilize, in ms.
+    pub stabilize_interval: u64,
+    /// How often to refresh the next finger, in ms.
+    pub fix_fingers_interval: u64,
+    /// How often to ping the predecessor, in ms.
+    pub check_pred_interval: u64,
+    /// How long to wait for a peer's answer, in ms.
+    pub rpc_timeout: u64,
+    /// How long a client request may take in all, retries included, in ms.
+    pub request_timeout: u64,
+    /// Pause before retrying a request that met a changing ring, in ms.
+    pub retry_delay: u64,
+    /// Most key/value pairs in one transfer message.
+    pub transfer_batch: usize,
+    /// Most bytes of values in one transfer message.
+    pub transfer_bytes: usize,
+    /// A lookup that asks more nodes than this fails (a routing loop guard).
+    pub max_hops: u32,
+    /// Seed for the timer phases, so that nodes started together do not act in lockstep.
+    pub seed: u64,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            successors: 8,
+            stabilize_interval: 500,
+            fix_fingers_interval: 100,
+            check_pred_interval: 500,
+            rpc_timeout: 1_000,
+            request_timeout: 10_000,
+            retry_delay: 100,
+            transfer_batch: 512,
+            transfer_bytes: 2 << 20,
+            max_hops: 256,
+            seed: 0,
+        }
+    }
+}
+
+/// What the machine asks its driver to do, or tells it.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Output {
+    /// Send `request` to the node at `to`; feed its answer to [`Chord::handle_response`] with `id`.
+    Send {
+        /// Where to send it.
+        to: SocketAddr,
+        /// The id to answer with.
+        id: RequestId,
+        /// What to send.
+        request: Request,
+    },
+    /// Answer the request `id` that arrived on connection `conn`.
+    Respond {
+        /// The connection the request came on.
+        conn: ConnId,
+        /// The request's id.
+        id: RequestId,
+        /// The answer.
+        response: Result<Response>,
+    },
+    /// Something worth logging or counting happened.
+    Event(Event),
+}
+
+/// Things the machine reports for logs, metrics and tests.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Event {
+    /// The node finished joining; `succ` is its first successor.
+    Joined {
+        /// Its successor at the time.
+        succ: NodeRef,
+    },
+    /// The predecessor changed.
+    PredecessorChanged {
+        /// The new predecessor, if any.
+        pred: Option<NodeRef>,
+    },
+    /// The first successor changed.
+    SuccessorChanged {
+        /// The new successor (the node itself when alone).
+        succ: NodeRef,
+    },
+    /// A stabilization round completed.
+    Stabilized,
+    /// A lookup finished.
+    LookupDone {
+        /// Remote nodes asked.
+        hops: u32,
+        /// Asks that failed and were routed around.
+        timeouts: u32,
+    },
+    /// A lookup gave up.
+    LookupFailed {
+        /// Why.
+        error: Error,
+    },
+    /// A peer stopped answering and was dropped from the routing state.
+    Suspected {
+        /// The peer.
+        node: NodeRef,
+    },
+    /// A key transfer to `to` finished; `keys` keys moved.
+    TransferDone {
+        /// The receiver.
+        to: NodeRef,
+        /// How many keys it received in all rounds.
+        keys: u64,
+    },
+    /// A storage operation failed.
+    StorageError {
+        /// The failure.
+        error: Error,
+    },
+    /// The graceful leave finished; the driver may exit.
+    Left {
+        /// Whether every key reached a successor (false when none could be reached).
+        handed_over: bool,
+    },
+}
+
+/// Why an outbound request was sent, so its answer can be routed.
+#[derive(Clone, Debug)]
+enum Purpose {
+    /// One hop of lookup `op`.
+    Lookup { op: u64 },
+    /// Join: fetch the successor's successor list.
+    JoinNeighbors { succ: NodeRef },
+    /// Stabilize: ask the successor for its neighbours.
+    Stabilize { succ: NodeRef },
+    /// Stabilize: check a candidate successor is live and fetch its list.
+    StabilizeCandidate { cand: NodeRef },
+    /// Notify; the answer carries nothing.
+    Notify,
+    /// Ping the predecessor.
+    CheckPred,
+    /// A client operation forwarded to the key's owner.
+    Store { op: u64, owner: NodeRef },
+    /// A round of a key transfer.
+    Transfer,
+    /// A leave notice.
+    Leaving,
+}
+
+#[derive(Clone, Debug)]
+struct Pending {
+    deadline: u64,
+    to: Option<NodeRef>,
+    purpose: Purpose,
+}
+
+/// What to do with the owner once a lookup finds it.
+#[derive(Clone, Debug)]
+enum Then {
+    Join,
+    Finger(usize),
+    Reply { conn: ConnId, id: RequestId },
+    Client(ClientOp),
+}
+
+/// A client data request being coordinated.
+#[derive(Clone, Debug)]
+struct ClientOp {
+    conn: ConnId,
+    id: RequestId,
+    request: Request,
+    deadline: u64,
+}
+
+#[derive(Clone, Debug)]
+struct LookupOp {
+    target: Id,
+    then: Then,
+    hops: u32,
+    timeouts: u32,
+    /// Nodes that answered so far, to fall back to when the next one fails.
+    path: Vec<NodeRef>,
+    avoid: BTreeSet<Id>,
+    /// Where the first hop goes when the lookup starts elsewhere (join via a bootstrap address).
+    via: Option<SocketAddr>,
+}
+
+#[derive(Clone, Debug)]
+enum TransferGoal {
+    /// Hand `(self, to]` to a newcomer that notified us, then adopt it as predecessor.
+    Join,
+    /// Hand everything to the successor, then leave.
+    Leave,
+}
+
+#[derive(Clone, Debug)]
+struct Transfer {
+    to: NodeRef,
+    goal: TransferGoal,
+    /// Keys the receiver has acknowledged, with a hash of the value it holds.
+    sent: BTreeMap<Vec<u8>, u64>,
+    /// The round in flight: items and deletes it carries, so the ack can record them.
+    in_flight: Option<(Vec<(Vec<u8>, u64)>, Vec<Vec<u8>>)>,
+}
+
+/// One Chord node's protocol state. See the [module documentation](self) for the call contract.
+pub struct Chord<S: Storage> {
+    me: NodeRef,
+    opts: Options,
+    storage: S,
+    joined: bool,
+    leaving: bool,
+    pred: Option<NodeRef>,
+    succs: Vec<NodeRef>,
+    fingers: Vec<Option<NodeRef>>,
+    next_finger: usize,
+    finger_lookup: bool,
+    stabilizing: bool,
+    transfer: Option<Transfer>,
+    leave_acks: u32,
+    bootstrap: Option<SocketAddr>,
+    join_retry_at: Option<u64>,
+    next_stabilize: u64,
+    next_fix: u64,
+    next_check: u64,
+    now: u64,
+    next_id: RequestId,
+    pending: BTreeMap<RequestId, Pending>,
+    lookups: BTreeMap<u64, LookupOp>,
+    /// Client operations waiting for a retry, by when.
+    retries: BTreeMap<(u64, u64), ClientOp>,
+    stores: BTreeMap<u64, ClientOp>,
+    next_op: u64,
+    outbox: VecDeque<Output>,
+}
+
+impl<S: Storage> Chord<S> {
+    /// A node that is not yet part of any ring. Call [`Chord::start`] next.
+    pub fn new(me: NodeRef, opts: Options, storage: S, now: u64) -> Self {
+        // Spread timer phases by node and seed so a thousand simulated nodes do not act in lockstep.
+        let mut h = DefaultHasher::new();
+        (me.id, opts.seed).hash(&mut h);
+        let phase = h.finish();
+        let jitter = |iv: u64| now + phase % iv.max(1);
+        Chord {
+            next_stabilize: jitter(opts.stabilize_interval),
+            next_fix: jitter(opts.fix_fingers_interval),
+            next_check: jitter(opts.check_pred_interval),
+            me,
+            storage,
+            joined: false,
+            leaving: false,
+            pred: None,
+            succs: Vec::new(),
+            fingers: vec![None; BITS],
+            next_finger: 0,
+            finger_lookup: false,
+            stabilizing: false,
+            transfer: None,
+            leave_acks: 0,
+            bootstrap: None,
+            join_retry_at: None,
+            now,
+            next_id: 1,
+            pending: BTreeMap::new(),
+            lookups: BTreeMap::new(),
+            retries: BTreeMap::new(),
+            stores: BTreeMap::new(),
+            next_op: 1,
+            outbox: VecDeque::new(),
+            opts,
+        }
+    }
+
+    /// Form a ring of one (`bootstrap` is `None` or our own address) or join the ring that the node
+    /// at `bootstrap` belongs to. Joining retries until it succeeds.
+    pub fn start(&mut self, bootstrap: Option<SocketAddr>, now: u64) {
+        self.now = now;
+        match bootstrap {
+            Some(addr) if addr != self.me.addr => self.start_join(addr),
+            _ => {
+                self.joined = true;
+                self.emit(Event::Joined { succ: self.me });
+            }
+        }
+    }
+
+    /// Begin a graceful leave: hand every key to the successor, tell the neighbours, then emit
+    /// [`Event::Left`]. Client requests are refused from now on.
+    pub fn leave(&mut self, now: u64) {
+        self.now = now;
+        if self.leaving {
+            return;
+        }
+        self.leaving = true;
+        self.transfer = None; // a join transfer in progress is abandoned: we keep nothing anyway
+        self.begin_leave_transfer();
+    }
+
+    /// This node.
+    pub fn me(&self) -> NodeRef {
+        self.me
+    }
+
+    /// Whether the node has joined a ring.
+    pub fn is_joined(&self) -> bool {
+        self.joined
+    }
+
+    /// The predecessor, if known.
+    pub fn predecessor(&self) -> Option<NodeRef> {
+        self.pred
+    }
+
+    /// The first successor; the node itself when it is alone.
+    pub fn successor(&self) -> NodeRef {
+        self.succs.first().copied().unwrap_or(self.me)
+    }
+
+    /// The successor list, nearest first (empty when alone).
+    pub fn successors(&self) -> &[NodeRef] {
+        &self.succs
+    }
+
+    /// Finger `i` (`successor(self + 2^i)`), if known.
+    pub fn finger(&self, i: usize) -> Option<NodeRef> {
+        self.fingers.get(i).copied().flatten()
+    }
+
+    /// Take the storage engine back, as a crash or shutdown does (the simulator restarts nodes
+    /// on it).
+    pub fn into_storage(self) -> S {
+        self.storage
+    }
+
+    /// The storage engine (for status and tests).
+    pub fn storage(&self) -> &S {
+        &self.storage
+    }
+
+    /// The storage engine, mutably (for the driver's flush and for tests that seed data).
+    pub fn storage_mut(&mut self) -> &mut S {
+        &mut self.storage
+    }
+
+    /// The node's view of itself, as answered to [`Request::Status`].
+    pub fn status(&self) -> NodeStatus {
+        let mut fingers: Vec<NodeRef> = Vec::new();
+        for f in self.fingers.iter().flatten() {
+            if fingers.last() != Some(f) && !fingers.contains(f) {
+                fingers.push(*f);
+            }
+        }
+        fingers.sort_by_key(|f| distance(self.me.id, f.id));
+        NodeStatus {
+            node: self.me,
+            joined: self.joined,
+            pred: self.pred,
+            succs: self.succs.clone(),
+            fingers,
+            keys: self.storage.len().unwrap_or(0),
+            successors_wanted: self.opts.successors as u32,
+        }
+    }
+
+    /// The next output to carry out, if any. Drain after every input.
+    pub fn poll_output(&mut self) -> Option<Output> {
+        self.outbox.pop_front()
+    }
+
+    // ---------------------------------------------------------------- inputs
+
+    /// Time passed: run whatever timers are due and expire requests past their deadline.
+    pub fn tick(&mut self, now: u64) {
+        self.now = now;
+        let expired: Vec<RequestId> = self
+            .pending
+            .iter()
+            .filter(|(_, p)| p.deadline <= now)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in expired {
+            self.handle_response(id, Err(Error::Timeout("peer did not answer".into())), now);
+        }
+        let due: Vec<(u64, u64)> = self.retries.range(..(now + 1, 0)).map(|(k, _)| *k).collect();
+        for k in due {
+            if let Some(op) = self.retries.remove(&k) {
+                self.start_client_op(op);
+            }
+        }
+        if let (Some(at), Some(addr)) = (self.join_retry_at, self.bootstrap) {
+            if now >= at && !self.joined {
+                self.start_join(addr);
+            }
+        }
+        if !self.joined || self.leaving {
+            return;
+        }
+        if now >= self.next_stabilize {
+            self.next_stabilize = now + self.opts.stabilize_interval;
+            self.stabilize();
+        }
+        if now >= self.next_check {
+            self.next_check = now + self.opts.check_pred_interval;
+            if let Some(pred) = self.pred {
+                self.send(pred, Request::Ping, Purpose::CheckPred);
+            }
+        }
+        if now >= self.next_fix {
+            self.next_fix = now + self.opts.fix_fingers_interval;
+            self.fix_fingers();
+        }
+    }
+
+    /// A request arrived on connection `conn`.
+    pub fn handle_request(&mut self, conn: ConnId, id: RequestId, request: Request, now: u64) {
+        self.now = now;
+        let response = match request {
+            Request::Ping => Ok(Response::Pong { node: self.me }),
+            Request::FindSuccessor { target, avoid } => {
+                if !self.joined || self.leaving {
+                    Err(Error::Unavailable("node is not in the ring".into()))
+                } else {
+                    let avoid: BTreeSet<Id> = avoid.into_iter().collect();
+                    Ok(Response::Route(self.route(target, &avoid)))
+                }
+            }
+            Request::GetNeighbors => Ok(Response::Neighbors {
+                pred: self.pred,
+                succs: self.succs.clone(),
+            }),
+            Request::Notify { node } => {
+                self.on_notify(node);
+                Ok(Response::Ack)
+            }
+            Request::Leaving { node, pred, succs } => {
+                self.on_leaving(node, pred, succs);
+                Ok(Response::Ack)
+            }
+            Request::Transfer {
+                from: _,
+                items,
+                deletes,
+            } => self.on_transfer(items, deletes),
+            Request::StoreGet { .. } | Request::StorePut { .. } | Request::StoreDelete { .. } => {
+                self.store_locally(&request)
+            }
+            Request::Get { .. } | Request::Put { .. } | Request::Delete { .. } => {
+                if !self.joined {
+                    Err(Error::Unavailable("node is still joining the ring".into()))
+                } else if self.leaving {
+                    Err(Error::Unavailable("node is leaving the ring".into()))
+                } else {
+                    let deadline = now + self.opts.request_timeout;
+                    self.start_client_op(ClientOp {
+                        conn,
+                        id,
+                        request,
+                        deadline,
+                    });
+                    return;
+                }
+            }
+            Request::Lookup { key } => {
+                if !self.joined {
+                    Err(Error::Unavailable("node is still joining the ring".into()))
+                } else {
+                    self.start_lookup(Id::hash(&key), Then::Reply { conn, id }, None);
+                    return;
+                }
+            }
+            Request::Status => Ok(Response::Status(self.status())),
+        };
+        self.outbox.push_back(Output::Respond { conn, id, response });
+    }
+
+    /// The answer (or transport error) for a request this machine sent.
+    pub fn handle_response(&mut self, id: RequestId, response: Result<Response>, now: u64) {
+        self.now = now;
+        let Some(pending) = self.pending.remove(&id) else {
+            return; // late answer to a request that already timed out
+        };
+        if let (Err(e), Some(to)) = (&response, pending.to) {
+            // Only silence means dead: a node that answers with an error is alive.
+            if matches!(e, Error::Timeout(_) | Error::Unreachable(_)) {
+                self.suspect(to);
+            }
+        }
+        match pending.purpose {
+            Purpose::Lookup { op } => self.on_lookup_answer(op, pending.to, response),
+            Purpose::JoinNeighbors { succ } => match response {
+                Ok(Response::Neighbors { succs, .. }) => {
+                    self.adopt_successors(succ, succs);
+                    self.joined = true;
+                    self.emit(Event::Joined { succ });
+                    self.send(succ, Request::Notify { node: self.me }, Purpose::Notify);
+                    self.next_stabilize = now;
+                }
+                _ => self.retry_join(),
+            },
+            Purpose::Stabilize { succ } => {
+                self.stabilizing = false;
+                match response {
+                    Ok(Response::Neighbors { pred, succs }) => {
+                        self.adopt_successors(succ, succs);
+                        match pred {
+                            Some(p) if p != self.me && in_open(self.me.id, succ.id, p.id) => {
+                                self.stabilizing = true;
+                                self.send(
+                                    p,
+                                    Request::GetNeighbors,
+                                    Purpose::StabilizeCandidate { cand: p },
+                                );
+                            }
+                            _ => self.finish_stabilize(),
+                        }
+                    }
+                    // The successor was dropped by `suspect`; try the next one at once.
+                    _ => self.next_stabilize = now,
+                }
+            }
+            Purpose::StabilizeCandidate { cand } => {
+                self.stabilizing = false;
+                // A candidate that does not answer is simply not adopted.
+                if let Ok(Response::Neighbors { succs, .. }) = response {
+                    self.adopt_successors(cand, succs);
+                }
+                self.finish_stabilize();
+            }
+            Purpose::Notify | Purpose::CheckPred => {}
+            Purpose::Store { op, owner } => self.on_store_answer(op, owner, response),
+            Purpose::Transfer => self.on_transfer_answer(response),
+            Purpose::Leaving => {
+                self.leave_acks = self.leave_acks.saturating_sub(1);
+                if self.leave_acks == 0 {
+                    self.emit(Event::Left { handed_over: true });
+                }
+            }
+        }
+    }
+
+    // ---------------------------------------------------------------- routing
+
+    /// One lookup step from this node's state: the owner of `target` if it is our successor (or
+    /// ourselves), else the closest preceding node we know that is not in `avoid`.
+    fn route(&self, target: Id, avoid: &BTreeSet<Id>) -> Route {
+        if let Some(p) = self.pred {
+            if in_half_open(p.id, self.me.id, target) && !avoid.contains(&self.me.id) {
+                return Route::Found(self.me);
+            }
+        }
+        let succ = self
+            .succs
+            .iter()
+            .find(|s| !avoid.contains(&s.id))
+            .copied()
+            .unwrap_or(self.me);
+        if in_half_open(self.me.id, succ.id, target) {
+            return Route::Found(succ);
+        }
+        match self.closest_preceding(target, avoid) {
+            Some(n) => Route::Next(n),
+            None => Route::Found(succ),
+        }
+    }
+
+    /// The known node closest before `target` (fingers and successor list), excluding `avoid`.
+    fn closest_preceding(&self, target: Id, avoid: &BTreeSet<Id>) -> Option<NodeRef> {
+        self.fingers
+            .iter()
+            .flatten()
+            .chain(self.succs.iter())
+            .filter(|n| n.id != self.me.id && !avoid.contains(&n.id))
+            .filter(|n| in_open(self.me.id, target, n.id))
+            .max_by_key(|n| distance(self.me.id, n.id))
+            .copied()
+    }
+
+    fn start_lookup(&mut self, target: Id, then: Then, via: Option<SocketAddr>) {
+        let op = self.next_op;
+        self.next_op += 1;
+        let mut avoid = BTreeSet::new();
+        if matches!(then, Then::Join) {
+            avoid.insert(self.me.id);
+        }
+        self.lookups.insert(
+            op,
+            LookupOp {
+                target,
+                then,
+                hops: 0,
+                timeouts: 0,
+                path: Vec::new(),
+                avoid,
+                via,
+            },
+        );
+        self.lookup_step(op);
+    }
+
+    /// Ask the next node for lookup `op`, or finish it from local state.
+    fn lookup_step(&mut self, op: u64) {
+        let Some(l) = self.lookups.get(&op) else {
+            return;
+        };
+        if l.hops + l.timeouts > self.opts.max_hops {
+            let l = self.lookups.remove(&op).expect("present");
+            return self.lookup_failed(
+                l,
+                Error::Unavailable("lookup exceeded its hop limit".into()),
+            );
+        }
+        let request = Request::FindSuccessor {
+            target: l.target,
+            avoid: l.avoid.iter().copied().collect(),
+        };
+        // Ask the last node that answered, else the bootstrap, else decide from our own state.
+        let next = match (l.path.last(), l.via) {
+            (Some(n), _) => Err(*n),
+            (None, Some(addr)) => Ok(addr),
+            (None, None) => match self.route(l.target, &l.avoid) {
+                Route::Found(owner) => return self.lookup_done(op, owner),
+                Route::Next(n) => Err(n),
+            },
+        };
+        let l = self.lookups.get_mut(&op).expect("present");
+        l.hops += 1;
+        match next {
+            Err(node) => self.send(node, request, Purpose::Lookup { op }),
+            Ok(addr) => self.send_addr(addr, None, request, Purpose::Lookup { op }),
+        }
+    }
+
+    fn on_lookup_answer(&mut self, op: u64, asked: Option<NodeRef>, response: Result<Response>) {
+        let Some(l) = self.lookups.get_mut(&op) else {
+            return;
+        };
+        match response {
+            Ok(Response::Route(Route::Found(owner))) => self.lookup_done(op, owner),
+            Ok(Response::Route(Route::Next(next))) => {
+                if l.avoid.contains(&next.id) || l.path.contains(&next) {
+                    // A stale answer pointing back at a dead node or a loop: route locally instead.
+                    l.timeouts += 1;
+                    l.path.clear();
+                } else {
+                    l.path.push(next);
+                }
+                self.lookup_step(op);
+            }
+            other => {
+                // The asked node failed: avoid it and ask the one that pointed us to it again.
+                l.timeouts += 1;
+                l.hops = l.hops.saturating_sub(1);
+                match asked {
+                    Some(n) => {
+                        l.avoid.insert(n.id);
+                        if l.path.last() == Some(&n) {
+                            l.path.pop();
+                        }
+                    }
+                    None => {
+                        // The bootstrap address itself failed.
+                        let l = self.lookups.remove(&op).expect("present");
+                        let e = match other {
+                            Err(e) => e,
+                            Ok(r) => Error::InvalidData(format!("unexpected answer {r:?}")),
+                        };
+                        return self.lookup_failed(l, e);
+                    }
+                }
+                // With the path empty, a join starts again at the bootstrap; others route locally.
+                self.lookup_step(op);
+            }
+        }
+    }
+
+    fn lookup_done(&mut self, op: u64, owner: NodeRef) {
+        let Some(l) = self.lookups.remove(&op) else {
+            return;
+        };
+        self.emit(Event::LookupDone {
+            hops: l.hops,
+            timeouts: l.timeouts,
+        });
+        match l.then {
+            Then::Join => {
+                if owner.id == self.me.id {
+                    return self.retry_join();
+                }
+                self.send(
+                    owner,
+                    Request::GetNeighbors,
+                    Purpose::JoinNeighbors { succ: owner },
+                );
+            }
+            Then::Finger(i) => {
+                self.finger_lookup = false;
+                let owner = (owner.id != self.me.id).then_some(owner);
+                self.fingers[i] = owner;
+                let mut j = i + 1;
+                // Every later finger start that still precedes the owner has the same owner.
+                if let Some(o) = owner {
+                    while j < BITS && in_half_open(self.me.id, o.id, self.me.id.add_pow2(j)) {
+                        self.fingers[j] = owner;
+                        j += 1;
+                    }
+                }
+                self.next_finger = j % BITS;
+            }
+            Then::Reply { conn, id } => {
+                let info = LookupInfo {
+                    key_id: l.target,
+                    owner,
+                    hops: l.hops,
+                    timeouts: l.timeouts,
+                };
+                self.respond(conn, id, Ok(Response::Lookup(info)));
+            }
+            Then::Client(c) => self.forward_to_owner(c, owner),
+        }
+    }
+
+    fn lookup_failed(&mut self, l: LookupOp, error: Error) {
+        self.emit(Event::LookupFailed {
+            error: error.clone(),
+        });
+        match l.then {
+            Then::Join => self.retry_join(),
+            Then::Finger(_) => self.finger_lookup = false,
+            Then::Reply { conn, id } => self.respond(conn, id, Err(error)),
+            Then::Client(c) => self.retry_client_op(c, error),
+        }
+    }
+
+    // ---------------------------------------------------------------- join, stabilize, notify
+
+    fn start_join(&mut self, bootstrap: SocketAddr) {
+        self.bootstrap = Some(bootstrap);
+        self.join_retry_at = None;
+        self.start_lookup(self.me.id, Then::Join, Some(bootstrap));
+    }
+
+    fn retry_join(&mut self) {
+        self.joined = false;
+        self.join_retry_at = Some(self.now + self.opts.rpc_timeout);
+    }
+
+    fn stabilize(&mut self) {
+        if self.stabilizing {
+            return;
+        }
+        match self.succs.first().copied() {
+            Some(succ) => {
+                self.stabilizing = true;
+                self.send(succ, Request::GetNeighbors, Purpose::Stabilize { succ });
+            }
+            None => {
+                // Alone: our predecessor, if any, is the only candidate successor (ring of one
+                // learning its first peer). Check it is live before adopting it.
+                if let Some(p) = self.pred.filter(|p| *p != self.me) {
+                    self.stabilizing = true;
+                    self.send(
+                        p,
+                        Request::GetNeighbors,
+                        Purpose::StabilizeCandidate { cand: p },
+                    );
+                }
+            }
+        }
+    }
+
+    fn finish_stabilize(&mut self) {
+        let succ = self.successor();
+        if succ != self.me {
+            self.send(succ, Request::Notify { node: self.me }, Purpose::Notify);
+        }
+        self.emit(Event::Stabilized);
+    }
+
+    /// Successor list := `[succ] + theirs`, without ourselves or duplicates, at most `r` long.
+    fn adopt_successors(&mut self, succ: NodeRef, theirs: Vec<NodeRef>) {
+        let old = self.successor();
+        let mut list = Vec::with_capacity(self.opts.successors);
+        for n in std::iter::once(succ).chain(theirs) {
+            if n.id != self.me.id && !list.iter().any(|m: &NodeRef| m.id == n.id) {
+                list.push(n);
+            }
+            if list.len() == self.opts.successors {
+                break;
+            }
+        }
+        self.succs = list;
+        if self.successor() != old {
+            self.emit(Event::SuccessorChanged {
+                succ: self.successor(),
+            });
+        }
+    }
+
+    fn on_notify(&mut self, node: NodeRef) {
+        if node.id == self.me.id || self.leaving {
+            return;
+        }
+        let closer = match self.pred {
+            None => true,
+            Some(p) => in_open(p.id, self.me.id, node.id),
+        };
+        if !closer {
+            return;
+        }
+        if self.transfer.is_some() {
+            return; // one hand-over at a time; the newcomer notifies again next round
+        }
+        self.transfer = Some(Transfer {
+            to: node,
+            goal: TransferGoal::Join,
+            sent: BTreeMap::new(),
+            in_flight: None,
+        });
+        self.transfer_round();
+    }
+
+    fn on_leaving(&mut self, node: NodeRef, pred: Option<NodeRef>, succs: Vec<NodeRef>) {
+        if self.pred == Some(node) {
+            self.pred = pred.filter(|p| p.id != self.me.id);
+            self.emit(Event::PredecessorChanged { pred: self.pred });
+        }
+        if self.succs.iter().any(|s| s.id == node.id) {
+            let rest: Vec<NodeRef> = succs.into_iter().filter(|s| s.id != node.id).collect();
+            let mut list: Vec<NodeRef> = self.succs.iter().copied().filter(|s| s.id != node.id).collect();
+            if self.succs.first() == Some(&node) {
+                list = rest.into_iter().chain(list).collect();
+            }
+            match list.first().copied() {
+                Some(first) => self.adopt_successors(first, list[1..].to_vec()),
+                None => self.adopt_successors(self.me, Vec::new()),
+            }
+        }
+        self.forget_finger(node.id);
+    }
+
+    /// Drop a node that stopped answering from every routing structure.
+    fn suspect(&mut self, node: NodeRef) {
+        let mut known = self.forget_finger(node.id);
+        if self.pred.is_some_and(|p| p.id == node.id) {
+            self.pred = None;
+            known = true;
+            self.emit(Event::PredecessorChanged { pred: None });
+        }
+        if self.succs.iter().any(|s| s.id == node.id) {
+            known = true;
+            let old = self.successor();
+            self.succs.retain(|s| s.id != node.id);
+            if self.successor() != old {
+                self.emit(Event::SuccessorChanged {
+                    succ: self.successor(),
+                });
+            }
+        }
+        if known {
+            self.emit(Event::Suspected { node });
+        }
+    }
+
+    fn forget_finger(&mut self, id: Id) -> bool {
+        let mut found = false;
+        for f in self.fingers.iter_mut() {
+            if f.is_some_and(|n| n.id == id) {
+                *f = None;
+                found = true;
+            }
+        }
+        found
+    }
+
+    fn fix_fingers(&mut self) {
+        if self.finger_lookup {
+            return;
+        }
+        let succ = self.successor();
+        // Fingers whose start lies in (self, successor] need no lookup.
+        let mut scanned = 0;
+        while scanned < BITS {
+            let i = self.next_finger;
+            let start = self.me.id.add_pow2(i);
+            if succ == self.me || in_half_open(self.me.id, succ.id, start) {
+                self.fingers[i] = (succ != self.me).then_some(succ);
+                self.next_finger = (i + 1) % BITS;
+                scanned += 1;
+                continue;
+            }
+            self.finger_lookup = true;
+            self.start_lookup(start, Then::Finger(i), None);
+            return;
+        }
+    }
+
+    // ---------------------------------------------------------------- data
+
+    /// Whether this node believes it owns `id`: `(pred, self]`, or anything while it knows no
+    /// predecessor (a ring of one, or just joined).
+    fn owns(&self, id: Id) -> bool {
+        match self.pred {
+            None => true,
+            Some(p) => in_half_open(p.id, self.me.id, id),
+        }
+    }
+
+    /// Apply a store request (`StoreGet`/`StorePut`/`StoreDelete`) to our own storage.
+    fn store_locally(&mut self, request: &Request) -> Result<Response> {
+        let key = match request {
+            Request::StoreGet { key }
+            | Request::StorePut { key, .. }
+            | Request::StoreDelete { key } => key,
+            _ => return Err(Error::InvalidInput("not a store request".into())),
+        };
+        if !self.joined || self.leaving {
+            return Err(Error::Unavailable("node is not serving data".into()));
+        }
+        if !self.owns(Id::hash(key)) {
+            return Err(Error::WrongOwner);
+        }
+        let result = match request {
+            Request::StoreGet { key } => self.storage.get(key).map(Response::Value),
+            Request::StorePut { key, value } => self.storage.put(key, value).map(|()| Response::Ack),
+            Request::StoreDelete { key } => self.storage.delete(key).map(Response::Deleted),
+            _ => unreachable!("matched above"),
+        };
+        if let Err(e) = &result {
+            self.emit(Event::StorageError { error: e.clone() });
+        }
+        result
+    }
+
+    fn start_client_op(&mut self, op: ClientOp) {
+        if self.now >= op.deadline {
+            return self.respond(
+                op.conn,
+                op.id,
+                Err(Error::Timeout("the ring did not settle in time; retry".into())),
+            );
+        }
+        let key = match &op.request {
+            Request::Get { key } | Request::Put { key, .. } | Request::Delete { key } => key,
+            _ => return,
+        };
+        let target = Id::hash(key);
+        self.start_lookup(target, Then::Client(op), None);
+    }
+
+    fn forward_to_owner(&mut self, op: ClientOp, owner: NodeRef) {
+        let store = match op.request.clone() {
+            Request::Get { key } => Request::StoreGet { key },
+            Request::Put { key, value } => Request::StorePut { key, value },
+            Request::Delete { key } => Request::StoreDelete { key },
+            _ => return,
+        };
+        if owner.id == self.me.id {
+            let result = self.store_locally(&store);
+            return self.finish_client_op(op, result);
+        }
+        let n = self.next_op;
+        self.next_op += 1;
+        self.stores.insert(n, op);
+        self.send(owner, store, Purpose::Store { op: n, owner });
+    }
+
+    fn on_store_answer(&mut self, n: u64, _owner: NodeRef, response: Result<Response>) {
+        if let Some(op) = self.stores.remove(&n) {
+            self.finish_client_op(op, response);
+        }
+    }
+
+    fn finish_client_op(&mut self, op: ClientOp, result: Result<Response>) {
+        match result {
+            Err(e) if e.is_retryable() => self.retry_client_op(op, e),
+            other => self.respond(op.conn, op.id, other),
+        }
+    }
+
+    fn retry_client_op(&mut self, op: ClientOp, error: Error) {
+        let at = self.now + self.opts.retry_delay;
+        if at >= op.deadline {
+            return self.respond(op.conn, op.id, Err(error));
+        }
+        let n = self.next_op;
+        self.next_op += 1;
+        self.retries.insert((at, n), op);
+    }
+
+    fn on_transfer(&mut self, items: Vec<(Vec<u8>, Vec<u8>)>, deletes: Vec<Vec<u8>>) -> Result<Response> {
+        for (k, v) in &items {
+            self.storage.put(k, v)?;
+        }
+        for k in &deletes {
+            self.storage.delete(k)?;
+        }
+        Ok(Response::Ack)
+    }
+
+    fn begin_leave_transfer(&mut self) {
+        match self.succs.first().copied() {
+            Some(succ) => {
+                self.transfer = Some(Transfer {
+                    to: succ,
+                    goal: TransferGoal::Leave,
+                    sent: BTreeMap::new(),
+                    in_flight: None,
+                });
+                self.transfer_round();
+            }
+            None => {
+                let handed_over = self.storage.is_empty().unwrap_or(false);
+                self.emit(Event::Left { handed_over });
+            }
+        }
+    }
+
+    /// The ring arc a transfer hands over: `(self, to]` for a newcomer, everything for a leave.
+    fn transfer_range(&self, t: &Transfer) -> (Id, Id) {
+        match t.goal {
+            TransferGoal::Join => (self.me.id, t.to.id),
+            TransferGoal::Leave => (self.me.id, self.me.id),
+        }
+    }
+
+    /// Send what changed since the last acknowledged round, or finish when nothing did.
+    fn transfer_round(&mut self) {
+        let Some(t) = self.transfer.as_ref() else {
+            return;
+        };
+        let (from, to) = self.transfer_range(t);
+        let entries = match self.storage.scan_range(from, to, usize::MAX) {
+            Ok(entries) => entries,
+            Err(error) => {
+                self.emit(Event::StorageError { error });
+                self.transfer = None;
+                return;
+            }
+        };
+        let mut items = Vec::new();
+        let mut hashes = Vec::new();
+        let mut bytes = 0;
+        let mut present = BTreeSet::new();
+        for (k, v) in entries {
+            let h = value_hash(&v);
+            if t.sent.get(&k) != Some(&h)
+                && items.len() < self.opts.transfer_batch
+                && (items.is_empty() || bytes + v.len() <= self.opts.transfer_bytes)
+            {
+                bytes += v.len() + k.len();
+                hashes.push((k.clone(), h));
+                items.push((k.clone(), v));
+            }
+            present.insert(k);
+        }
+        let deletes: Vec<Vec<u8>> = t
+            .sent
+            .keys()
+            .filter(|k| !present.contains(*k))
+            .cloned()
+            .collect();
+        if items.is_empty() && deletes.is_empty() {
+            return self.finish_transfer();
+        }
+        let to = t.to;
+        if let Some(t) = self.transfer.as_mut() {
+            t.in_flight = Some((hashes, deletes.clone()));
+        }
+        self.send(
+            to,
+            Request::Transfer {
+                from: self.me,
+                items,
+                deletes,
+            },
+            Purpose::Transfer,
+        );
+    }
+
+    fn on_transfer_answer(&mut self, response: Result<Response>) {
+        let Some(t) = self.transfer.as_mut() else {
+            return;
+        };
+        let Some((items, deletes)) = t.in_flight.take() else {
+            return;
+        };
+        match response {
+            Ok(Response::Ack) => {
+                t.sent.extend(items);
+                for k in deletes {
+                    t.sent.remove(&k);
+                }
+                self.transfer_round();
+            }
+            _ => {
+                let t = self.transfer.take().expect("present");
+                if let TransferGoal::Leave = t.goal {
+                    // Hand everything to the next successor instead (suspect dropped this one).
+                    self.succs.retain(|s| s.id != t.to.id);
+                    self.begin_leave_transfer();
+                }
+                // A newcomer that failed mid-transfer notifies again if it is alive; we kept
+                // every key, so nothing was lost.
+            }
+        }
+    }
+
+    fn finish_transfer(&mut self) {
+        let Some(t) = self.transfer.take() else {
+            return;
+        };
+        let (from, to) = self.transfer_range(&t);
+        // Everything in the arc is now acknowledged by the receiver, unchanged since.
+        match self.storage.scan_range(from, to, usize::MAX) {
+            Ok(entries) => {
+                for (k, _) in entries {
+                    if let Err(error) = self.storage.delete(&k) {
+                        self.emit(Event::StorageError { error });
+                    }
+                }
+            }
+            Err(error) => self.emit(Event::StorageError { error }),
+        }
+        self.emit(Event::TransferDone {
+            to: t.to,
+            keys: t.sent.len() as u64,
+        });
+        match t.goal {
+            TransferGoal::Join => {
+                self.pred = Some(t.to);
+                self.emit(Event::PredecessorChanged { pred: self.pred });
+            }
+            TransferGoal::Leave => {
+                let notice = Request::Leaving {
+                    node: self.me,
+                    pred: self.pred,
+                    succs: self.succs.clone(),
+                };
+                let mut targets: Vec<NodeRef> = vec![t.to];
+                if let Some(p) = self.pred.filter(|p| p.id != t.to.id) {
+                    targets.push(p);
+                }
+                self.leave_acks = targets.len() as u32;
+                for n in targets {
+                    self.send(n, notice.clone(), Purpose::Leaving);
+                }
+            }
+        }
+    }
+
+    // ---------------------------------------------------------------- plumbing
+
+    fn send(&mut self, to: NodeRef, request: Request, purpose: Purpose) {
+        self.send_addr(to.addr, Some(to), request, purpose);
+    }
+
+    fn send_addr(&mut self, addr: SocketAddr, to: Option<NodeRef>, request: Request, purpose: Purpose) {
+        let id = self.next_id;
+        self.next_id += 1;
+        self.pending.insert(
+            id,
+            Pending {
+                deadline: self.now + self.opts.rpc_timeout,
+                to,
+                purpose,
+            },
+        );
+        self.outbox.push_back(Output::Send {
+            to: addr,
+            id,
+            request,
+        });
+    }
+
+    fn respond(&mut self, conn: ConnId, id: RequestId, response: Result<Response>) {
+        self.outbox.push_back(Output::Respond { conn, id, response });
+    }
+
+    fn emit(&mut self, event: Event) {
+        self.outbox.push_back(Output::Event(event));
+    }
+}
+
+fn value_hash(v: &[u8]) -> u64 {
+    let mut h = DefaultHasher::new();
+    v.hash(&mut h);
+    h.finish()
+}

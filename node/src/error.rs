@@ -1,0 +1,89 @@
+//! The node crate's error type. It is cloneable and serializable so that it crosses the wire as
+//! the body of a failed response, and tests can compare errors by value.
+
+use serde::{Deserialize, Serialize};
+
+/// A `Result` whose error is this crate's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong in a node or in a request to one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum Error {
+    /// The caller asked for something malformed: an empty key, a bad address, a bad option.
+    #[error("invalid input: {0}")]
+    InvalidInput(String),
+    /// Bytes from the network or the disk could not be decoded.
+    #[error("invalid data: {0}")]
+    InvalidData(String),
+    /// A key, value or frame exceeds its configured bound.
+    #[error("{what} is {size} bytes, the limit is {limit}")]
+    TooLarge {
+        /// What was too large: "key", "value", "frame".
+        what: String,
+        /// Its size in bytes.
+        size: u64,
+        /// The configured bound in bytes.
+        limit: u64,
+    },
+    /// The peer speaks another protocol version.
+    #[error("protocol version mismatch: we speak {ours}, the peer speaks {theirs}")]
+    VersionMismatch {
+        /// Our protocol version.
+        ours: u16,
+        /// The version the peer announced.
+        theirs: u16,
+    },
+    /// The node cannot serve the request now (joining, leaving, no route, peer down); retry later.
+    #[error("unavailable: {0}")]
+    Unavailable(String),
+    /// The peer could not be reached at all: connection refused, reset or lost. Unlike
+    /// [`Error::Unavailable`], which a live node answers, this says nothing answered.
+    #[error("cannot reach {0}")]
+    Unreachable(String),
+    /// The request was sent to a node that does not own the key; look the owner up again.
+    #[error("not the owner of this key; the ring is changing, retry")]
+    WrongOwner,
+    /// No answer within the deadline.
+    #[error("timed out: {0}")]
+    Timeout(String),
+    /// The node is at a bound on connections or in-flight requests.
+    #[error("overloaded: {0}")]
+    Overloaded(String),
+    /// A local I/O or storage failure.
+    #[error("io: {0}")]
+    Io(String),
+}
+
+impl Error {
+    /// Whether retrying the same request later may succeed.
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self,
+            Error::Unavailable(_) | Error::Unreachable(_) | Error::WrongOwner | Error::Timeout(_) | Error::Overloaded(_)
+        )
+    }
+}
+
+impl From<std::io::Error> for Error {
+    fn from(e: std::io::Error) -> Self {
+        Error::Io(e.to_string())
+    }
+}
+
+impl From<sled::Error> for Error {
+    fn from(e: sled::Error) -> Self {
+        Error::Io(format!("sled: {e}"))
+    }
+}
+
+impl From<bincode::error::DecodeError> for Error {
+    fn from(e: bincode::error::DecodeError) -> Self {
+        Error::InvalidData(e.to_string())
+    }
+}
+
+impl From<bincode::error::EncodeError> for Error {
+    fn from(e: bincode::error::EncodeError) -> Self {
+        Error::InvalidInput(format!("encode: {e}"))
+    }
+}

@@ -1,0 +1,217 @@
+//! The wire messages: every request and response a node or client can send, in one file.
+//!
+//! A connection carries [`Envelope`]s after its handshake (see [`crate::wire`]). Requests carry a
+//! [`RequestId`] chosen by the sender and echoed in the response, so many requests share one
+//! connection and answers may come back in any order. A failed request is answered with the
+//! [`Error`](crate::Error) as its body.
+//!
+//! Requests fall in three groups: ring maintenance between nodes (Chord's RPCs), data placement
+//! between nodes (store operations on the owner and key transfers), and client requests, which any
+//! node accepts and coordinates.
+
+use crate::Error;
+use crate::id::Id;
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::net::SocketAddr;
+
+/// Chosen by the sender of a request, unique among its requests in flight on that connection.
+pub type RequestId = u64;
+
+/// A node as others see it: where it sits on the ring and where to reach it.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct NodeRef {
+    /// The node's ring identifier.
+    pub id: Id,
+    /// The address it advertises for peers and clients.
+    pub addr: SocketAddr,
+}
+
+impl fmt::Debug for NodeRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}@{}", self.id.short(), self.addr)
+    }
+}
+
+impl fmt::Display for NodeRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self, f)
+    }
+}
+
+/// One frame's worth of meaning: a request or the response to one.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Envelope {
+    /// A request; the receiver answers with a [`Envelope::Response`] carrying the same id.
+    Request {
+        /// Echoed in the response.
+        id: RequestId,
+        /// What is asked.
+        body: Request,
+    },
+    /// The answer to the request with this id.
+    Response {
+        /// The id of the request this answers.
+        id: RequestId,
+        /// The result, or why there is none.
+        body: Result<Response, Error>,
+    },
+}
+
+/// Everything a node can be asked.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Request {
+    // ---- ring maintenance, node to node ----
+    /// Are you alive? Answered with [`Response::Pong`] naming the answering node.
+    Ping,
+    /// One step of an iterative lookup for the successor of `target`: answered with
+    /// [`Response::Route`], either the successor or a closer node to ask next.
+    FindSuccessor {
+        /// The identifier whose successor is sought.
+        target: Id,
+        /// Nodes the asker found dead; the answer must not name them.
+        avoid: Vec<Id>,
+    },
+    /// Stabilization: tell me your predecessor and successor list ([`Response::Neighbors`]).
+    GetNeighbors,
+    /// "I think I am your predecessor" (Chord's notify). Answered with [`Response::Ack`].
+    Notify {
+        /// The node claiming to be the predecessor.
+        node: NodeRef,
+    },
+    /// A graceful leave: the sender is leaving and names its neighbours so the receiver can
+    /// close the gap at once instead of waiting for timeouts.
+    Leaving {
+        /// The node that leaves.
+        node: NodeRef,
+        /// Its predecessor, for its successor to adopt.
+        pred: Option<NodeRef>,
+        /// Its successor list, for its predecessor to adopt.
+        succs: Vec<NodeRef>,
+    },
+
+    // ---- data placement, node to node ----
+    /// Keys handed over to the receiver, which now owns them (a join or a leave moved the range).
+    /// Answered with [`Response::Ack`] only after the items are stored.
+    Transfer {
+        /// The node handing them over.
+        from: NodeRef,
+        /// Key/value pairs to store, overwriting what the receiver holds.
+        items: Vec<(Vec<u8>, Vec<u8>)>,
+        /// Keys the sender handed over earlier and that have since been deleted.
+        deletes: Vec<Vec<u8>>,
+    },
+    /// Read `key` from the receiver's own storage. [`Error::WrongOwner`] if it does not own it.
+    StoreGet {
+        /// The key.
+        key: Vec<u8>,
+    },
+    /// Write `key` into the receiver's own storage. [`Error::WrongOwner`] if it does not own it.
+    StorePut {
+        /// The key.
+        key: Vec<u8>,
+        /// The value.
+        value: Vec<u8>,
+    },
+    /// Delete `key` from the receiver's own storage. [`Error::WrongOwner`] if it does not own it.
+    StoreDelete {
+        /// The key.
+        key: Vec<u8>,
+    },
+
+    // ---- client requests: any node coordinates them ----
+    /// Read a key wherever it lives: [`Response::Value`].
+    Get {
+        /// The key.
+        key: Vec<u8>,
+    },
+    /// Write a key wherever it lives: [`Response::Ack`].
+    Put {
+        /// The key.
+        key: Vec<u8>,
+        /// The value.
+        value: Vec<u8>,
+    },
+    /// Delete a key wherever it lives: [`Response::Deleted`].
+    Delete {
+        /// The key.
+        key: Vec<u8>,
+    },
+    /// Find the owner of a key: [`Response::Lookup`].
+    Lookup {
+        /// The key.
+        key: Vec<u8>,
+    },
+    /// Describe yourself: [`Response::Status`]. `kvctl ring` walks the ring with it.
+    Status,
+}
+
+/// Everything a node can answer.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Response {
+    /// Answer to [`Request::Ping`]: who answered, so the asker can check it reached the right node.
+    Pong {
+        /// The answering node.
+        node: NodeRef,
+    },
+    /// Answer to [`Request::FindSuccessor`].
+    Route(Route),
+    /// Answer to [`Request::GetNeighbors`].
+    Neighbors {
+        /// The answering node's predecessor, if it knows one.
+        pred: Option<NodeRef>,
+        /// The answering node's successor list, nearest first.
+        succs: Vec<NodeRef>,
+    },
+    /// The request was carried out (and any data it carried is stored).
+    Ack,
+    /// Answer to [`Request::Get`] and [`Request::StoreGet`]: the value, or `None` if absent.
+    Value(Option<Vec<u8>>),
+    /// Answer to [`Request::Delete`] and [`Request::StoreDelete`]: whether the key existed.
+    Deleted(bool),
+    /// Answer to [`Request::Lookup`].
+    Lookup(LookupInfo),
+    /// Answer to [`Request::Status`].
+    Status(NodeStatus),
+}
+
+/// One step of an iterative lookup.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Route {
+    /// The target lies between the answering node and this node, its successor: this is the owner.
+    Found(NodeRef),
+    /// Ask this node next; it is closer to the target.
+    Next(NodeRef),
+}
+
+/// Where a key lives and what it took to find out.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LookupInfo {
+    /// The key's ring identifier (SHA-1 of the key).
+    pub key_id: Id,
+    /// The node that owns it.
+    pub owner: NodeRef,
+    /// How many remote nodes the lookup asked (0 when the coordinator answered from its own state).
+    pub hops: u32,
+    /// How many of those asks timed out or failed and were routed around.
+    pub timeouts: u32,
+}
+
+/// A node's view of itself and its neighbours.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeStatus {
+    /// The node itself.
+    pub node: NodeRef,
+    /// Whether it has finished joining the ring.
+    pub joined: bool,
+    /// Its predecessor, if known.
+    pub pred: Option<NodeRef>,
+    /// Its successor list, nearest first.
+    pub succs: Vec<NodeRef>,
+    /// The distinct nodes in its finger table, in ring order from the node.
+    pub fingers: Vec<NodeRef>,
+    /// How many keys it stores.
+    pub keys: u64,
+    /// The successor list length it aims for (r).
+    pub successors_wanted: u32,
+}

@@ -1,0 +1,484 @@
+//! A deterministic simulator: many nodes of the real [`Chord`] state machine in one process.
+//!
+//! Time is logical (milliseconds). Messages travel through one priority queue with seeded random
+//! delays and, optionally, drops; a partition silently drops messages between two groups, as a
+//! network would; a crashed node's peers get "cannot reach" at once, as TCP's connection refused
+//! does on a real host. The same seed gives the same run, byte for byte, so a failing seed replays.
+//!
+//! The simulator drives exactly the code the tokio server drives: it calls
+//! [`Chord::handle_request`], [`Chord::handle_response`] and [`Chord::tick`] and carries out what
+//! [`Chord::poll_output`] returns. Nothing here decides protocol behaviour.
+
+use crate::chord::{Chord, ConnId, Event, Options, Output};
+use crate::error::{Error, Result};
+use crate::id::{BITS, Id, in_half_open};
+use crate::message::{NodeRef, Request, RequestId, Response};
+use crate::storage::{MemoryStorage, Storage};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+
+/// Connection ids at or above this belong to simulated clients, below it to peer nodes.
+const CLIENT_CONN: ConnId = 1 << 40;
+
+/// How the simulated network behaves.
+#[derive(Clone, Debug)]
+pub struct SimOptions {
+    /// Seeds message delays and drops.
+    pub seed: u64,
+    /// Shortest one-way message delay, ms.
+    pub min_delay: u64,
+    /// Longest one-way message delay, ms.
+    pub max_delay: u64,
+    /// Probability that any one message is lost.
+    pub drop_rate: f64,
+    /// How often every node's [`Chord::tick`] runs, ms.
+    pub tick: u64,
+    /// The protocol options every node gets.
+    pub chord: Options,
+}
+
+impl Default for SimOptions {
+    fn default() -> Self {
+        SimOptions {
+            seed: 1,
+            min_delay: 1,
+            max_delay: 10,
+            drop_rate: 0.0,
+            tick: 10,
+            chord: Options::default(),
+        }
+    }
+}
+
+/// A simulated node: its state machine, or the storage it left behind when it crashed.
+enum Slot {
+    Up(Box<Chord<MemoryStorage>>),
+    Down(MemoryStorage),
+    Gone,
+}
+
+enum Msg {
+    Request {
+        from: usize,
+        to: SocketAddr,
+        id: RequestId,
+        request: Request,
+    },
+    Response {
+        to: usize,
+        id: RequestId,
+        response: Result<Response>,
+    },
+}
+
+/// A simulated cluster. Nodes are named by index, in the order they were added.
+pub struct Sim {
+    opts: SimOptions,
+    now: u64,
+    rng: StdRng,
+    addrs: Vec<SocketAddr>,
+    slots: Vec<Slot>,
+    by_addr: BTreeMap<SocketAddr, usize>,
+    queue: BinaryHeap<Reverse<(u64, u64)>>,
+    msgs: BTreeMap<u64, Msg>,
+    seq: u64,
+    /// Pairs of nodes that cannot reach each other.
+    cut: BTreeSet<(usize, usize)>,
+    next_client: ConnId,
+    responses: BTreeMap<(ConnId, RequestId), Result<Response>>,
+    events: Vec<(u64, usize, Event)>,
+    /// Count of messages delivered, for cost reports.
+    pub delivered: u64,
+}
+
+impl Sim {
+    /// An empty simulation.
+    pub fn new(opts: SimOptions) -> Sim {
+        Sim {
+            rng: StdRng::seed_from_u64(opts.seed),
+            opts,
+            now: 0,
+            addrs: Vec::new(),
+            slots: Vec::new(),
+            by_addr: BTreeMap::new(),
+            queue: BinaryHeap::new(),
+            msgs: BTreeMap::new(),
+            seq: 0,
+            cut: BTreeSet::new(),
+            next_client: CLIENT_CONN,
+            responses: BTreeMap::new(),
+            events: Vec::new(),
+            delivered: 0,
+        }
+    }
+
+    /// The current logical time, ms.
+    pub fn now(&self) -> u64 {
+        self.now
+    }
+
+    /// How many nodes were ever added.
+    pub fn len(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// Whether no node was ever added.
+    pub fn is_empty(&self) -> bool {
+        self.slots.is_empty()
+    }
+
+    /// The simulated address of node `i`: 127.x.y.z:7000, unique per index.
+    pub fn addr(i: usize) -> SocketAddr {
+        let i = i as u32 + 1;
+        let ip = Ipv4Addr::new(127, 1 + (i >> 16) as u8, (i >> 8) as u8, i as u8);
+        SocketAddr::new(IpAddr::V4(ip), 7000)
+    }
+
+    /// Node `i` as others see it.
+    pub fn node_ref(&self, i: usize) -> NodeRef {
+        let addr = self.addrs[i];
+        NodeRef {
+            id: Id::hash(addr.to_string().as_bytes()),
+            addr,
+        }
+    }
+
+    /// Add a node and start it: alone when `bootstrap` is `None`, else joining through that node.
+    pub fn add_node(&mut self, bootstrap: Option<usize>) -> usize {
+        let i = self.slots.len();
+        let addr = Sim::addr(i);
+        self.addrs.push(addr);
+        self.by_addr.insert(addr, i);
+        self.slots.push(Slot::Down(MemoryStorage::new()));
+        self.boot(i, bootstrap);
+        i
+    }
+
+    fn boot(&mut self, i: usize, bootstrap: Option<usize>) {
+        let storage = match std::mem::replace(&mut self.slots[i], Slot::Gone) {
+            Slot::Down(s) => s,
+            other => {
+                self.slots[i] = other;
+                return;
+            }
+        };
+        let mut opts = self.opts.chord.clone();
+        opts.seed = self.opts.seed;
+        let mut chord = Chord::new(self.node_ref(i), opts, storage, self.now);
+        chord.start(bootstrap.map(|b| self.addrs[b]), self.now);
+        self.slots[i] = Slot::Up(Box::new(chord));
+        self.drain(i);
+    }
+
+    /// Crash node `i`: it stops at once; its storage is kept for a restart.
+    pub fn crash(&mut self, i: usize) {
+        if let Slot::Up(chord) = std::mem::replace(&mut self.slots[i], Slot::Gone) {
+            self.slots[i] = Slot::Down(chord.into_storage());
+        }
+    }
+
+    /// Restart a crashed node on its old storage, joining through `bootstrap`.
+    pub fn restart(&mut self, i: usize, bootstrap: Option<usize>) {
+        self.boot(i, bootstrap);
+    }
+
+    /// Ask node `i` to leave gracefully; it disappears once it reports [`Event::Left`].
+    pub fn leave(&mut self, i: usize) {
+        let now = self.now;
+        if let Some(c) = self.chord_mut(i) {
+            c.leave(now);
+        }
+        self.drain(i);
+    }
+
+    /// Whether node `i` is running.
+    pub fn is_up(&self, i: usize) -> bool {
+        matches!(self.slots[i], Slot::Up(_))
+    }
+
+    /// Node `i`'s state machine, if it is running.
+    pub fn chord(&self, i: usize) -> Option<&Chord<MemoryStorage>> {
+        match &self.slots[i] {
+            Slot::Up(c) => Some(c),
+            _ => None,
+        }
+    }
+
+    fn chord_mut(&mut self, i: usize) -> Option<&mut Chord<MemoryStorage>> {
+        match &mut self.slots[i] {
+            Slot::Up(c) => Some(c),
+            _ => None,
+        }
+    }
+
+    /// Cut every link between a node of `a` and a node of `b`.
+    pub fn partition(&mut self, a: &[usize], b: &[usize]) {
+        for &x in a {
+            for &y in b {
+                self.cut.insert((x, y));
+                self.cut.insert((y, x));
+            }
+        }
+    }
+
+    /// Restore every link.
+    pub fn heal(&mut self) {
+        self.cut.clear();
+    }
+
+    /// Events every node reported, with the time and node index, since the last call.
+    pub fn take_events(&mut self) -> Vec<(u64, usize, Event)> {
+        std::mem::take(&mut self.events)
+    }
+
+    /// Send a client request to node `i`; returns a token for [`Sim::response`].
+    pub fn submit(&mut self, i: usize, request: Request) -> (ConnId, RequestId) {
+        let conn = self.next_client;
+        self.next_client += 1;
+        let now = self.now;
+        match self.chord_mut(i) {
+            Some(c) => c.handle_request(conn, 1, request, now),
+            None => {
+                let e = Error::Unavailable(format!("cannot reach node {i}: it is down"));
+                self.responses.insert((conn, 1), Err(e));
+            }
+        }
+        self.drain(i);
+        (conn, 1)
+    }
+
+    /// The response to a submitted request, once it arrived.
+    pub fn response(&mut self, token: (ConnId, RequestId)) -> Option<Result<Response>> {
+        self.responses.remove(&token)
+    }
+
+    /// Submit a client request to node `i` and run until it is answered (or `max_ms` pass).
+    ///
+    /// # Errors
+    /// The node's answer if it is an error, or [`Error::Timeout`] if none came in time.
+    pub fn request(&mut self, i: usize, request: Request, max_ms: u64) -> Result<Response> {
+        let token = self.submit(i, request);
+        let deadline = self.now + max_ms;
+        while self.now < deadline {
+            if let Some(r) = self.response(token) {
+                return r;
+            }
+            self.step();
+        }
+        self.response(token)
+            .unwrap_or_else(|| Err(Error::Timeout("simulated request got no answer".into())))
+    }
+
+    /// Run for `ms` of logical time.
+    pub fn run_for(&mut self, ms: u64) {
+        let end = self.now + ms;
+        while self.now < end {
+            self.step();
+        }
+    }
+
+    /// Run until `done` holds (checked every tick) or `max_ms` pass; returns whether it held.
+    pub fn run_until(&mut self, max_ms: u64, mut done: impl FnMut(&Sim) -> bool) -> bool {
+        let end = self.now + max_ms;
+        while self.now < end {
+            if done(self) {
+                return true;
+            }
+            self.step();
+        }
+        done(self)
+    }
+
+    /// Advance to the next tick boundary, delivering every message due before it, then tick all.
+    fn step(&mut self) {
+        let next_tick = (self.now / self.opts.tick + 1) * self.opts.tick;
+        while let Some(Reverse((at, seq))) = self.queue.peek().copied() {
+            if at > next_tick {
+                break;
+            }
+            self.queue.pop();
+            self.now = self.now.max(at);
+            if let Some(msg) = self.msgs.remove(&seq) {
+                self.deliver(msg);
+            }
+        }
+        self.now = next_tick;
+        for i in 0..self.slots.len() {
+            let now = self.now;
+            if let Some(c) = self.chord_mut(i) {
+                c.tick(now);
+                self.drain(i);
+            }
+        }
+    }
+
+    fn deliver(&mut self, msg: Msg) {
+        self.delivered += 1;
+        let now = self.now;
+        match msg {
+            Msg::Request {
+                from,
+                to,
+                id,
+                request,
+            } => {
+                let target = self.by_addr.get(&to).copied();
+                match target.and_then(|t| self.chord_mut(t).map(|c| (t, c))) {
+                    Some((t, c)) => {
+                        c.handle_request(from as ConnId, id, request, now);
+                        self.drain(t);
+                    }
+                    None => {
+                        // Nothing listens there: connection refused, answered at once.
+                        let e = Error::Unreachable(format!("{to}: connection refused"));
+                        self.post(from, to, Msg::Response { to: from, id, response: Err(e) });
+                    }
+                }
+            }
+            Msg::Response { to, id, response } => {
+                if let Some(c) = self.chord_mut(to) {
+                    c.handle_response(id, response, now);
+                    self.drain(to);
+                }
+            }
+        }
+    }
+
+    /// Carry out node `i`'s outputs.
+    fn drain(&mut self, i: usize) {
+        loop {
+            let Some(out) = self.chord_mut(i).and_then(|c| c.poll_output()) else {
+                break;
+            };
+            match out {
+                Output::Send { to, id, request } => {
+                    let msg = Msg::Request {
+                        from: i,
+                        to,
+                        id,
+                        request,
+                    };
+                    self.post(i, to, msg);
+                }
+                Output::Respond { conn, id, response } => {
+                    if conn >= CLIENT_CONN {
+                        self.responses.insert((conn, id), response);
+                    } else {
+                        let to = conn as usize;
+                        let addr = self.addrs[to];
+                        self.post(i, addr, Msg::Response { to, id, response });
+                    }
+                }
+                Output::Event(e) => {
+                    if let Event::Left { .. } = e {
+                        if let Slot::Up(c) = std::mem::replace(&mut self.slots[i], Slot::Gone) {
+                            self.slots[i] = Slot::Down(c.into_storage());
+                        }
+                    }
+                    self.events.push((self.now, i, e));
+                }
+            }
+        }
+    }
+
+    /// Queue a message from node `from` toward `to_addr` with a random delay, unless it is lost.
+    fn post(&mut self, from: usize, to_addr: SocketAddr, msg: Msg) {
+        let to = self.by_addr.get(&to_addr).copied();
+        if let Some(t) = to {
+            if self.cut.contains(&(from, t)) {
+                return;
+            }
+        }
+        if self.opts.drop_rate > 0.0 && self.rng.random_bool(self.opts.drop_rate) {
+            return;
+        }
+        let delay = self.rng.random_range(self.opts.min_delay..=self.opts.max_delay);
+        self.seq += 1;
+        self.queue.push(Reverse((self.now + delay, self.seq)));
+        self.msgs.insert(self.seq, msg);
+    }
+
+    // ---------------------------------------------------------------- checking
+
+    /// The running, joined nodes sorted by id: the ring as it truly is.
+    pub fn true_ring(&self) -> Vec<NodeRef> {
+        let mut ring: Vec<NodeRef> = (0..self.slots.len())
+            .filter_map(|i| self.chord(i))
+            .filter(|c| c.is_joined())
+            .map(|c| c.me())
+            .collect();
+        ring.sort();
+        ring
+    }
+
+    /// The true successor of `id` among the running nodes.
+    pub fn true_successor(&self, id: Id) -> Option<NodeRef> {
+        successor_in(&self.true_ring(), id)
+    }
+
+    /// Every way the nodes' pointers differ from the true ring: successor lists, predecessors and,
+    /// when `fingers` is set, every finger. Empty means the ring is exactly right.
+    pub fn ring_errors(&self, fingers: bool) -> Vec<String> {
+        let ring = self.true_ring();
+        let n = ring.len();
+        let mut errors = Vec::new();
+        for (pos, me) in ring.iter().enumerate() {
+            let Some(i) = self.by_addr.get(&me.addr).copied() else {
+                continue;
+            };
+            let Some(c) = self.chord(i) else { continue };
+            let r = self.opts.chord.successors.min(n - 1);
+            let want: Vec<NodeRef> = (1..=r).map(|k| ring[(pos + k) % n]).collect();
+            if c.successors() != want.as_slice() {
+                errors.push(format!("n{i}: successors {:?}, want {:?}", c.successors(), want));
+            }
+            let want_pred = (n > 1).then(|| ring[(pos + n - 1) % n]);
+            if c.predecessor() != want_pred {
+                errors.push(format!("n{i}: predecessor {:?}, want {want_pred:?}", c.predecessor()));
+            }
+            if fingers && n > 1 {
+                for f in 0..BITS {
+                    let start = me.id.add_pow2(f);
+                    let owner = successor_in(&ring, start).filter(|o| o.id != me.id);
+                    if c.finger(f) != owner {
+                        errors.push(format!("n{i}: finger {f} is {:?}, want {owner:?}", c.finger(f)));
+                    }
+                }
+            }
+        }
+        errors
+    }
+
+    /// The index of the running node that truly owns `key`.
+    pub fn owner_of(&self, key: &[u8]) -> Option<usize> {
+        let owner = self.true_successor(Id::hash(key))?;
+        self.by_addr.get(&owner.addr).copied()
+    }
+
+    /// Which running nodes hold `key` in their storage.
+    pub fn holders(&self, key: &[u8]) -> Vec<usize> {
+        (0..self.slots.len())
+            .filter(|&i| {
+                self.chord(i)
+                    .is_some_and(|c| matches!(c.storage().get(key), Ok(Some(_))))
+            })
+            .collect()
+    }
+
+    /// Whether `id` lies in node `i`'s believed range `(pred, self]`.
+    pub fn believes_owner(&self, i: usize, id: Id) -> bool {
+        self.chord(i).is_some_and(|c| match c.predecessor() {
+            Some(p) => in_half_open(p.id, c.me().id, id),
+            None => true,
+        })
+    }
+}
+
+/// The first node of the sorted `ring` at or after `id`, wrapping around.
+fn successor_in(ring: &[NodeRef], id: Id) -> Option<NodeRef> {
+    let at = ring.partition_point(|n| n.id < id);
+    ring.get(at).or(ring.first()).copied()
+}

@@ -1,0 +1,174 @@
+//! The on-disk engine, on sled 0.34.
+//!
+//! LAYOUT
+//!
+//! One sled database per node directory, with two trees:
+//! - `data`: key `id || key` (the 20-byte big-endian [`Id::hash`] of the key, then the key's
+//!   bytes) to the value. sled orders keys bytewise, and a fixed-width big-endian prefix makes that
+//!   ring order, so [`Storage::scan_range`] is one or two sled range scans.
+//! - `meta`: name to value, off the ring.
+//!
+//! DURABILITY
+//!
+//! sled writes to its log in memory and a background thread flushes and fsyncs it every 500 ms.
+//! [`Storage::flush`] calls sled's synchronous `flush()`, which on Linux ends in
+//! `sync_file_range(2)`: the data reaches the kernel and the device queue, so it survives a kill of
+//! this process, but file metadata is not synced and the drive cache is not flushed, so a power cut
+//! may still lose it until the next background fsync. On other systems sled uses `fsync`.
+//!
+//! CAVEATS
+//!
+//! sled's on-disk format is not stable across sled versions: a directory written by 0.34 must be
+//! read by 0.34. sled holds an exclusive `flock` on its files, so a second open of the same
+//! directory (from this process or another) fails instead of corrupting it.
+
+use std::fmt;
+use std::ops::Bound;
+use std::path::{Path, PathBuf};
+
+use super::{Storage, id_spans};
+use crate::id::Id;
+use crate::{Error, Result};
+
+/// Width of the id prefix of every key in the `data` tree.
+const ID_LEN: usize = 20;
+
+/// A [`Storage`] engine on one sled database in a directory.
+///
+/// [`Storage::len`] is answered from a counter kept in memory: it is exact because this value is
+/// the only writer (sled's file lock keeps other processes out, and the trees are not shared).
+/// Opening counts the entries once, which reads every key: O(n) at start-up rather than per call,
+/// as sled's own `Tree::len` would be.
+pub struct SledStorage {
+    path: PathBuf,
+    db: sled::Db,
+    data: sled::Tree,
+    meta: sled::Tree,
+    len: u64,
+}
+
+impl SledStorage {
+    /// Open the database in `dir`, creating the directory and an empty database if needed.
+    ///
+    /// # Errors
+    /// [`Error::Io`] naming `dir` if sled cannot open it, e.g. because another process (or another
+    /// `SledStorage` in this one) holds its lock; [`Error::InvalidData`] if a stored key is
+    /// malformed.
+    pub fn open(dir: &Path) -> Result<SledStorage> {
+        let db = sled::Config::new()
+            .path(dir)
+            .open()
+            .map_err(|e| Error::Io(format!("opening sled database in {}: {e}", dir.display())))?;
+        let data = db.open_tree("data")?;
+        let meta = db.open_tree("meta")?;
+        let mut len = 0u64;
+        for key in data.iter().keys() {
+            split_key(&key?)?;
+            len += 1;
+        }
+        Ok(SledStorage {
+            path: dir.to_path_buf(),
+            db,
+            data,
+            meta,
+            len,
+        })
+    }
+
+    /// The directory this database lives in.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl fmt::Debug for SledStorage {
+    // By hand: sled's own `Debug` for a tree prints every entry.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SledStorage")
+            .field("path", &self.path)
+            .field("len", &self.len)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The `data` tree key for `key`: its ring id, then its bytes.
+fn data_key(key: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(ID_LEN + key.len());
+    out.extend_from_slice(&Id::hash(key).0);
+    out.extend_from_slice(key);
+    out
+}
+
+/// The user key inside a `data` tree key.
+fn split_key(stored: &[u8]) -> Result<&[u8]> {
+    stored.get(ID_LEN..).ok_or_else(|| {
+        Error::InvalidData(format!(
+            "sled data key of {} bytes is shorter than its {ID_LEN}-byte id",
+            stored.len()
+        ))
+    })
+}
+
+impl Storage for SledStorage {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        Ok(self.data.get(data_key(key))?.map(|v| v.to_vec()))
+    }
+
+    fn put(&mut self, key: &[u8], value: &[u8]) -> Result<()> {
+        if self.data.insert(data_key(key), value)?.is_none() {
+            self.len += 1;
+        }
+        Ok(())
+    }
+
+    fn delete(&mut self, key: &[u8]) -> Result<bool> {
+        let present = self.data.remove(data_key(key))?.is_some();
+        if present {
+            self.len -= 1;
+        }
+        Ok(present)
+    }
+
+    fn scan_range(&self, from: Id, to: Id, limit: usize) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        let mut out = Vec::new();
+        if limit == 0 {
+            return Ok(out);
+        }
+        for span in id_spans(from, to).into_iter().flatten() {
+            // A bare id is the smallest key with that id prefix, so `[start, end)` over stored
+            // keys is exactly "every entry whose id is in [start, end)", whatever its key bytes.
+            let lo = Bound::Included(span.start.0);
+            let hi = match span.end {
+                Some(end) => Bound::Excluded(end.0),
+                None => Bound::Unbounded,
+            };
+            for entry in self.data.range::<[u8; ID_LEN], _>((lo, hi)) {
+                let (k, v) = entry?;
+                out.push((split_key(&k)?.to_vec(), v.to_vec()));
+                if out.len() == limit {
+                    return Ok(out);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn len(&self) -> Result<u64> {
+        Ok(self.len)
+    }
+
+    fn flush(&self) -> Result<()> {
+        // One page cache serves every tree of the database, so this covers `data` and `meta`.
+        self.db.flush()?;
+        Ok(())
+    }
+
+    fn get_meta(&self, name: &str) -> Result<Option<Vec<u8>>> {
+        Ok(self.meta.get(name)?.map(|v| v.to_vec()))
+    }
+
+    fn set_meta(&mut self, name: &str, value: &[u8]) -> Result<()> {
+        self.meta.insert(name, value)?;
+        self.flush()
+    }
+}

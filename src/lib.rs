@@ -1,0 +1,1 @@
+//! chordkv system tests, benchmarks and examples live beside this crate.
