@@ -9,6 +9,7 @@ pub mod chord;
 pub mod error;
 pub mod id;
 pub mod message;
+pub mod server;
 pub mod sim;
 pub mod storage;
 pub mod wire;

@@ -215,3 +215,25 @@ pub struct NodeStatus {
     /// The successor list length it aims for (r).
     pub successors_wanted: u32,
 }
+
+impl Request {
+    /// A short name for metrics labels and logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Request::Ping => "ping",
+            Request::FindSuccessor { .. } => "find_successor",
+            Request::GetNeighbors => "get_neighbors",
+            Request::Notify { .. } => "notify",
+            Request::Leaving { .. } => "leaving",
+            Request::Transfer { .. } => "transfer",
+            Request::StoreGet { .. } => "store_get",
+            Request::StorePut { .. } => "store_put",
+            Request::StoreDelete { .. } => "store_delete",
+            Request::Get { .. } => "get",
+            Request::Put { .. } => "put",
+            Request::Delete { .. } => "delete",
+            Request::Lookup { .. } => "lookup",
+            Request::Status => "status",
+        }
+    }
+}

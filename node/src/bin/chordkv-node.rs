@@ -1,1 +1,186 @@
-fn main() {}
+//! `chordkv-node`: run one node of a chordkv ring.
+//!
+//! ```text
+//! chordkv-node                                            # a new ring on 127.0.0.1:7000
+//! chordkv-node --listen 127.0.0.1:7001 --bootstrap 127.0.0.1:7000
+//! ```
+//! Ctrl-C or SIGTERM leaves the ring gracefully (keys go to the successor first).
+
+use chordkv_node::chord::Options;
+use chordkv_node::id::Id;
+use chordkv_node::server::{self, Config};
+use chordkv_node::wire::Limits;
+use clap::Parser;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+/// One node of a chordkv ring: a Chord ring member with sled storage.
+#[derive(Parser, Debug)]
+#[command(version, about, long_about = None)]
+struct Args {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:7000", env = "CHORDKV_LISTEN")]
+    listen: SocketAddr,
+    /// Address peers and clients use to reach this node (default: --listen). Its SHA-1 is the
+    /// node's id on first start.
+    #[arg(long)]
+    advertise: Option<SocketAddr>,
+    /// Any member of an existing ring; omit to start a new ring.
+    #[arg(long, env = "CHORDKV_BOOTSTRAP")]
+    bootstrap: Option<SocketAddr>,
+    /// Where the node keeps its sled database and id [default: $XDG_DATA_HOME/chordkv/HOST-PORT,
+    /// else ~/.local/share/chordkv/HOST-PORT].
+    #[arg(long, env = "CHORDKV_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Node id as 40 hex digits, instead of the SHA-1 of the advertised address (first start only).
+    #[arg(long)]
+    node_id: Option<Id>,
+    /// Successor list length r.
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=64))]
+    successors: u16,
+    /// Stabilization interval, ms.
+    #[arg(long, default_value_t = 500)]
+    stabilize_ms: u64,
+    /// Interval between finger refreshes, ms.
+    #[arg(long, default_value_t = 100)]
+    fix_fingers_ms: u64,
+    /// Predecessor liveness check interval, ms.
+    #[arg(long, default_value_t = 500)]
+    check_pred_ms: u64,
+    /// How long to wait for a peer's answer, ms.
+    #[arg(long, default_value_t = 1000)]
+    rpc_timeout_ms: u64,
+    /// How long a client request may take, retries included, ms.
+    #[arg(long, default_value_t = 10_000)]
+    request_timeout_ms: u64,
+    /// Largest key, bytes.
+    #[arg(long, default_value_t = 4 << 10)]
+    max_key_bytes: usize,
+    /// Largest value, bytes.
+    #[arg(long, default_value_t = 4 << 20)]
+    max_value_bytes: usize,
+    /// Most open connections.
+    #[arg(long, default_value_t = 1024)]
+    max_connections: usize,
+    /// Serve Prometheus metrics over HTTP on this address (e.g. 127.0.0.1:9100).
+    #[arg(long)]
+    metrics: Option<SocketAddr>,
+}
+
+fn main() -> ExitCode {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,chordkv_node=info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    let args = Args::parse();
+    match run(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("chordkv-node: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run(args: Args) -> Result<(), String> {
+    let advertise = args.advertise.unwrap_or(args.listen);
+    if advertise.ip().is_unspecified() {
+        return Err(format!(
+            "cannot advertise {advertise}: peers need a reachable address; pass --advertise HOST:PORT"
+        ));
+    }
+    let data_dir = match args.data_dir {
+        Some(d) => d,
+        None => default_data_dir(advertise)?,
+    };
+    let mut config = Config::new(advertise, data_dir);
+    config.bootstrap = args.bootstrap;
+    config.node_id = args.node_id;
+    config.max_connections = args.max_connections.max(1);
+    config.chord = Options {
+        successors: usize::from(args.successors),
+        stabilize_interval: args.stabilize_ms.max(1),
+        fix_fingers_interval: args.fix_fingers_ms.max(1),
+        check_pred_interval: args.check_pred_ms.max(1),
+        rpc_timeout: args.rpc_timeout_ms.max(1),
+        request_timeout: args.request_timeout_ms.max(1),
+        seed: rand_seed(),
+        ..Options::default()
+    };
+    config.limits = Limits {
+        max_key: args.max_key_bytes,
+        max_value: args.max_value_bytes,
+        ..Limits::default()
+    };
+    config.limits.validate().map_err(|e| e.to_string())?;
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the runtime: {e}"))?;
+    runtime.block_on(async move {
+        if let Some(addr) = args.metrics {
+            metrics_exporter_prometheus::PrometheusBuilder::new()
+                .with_http_listener(addr)
+                .install()
+                .map_err(|e| format!("cannot serve metrics on {addr}: {e}"))?;
+        }
+        let listener = tokio::net::TcpListener::bind(args.listen)
+            .await
+            .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
+        server::run(config, listener, shutdown_signal())
+            .await
+            .map_err(|e| e.to_string())
+    })?;
+    // Give the last log lines a moment; nothing else is pending.
+    std::thread::sleep(Duration::from_millis(10));
+    Ok(())
+}
+
+/// `$XDG_DATA_HOME/chordkv/HOST-PORT`, else `~/.local/share/chordkv/HOST-PORT`: one directory per
+/// advertised address, so several nodes on one host never share a database.
+fn default_data_dir(advertise: SocketAddr) -> Result<PathBuf, String> {
+    let base = match std::env::var_os("XDG_DATA_HOME").filter(|v| !v.is_empty()) {
+        Some(d) => PathBuf::from(d),
+        None => match std::env::var_os("HOME").filter(|v| !v.is_empty()) {
+            Some(home) => PathBuf::from(home).join(".local").join("share"),
+            None => return Err("no HOME or XDG_DATA_HOME: pass --data-dir".into()),
+        },
+    };
+    let name = format!("{}-{}", advertise.ip(), advertise.port()).replace([':', '[', ']'], "_");
+    Ok(base.join("chordkv").join(name))
+}
+
+/// A per-process seed for timer phases (the protocol itself is deterministic given the seed).
+fn rand_seed() -> u64 {
+    use std::hash::{BuildHasher, RandomState};
+    RandomState::new().hash_one(std::process::id())
+}
+
+/// Completes on Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}

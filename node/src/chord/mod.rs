@@ -304,6 +304,8 @@ pub struct Chord<S: Storage> {
     next_finger: usize,
     finger_lookup: bool,
     stabilizing: bool,
+    /// The successor when the current stabilization round began.
+    round_succ: NodeRef,
     transfer: Option<Transfer>,
     leave_acks: u32,
     bootstrap: Option<SocketAddr>,
@@ -344,6 +346,7 @@ impl<S: Storage> Chord<S> {
             next_finger: 0,
             finger_lookup: false,
             stabilizing: false,
+            round_succ: me,
             transfer: None,
             leave_acks: 0,
             bootstrap: None,
@@ -837,6 +840,7 @@ impl<S: Storage> Chord<S> {
         if self.stabilizing {
             return;
         }
+        self.round_succ = self.successor();
         match self.succs.first().copied() {
             Some(succ) => {
                 self.stabilizing = true;
@@ -859,6 +863,11 @@ impl<S: Storage> Chord<S> {
 
     fn finish_stabilize(&mut self) {
         let succ = self.successor();
+        if succ != self.round_succ {
+            // We moved closer to our true successor; keep walking now instead of a round later,
+            // so k nodes joining in one gap settle in k round trips, not k intervals.
+            self.next_stabilize = self.now;
+        }
         if succ != self.me {
             self.send(succ, Request::Notify { node: self.me }, Purpose::Notify);
         }

@@ -55,8 +55,11 @@ impl SledStorage {
     /// `SledStorage` in this one) holds its lock; [`Error::InvalidData`] if a stored key is
     /// malformed.
     pub fn open(dir: &Path) -> Result<SledStorage> {
+        // sled's default page cache may grow to 1 GiB per database; a node keeps a small one so
+        // that several nodes (and test rings) share a host comfortably.
         let db = sled::Config::new()
             .path(dir)
+            .cache_capacity(64 << 20)
             .open()
             .map_err(|e| Error::Io(format!("opening sled database in {}: {e}", dir.display())))?;
         let data = db.open_tree("data")?;

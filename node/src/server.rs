@@ -1,0 +1,538 @@
+//! The server: all of a node's I/O in one place.
+//!
+//! SHAPE
+//!
+//! One task, the *core loop*, owns the [`Chord`] state machine and its sled storage and is the only
+//! code that touches them. Everything else feeds it [`Input`]s over one bounded channel:
+//! - an accept loop hands each connection to a task that checks the handshake and reads frames;
+//!   requests go to the core, answers come back through the connection's writer task;
+//! - a ticker drives [`Chord::tick`];
+//! - every [`Output::Send`] runs in its own small task over a pooled [`Channel`] to that peer
+//!   and returns its answer (or the transport's error) to the core as an input;
+//! - the shutdown future starts a graceful leave.
+//!
+//! GROUP COMMIT
+//!
+//! The core takes every input that is ready (up to a batch), lets the state machine act on them,
+//! and if any of them wrote to storage it flushes once before releasing the batch's outputs. So an
+//! acknowledgement never leaves before its write is on disk, and concurrent writers share a flush.
+//!
+//! BOUNDS
+//!
+//! Connections are limited by a semaphore (a connection over the limit is told so and closed);
+//! frames, keys and values by [`Limits`] (an oversized request gets an error answer; a frame that
+//! cannot be parsed gets an error notice and its connection closes). The input channel is bounded,
+//! so a flood of requests slows its readers instead of growing memory.
+
+use crate::chord::{Chord, ConnId, Event, Options, Output};
+use crate::error::{Error, Result};
+use crate::id::Id;
+use crate::message::{Envelope, NodeRef, Request, RequestId, Response};
+use crate::storage::{SledStorage, Storage};
+use crate::wire::{self, Channel, FrameReader, FrameWriter, Limits, Role};
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Mutex, Semaphore, mpsc};
+use tracing::{debug, info, warn};
+
+/// How a node is run: addresses, data directory and bounds. Protocol tunables are in `chord`.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// The address peers and clients reach this node at; its id is the SHA-1 of this.
+    pub advertise: SocketAddr,
+    /// A member of the ring to join through; `None` starts a new ring.
+    pub bootstrap: Option<SocketAddr>,
+    /// Where the sled database lives.
+    pub data_dir: PathBuf,
+    /// Use this id instead of the SHA-1 of the advertised address (only on first start).
+    pub node_id: Option<Id>,
+    /// Protocol tunables.
+    pub chord: Options,
+    /// Frame, key and value bounds.
+    pub limits: Limits,
+    /// Most open connections at once.
+    pub max_connections: usize,
+    /// How often the state machine's timers are checked.
+    pub tick: Duration,
+    /// How long a graceful leave may take before the node exits anyway.
+    pub leave_timeout: Duration,
+}
+
+impl Config {
+    /// A configuration with default bounds and tunables.
+    pub fn new(advertise: SocketAddr, data_dir: PathBuf) -> Config {
+        Config {
+            advertise,
+            bootstrap: None,
+            data_dir,
+            node_id: None,
+            chord: Options::default(),
+            limits: Limits::default(),
+            max_connections: 1024,
+            tick: Duration::from_millis(20),
+            leave_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// The meta key the node id is kept under, so a restart keeps its place on the ring.
+const NODE_ID_META: &str = "node_id";
+
+/// Open the node's storage and settle its id: the stored one, else the configured one, else the
+/// SHA-1 of the advertised address; a new id is stored before the node first speaks.
+///
+/// # Errors
+/// [`Error::Io`] if the database cannot be opened (for instance another node holds it);
+/// [`Error::InvalidInput`] if `--node-id` disagrees with the id already stored there.
+pub fn open_storage(config: &Config) -> Result<(SledStorage, Id)> {
+    std::fs::create_dir_all(&config.data_dir).map_err(|e| {
+        Error::Io(format!(
+            "cannot create data directory {}: {e}",
+            config.data_dir.display()
+        ))
+    })?;
+    let mut storage = SledStorage::open(&config.data_dir)?;
+    let id = match storage.get_meta(NODE_ID_META)? {
+        Some(bytes) => {
+            let raw: [u8; 20] = bytes
+                .as_slice()
+                .try_into()
+                .map_err(|_| Error::InvalidData("stored node id is not 20 bytes".into()))?;
+            let stored = Id(raw);
+            if config.node_id.is_some_and(|want| want != stored) {
+                return Err(Error::InvalidInput(format!(
+                    "{} already belongs to node {stored}; use another --data-dir",
+                    config.data_dir.display()
+                )));
+            }
+            stored
+        }
+        None => {
+            let id = config
+                .node_id
+                .unwrap_or_else(|| Id::hash(config.advertise.to_string().as_bytes()));
+            storage.set_meta(NODE_ID_META, &id.0)?;
+            id
+        }
+    };
+    Ok((storage, id))
+}
+
+/// What the core loop reacts to.
+enum Input {
+    /// A connection opened; answers for it go to `tx`.
+    Open {
+        conn: ConnId,
+        tx: mpsc::Sender<Envelope>,
+    },
+    /// A connection closed.
+    Close { conn: ConnId },
+    /// A request arrived.
+    Request {
+        conn: ConnId,
+        id: RequestId,
+        request: Request,
+    },
+    /// A peer answered one of our requests, or the transport failed.
+    Response {
+        id: RequestId,
+        response: Result<Response>,
+    },
+}
+
+/// A storage wrapper that remembers whether anything was written since the last flush.
+struct Tracked<S> {
+    inner: S,
+    dirty: bool,
+}
+
+impl<S: Storage> Storage for Tracked<S> {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        self.inner.get(key)
+    }
+    fn put(&mut self, key: &[u8], value: &[u8]) -> Result<()> {
+        self.dirty = true;
+        self.inner.put(key, value)
+    }
+    fn delete(&mut self, key: &[u8]) -> Result<bool> {
+        self.dirty = true;
+        self.inner.delete(key)
+    }
+    fn scan_range(&self, from: Id, to: Id, limit: usize) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        self.inner.scan_range(from, to, limit)
+    }
+    fn len(&self) -> Result<u64> {
+        self.inner.len()
+    }
+    fn flush(&self) -> Result<()> {
+        self.inner.flush()
+    }
+    fn get_meta(&self, name: &str) -> Result<Option<Vec<u8>>> {
+        self.inner.get_meta(name)
+    }
+    fn set_meta(&mut self, name: &str, value: &[u8]) -> Result<()> {
+        self.inner.set_meta(name, value)
+    }
+}
+
+/// Most inputs handled between two flushes.
+const BATCH: usize = 512;
+
+/// Run a node on `listener` until `shutdown` completes, then leave the ring gracefully (handing
+/// keys to the successor) and return.
+///
+/// # Errors
+/// [`Error::Io`] if the storage cannot be opened or the listener fails.
+pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Output = ()>) -> Result<()> {
+    config.limits.validate()?;
+    let (storage, id) = open_storage(&config)?;
+    let me = NodeRef {
+        id,
+        addr: config.advertise,
+    };
+    info!(node = %id.short(), addr = %me.addr, data_dir = %config.data_dir.display(), "starting");
+    let keys = storage.len()?;
+    let start = Instant::now();
+    let now = move || start.elapsed().as_millis() as u64;
+    let storage = Tracked {
+        inner: storage,
+        dirty: false,
+    };
+    let mut chord = Chord::new(me, config.chord.clone(), storage, now());
+    chord.start(config.bootstrap, now());
+    if keys > 0 {
+        info!(keys, "serving keys kept in the data directory");
+    }
+
+    let (tx, mut rx) = mpsc::channel::<Input>(4096);
+    let accept = tokio::spawn(accept_loop(listener, tx.clone(), config.clone()));
+    let peers = Peers::new(config.clone(), tx.clone());
+    let mut conns: HashMap<ConnId, mpsc::Sender<Envelope>> = HashMap::new();
+    let mut ticker = tokio::time::interval(config.tick);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut shutdown = std::pin::pin!(shutdown);
+    let mut leave_deadline: Option<Instant> = None;
+    let mut outputs = Vec::new();
+
+    'core: loop {
+        tokio::select! {
+            _ = ticker.tick() => {
+                chord.tick(now());
+                if leave_deadline.is_some_and(|d| Instant::now() > d) {
+                    warn!("graceful leave did not finish in time; exiting anyway");
+                    break 'core;
+                }
+            }
+            () = &mut shutdown, if leave_deadline.is_none() => {
+                info!("leaving the ring: handing keys to the successor");
+                leave_deadline = Some(Instant::now() + config.leave_timeout);
+                chord.leave(now());
+            }
+            input = rx.recv() => {
+                let Some(input) = input else { break 'core };
+                let mut next = Some(input);
+                let mut handled = 0;
+                while let Some(input) = next.take() {
+                    handle_input(&mut chord, &mut conns, input, now());
+                    handled += 1;
+                    if handled < BATCH {
+                        next = rx.try_recv().ok();
+                    }
+                }
+            }
+        }
+        while let Some(out) = chord.poll_output() {
+            outputs.push(out);
+        }
+        if outputs.is_empty() {
+            continue;
+        }
+        // Group commit: one flush covers every write this batch made, before any answer leaves.
+        let flushed = if chord.storage().dirty {
+            chord.storage_mut().dirty = false;
+            let result = tokio::task::block_in_place(|| chord.storage().flush());
+            metrics::counter!("chordkv_flushes_total").increment(1);
+            result
+        } else {
+            Ok(())
+        };
+        for out in outputs.drain(..) {
+            match out {
+                Output::Send { to, id, request } => {
+                    metrics::counter!("chordkv_messages_out_total", "kind" => request.kind())
+                        .increment(1);
+                    peers.send(to, id, request);
+                }
+                Output::Respond { conn, id, response } => {
+                    let response = match (&flushed, response) {
+                        (Err(e), Ok(_)) => Err(Error::Io(format!("write not made durable: {e}"))),
+                        (_, r) => r,
+                    };
+                    if let Some(tx) = conns.get(&conn) {
+                        // A full or closed writer means the client is gone or not reading.
+                        let _ = tx.try_send(Envelope::Response { id, body: response });
+                    }
+                }
+                Output::Event(event) => {
+                    if record_event(&me, &event) {
+                        break 'core;
+                    }
+                }
+            }
+        }
+        if let Err(e) = &flushed {
+            warn!(error = %e, "flush failed; writes in this batch were refused");
+        }
+        metrics::gauge!("chordkv_keys").set(chord.storage().len().unwrap_or(0) as f64);
+    }
+    accept.abort();
+    chord.storage().flush()?;
+    info!("stopped");
+    Ok(())
+}
+
+/// Feed one input to the state machine.
+fn handle_input<S: Storage>(
+    chord: &mut Chord<S>,
+    conns: &mut HashMap<ConnId, mpsc::Sender<Envelope>>,
+    input: Input,
+    now: u64,
+) {
+    match input {
+        Input::Open { conn, tx } => {
+            conns.insert(conn, tx);
+        }
+        Input::Close { conn } => {
+            conns.remove(&conn);
+        }
+        Input::Request { conn, id, request } => {
+            metrics::counter!("chordkv_requests_total", "kind" => request.kind()).increment(1);
+            chord.handle_request(conn, id, request, now);
+        }
+        Input::Response { id, response } => chord.handle_response(id, response, now),
+    }
+}
+
+/// Log and count an event; returns true when the node has left and should stop.
+fn record_event(me: &NodeRef, event: &Event) -> bool {
+    let node = me.id.short();
+    match event {
+        Event::Joined { succ } => info!(node, succ = %succ, "joined the ring"),
+        Event::PredecessorChanged { pred } => {
+            info!(node, pred = ?pred, "predecessor changed")
+        }
+        Event::SuccessorChanged { succ } => info!(node, succ = %succ, "successor changed"),
+        Event::Stabilized => metrics::counter!("chordkv_stabilize_rounds_total").increment(1),
+        Event::LookupDone { hops, timeouts } => {
+            metrics::counter!("chordkv_lookups_total").increment(1);
+            metrics::histogram!("chordkv_lookup_hops").record(f64::from(*hops));
+            metrics::counter!("chordkv_lookup_timeouts_total").increment(u64::from(*timeouts));
+        }
+        Event::LookupFailed { error } => {
+            metrics::counter!("chordkv_lookup_failures_total").increment(1);
+            debug!(node, %error, "lookup failed");
+        }
+        Event::Suspected { node: peer } => {
+            metrics::counter!("chordkv_suspicions_total").increment(1);
+            warn!(node, peer = %peer, "peer stopped answering; dropped from routing state");
+        }
+        Event::TransferDone { to, keys } => info!(node, to = %to, keys, "handed keys over"),
+        Event::StorageError { error } => warn!(node, %error, "storage error"),
+        Event::Left { handed_over } => {
+            if *handed_over {
+                info!(node, "left the ring");
+            } else {
+                warn!(node, "left the ring without reaching a successor: keys stay on disk here");
+            }
+            return true;
+        }
+    }
+    false
+}
+
+/// Outbound requests to peers, over one pooled [`Channel`] per address.
+#[derive(Clone)]
+struct Peers {
+    config: Config,
+    pool: Arc<Mutex<HashMap<SocketAddr, Arc<Mutex<Option<Channel>>>>>>,
+    inputs: mpsc::Sender<Input>,
+}
+
+impl Peers {
+    fn new(config: Config, inputs: mpsc::Sender<Input>) -> Peers {
+        Peers {
+            config,
+            pool: Arc::default(),
+            inputs,
+        }
+    }
+
+    /// Send `request` to `to` in the background; its answer returns to the core as an input.
+    fn send(&self, to: SocketAddr, id: RequestId, request: Request) {
+        let peers = self.clone();
+        tokio::spawn(async move {
+            let response = peers.call(to, request).await;
+            let _ = peers.inputs.send(Input::Response { id, response }).await;
+        });
+    }
+
+    async fn call(&self, to: SocketAddr, request: Request) -> Result<Response> {
+        let timeout = Duration::from_millis(self.config.chord.rpc_timeout);
+        let slot = self.pool.lock().await.entry(to).or_default().clone();
+        let channel = {
+            let mut slot = slot.lock().await;
+            match slot.as_ref().filter(|c| !c.is_closed()) {
+                Some(c) => c.clone(),
+                None => {
+                    let c = Channel::connect(to, Role::Node, self.config.limits.clone(), timeout).await?;
+                    *slot = Some(c.clone());
+                    c
+                }
+            }
+        };
+        channel.call(request, timeout).await
+    }
+}
+
+/// Accept connections, bounded by a semaphore, each served by [`serve_connection`].
+async fn accept_loop(listener: TcpListener, inputs: mpsc::Sender<Input>, config: Config) {
+    let permits = Arc::new(Semaphore::new(config.max_connections));
+    let mut next_conn: ConnId = 1;
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(x) => x,
+            Err(e) => {
+                // Out of file descriptors and the like: back off instead of spinning.
+                warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let conn = next_conn;
+        next_conn += 1;
+        let permit = permits.clone().try_acquire_owned();
+        let inputs = inputs.clone();
+        let limits = config.limits.clone();
+        tokio::spawn(async move {
+            let _ = stream.set_nodelay(true);
+            match permit {
+                Ok(_permit) => serve_connection(stream, peer, conn, inputs, limits).await,
+                Err(_) => refuse(stream, limits, "too many connections; retry later").await,
+            }
+        });
+    }
+}
+
+/// Tell a connection we are at our limit, then close it.
+async fn refuse(mut stream: TcpStream, limits: Limits, why: &str) {
+    metrics::counter!("chordkv_connections_refused_total").increment(1);
+    if wire::read_hello(&mut stream, Duration::from_secs(2)).await.is_ok()
+        && wire::write_hello(&mut stream, Role::Node).await.is_ok()
+    {
+        let mut writer = FrameWriter::new(stream, limits.max_frame);
+        let notice = Envelope::Response {
+            id: wire::NOTICE_ID,
+            body: Err(Error::Overloaded(why.into())),
+        };
+        let _ = writer.write_frame(&notice).await;
+        let _ = writer.shutdown().await;
+    }
+}
+
+/// One connection: handshake, then read requests and hand them to the core; a writer task sends
+/// the answers. A frame that cannot be parsed ends the connection with an error notice.
+async fn serve_connection(
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    conn: ConnId,
+    inputs: mpsc::Sender<Input>,
+    limits: Limits,
+) {
+    let role = match wire::read_hello(&mut stream, Duration::from_secs(5)).await {
+        Ok(role) => role,
+        Err(e) => {
+            debug!(%peer, error = %e, "handshake refused");
+            if let Error::VersionMismatch { .. } = e {
+                // Answer with our own hello so the peer can say which versions differ.
+                let _ = wire::write_hello(&mut stream, Role::Node).await;
+            }
+            return;
+        }
+    };
+    if wire::write_hello(&mut stream, Role::Node).await.is_err() {
+        return;
+    }
+    let role_label = match role {
+        Role::Node => "node",
+        Role::Client => "client",
+    };
+    metrics::counter!("chordkv_connections_total", "role" => role_label).increment(1);
+    let (rd, wr) = stream.into_split();
+    let (tx, mut rx) = mpsc::channel::<Envelope>(1024);
+    let max_frame = limits.max_frame;
+    let writer = tokio::spawn(async move {
+        let mut writer = FrameWriter::new(wr, max_frame);
+        while let Some(env) = rx.recv().await {
+            let mut result = writer.feed_frame(&env).await;
+            // Batch whatever else is ready into the same flush.
+            while let (Ok(()), Ok(more)) = (&result, rx.try_recv()) {
+                result = writer.feed_frame(&more).await;
+            }
+            if let Err(e) = result.and(writer.flush().await) {
+                debug!(%peer, error = %e, "write failed");
+                break;
+            }
+        }
+        let _ = writer.shutdown().await;
+    });
+    if inputs
+        .send(Input::Open {
+            conn,
+            tx: tx.clone(),
+        })
+        .await
+        .is_err()
+    {
+        return;
+    }
+    let mut reader = FrameReader::new(rd, max_frame);
+    loop {
+        match reader.read_frame().await {
+            Ok(None) => break,
+            Ok(Some(Envelope::Request { id, body })) => {
+                metrics::counter!("chordkv_messages_in_total", "kind" => body.kind()).increment(1);
+                if let Err(e) = limits.check_request(&body) {
+                    let _ = tx.send(Envelope::Response { id, body: Err(e) }).await;
+                    continue;
+                }
+                let input = Input::Request {
+                    conn,
+                    id,
+                    request: body,
+                };
+                if inputs.send(input).await.is_err() {
+                    break;
+                }
+            }
+            Ok(Some(Envelope::Response { .. })) => {
+                let e = Error::InvalidData("unexpected response frame: this connection only takes requests".into());
+                let _ = tx.send(Envelope::Response { id: wire::NOTICE_ID, body: Err(e) }).await;
+                break;
+            }
+            Err(e) => {
+                metrics::counter!("chordkv_bad_frames_total").increment(1);
+                debug!(%peer, error = %e, "bad frame; closing the connection");
+                let _ = tx.send(Envelope::Response { id: wire::NOTICE_ID, body: Err(e) }).await;
+                break;
+            }
+        }
+    }
+    let _ = inputs.send(Input::Close { conn }).await;
+    drop(tx);
+    let _ = writer.await;
+}
