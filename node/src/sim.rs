@@ -137,6 +137,11 @@ impl Sim {
         SocketAddr::new(IpAddr::V4(ip), 7000)
     }
 
+    /// The index of the node at `addr`, if it is one of ours.
+    pub fn index_of(&self, addr: SocketAddr) -> Option<usize> {
+        self.by_addr.get(&addr).copied()
+    }
+
     /// Node `i` as others see it.
     pub fn node_ref(&self, i: usize) -> NodeRef {
         let addr = self.addrs[i];
@@ -424,7 +429,10 @@ impl Sim {
     pub fn ring_errors(&self, fingers: bool) -> Vec<String> {
         let ring = self.true_ring();
         let n = ring.len();
-        let mut errors = Vec::new();
+        let mut errors: Vec<String> = (0..self.slots.len())
+            .filter(|&i| self.chord(i).is_some_and(|c| !c.is_joined()))
+            .map(|i| format!("n{i}: still joining"))
+            .collect();
         for (pos, me) in ring.iter().enumerate() {
             let Some(i) = self.by_addr.get(&me.addr).copied() else {
                 continue;
