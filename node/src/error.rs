@@ -59,7 +59,11 @@ impl Error {
     pub fn is_retryable(&self) -> bool {
         matches!(
             self,
-            Error::Unavailable(_) | Error::Unreachable(_) | Error::WrongOwner | Error::Timeout(_) | Error::Overloaded(_)
+            Error::Unavailable(_)
+                | Error::Unreachable(_)
+                | Error::WrongOwner
+                | Error::Timeout(_)
+                | Error::Overloaded(_)
         )
     }
 }

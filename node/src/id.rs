@@ -201,7 +201,9 @@ mod tests {
             Id::hash(b"abc").to_string(),
             "a9993e364706816aba3e25717850c26c9cd0d89d"
         );
-        let parsed: Id = "a9993e364706816aba3e25717850c26c9cd0d89d".parse().expect("hex");
+        let parsed: Id = "a9993e364706816aba3e25717850c26c9cd0d89d"
+            .parse()
+            .expect("hex");
         assert_eq!(parsed, Id::hash(b"abc"));
         assert!("xyz".parse::<Id>().is_err());
     }

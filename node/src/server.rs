@@ -188,7 +188,11 @@ const BATCH: usize = 512;
 ///
 /// # Errors
 /// [`Error::Io`] if the storage cannot be opened or the listener fails.
-pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Output = ()>) -> Result<()> {
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+) -> Result<()> {
     config.limits.validate()?;
     let (storage, id) = open_storage(&config)?;
     let me = NodeRef {
@@ -341,13 +345,21 @@ fn record_event(me: &NodeRef, event: &Event) -> bool {
             metrics::counter!("chordkv_suspicions_total").increment(1);
             warn!(node, peer = %peer, "peer stopped answering; dropped from routing state");
         }
-        Event::TransferDone { to, keys } => info!(node, to = %to, keys, "handed keys over"),
+        Event::TransferDone { to, keys } => {
+            metrics::counter!("chordkv_keys_handed_over_total").increment(*keys);
+            if *keys > 0 {
+                info!(node, to = %to, keys, "handed keys over");
+            }
+        }
         Event::StorageError { error } => warn!(node, %error, "storage error"),
         Event::Left { handed_over } => {
             if *handed_over {
                 info!(node, "left the ring");
             } else {
-                warn!(node, "left the ring without reaching a successor: keys stay on disk here");
+                warn!(
+                    node,
+                    "left the ring without reaching a successor: keys stay on disk here"
+                );
             }
             return true;
         }
@@ -355,11 +367,14 @@ fn record_event(me: &NodeRef, event: &Event) -> bool {
     false
 }
 
+/// The pooled connection to one peer; its lock makes concurrent senders share one connect.
+type Slot = Arc<Mutex<Option<Channel>>>;
+
 /// Outbound requests to peers, over one pooled [`Channel`] per address.
 #[derive(Clone)]
 struct Peers {
     config: Config,
-    pool: Arc<Mutex<HashMap<SocketAddr, Arc<Mutex<Option<Channel>>>>>>,
+    pool: Arc<Mutex<HashMap<SocketAddr, Slot>>>,
     inputs: mpsc::Sender<Input>,
 }
 
@@ -389,7 +404,7 @@ impl Peers {
             match slot.as_ref().filter(|c| !c.is_closed()) {
                 Some(c) => c.clone(),
                 None => {
-                    let c = Channel::connect(to, Role::Node, self.config.limits.clone(), timeout).await?;
+                    let c = Channel::connect(to, Role::Node, self.config.limits, timeout).await?;
                     *slot = Some(c.clone());
                     c
                 }
@@ -417,7 +432,7 @@ async fn accept_loop(listener: TcpListener, inputs: mpsc::Sender<Input>, config:
         next_conn += 1;
         let permit = permits.clone().try_acquire_owned();
         let inputs = inputs.clone();
-        let limits = config.limits.clone();
+        let limits = config.limits;
         tokio::spawn(async move {
             let _ = stream.set_nodelay(true);
             match permit {
@@ -431,7 +446,9 @@ async fn accept_loop(listener: TcpListener, inputs: mpsc::Sender<Input>, config:
 /// Tell a connection we are at our limit, then close it.
 async fn refuse(mut stream: TcpStream, limits: Limits, why: &str) {
     metrics::counter!("chordkv_connections_refused_total").increment(1);
-    if wire::read_hello(&mut stream, Duration::from_secs(2)).await.is_ok()
+    if wire::read_hello(&mut stream, Duration::from_secs(2))
+        .await
+        .is_ok()
         && wire::write_hello(&mut stream, Role::Node).await.is_ok()
     {
         let mut writer = FrameWriter::new(stream, limits.max_frame);
@@ -520,14 +537,26 @@ async fn serve_connection(
                 }
             }
             Ok(Some(Envelope::Response { .. })) => {
-                let e = Error::InvalidData("unexpected response frame: this connection only takes requests".into());
-                let _ = tx.send(Envelope::Response { id: wire::NOTICE_ID, body: Err(e) }).await;
+                let e = Error::InvalidData(
+                    "unexpected response frame: this connection only takes requests".into(),
+                );
+                let _ = tx
+                    .send(Envelope::Response {
+                        id: wire::NOTICE_ID,
+                        body: Err(e),
+                    })
+                    .await;
                 break;
             }
             Err(e) => {
                 metrics::counter!("chordkv_bad_frames_total").increment(1);
                 debug!(%peer, error = %e, "bad frame; closing the connection");
-                let _ = tx.send(Envelope::Response { id: wire::NOTICE_ID, body: Err(e) }).await;
+                let _ = tx
+                    .send(Envelope::Response {
+                        id: wire::NOTICE_ID,
+                        body: Err(e),
+                    })
+                    .await;
                 break;
             }
         }

@@ -339,7 +339,15 @@ impl Sim {
                     None => {
                         // Nothing listens there: connection refused, answered at once.
                         let e = Error::Unreachable(format!("{to}: connection refused"));
-                        self.post(from, to, Msg::Response { to: from, id, response: Err(e) });
+                        self.post(
+                            from,
+                            to,
+                            Msg::Response {
+                                to: from,
+                                id,
+                                response: Err(e),
+                            },
+                        );
                     }
                 }
             }
@@ -354,10 +362,7 @@ impl Sim {
 
     /// Carry out node `i`'s outputs.
     fn drain(&mut self, i: usize) {
-        loop {
-            let Some(out) = self.chord_mut(i).and_then(|c| c.poll_output()) else {
-                break;
-            };
+        while let Some(out) = self.chord_mut(i).and_then(|c| c.poll_output()) {
             match out {
                 Output::Send { to, id, request } => {
                     let msg = Msg::Request {
@@ -400,7 +405,9 @@ impl Sim {
         if self.opts.drop_rate > 0.0 && self.rng.random_bool(self.opts.drop_rate) {
             return;
         }
-        let delay = self.rng.random_range(self.opts.min_delay..=self.opts.max_delay);
+        let delay = self
+            .rng
+            .random_range(self.opts.min_delay..=self.opts.max_delay);
         self.seq += 1;
         self.queue.push(Reverse((self.now + delay, self.seq)));
         self.msgs.insert(self.seq, msg);
@@ -441,18 +448,28 @@ impl Sim {
             let r = self.opts.chord.successors.min(n - 1);
             let want: Vec<NodeRef> = (1..=r).map(|k| ring[(pos + k) % n]).collect();
             if c.successors() != want.as_slice() {
-                errors.push(format!("n{i}: successors {:?}, want {:?}", c.successors(), want));
+                errors.push(format!(
+                    "n{i}: successors {:?}, want {:?}",
+                    c.successors(),
+                    want
+                ));
             }
             let want_pred = (n > 1).then(|| ring[(pos + n - 1) % n]);
             if c.predecessor() != want_pred {
-                errors.push(format!("n{i}: predecessor {:?}, want {want_pred:?}", c.predecessor()));
+                errors.push(format!(
+                    "n{i}: predecessor {:?}, want {want_pred:?}",
+                    c.predecessor()
+                ));
             }
             if fingers && n > 1 {
                 for f in 0..BITS {
                     let start = me.id.add_pow2(f);
                     let owner = successor_in(&ring, start).filter(|o| o.id != me.id);
                     if c.finger(f) != owner {
-                        errors.push(format!("n{i}: finger {f} is {:?}, want {owner:?}", c.finger(f)));
+                        errors.push(format!(
+                            "n{i}: finger {f} is {:?}, want {owner:?}",
+                            c.finger(f)
+                        ));
                     }
                 }
             }

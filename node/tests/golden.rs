@@ -47,8 +47,12 @@ impl Runner {
     fn run(&mut self, line: &str) -> String {
         let words: Vec<&str> = line.split_whitespace().collect();
         let node = |w: Option<&&str>, default: usize| -> usize {
-            w.map(|w| w.trim_start_matches('n').parse().expect("node name like n3"))
-                .unwrap_or(default)
+            w.map(|w| {
+                w.trim_start_matches('n')
+                    .parse()
+                    .expect("node name like n3")
+            })
+            .unwrap_or(default)
         };
         let mut out = String::new();
         match words.as_slice() {
@@ -139,8 +143,11 @@ impl Runner {
             }
             ["holders", key] => {
                 let sim = self.sim();
-                let holders: Vec<String> =
-                    sim.holders(key.as_bytes()).iter().map(|i| format!("n{i}")).collect();
+                let holders: Vec<String> = sim
+                    .holders(key.as_bytes())
+                    .iter()
+                    .map(|i| format!("n{i}"))
+                    .collect();
                 let owner = sim.owner_of(key.as_bytes()).map(|i| format!("n{i}"));
                 writeln!(
                     out,
@@ -178,7 +185,9 @@ impl Runner {
 
     fn settle(&mut self) -> String {
         let sim = self.sim();
-        if sim.run_until(120_000, |s| s.now() % 100 == 0 && s.ring_errors(true).is_empty()) {
+        if sim.run_until(120_000, |s| {
+            s.now() % 100 == 0 && s.ring_errors(true).is_empty()
+        }) {
             "settled\n".into()
         } else {
             let errs = sim.ring_errors(true);

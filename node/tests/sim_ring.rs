@@ -18,7 +18,14 @@ fn grow(opts: SimOptions, n: usize, join_every_ms: u64) -> Sim {
 fn small_rings_converge() {
     for n in [1, 2, 3, 5, 12] {
         for seed in 1..=5 {
-            let mut sim = grow(SimOptions { seed, ..SimOptions::default() }, n, 50);
+            let mut sim = grow(
+                SimOptions {
+                    seed,
+                    ..SimOptions::default()
+                },
+                n,
+                50,
+            );
             let ok = sim.run_until(60_000, |s| s.ring_errors(true).is_empty());
             assert!(ok, "seed {seed}, {n} nodes: {:#?}", sim.ring_errors(true));
         }
@@ -28,7 +35,11 @@ fn small_rings_converge() {
 #[test]
 fn lookups_find_true_owner() {
     let mut sim = grow(SimOptions::default(), 20, 20);
-    assert!(sim.run_until(60_000, |s| s.ring_errors(true).is_empty()), "{:#?}", sim.ring_errors(true));
+    assert!(
+        sim.run_until(60_000, |s| s.ring_errors(true).is_empty()),
+        "{:#?}",
+        sim.ring_errors(true)
+    );
     for k in 0..100 {
         let key = format!("key-{k}").into_bytes();
         let want = sim.owner_of(&key).expect("owner");
@@ -45,12 +56,26 @@ fn lookups_find_true_owner() {
 #[test]
 fn ring_of_1024_converges_exactly_and_lookups_take_half_log_n_hops() {
     let mut sim = grow(SimOptions::default(), 1024, 20);
-    let ok = sim.run_until(120_000, |s| s.now() % 1000 == 0 && s.ring_errors(true).is_empty());
+    let ok = sim.run_until(120_000, |s| {
+        s.now() % 1000 == 0 && s.ring_errors(true).is_empty()
+    });
     let errs = sim.ring_errors(true);
-    assert!(ok, "not converged by {} ms: {:#?}", sim.now(), &errs[..errs.len().min(20)]);
+    assert!(
+        ok,
+        "not converged by {} ms: {:#?}",
+        sim.now(),
+        &errs[..errs.len().min(20)]
+    );
     let n = 2000;
     let tokens: Vec<_> = (0..n)
-        .map(|k| sim.submit(k % 1024, Request::Lookup { key: format!("key-{k}").into_bytes() }))
+        .map(|k| {
+            sim.submit(
+                k % 1024,
+                Request::Lookup {
+                    key: format!("key-{k}").into_bytes(),
+                },
+            )
+        })
         .collect();
     // Lookups take a few round trips of at most 10 ms each; 5 s is ample, even with retries.
     sim.run_for(5_000);
@@ -66,6 +91,9 @@ fn ring_of_1024_converges_exactly_and_lookups_take_half_log_n_hops() {
         }
     }
     let mean = hops as f64 / n as f64;
-    println!("1024 nodes: converged at {} ms, mean lookup hops {mean:.2} (paper: ~5)", sim.now());
+    println!(
+        "1024 nodes: converged at {} ms, mean lookup hops {mean:.2} (paper: ~5)",
+        sim.now()
+    );
     assert!(mean <= 5.0, "mean hops {mean} exceeds ½·log2(1024) = 5");
 }

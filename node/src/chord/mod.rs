@@ -281,14 +281,21 @@ enum TransferGoal {
     Leave,
 }
 
+/// What one transfer message carried: keys with the hash of the value sent, and deleted keys.
+#[derive(Clone, Debug)]
+struct Round {
+    items: Vec<(Vec<u8>, u64)>,
+    deletes: Vec<Vec<u8>>,
+}
+
 #[derive(Clone, Debug)]
 struct Transfer {
     to: NodeRef,
     goal: TransferGoal,
     /// Keys the receiver has acknowledged, with a hash of the value it holds.
     sent: BTreeMap<Vec<u8>, u64>,
-    /// The round in flight: items and deletes it carries, so the ack can record them.
-    in_flight: Option<(Vec<(Vec<u8>, u64)>, Vec<Vec<u8>>)>,
+    /// The round in flight, so its acknowledgement can record what the receiver now holds.
+    in_flight: Option<Round>,
 }
 
 /// One Chord node's protocol state. See the [module documentation](self) for the call contract.
@@ -473,7 +480,11 @@ impl<S: Storage> Chord<S> {
         for id in expired {
             self.handle_response(id, Err(Error::Timeout("peer did not answer".into())), now);
         }
-        let due: Vec<(u64, u64)> = self.retries.range(..(now + 1, 0)).map(|(k, _)| *k).collect();
+        let due: Vec<(u64, u64)> = self
+            .retries
+            .range(..(now + 1, 0))
+            .map(|(k, _)| *k)
+            .collect();
         for k in due {
             if let Some(op) = self.retries.remove(&k) {
                 self.start_client_op(op);
@@ -562,7 +573,8 @@ impl<S: Storage> Chord<S> {
             }
             Request::Status => Ok(Response::Status(self.status())),
         };
-        self.outbox.push_back(Output::Respond { conn, id, response });
+        self.outbox
+            .push_back(Output::Respond { conn, id, response });
     }
 
     /// The answer (or transport error) for a request this machine sent.
@@ -924,7 +936,12 @@ impl<S: Storage> Chord<S> {
         }
         if self.succs.iter().any(|s| s.id == node.id) {
             let rest: Vec<NodeRef> = succs.into_iter().filter(|s| s.id != node.id).collect();
-            let mut list: Vec<NodeRef> = self.succs.iter().copied().filter(|s| s.id != node.id).collect();
+            let mut list: Vec<NodeRef> = self
+                .succs
+                .iter()
+                .copied()
+                .filter(|s| s.id != node.id)
+                .collect();
             if self.succs.first() == Some(&node) {
                 list = rest.into_iter().chain(list).collect();
             }
@@ -1019,7 +1036,9 @@ impl<S: Storage> Chord<S> {
         }
         let result = match request {
             Request::StoreGet { key } => self.storage.get(key).map(Response::Value),
-            Request::StorePut { key, value } => self.storage.put(key, value).map(|()| Response::Ack),
+            Request::StorePut { key, value } => {
+                self.storage.put(key, value).map(|()| Response::Ack)
+            }
             Request::StoreDelete { key } => self.storage.delete(key).map(Response::Deleted),
             _ => unreachable!("matched above"),
         };
@@ -1034,7 +1053,9 @@ impl<S: Storage> Chord<S> {
             return self.respond(
                 op.conn,
                 op.id,
-                Err(Error::Timeout("the ring did not settle in time; retry".into())),
+                Err(Error::Timeout(
+                    "the ring did not settle in time; retry".into(),
+                )),
             );
         }
         let key = match &op.request {
@@ -1085,7 +1106,11 @@ impl<S: Storage> Chord<S> {
         self.retries.insert((at, n), op);
     }
 
-    fn on_transfer(&mut self, items: Vec<(Vec<u8>, Vec<u8>)>, deletes: Vec<Vec<u8>>) -> Result<Response> {
+    fn on_transfer(
+        &mut self,
+        items: Vec<(Vec<u8>, Vec<u8>)>,
+        deletes: Vec<Vec<u8>>,
+    ) -> Result<Response> {
         for (k, v) in &items {
             self.storage.put(k, v)?;
         }
@@ -1162,7 +1187,10 @@ impl<S: Storage> Chord<S> {
         }
         let to = t.to;
         if let Some(t) = self.transfer.as_mut() {
-            t.in_flight = Some((hashes, deletes.clone()));
+            t.in_flight = Some(Round {
+                items: hashes,
+                deletes: deletes.clone(),
+            });
         }
         self.send(
             to,
@@ -1179,7 +1207,7 @@ impl<S: Storage> Chord<S> {
         let Some(t) = self.transfer.as_mut() else {
             return;
         };
-        let Some((items, deletes)) = t.in_flight.take() else {
+        let Some(Round { items, deletes }) = t.in_flight.take() else {
             return;
         };
         match response {
@@ -1252,7 +1280,13 @@ impl<S: Storage> Chord<S> {
         self.send_addr(to.addr, Some(to), request, purpose);
     }
 
-    fn send_addr(&mut self, addr: SocketAddr, to: Option<NodeRef>, request: Request, purpose: Purpose) {
+    fn send_addr(
+        &mut self,
+        addr: SocketAddr,
+        to: Option<NodeRef>,
+        request: Request,
+        purpose: Purpose,
+    ) {
         let id = self.next_id;
         self.next_id += 1;
         self.pending.insert(
@@ -1271,7 +1305,8 @@ impl<S: Storage> Chord<S> {
     }
 
     fn respond(&mut self, conn: ConnId, id: RequestId, response: Result<Response>) {
-        self.outbox.push_back(Output::Respond { conn, id, response });
+        self.outbox
+            .push_back(Output::Respond { conn, id, response });
     }
 
     fn emit(&mut self, event: Event) {
