@@ -43,7 +43,7 @@ impl Client {
     pub async fn connect(addr: &str, timeout: Duration) -> Result<Client> {
         let mut last = None;
         for candidate in resolve(addr, timeout).await? {
-            match Channel::connect(candidate, Role::Client, Limits::default(), timeout).await {
+            match Channel::connect(candidate, Role::Client, Limits::client(), timeout).await {
                 Ok(channel) => return Ok(Client { channel, timeout }),
                 Err(e) => last = Some(e),
             }
@@ -183,6 +183,7 @@ fn unexpected(op: &str, response: &Response) -> Error {
         Response::Route(_) => "Route",
         Response::Neighbors { .. } => "Neighbors",
         Response::Ack => "Ack",
+        Response::Redirect { .. } => "Redirect",
         Response::Value(_) => "Value",
         Response::Deleted(_) => "Deleted",
         Response::Lookup(_) => "Lookup",
@@ -279,6 +280,9 @@ where
     let end = 'walk: loop {
         if nodes.len() >= MAX_RING_NODES {
             break WalkEnd::TooLong;
+        }
+        if current.succs.is_empty() && nodes.len() == 1 {
+            break WalkEnd::Closed; // a ring of one: a node alone has no successors
         }
         for candidate in current.succs.clone() {
             if candidate.id == start_id {
@@ -516,7 +520,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_ring_of_one_is_consistent() {
-        let view = walk(vec![status(7, Some(7), &[7])]).await;
+        let view = walk(vec![status(7, None, &[])]).await;
         assert_eq!(view.end, WalkEnd::Closed);
         assert!(view.is_consistent(), "{:#?}", view.inconsistencies);
     }

@@ -89,6 +89,12 @@ pub enum Request {
         /// Its successor list, for its predecessor to adopt.
         succs: Vec<NodeRef>,
     },
+    /// "I adopted you as my predecessor": the keys of `(pred, you]` were all handed to you, and
+    /// you own that range now. Sent by a successor when a join hand-over completes.
+    Adopted {
+        /// Where the receiver's range starts: the sender's predecessor before the receiver.
+        pred: Option<NodeRef>,
+    },
 
     // ---- data placement, node to node ----
     /// Keys handed over to the receiver, which now owns them (a join or a leave moved the range).
@@ -100,6 +106,10 @@ pub enum Request {
         items: Vec<(Vec<u8>, Vec<u8>)>,
         /// Keys the sender handed over earlier and that have since been deleted.
         deletes: Vec<Vec<u8>>,
+        /// The sender is leaving and hands over everything it holds. The receiver takes it only
+        /// if the sender is its predecessor; if a newer node sits between them it answers
+        /// [`Response::Redirect`] naming that node.
+        leaving: bool,
     },
     /// Read `key` from the receiver's own storage. [`Error::WrongOwner`] if it does not own it.
     StoreGet {
@@ -165,6 +175,12 @@ pub enum Response {
     },
     /// The request was carried out (and any data it carried is stored).
     Ack,
+    /// Nothing was done: send this request to `to` instead (a leaving node's hand-over reached a
+    /// node whose predecessor is no longer the leaver).
+    Redirect {
+        /// The node to send to.
+        to: NodeRef,
+    },
     /// Answer to [`Request::Get`] and [`Request::StoreGet`]: the value, or `None` if absent.
     Value(Option<Vec<u8>>),
     /// Answer to [`Request::Delete`] and [`Request::StoreDelete`]: whether the key existed.
@@ -225,6 +241,7 @@ impl Request {
             Request::GetNeighbors => "get_neighbors",
             Request::Notify { .. } => "notify",
             Request::Leaving { .. } => "leaving",
+            Request::Adopted { .. } => "adopted",
             Request::Transfer { .. } => "transfer",
             Request::StoreGet { .. } => "store_get",
             Request::StorePut { .. } => "store_put",

@@ -327,6 +327,7 @@ fn record_event(me: &NodeRef, event: &Event) -> bool {
     let node = me.id.short();
     match event {
         Event::Joined { succ } => info!(node, succ = %succ, "joined the ring"),
+        Event::Installed => info!(node, "took over its range of keys from its successor"),
         Event::PredecessorChanged { pred } => {
             info!(node, pred = ?pred, "predecessor changed")
         }

@@ -229,6 +229,11 @@ impl Sim {
         }
     }
 
+    /// Change the probability that a message is lost, from now on.
+    pub fn set_drop_rate(&mut self, p: f64) {
+        self.opts.drop_rate = p;
+    }
+
     /// Restore every link.
     pub fn heal(&mut self) {
         self.cut.clear();

@@ -248,6 +248,17 @@ impl Default for Limits {
 }
 
 impl Limits {
+    /// The limits a client applies: only the hard frame cap. The node it talks to enforces its
+    /// own key and value limits and answers with a clear error, so the client never refuses a
+    /// request a node configured for larger values would take.
+    pub fn client() -> Limits {
+        Limits {
+            max_frame: HARD_MAX_FRAME,
+            max_key: HARD_MAX_FRAME,
+            max_value: HARD_MAX_FRAME,
+        }
+    }
+
     /// Checks that the bounds make sense together: a frame bound within [`HARD_MAX_FRAME`], a
     /// nonzero key bound, and room in a frame for a maximal key and value.
     ///
@@ -325,6 +336,7 @@ impl Limits {
             | Request::GetNeighbors
             | Request::Notify { .. }
             | Request::Leaving { .. }
+            | Request::Adopted { .. }
             | Request::Status => Ok(()),
         }
     }
@@ -1051,6 +1063,7 @@ mod tests {
                 .map(|(k, v)| (k.to_vec(), v.to_vec()))
                 .collect(),
             deletes: deletes.into_iter().map(<[u8]>::to_vec).collect(),
+            leaving: false,
         };
         let cases: Vec<(Request, Result<()>)> = vec![
             (get(b"abcd"), Ok(())),

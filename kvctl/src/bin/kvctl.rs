@@ -69,7 +69,8 @@ enum Command {
         /// The key.
         key: String,
     },
-    /// Walk the ring from --node: one row per node in ring order, then any inconsistencies.
+    /// Walk the ring from --node: one row per node in ring order, then any inconsistencies
+    /// (exit 3 if there are any).
     Ring,
 }
 
@@ -77,6 +78,8 @@ enum Command {
 enum Outcome {
     Done,
     NotFound(String),
+    /// `ring` found problems (already printed): exit 3, so scripts can wait for convergence.
+    Inconsistent,
 }
 
 fn parse_timeout(s: &str) -> Result<Duration, String> {
@@ -107,6 +110,7 @@ fn main() -> ExitCode {
             eprintln!("kvctl: key not found: {key}");
             ExitCode::from(1)
         }
+        Ok(Outcome::Inconsistent) => ExitCode::from(3),
         Err(e) => {
             eprintln!("kvctl: {e:#}");
             ExitCode::from(2)
@@ -197,7 +201,11 @@ async fn run(cli: &Cli) -> anyhow::Result<Outcome> {
             } else {
                 print_line(&ring_text(&view))?;
             }
-            Ok(Outcome::Done)
+            Ok(if view.is_consistent() {
+                Outcome::Done
+            } else {
+                Outcome::Inconsistent
+            })
         }
     }
 }

@@ -9,7 +9,7 @@
 use chordkv_node::chord::Options;
 use chordkv_node::id::Id;
 use chordkv_node::server::{self, Config};
-use chordkv_node::wire::Limits;
+use chordkv_node::wire::{HARD_MAX_FRAME, Limits};
 use clap::Parser;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -112,10 +112,13 @@ fn run(args: Args) -> Result<(), String> {
         seed: rand_seed(),
         ..Options::default()
     };
+    // A frame must carry the largest key and value plus the message around them.
+    let max_frame = (args.max_key_bytes + args.max_value_bytes + (64 << 10))
+        .clamp(Limits::default().max_frame, HARD_MAX_FRAME);
     config.limits = Limits {
         max_key: args.max_key_bytes,
         max_value: args.max_value_bytes,
-        ..Limits::default()
+        max_frame,
     };
     config.limits.validate().map_err(|e| e.to_string())?;
 

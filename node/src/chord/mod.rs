@@ -99,6 +99,9 @@ pub struct Options {
     pub check_pred_interval: u64,
     /// How long to wait for a peer's answer, in ms.
     pub rpc_timeout: u64,
+    /// A peer is suspected after this many requests in a row timed out (a refused connection
+    /// counts at once).
+    pub suspect_after: u32,
     /// How long a client request may take in all, retries included, in ms.
     pub request_timeout: u64,
     /// Pause before retrying a request that met a changing ring, in ms.
@@ -121,6 +124,7 @@ impl Default for Options {
             fix_fingers_interval: 100,
             check_pred_interval: 500,
             rpc_timeout: 1_000,
+            suspect_after: 3,
             request_timeout: 10_000,
             retry_delay: 100,
             transfer_batch: 512,
@@ -164,6 +168,8 @@ pub enum Event {
         /// Its successor at the time.
         succ: NodeRef,
     },
+    /// The successor handed this node its range: it now serves its keys.
+    Installed,
     /// The predecessor changed.
     PredecessorChanged {
         /// The new predecessor, if any.
@@ -233,6 +239,8 @@ enum Purpose {
     Transfer,
     /// A leave notice.
     Leaving,
+    /// Telling a newcomer we adopted it; resent until it answers or we drop it.
+    Adopted { to: NodeRef, start: Option<NodeRef> },
 }
 
 #[derive(Clone, Debug)]
@@ -304,8 +312,13 @@ pub struct Chord<S: Storage> {
     opts: Options,
     storage: S,
     joined: bool,
+    /// Whether our successor has handed us our range `(pred, self]` (or we started the ring): only
+    /// then do we serve data and hand parts of the range to newcomers.
+    installed: bool,
     leaving: bool,
     pred: Option<NodeRef>,
+    /// The last predecessor we had: the start of the range we own while `pred` is unknown.
+    range_start: Option<NodeRef>,
     succs: Vec<NodeRef>,
     fingers: Vec<Option<NodeRef>>,
     next_finger: usize,
@@ -314,6 +327,8 @@ pub struct Chord<S: Storage> {
     /// The successor when the current stabilization round began.
     round_succ: NodeRef,
     transfer: Option<Transfer>,
+    /// What an interrupted join hand-over left its receiver possibly holding, by receiver id.
+    aborted: Option<(Id, BTreeMap<Vec<u8>, u64>)>,
     leave_acks: u32,
     bootstrap: Option<SocketAddr>,
     join_retry_at: Option<u64>,
@@ -322,6 +337,10 @@ pub struct Chord<S: Storage> {
     next_check: u64,
     now: u64,
     next_id: RequestId,
+    /// Nodes that told us they left, until when to ignore their late notifies.
+    departed: BTreeMap<Id, u64>,
+    /// Consecutive timeouts per peer, for [`Options::suspect_after`].
+    strikes: BTreeMap<Id, u32>,
     pending: BTreeMap<RequestId, Pending>,
     lookups: BTreeMap<u64, LookupOp>,
     /// Client operations waiting for a retry, by when.
@@ -346,8 +365,10 @@ impl<S: Storage> Chord<S> {
             me,
             storage,
             joined: false,
+            installed: false,
             leaving: false,
             pred: None,
+            range_start: None,
             succs: Vec::new(),
             fingers: vec![None; BITS],
             next_finger: 0,
@@ -355,11 +376,14 @@ impl<S: Storage> Chord<S> {
             stabilizing: false,
             round_succ: me,
             transfer: None,
+            aborted: None,
             leave_acks: 0,
             bootstrap: None,
             join_retry_at: None,
             now,
             next_id: 1,
+            strikes: BTreeMap::new(),
+            departed: BTreeMap::new(),
             pending: BTreeMap::new(),
             lookups: BTreeMap::new(),
             retries: BTreeMap::new(),
@@ -378,6 +402,7 @@ impl<S: Storage> Chord<S> {
             Some(addr) if addr != self.me.addr => self.start_join(addr),
             _ => {
                 self.joined = true;
+                self.installed = true;
                 self.emit(Event::Joined { succ: self.me });
             }
         }
@@ -499,7 +524,14 @@ impl<S: Storage> Chord<S> {
             return;
         }
         if now >= self.next_stabilize {
-            self.next_stabilize = now + self.opts.stabilize_interval;
+            // Until the successor has handed our range over, ask often: we learn it from the
+            // successor naming us its predecessor.
+            let interval = if self.installed {
+                self.opts.stabilize_interval
+            } else {
+                self.opts.stabilize_interval.div_ceil(5)
+            };
+            self.next_stabilize = now + interval;
             self.stabilize();
         }
         if now >= self.next_check {
@@ -539,11 +571,16 @@ impl<S: Storage> Chord<S> {
                 self.on_leaving(node, pred, succs);
                 Ok(Response::Ack)
             }
+            Request::Adopted { pred } => {
+                self.on_adopted(pred);
+                Ok(Response::Ack)
+            }
             Request::Transfer {
-                from: _,
+                from,
                 items,
                 deletes,
-            } => self.on_transfer(items, deletes),
+                leaving,
+            } => self.on_transfer(from, items, deletes, leaving),
             Request::StoreGet { .. } | Request::StorePut { .. } | Request::StoreDelete { .. } => {
                 self.store_locally(&request)
             }
@@ -583,17 +620,31 @@ impl<S: Storage> Chord<S> {
         let Some(pending) = self.pending.remove(&id) else {
             return; // late answer to a request that already timed out
         };
-        if let (Err(e), Some(to)) = (&response, pending.to) {
-            // Only silence means dead: a node that answers with an error is alive.
-            if matches!(e, Error::Timeout(_) | Error::Unreachable(_)) {
-                self.suspect(to);
+        if let Some(to) = pending.to {
+            match &response {
+                // A refused connection means nothing listens there: the node is gone.
+                Err(Error::Unreachable(_)) => self.suspect(to),
+                // Silence may be one lost message: suspect after several in a row.
+                Err(Error::Timeout(_)) => {
+                    let strikes = self.strikes.entry(to.id).or_insert(0);
+                    *strikes += 1;
+                    if *strikes >= self.opts.suspect_after {
+                        self.suspect(to);
+                    }
+                }
+                // Any answer, even an error, shows the node is alive.
+                _ => {
+                    self.strikes.remove(&to.id);
+                }
             }
         }
         match pending.purpose {
             Purpose::Lookup { op } => self.on_lookup_answer(op, pending.to, response),
             Purpose::JoinNeighbors { succ } => match response {
-                Ok(Response::Neighbors { succs, .. }) => {
+                Ok(Response::Neighbors { pred, succs }) => {
                     self.adopt_successors(succ, succs);
+                    // A node restarting in the place the ring kept for it is installed already.
+                    self.installed = pred.is_some_and(|p| p.id == self.me.id);
                     self.joined = true;
                     self.emit(Event::Joined { succ });
                     self.send(succ, Request::Notify { node: self.me }, Purpose::Notify);
@@ -606,6 +657,11 @@ impl<S: Storage> Chord<S> {
                 match response {
                     Ok(Response::Neighbors { pred, succs }) => {
                         self.adopt_successors(succ, succs);
+                        if !self.installed && pred.is_some_and(|p| p.id == self.me.id) {
+                            // Our successor handed us our range and adopted us: we own it now.
+                            self.installed = true;
+                            self.emit(Event::Installed);
+                        }
                         match pred {
                             Some(p) if p != self.me && in_open(self.me.id, succ.id, p.id) => {
                                 self.stabilizing = true;
@@ -631,6 +687,11 @@ impl<S: Storage> Chord<S> {
                 self.finish_stabilize();
             }
             Purpose::Notify | Purpose::CheckPred => {}
+            Purpose::Adopted { to, start } => {
+                if response.is_err() && self.pred == Some(to) {
+                    self.send_adopted(to, start);
+                }
+            }
             Purpose::Store { op, owner } => self.on_store_answer(op, owner, response),
             Purpose::Transfer => self.on_transfer_answer(response),
             Purpose::Leaving => {
@@ -907,7 +968,18 @@ impl<S: Storage> Chord<S> {
     }
 
     fn on_notify(&mut self, node: NodeRef) {
-        if node.id == self.me.id || self.leaving {
+        // A node that does not hold its own range yet must not hand part of it on: the newcomer
+        // would get an empty range and the keys would later land on the wrong node.
+        if node.id == self.me.id || self.leaving || !self.installed {
+            return;
+        }
+        // A notify can overtake the leave notice its sender sent later; a node that just left
+        // must not be adopted back.
+        if self
+            .departed
+            .get(&node.id)
+            .is_some_and(|&until| self.now < until)
+        {
             return;
         }
         let closer = match self.pred {
@@ -920,18 +992,30 @@ impl<S: Storage> Chord<S> {
         if self.transfer.is_some() {
             return; // one hand-over at a time; the newcomer notifies again next round
         }
+        // Resume what an interrupted hand-over to this same node left it holding.
+        let sent = match self.aborted.take() {
+            Some((id, sent)) if id == node.id => sent,
+            other => {
+                self.aborted = other;
+                BTreeMap::new()
+            }
+        };
         self.transfer = Some(Transfer {
             to: node,
             goal: TransferGoal::Join,
-            sent: BTreeMap::new(),
+            sent,
             in_flight: None,
         });
         self.transfer_round();
     }
 
     fn on_leaving(&mut self, node: NodeRef, pred: Option<NodeRef>, succs: Vec<NodeRef>) {
+        let until = self.now + 10 * self.opts.rpc_timeout;
+        self.departed.retain(|_, t| *t > self.now);
+        self.departed.insert(node.id, until);
         if self.pred == Some(node) {
             self.pred = pred.filter(|p| p.id != self.me.id);
+            self.range_start = self.pred.or(self.range_start);
             self.emit(Event::PredecessorChanged { pred: self.pred });
         }
         if self.succs.iter().any(|s| s.id == node.id) {
@@ -955,6 +1039,7 @@ impl<S: Storage> Chord<S> {
 
     /// Drop a node that stopped answering from every routing structure.
     fn suspect(&mut self, node: NodeRef) {
+        self.strikes.remove(&node.id);
         let mut known = self.forget_finger(node.id);
         if self.pred.is_some_and(|p| p.id == node.id) {
             self.pred = None;
@@ -1011,10 +1096,16 @@ impl<S: Storage> Chord<S> {
 
     // ---------------------------------------------------------------- data
 
-    /// Whether this node believes it owns `id`: `(pred, self]`, or anything while it knows no
-    /// predecessor (a ring of one, or just joined).
+    /// Whether this node believes it owns `id`: `(pred, self]`, measured from the last
+    /// predecessor it had when the current one is unknown (suspected). Refusing writes outside that
+    /// range until a new predecessor notifies us is what keeps a write from landing on a node that
+    /// is not the owner after a false suspicion. A node that never had one (alone, or just joined)
+    /// owns whatever it is sent.
     fn owns(&self, id: Id) -> bool {
-        match self.pred {
+        if !self.installed {
+            return false; // our successor still holds (and serves) our range
+        }
+        match self.pred.or(self.range_start) {
             None => true,
             Some(p) => in_half_open(p.id, self.me.id, id),
         }
@@ -1108,9 +1199,23 @@ impl<S: Storage> Chord<S> {
 
     fn on_transfer(
         &mut self,
+        from: NodeRef,
         items: Vec<(Vec<u8>, Vec<u8>)>,
         deletes: Vec<Vec<u8>>,
+        leaving: bool,
     ) -> Result<Response> {
+        if self.leaving {
+            // Whatever we took now would leave with us.
+            return Err(Error::Unavailable("node is leaving the ring".into()));
+        }
+        if leaving {
+            // A leaver's keys belong to its successor. If we adopted a newer predecessor between
+            // it and us, that node is the leaver's successor now: storing here would strand keys
+            // outside our range.
+            if let Some(p) = self.pred.filter(|p| in_open(from.id, self.me.id, p.id)) {
+                return Ok(Response::Redirect { to: p });
+            }
+        }
         for (k, v) in &items {
             self.storage.put(k, v)?;
         }
@@ -1186,6 +1291,7 @@ impl<S: Storage> Chord<S> {
             return self.finish_transfer();
         }
         let to = t.to;
+        let leaving = matches!(t.goal, TransferGoal::Leave);
         if let Some(t) = self.transfer.as_mut() {
             t.in_flight = Some(Round {
                 items: hashes,
@@ -1198,6 +1304,7 @@ impl<S: Storage> Chord<S> {
                 from: self.me,
                 items,
                 deletes,
+                leaving,
             },
             Purpose::Transfer,
         );
@@ -1218,15 +1325,37 @@ impl<S: Storage> Chord<S> {
                 }
                 self.transfer_round();
             }
+            Ok(Response::Redirect { to })
+                if matches!(t.goal, TransferGoal::Leave) && in_open(self.me.id, t.to.id, to.id) =>
+            {
+                // A node joined between us and our successor: it is our successor now. Whatever
+                // the old successor already took went on to the newcomer in its own hand-over;
+                // we start over with the newcomer, sending everything again.
+                let succs = self.succs.clone();
+                self.transfer = None;
+                self.adopt_successors(to, succs);
+                self.begin_leave_transfer();
+            }
             _ => {
-                let t = self.transfer.take().expect("present");
-                if let TransferGoal::Leave = t.goal {
-                    // Hand everything to the next successor instead (suspect dropped this one).
-                    self.succs.retain(|s| s.id != t.to.id);
-                    self.begin_leave_transfer();
+                let mut t = self.transfer.take().expect("present");
+                // The lost round may or may not have been stored: remember its keys as "maybe
+                // held" (a hash no value has), so a retry to the same node resends or deletes them.
+                t.sent
+                    .extend(items.into_iter().map(|(k, _)| (k, MAYBE_HELD)));
+                t.sent.extend(deletes.into_iter().map(|k| (k, MAYBE_HELD)));
+                match t.goal {
+                    // A successor still trusted (one lost message) gets the same hand-over again;
+                    // one found dead (dropped by `suspect`) is replaced by the next successor,
+                    // which now owns the keys.
+                    TransferGoal::Leave if self.succs.first() == Some(&t.to) => {
+                        self.transfer = Some(t);
+                        self.transfer_round();
+                    }
+                    TransferGoal::Leave => self.begin_leave_transfer(),
+                    // A newcomer that failed mid-transfer notifies again if it is alive; we kept
+                    // every key, so nothing was lost, and what it may hold is remembered.
+                    TransferGoal::Join => self.aborted = Some((t.to.id, t.sent)),
                 }
-                // A newcomer that failed mid-transfer notifies again if it is alive; we kept
-                // every key, so nothing was lost.
             }
         }
     }
@@ -1253,8 +1382,11 @@ impl<S: Storage> Chord<S> {
         });
         match t.goal {
             TransferGoal::Join => {
+                let start = self.pred.or(self.range_start);
                 self.pred = Some(t.to);
+                self.range_start = self.pred;
                 self.emit(Event::PredecessorChanged { pred: self.pred });
+                self.send_adopted(t.to, start);
             }
             TransferGoal::Leave => {
                 let notice = Request::Leaving {
@@ -1271,6 +1403,29 @@ impl<S: Storage> Chord<S> {
                     self.send(n, notice.clone(), Purpose::Leaving);
                 }
             }
+        }
+    }
+
+    /// Tell a newcomer we adopted it: its range, `(start, newcomer]`, is now its own.
+    fn send_adopted(&mut self, to: NodeRef, start: Option<NodeRef>) {
+        self.send(
+            to,
+            Request::Adopted { pred: start },
+            Purpose::Adopted { to, start },
+        );
+    }
+
+    /// The newcomer's side of [`Request::Adopted`].
+    fn on_adopted(&mut self, pred: Option<NodeRef>) {
+        if self.installed {
+            return;
+        }
+        self.installed = true;
+        self.emit(Event::Installed);
+        if self.pred.is_none() {
+            self.pred = pred.filter(|p| p.id != self.me.id);
+            self.range_start = self.pred;
+            self.emit(Event::PredecessorChanged { pred: self.pred });
         }
     }
 
@@ -1314,8 +1469,13 @@ impl<S: Storage> Chord<S> {
     }
 }
 
+/// The hash recorded for a key the receiver may or may not hold (its round was not acknowledged).
+/// [`value_hash`] never returns it, so such a key is always sent again, or deleted.
+const MAYBE_HELD: u64 = 0;
+
+/// A hash of a value, to tell whether the receiver already holds exactly this value.
 fn value_hash(v: &[u8]) -> u64 {
     let mut h = DefaultHasher::new();
     v.hash(&mut h);
-    h.finish()
+    h.finish().max(1)
 }

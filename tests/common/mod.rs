@@ -1,0 +1,503 @@
+//! A test cluster of real `chordkv-node` processes, driven with the real `kvctl` binary and the
+//! `kvctl` client library (after toydb's `tests/testcluster.rs`).
+//!
+//! Each node runs as a child process on a free loopback port, with its own data directory and
+//! log file inside the cluster's temporary directory, and with fast protocol timers so that a
+//! ring converges in a second or two. Nothing here sleeps a fixed time hoping for convergence:
+//! [`wait_until`] polls a condition until a deadline and fails with the last reason it was not
+//! met. When a test panics, dropping the [`Cluster`] prints the tail of every node's log.
+//!
+//! The binaries are built once per test process (`cargo build --bins -p chordkv-node -p kvctl`),
+//! because `cargo test --test e2e` builds only the root package's targets and would otherwise run
+//! stale binaries after a change under `node/src` or `kvctl/src`.
+
+use kvctl::{Client, Id, NodeStatus, RingMember, RingView};
+use std::collections::{BTreeSet, HashSet};
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::{Mutex, Once};
+use std::time::{Duration, Instant};
+
+/// How long a ring may take to converge, or a process to start or stop. Generous: it only
+/// matters when something is wrong, and a slow CI machine must not turn into a false failure.
+pub const CONVERGE: Duration = Duration::from_secs(30);
+
+/// How long a node may take to answer its first status request after it was spawned.
+const START: Duration = Duration::from_secs(15);
+
+/// How often [`wait_until`] checks its condition.
+const POLL: Duration = Duration::from_millis(50);
+
+/// Timeout given to `kvctl` and to library clients, per connection and per request.
+pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Protocol timers for tests: a ring of five converges within a couple of seconds.
+const FAST_TIMERS: [&str; 8] = [
+    "--stabilize-ms",
+    "100",
+    "--fix-fingers-ms",
+    "50",
+    "--check-pred-ms",
+    "200",
+    "--rpc-timeout-ms",
+    "500",
+];
+
+/// How many lines of each node's log to print when a test fails.
+const LOG_TAIL_LINES: usize = 60;
+
+/// Polls `check` every 50 ms until it returns `Ok`, and returns that value. Panics after
+/// `timeout` with `what` and the last reason `check` gave for not being satisfied.
+pub fn wait_until<T>(
+    timeout: Duration,
+    what: &str,
+    mut check: impl FnMut() -> Result<T, String>,
+) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        match check() {
+            Ok(value) => return value,
+            Err(reason) if Instant::now() >= deadline => {
+                panic!("timed out after {timeout:?} waiting for {what}: {reason}")
+            }
+            Err(_) => std::thread::sleep(POLL),
+        }
+    }
+}
+
+/// The directory holding the binaries of this build (`target/debug`): the parent of the `deps`
+/// directory the test executable runs from.
+fn bin_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("the test executable knows its own path");
+    exe.parent()
+        .and_then(Path::parent)
+        .expect("the test executable lives in target/<profile>/deps")
+        .to_path_buf()
+}
+
+/// Builds `chordkv-node` and `kvctl` once per test process, into the target directory this test
+/// executable came from.
+fn build_binaries() {
+    static BUILD: Once = Once::new();
+    BUILD.call_once(|| {
+        let profile_dir = bin_dir();
+        let target_dir = profile_dir.parent().expect("target/<profile> has a parent");
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| env!("CARGO").into());
+        let mut build = Command::new(cargo);
+        build
+            .args(["build", "--bins", "-p", "chordkv-node", "-p", "kvctl"])
+            .arg("--manifest-path")
+            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml"))
+            .arg("--target-dir")
+            .arg(target_dir);
+        // target/debug holds the dev profile; any other directory is named after its profile.
+        match profile_dir.file_name().and_then(|name| name.to_str()) {
+            Some("debug") | None => {}
+            Some(profile) => {
+                build.args(["--profile", profile]);
+            }
+        }
+        let out = build
+            .stdin(Stdio::null())
+            .output()
+            .expect("cargo can be run to build chordkv-node and kvctl");
+        assert!(
+            out.status.success(),
+            "building chordkv-node and kvctl failed ({}); run `cargo build` to see why:\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    });
+}
+
+/// The path of binary `name` in this build, built first if needed.
+pub fn binary(name: &str) -> PathBuf {
+    build_binaries();
+    let path = bin_dir().join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
+    assert!(
+        path.is_file(),
+        "{} is missing; run `cargo build` at the workspace root first",
+        path.display()
+    );
+    path
+}
+
+/// A loopback address with a port that was free a moment ago. Never hands out the same port
+/// twice in one test process, so clusters in parallel tests cannot collide with each other;
+/// another process may still take it, which [`Cluster::start_node`] detects and retries.
+pub fn free_addr() -> SocketAddr {
+    static HANDED_OUT: Mutex<Option<HashSet<u16>>> = Mutex::new(None);
+    let mut handed_out = HANDED_OUT
+        .lock()
+        .expect("no test panicked holding the port set");
+    let handed_out = handed_out.get_or_insert_with(HashSet::new);
+    loop {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("can bind a loopback port");
+        let addr = listener
+            .local_addr()
+            .expect("a bound listener has an address");
+        if handed_out.insert(addr.port()) {
+            return addr;
+        }
+    }
+}
+
+/// Runs the real `kvctl` binary with `args`, feeding it `stdin`.
+pub fn kvctl_with_input(args: &[&str], stdin: &[u8]) -> Output {
+    let mut child = Command::new(binary("kvctl"))
+        .args(args)
+        .env_remove("KVCTL_NODE")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("kvctl can be spawned");
+    let mut pipe = child.stdin.take().expect("stdin is piped");
+    let input = stdin.to_vec();
+    // Write from another thread: kvctl might not read all of it, or only after writing output.
+    let writer = std::thread::spawn(move || {
+        let _ = pipe.write_all(&input);
+    });
+    let out = child.wait_with_output().expect("kvctl runs to the end");
+    writer.join().expect("the stdin writer does not panic");
+    out
+}
+
+/// Runs the real `kvctl` binary with `args` and empty standard input.
+pub fn kvctl(args: &[&str]) -> Output {
+    kvctl_with_input(args, b"")
+}
+
+/// One node of a [`Cluster`].
+struct Node {
+    /// Where it listens and what it advertises.
+    addr: SocketAddr,
+    /// Its sled database and stored id.
+    data_dir: PathBuf,
+    /// Its stderr, appended to across restarts.
+    log: PathBuf,
+    /// Flags given on every start, beyond the harness's own.
+    extra_args: Vec<String>,
+    /// The running process, if any.
+    child: Option<Child>,
+}
+
+/// Real `chordkv-node` processes on loopback, each in its own directory under one temporary
+/// directory, which is removed when the cluster is dropped (after the children are killed).
+pub struct Cluster {
+    nodes: Vec<Node>,
+    runtime: tokio::runtime::Runtime,
+    // Dropped last: the children must be gone before their directories.
+    dir: tempfile::TempDir,
+}
+
+impl Cluster {
+    /// An empty cluster; add nodes with [`Cluster::start_node`].
+    pub fn new() -> Cluster {
+        Cluster {
+            nodes: Vec::new(),
+            runtime: tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .expect("a tokio runtime for the client library"),
+            dir: tempfile::Builder::new()
+                .prefix("chordkv-e2e-")
+                .tempdir()
+                .expect("a temporary directory for the cluster"),
+        }
+    }
+
+    /// Starts `n` nodes, the first forming the ring and the others joining through it, and
+    /// waits until the ring is consistent with all of them.
+    pub fn start(n: usize) -> Cluster {
+        let mut cluster = Cluster::new();
+        for i in 0..n {
+            cluster.start_node((i > 0).then_some(0), &[]);
+        }
+        cluster.wait_for_ring(&cluster.all());
+        cluster
+    }
+
+    /// Starts a new node that joins through node `bootstrap` (or forms a ring of its own), with
+    /// `extra_args` added to its command line on every start; returns its index once it answers
+    /// a status request. A port taken by another process in the meantime is replaced.
+    pub fn start_node(&mut self, bootstrap: Option<usize>, extra_args: &[&str]) -> usize {
+        let bootstrap = bootstrap.map(|b| self.addr(b));
+        let i = self.nodes.len();
+        for attempt in 0.. {
+            let addr = free_addr();
+            let data_dir = self.dir.path().join(format!("node{i}-{}", addr.port()));
+            self.nodes.truncate(i);
+            self.nodes.push(Node {
+                addr,
+                data_dir,
+                log: self.dir.path().join(format!("node{i}.log")),
+                extra_args: extra_args.iter().map(|a| a.to_string()).collect(),
+                child: None,
+            });
+            match self.spawn(i, bootstrap) {
+                Ok(()) => return i,
+                Err(log) if attempt < 5 && log.contains("cannot listen") => continue,
+                Err(log) => panic!("node {i} did not start; its log:\n{log}"),
+            }
+        }
+        unreachable!("the loop above returns or panics")
+    }
+
+    /// Runs node `i`'s process and waits until it answers as itself. `Err` holds its log if it
+    /// exited instead.
+    fn spawn(&mut self, i: usize, bootstrap: Option<SocketAddr>) -> Result<(), String> {
+        let node = &mut self.nodes[i];
+        assert!(node.child.is_none(), "node {i} is already running");
+        let mut log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&node.log)
+            .expect("the node's log file can be opened");
+        writeln!(
+            log,
+            "---- harness: starting node {i} on {} (bootstrap {bootstrap:?})",
+            node.addr
+        )
+        .expect("the node's log file can be written");
+        let mut cmd = Command::new(binary("chordkv-node"));
+        cmd.arg("--listen")
+            .arg(node.addr.to_string())
+            .arg("--data-dir")
+            .arg(&node.data_dir)
+            .args(FAST_TIMERS)
+            .args(&node.extra_args)
+            // Pin the log level so that the logs printed on failure always say what happened.
+            .env(
+                "RUST_LOG",
+                std::env::var("CHORDKV_E2E_LOG")
+                    .unwrap_or_else(|_| "warn,chordkv_node=info".into()),
+            )
+            .env_remove("CHORDKV_LISTEN")
+            .env_remove("CHORDKV_BOOTSTRAP")
+            .env_remove("CHORDKV_DATA_DIR")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log);
+        if let Some(b) = bootstrap {
+            cmd.arg("--bootstrap").arg(b.to_string());
+        }
+        node.child = Some(cmd.spawn().expect("chordkv-node can be spawned"));
+        let addr = node.addr;
+        let deadline = Instant::now() + START;
+        loop {
+            let child = self.nodes[i].child.as_mut().expect("just spawned");
+            if let Some(status) = child.try_wait().expect("the child can be polled") {
+                self.nodes[i].child = None;
+                return Err(format!("(exited with {status})\n{}", self.log_tail(i)));
+            }
+            // Its own address in the answer shows it is our node, not a stranger on the port.
+            if let Ok(status) = self.status(i) {
+                if status.node.addr == addr {
+                    return Ok(());
+                }
+            }
+            if Instant::now() >= deadline {
+                panic!(
+                    "node {i} did not answer on {addr} within {START:?}; its log:\n{}",
+                    self.log_tail(i)
+                );
+            }
+            std::thread::sleep(POLL);
+        }
+    }
+
+    /// Stops node `i` with SIGTERM, as an operator would, and returns its exit status once it
+    /// exited (a graceful leave hands its keys over first). Panics if it takes too long.
+    pub fn stop_node(&mut self, i: usize) -> ExitStatus {
+        let child = self.nodes[i].child.as_mut().expect("node is running");
+        let sent = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .expect("kill(1) can be run");
+        assert!(sent.success(), "kill -TERM failed for node {i}");
+        let deadline = Instant::now() + CONVERGE;
+        loop {
+            let child = self.nodes[i].child.as_mut().expect("node is running");
+            if let Some(status) = child.try_wait().expect("the child can be polled") {
+                self.nodes[i].child = None;
+                return status;
+            }
+            if Instant::now() >= deadline {
+                panic!("node {i} did not exit within {CONVERGE:?} of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Kills node `i` with SIGKILL: a crash, with no chance to hand anything over.
+    pub fn kill_node(&mut self, i: usize) {
+        let mut child = self.nodes[i].child.take().expect("node is running");
+        child.kill().expect("the child can be killed");
+        child.wait().expect("the killed child can be reaped");
+    }
+
+    /// Starts node `i` again on its data directory and port, joining through `bootstrap` (or
+    /// alone), and waits until it answers. Panics if the port was taken in the meantime.
+    pub fn restart_node(&mut self, i: usize, bootstrap: Option<usize>) {
+        let bootstrap = bootstrap.map(|b| self.addr(b));
+        if let Err(log) = self.spawn(i, bootstrap) {
+            panic!("node {i} did not restart; its log:\n{log}");
+        }
+    }
+
+    /// Replaces the flags node `i` gets on its next start (see [`Cluster::start_node`]).
+    pub fn set_args(&mut self, i: usize, extra_args: &[&str]) {
+        self.nodes[i].extra_args = extra_args.iter().map(|a| a.to_string()).collect();
+    }
+
+    /// All node indices.
+    pub fn all(&self) -> Vec<usize> {
+        (0..self.nodes.len()).collect()
+    }
+
+    /// Node `i`'s address.
+    pub fn addr(&self, i: usize) -> SocketAddr {
+        self.nodes[i].addr
+    }
+
+    /// Runs the real `kvctl` against node `i`: `kvctl --node ADDR --timeout SECS ARGS...`.
+    pub fn kvctl(&self, i: usize, args: &[&str]) -> Output {
+        self.kvctl_with_input(i, args, b"")
+    }
+
+    /// [`Cluster::kvctl`] with `stdin` as standard input.
+    pub fn kvctl_with_input(&self, i: usize, args: &[&str], stdin: &[u8]) -> Output {
+        let node = self.addr(i).to_string();
+        let timeout = CLIENT_TIMEOUT.as_secs().to_string();
+        let mut all = vec!["--node", node.as_str(), "--timeout", timeout.as_str()];
+        all.extend_from_slice(args);
+        kvctl_with_input(&all, stdin)
+    }
+
+    /// Runs `future` on the cluster's runtime, where library clients live.
+    pub fn block_on<F: std::future::Future>(&self, future: F) -> F::Output {
+        self.runtime.block_on(future)
+    }
+
+    /// A library client connected to node `i`.
+    pub fn client(&self, i: usize) -> Client {
+        let addr = self.addr(i).to_string();
+        self.block_on(Client::connect(&addr, CLIENT_TIMEOUT))
+            .unwrap_or_else(|e| panic!("cannot connect to node {i} at {addr}: {e}"))
+    }
+
+    /// Node `i`'s status, asked over a fresh connection.
+    pub fn status(&self, i: usize) -> Result<NodeStatus, String> {
+        let addr = self.addr(i).to_string();
+        self.block_on(async {
+            let timeout = Duration::from_secs(2);
+            Client::connect(&addr, timeout).await?.status().await
+        })
+        .map_err(|e| format!("status of node {i}: {e}"))
+    }
+
+    /// The ring as walked from node `i` by the client library.
+    pub fn ring(&self, i: usize) -> Result<RingView, String> {
+        let addr = self.addr(i).to_string();
+        self.block_on(Client::ring(&addr, Duration::from_secs(2)))
+            .map_err(|e| format!("ring walk from node {i}: {e}"))
+    }
+
+    /// `Ok` with the ring walked from the first of `members` if it is converged with exactly
+    /// those nodes: consistent (closed, every node joined and answering, predecessors matching
+    /// successors, ids increasing around the circle) and made of exactly their addresses.
+    pub fn converged(&self, members: &[usize]) -> Result<RingView, String> {
+        let start = *members.first().expect("a ring has members");
+        let view = self.ring(start)?;
+        if !view.is_consistent() {
+            return Err(format!("inconsistent: {:?}", view.inconsistencies));
+        }
+        let want: BTreeSet<SocketAddr> = members.iter().map(|&i| self.addr(i)).collect();
+        let got: BTreeSet<SocketAddr> = view.nodes.iter().map(|m| m.node().addr).collect();
+        if got != want || view.nodes.len() != want.len() {
+            return Err(format!("ring has {got:?}, want {want:?}"));
+        }
+        Ok(view)
+    }
+
+    /// Waits until the ring is converged with exactly `members` (see [`Cluster::converged`]).
+    pub fn wait_for_ring(&self, members: &[usize]) -> RingView {
+        let what = format!("a consistent ring of nodes {members:?}");
+        wait_until(CONVERGE, &what, || self.converged(members))
+    }
+
+    /// The last lines of node `i`'s log.
+    pub fn log_tail(&self, i: usize) -> String {
+        let text = std::fs::read_to_string(&self.nodes[i].log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(LOG_TAIL_LINES)..].join("\n")
+    }
+}
+
+impl Default for Cluster {
+    fn default() -> Self {
+        Cluster::new()
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for node in &mut self.nodes {
+            if let Some(mut child) = node.child.take() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+        if std::thread::panicking() {
+            for i in 0..self.nodes.len() {
+                eprintln!(
+                    "==== node {i} ({}) log, last {LOG_TAIL_LINES} lines ====\n{}",
+                    self.nodes[i].addr,
+                    self.log_tail(i)
+                );
+            }
+        }
+    }
+}
+
+/// The sum of the key counts the nodes of `view` report.
+pub fn total_keys(view: &RingView) -> u64 {
+    view.nodes
+        .iter()
+        .filter_map(RingMember::status)
+        .map(|s| s.keys)
+        .sum()
+}
+
+/// The ids of the nodes of `view`, in walk order.
+pub fn ids(view: &RingView) -> Vec<Id> {
+    view.nodes.iter().map(|m| m.node().id).collect()
+}
+
+/// `out`'s stderr as text, for assertion messages.
+pub fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Asserts `kvctl` succeeded and printed exactly `stdout`.
+#[track_caller]
+pub fn assert_prints(out: &Output, stdout: &[u8]) {
+    assert!(
+        out.status.success(),
+        "kvctl failed ({}): {}",
+        out.status,
+        stderr(out)
+    );
+    assert_eq!(
+        out.stdout,
+        stdout,
+        "kvctl printed {:?}, expected {:?}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(stdout)
+    );
+}
