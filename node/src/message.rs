@@ -3,7 +3,7 @@
 //! A connection carries [`Envelope`]s after its handshake (see [`crate::wire`]). Requests carry a
 //! [`RequestId`] chosen by the sender and echoed in the response, so many requests share one
 //! connection and answers may come back in any order. A failed request is answered with the
-//! [`Error`](crate::Error) as its body.
+//! [`Error`] as its body.
 //!
 //! Requests fall in three groups: ring maintenance between nodes (Chord's RPCs), data placement
 //! between nodes (store operations on the owner and key transfers), and client requests, which any

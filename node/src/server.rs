@@ -3,7 +3,7 @@
 //! SHAPE
 //!
 //! One task, the *core loop*, owns the [`Chord`] state machine and its sled storage and is the only
-//! code that touches them. Everything else feeds it [`Input`]s over one bounded channel:
+//! code that touches them. Everything else feeds it inputs over one bounded channel:
 //! - an accept loop hands each connection to a task that checks the handshake and reads frames;
 //!   requests go to the core, answers come back through the connection's writer task;
 //! - a ticker drives [`Chord::tick`];

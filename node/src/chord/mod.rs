@@ -44,19 +44,34 @@
 //! (all it holds outside its new range `(m, n]`), and adopts `m` as predecessor only when a whole
 //! round finds nothing left to send. Until then `n` keeps serving those keys, so reads never see a
 //! gap. A round sends what changed since the last acknowledged round, including deletes, and `n`
-//! removes its copies only after `m` acknowledged storing them: an interrupted move loses nothing
-//! and duplicates nothing that stays visible. A graceful leave hands all keys to the successor the
-//! same way, then tells both neighbours.
+//! removes its copies only after `m` acknowledged storing them: an interrupted move loses nothing.
+//! A round whose answer was lost leaves its keys marked "maybe held", so a retry to the same node
+//! resends or deletes them and nothing stale stays visible.
+//!
+//! On adoption `n` tells `m` so (`Adopted`, naming where `m`'s range starts). Only then is `m`
+//! *installed*: it serves its range and may hand part of it to a newer node. A node that is not
+//! installed refuses data requests and ignores notifies; otherwise two newcomers in one gap could
+//! adopt each other before either held its keys, and keys would land on the wrong node.
+//!
+//! A graceful leave hands all keys to the successor the same way, then tells both neighbours. If
+//! the successor has meanwhile adopted a newer predecessor it answers `Redirect`, and the leaver
+//! hands everything to that node instead. A node that left is not adopted back by a notify it sent
+//! before leaving that arrives late.
 //!
 //! FAILURES
 //!
-//! Every request has a deadline. A peer that does not answer in time is suspected: dropped from
-//! fingers, successor list and predecessor. Stabilization then repairs the ring around it.
+//! Every request has a deadline. A peer whose connection is refused, or that misses
+//! `suspect_after` deadlines in a row, is suspected: dropped from fingers, successor list and
+//! predecessor. Stabilization then repairs the ring around it. A node whose predecessor is
+//! suspected keeps claiming only the range it had, `(last predecessor, self]`, until a new
+//! predecessor notifies it: a false suspicion must not make it accept writes for keys it does not
+//! own.
 //!
 //! CAVEATS
 //!
 //! Without replicas (a later layer) a crashed node's keys are unavailable until it returns, and a
-//! key deleted while its node was down can return with it.
+//! key deleted while its node was down can return with it (deletes leave no tombstone yet). Values
+//! are compared across transfer rounds by a 64-bit hash.
 //!
 //! # Call contract
 //!
