@@ -343,7 +343,8 @@ pub struct Chord<S: Storage> {
     round_succ: NodeRef,
     transfer: Option<Transfer>,
     /// What an interrupted join hand-over left its receiver possibly holding, by receiver id.
-    aborted: Option<(Id, BTreeMap<Vec<u8>, u64>)>,
+    /// Bounded by [`MAX_ABORTED`]; an entry goes when its receiver is adopted.
+    aborted: BTreeMap<Id, BTreeMap<Vec<u8>, u64>>,
     leave_acks: u32,
     bootstrap: Option<SocketAddr>,
     join_retry_at: Option<u64>,
@@ -391,7 +392,7 @@ impl<S: Storage> Chord<S> {
             stabilizing: false,
             round_succ: me,
             transfer: None,
-            aborted: None,
+            aborted: BTreeMap::new(),
             leave_acks: 0,
             bootstrap: None,
             join_retry_at: None,
@@ -1008,13 +1009,7 @@ impl<S: Storage> Chord<S> {
             return; // one hand-over at a time; the newcomer notifies again next round
         }
         // Resume what an interrupted hand-over to this same node left it holding.
-        let sent = match self.aborted.take() {
-            Some((id, sent)) if id == node.id => sent,
-            other => {
-                self.aborted = other;
-                BTreeMap::new()
-            }
-        };
+        let sent = self.aborted.remove(&node.id).unwrap_or_default();
         self.transfer = Some(Transfer {
             to: node,
             goal: TransferGoal::Join,
@@ -1369,7 +1364,22 @@ impl<S: Storage> Chord<S> {
                     TransferGoal::Leave => self.begin_leave_transfer(),
                     // A newcomer that failed mid-transfer notifies again if it is alive; we kept
                     // every key, so nothing was lost, and what it may hold is remembered.
-                    TransferGoal::Join => self.aborted = Some((t.to.id, t.sent)),
+                    TransferGoal::Join => {
+                        if self.aborted.len() >= MAX_ABORTED {
+                            // Forget the farthest receiver: the nearest are the likeliest to be
+                            // adopted next. What it may hold stays invisible unless it becomes
+                            // the owner without notifying us again.
+                            let far = self
+                                .aborted
+                                .keys()
+                                .max_by_key(|id| distance(**id, self.me.id))
+                                .copied();
+                            if let Some(far) = far {
+                                self.aborted.remove(&far);
+                            }
+                        }
+                        self.aborted.insert(t.to.id, t.sent);
+                    }
                 }
             }
         }
@@ -1483,6 +1493,9 @@ impl<S: Storage> Chord<S> {
         self.outbox.push_back(Output::Event(event));
     }
 }
+
+/// Most interrupted hand-overs whose receivers' possible holdings are remembered.
+const MAX_ABORTED: usize = 16;
 
 /// The hash recorded for a key the receiver may or may not hold (its round was not acknowledged).
 /// [`value_hash`] never returns it, so such a key is always sent again, or deleted.
