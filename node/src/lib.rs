@@ -7,11 +7,13 @@
 
 pub mod chord;
 pub mod error;
+pub mod history;
 pub mod id;
 pub mod message;
 pub mod server;
 pub mod sim;
 pub mod storage;
+pub mod version;
 pub mod wire;
 
 pub use error::{Error, Result};

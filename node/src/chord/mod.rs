@@ -254,6 +254,8 @@ enum Purpose {
     Transfer,
     /// A leave notice.
     Leaving,
+    /// Checking that the owner a lookup found is alive.
+    Verify { op: u64, owner: NodeRef },
     /// Telling a newcomer we adopted it; resent until it answers or we drop it.
     Adopted { to: NodeRef, start: Option<NodeRef> },
 }
@@ -281,6 +283,8 @@ struct ClientOp {
     id: RequestId,
     request: Request,
     deadline: u64,
+    /// Owners that did not answer: later lookups for this request route around them.
+    avoid: BTreeSet<Id>,
 }
 
 #[derive(Clone, Debug)]
@@ -612,6 +616,7 @@ impl<S: Storage> Chord<S> {
                         id,
                         request,
                         deadline,
+                        avoid: BTreeSet::new(),
                     });
                     return;
                 }
@@ -656,6 +661,7 @@ impl<S: Storage> Chord<S> {
         }
         match pending.purpose {
             Purpose::Lookup { op } => self.on_lookup_answer(op, pending.to, response),
+            Purpose::Verify { op, owner } => self.on_verify_answer(op, owner, response),
             Purpose::JoinNeighbors { succ } => match response {
                 Ok(Response::Neighbors { pred, succs }) => {
                     self.adopt_successors(succ, succs);
@@ -757,9 +763,18 @@ impl<S: Storage> Chord<S> {
     }
 
     fn start_lookup(&mut self, target: Id, then: Then, via: Option<SocketAddr>) {
+        self.start_lookup_avoiding(target, then, via, BTreeSet::new());
+    }
+
+    fn start_lookup_avoiding(
+        &mut self,
+        target: Id,
+        then: Then,
+        via: Option<SocketAddr>,
+        mut avoid: BTreeSet<Id>,
+    ) {
         let op = self.next_op;
         self.next_op += 1;
-        let mut avoid = BTreeSet::new();
         if matches!(then, Then::Join) {
             avoid.insert(self.me.id);
         }
@@ -855,6 +870,32 @@ impl<S: Storage> Chord<S> {
     }
 
     fn lookup_done(&mut self, op: u64, owner: NodeRef) {
+        let Some(l) = self.lookups.get(&op) else {
+            return;
+        };
+        // A lookup answered for a client names a node it has not contacted: the last hop may not
+        // have noticed that its successor died. Make sure the owner is alive before answering.
+        if matches!(l.then, Then::Reply { .. }) && owner.id != self.me.id {
+            return self.send(owner, Request::Ping, Purpose::Verify { op, owner });
+        }
+        self.finish_lookup(op, owner);
+    }
+
+    fn on_verify_answer(&mut self, op: u64, owner: NodeRef, response: Result<Response>) {
+        match response {
+            Ok(Response::Pong { node }) if node.id == owner.id => self.finish_lookup(op, owner),
+            _ => {
+                // Dead, or another node now answers at that address: route around it.
+                if let Some(l) = self.lookups.get_mut(&op) {
+                    l.avoid.insert(owner.id);
+                    l.timeouts += 1;
+                }
+                self.lookup_step(op);
+            }
+        }
+    }
+
+    fn finish_lookup(&mut self, op: u64, owner: NodeRef) {
         let Some(l) = self.lookups.remove(&op) else {
             return;
         };
@@ -1164,7 +1205,8 @@ impl<S: Storage> Chord<S> {
             _ => return,
         };
         let target = Id::hash(key);
-        self.start_lookup(target, Then::Client(op), None);
+        let avoid = op.avoid.clone();
+        self.start_lookup_avoiding(target, Then::Client(op), None, avoid);
     }
 
     fn forward_to_owner(&mut self, op: ClientOp, owner: NodeRef) {
@@ -1184,8 +1226,11 @@ impl<S: Storage> Chord<S> {
         self.send(owner, store, Purpose::Store { op: n, owner });
     }
 
-    fn on_store_answer(&mut self, n: u64, _owner: NodeRef, response: Result<Response>) {
-        if let Some(op) = self.stores.remove(&n) {
+    fn on_store_answer(&mut self, n: u64, owner: NodeRef, response: Result<Response>) {
+        if let Some(mut op) = self.stores.remove(&n) {
+            if matches!(response, Err(Error::Timeout(_) | Error::Unreachable(_))) {
+                op.avoid.insert(owner.id);
+            }
             self.finish_client_op(op, response);
         }
     }
