@@ -40,6 +40,10 @@ pub enum Error {
     /// [`Error::Unavailable`], which a live node answers, this says nothing answered.
     #[error("cannot reach {0}")]
     Unreachable(String),
+    /// The key has several concurrent versions (siblings) where one value was asked for: read
+    /// them all and write back with the read's context to resolve them.
+    #[error("conflict: {0}")]
+    Conflict(String),
     /// The request was sent to a node that does not own the key; look the owner up again.
     #[error("not the owner of this key; the ring is changing, retry")]
     WrongOwner,

@@ -685,6 +685,7 @@ mod tests {
             context: VersionVector,
             siblings: Vec<Sibling>,
             pruned: u64,
+            applied: std::collections::BTreeMap<crate::version::WriteId, Dot>,
         }
 
         /// Keep only the sibling with the largest (counter, actor), as a timestamp store would.
@@ -700,6 +701,7 @@ mod tests {
                 context: all.context().clone(),
                 siblings: winner.into_iter().collect(),
                 pruned: 0,
+                applied: std::collections::BTreeMap::new(),
             };
             let bytes = bincode::serde::encode_to_vec(&raw, bincode::config::standard()).unwrap();
             Versioned::decode(&bytes).unwrap()

@@ -11,6 +11,8 @@
 
 use crate::Error;
 use crate::id::Id;
+pub use crate::version::WriteId;
+use crate::version::{Dot, VersionVector};
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::net::SocketAddr;
@@ -111,41 +113,77 @@ pub enum Request {
         /// [`Response::Redirect`] naming that node.
         leaving: bool,
     },
-    /// Read `key` from the receiver's own storage. [`Error::WrongOwner`] if it does not own it.
+    /// Read `key`'s versions from the receiver's own storage: [`Response::Read`].
+    /// [`Error::WrongOwner`] if it does not own the key.
     StoreGet {
         /// The key.
         key: Vec<u8>,
     },
-    /// Write `key` into the receiver's own storage. [`Error::WrongOwner`] if it does not own it.
-    StorePut {
+    /// Write a new version of `key` as its owner: [`Response::Written`]. The owner makes the
+    /// event (its dot), superseding the versions `context` covers. [`Error::WrongOwner`] if it
+    /// does not own the key.
+    StoreWrite {
         /// The key.
         key: Vec<u8>,
-        /// The value.
-        value: Vec<u8>,
+        /// The value, or `None` to delete (a tombstone version).
+        value: Option<Vec<u8>>,
+        /// What the writer had seen: the versions this write replaces.
+        context: VersionVector,
+        /// Chosen by the coordinator and kept across its retries: the owner applies a write id
+        /// at most once and answers a retry with the first answer.
+        write_id: WriteId,
     },
-    /// Delete `key` from the receiver's own storage. [`Error::WrongOwner`] if it does not own it.
-    StoreDelete {
+
+    /// Replication: merge these versioned states (key, encoded state) into your copies.
+    /// Answered with [`Response::Ack`] once stored. The owner sends it on every write and to
+    /// repair replicas (read repair, anti-entropy).
+    Replicate {
+        /// Keys and their encoded [`crate::version::Versioned`] states.
+        items: Vec<(Vec<u8>, Vec<u8>)>,
+    },
+    /// Replication: send me your copy of `key` ([`Response::State`]), for a quorum read.
+    ReplicaRead {
         /// The key.
         key: Vec<u8>,
+    },
+    /// Anti-entropy: the owner's digests of its range `(from, to]`, one per bucket of keys (a
+    /// bucket is the first byte of the key id). The replica answers [`Response::SyncItems`] with
+    /// its own states in every bucket whose digest differs, so the owner can merge them and push
+    /// back the union.
+    SyncDigest {
+        /// Start of the range (exclusive).
+        from: Id,
+        /// End of the range (inclusive).
+        to: Id,
+        /// (bucket, digest) for every bucket the owner holds keys in.
+        digests: Vec<(u8, u64)>,
     },
 
     // ---- client requests: any node coordinates them ----
-    /// Read a key wherever it lives: [`Response::Value`].
+    /// Read a key wherever it lives: [`Response::Read`], every concurrent version (sibling)
+    /// and the causal context to write back.
     Get {
         /// The key.
         key: Vec<u8>,
     },
-    /// Write a key wherever it lives: [`Response::Ack`].
+    /// Write a key wherever it lives: [`Response::Written`]. The write replaces the versions
+    /// `context` covers (pass the context of a read to overwrite what it returned); versions it
+    /// does not cover stay as siblings. An empty context replaces nothing.
     Put {
         /// The key.
         key: Vec<u8>,
         /// The value.
         value: Vec<u8>,
+        /// The causal context of the versions this write replaces.
+        context: VersionVector,
     },
-    /// Delete a key wherever it lives: [`Response::Deleted`].
+    /// Delete a key wherever it lives: writes a tombstone version that replaces what `context`
+    /// covers. [`Response::Written`].
     Delete {
         /// The key.
         key: Vec<u8>,
+        /// The causal context of the versions this delete replaces.
+        context: VersionVector,
     },
     /// Find the owner of a key: [`Response::Lookup`].
     Lookup {
@@ -181,14 +219,40 @@ pub enum Response {
         /// The node to send to.
         to: NodeRef,
     },
-    /// Answer to [`Request::Get`] and [`Request::StoreGet`]: the value, or `None` if absent.
-    Value(Option<Vec<u8>>),
-    /// Answer to [`Request::Delete`] and [`Request::StoreDelete`]: whether the key existed.
-    Deleted(bool),
+    /// Answer to [`Request::Get`] and [`Request::StoreGet`].
+    Read(ReadReply),
+    /// Answer to a write ([`Request::Put`], [`Request::Delete`], [`Request::StoreWrite`]).
+    Written {
+        /// The dot the owner gave the new version.
+        dot: Dot,
+        /// Whether the key had a live value before this write (for a delete: whether there was
+        /// something to delete).
+        existed: bool,
+    },
+    /// Answer to [`Request::ReplicaRead`]: the encoded state, or `None` if the replica has none.
+    State(Option<Vec<u8>>),
+    /// Answer to [`Request::SyncDigest`]: the buckets whose digests differ and the replica's
+    /// states in them (at most a batch; the rest comes in later rounds).
+    SyncItems {
+        /// Buckets that differ.
+        buckets: Vec<u8>,
+        /// The replica's keys and encoded states in those buckets.
+        items: Vec<(Vec<u8>, Vec<u8>)>,
+    },
     /// Answer to [`Request::Lookup`].
     Lookup(LookupInfo),
     /// Answer to [`Request::Status`].
     Status(NodeStatus),
+}
+
+/// What a read found.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReadReply {
+    /// The live values, one per concurrent version (sibling); empty if the key is absent or
+    /// deleted.
+    pub values: Vec<Vec<u8>>,
+    /// The causal context: pass it back with a write to replace exactly these versions.
+    pub context: VersionVector,
 }
 
 /// One step of an iterative lookup.
@@ -244,8 +308,10 @@ impl Request {
             Request::Adopted { .. } => "adopted",
             Request::Transfer { .. } => "transfer",
             Request::StoreGet { .. } => "store_get",
-            Request::StorePut { .. } => "store_put",
-            Request::StoreDelete { .. } => "store_delete",
+            Request::StoreWrite { .. } => "store_write",
+            Request::Replicate { .. } => "replicate",
+            Request::ReplicaRead { .. } => "replica_read",
+            Request::SyncDigest { .. } => "sync_digest",
             Request::Get { .. } => "get",
             Request::Put { .. } => "put",
             Request::Delete { .. } => "delete",

@@ -353,6 +353,19 @@ fn record_event(me: &NodeRef, event: &Event) -> bool {
             }
         }
         Event::StorageError { error } => warn!(node, %error, "storage error"),
+        Event::Repaired { with, keys } => {
+            metrics::counter!("chordkv_repaired_keys_total").increment(*keys);
+            debug!(node, replica = %with, keys, "repaired a replica");
+        }
+        Event::ManySiblings { key, siblings } => {
+            metrics::counter!("chordkv_sibling_warnings_total").increment(1);
+            warn!(
+                node,
+                key = %String::from_utf8_lossy(key),
+                siblings,
+                "key has many concurrent versions; read it and write back with its context"
+            );
+        }
         Event::Left { handed_over } => {
             if *handed_over {
                 info!(node, "left the ring");

@@ -320,6 +320,22 @@ pub struct Versioned {
     siblings: Vec<Sibling>,
     /// The largest counter ever pruned from `context`; new dots are numbered above it.
     pruned: u64,
+    /// Recent client writes applied to the key and the dots they got, so that a coordinator's
+    /// retry is not applied twice even when it reaches another owner (which holds this state as
+    /// a replica). At most [`APPLIED_PER_ACTOR`] per actor, the highest counters.
+    applied: BTreeMap<WriteId, Dot>,
+}
+
+/// How many applied write ids a key remembers per actor (see [`Versioned::applied_dot`]).
+pub const APPLIED_PER_ACTOR: usize = 4;
+
+/// Identifies one client write across its coordinator's retries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct WriteId {
+    /// The coordinating node.
+    pub coordinator: Id,
+    /// Its sequence number for the write.
+    pub seq: u64,
 }
 
 /// The unchecked shape of a [`Versioned`], for deserializing before validation.
@@ -328,6 +344,7 @@ struct VersionedRepr {
     context: VersionVector,
     siblings: Vec<Sibling>,
     pruned: u64,
+    applied: BTreeMap<WriteId, Dot>,
 }
 
 impl TryFrom<VersionedRepr> for Versioned {
@@ -338,6 +355,7 @@ impl TryFrom<VersionedRepr> for Versioned {
             context: repr.context,
             siblings: repr.siblings,
             pruned: repr.pruned,
+            applied: repr.applied,
         };
         v.validate()?;
         Ok(v)
@@ -464,6 +482,40 @@ impl Versioned {
         self.siblings = siblings;
         self.context.merge(&other.context);
         self.pruned = self.pruned.max(other.pruned);
+        self.applied
+            .extend(other.applied.iter().map(|(id, dot)| (*id, *dot)));
+        self.trim_applied();
+    }
+
+    /// The dot a client write got when it was applied here (or on a replica this state merged),
+    /// if the key still remembers it: a retry of that write must not be applied again.
+    pub fn applied_dot(&self, id: &WriteId) -> Option<Dot> {
+        self.applied.get(id).copied()
+    }
+
+    /// Remember that client write `id` was applied as `dot`.
+    pub fn record_applied(&mut self, id: WriteId, dot: Dot) {
+        self.applied.insert(id, dot);
+        self.trim_applied();
+    }
+
+    /// Keep the [`APPLIED_PER_ACTOR`] highest dots of each actor. Per actor, so that a busy
+    /// coordinator cannot push out another's recent writes; by a total order on dots, so that
+    /// trimming commutes with merging.
+    fn trim_applied(&mut self) {
+        let mut per_actor: BTreeMap<Id, Vec<u64>> = BTreeMap::new();
+        for dot in self.applied.values() {
+            per_actor.entry(dot.actor).or_default().push(dot.counter);
+        }
+        let mut floor: BTreeMap<Id, u64> = BTreeMap::new();
+        for (actor, mut counters) in per_actor {
+            if counters.len() > APPLIED_PER_ACTOR {
+                counters.sort_unstable_by(|a, b| b.cmp(a));
+                floor.insert(actor, counters[APPLIED_PER_ACTOR - 1]);
+            }
+        }
+        self.applied
+            .retain(|_, dot| floor.get(&dot.actor).is_none_or(|&f| dot.counter >= f));
     }
 
     /// Prune the context to `max_entries` by [`VersionVector::prune`], never dropping the entry
@@ -813,6 +865,43 @@ mod tests {
 
     // Scenario 5.
     #[test]
+    fn applied_write_ids_survive_merges_and_are_bounded_per_actor() {
+        let id = |c: u8, seq: u64| WriteId {
+            coordinator: n(c),
+            seq,
+        };
+        let mut a = Versioned::empty();
+        let d = a.write(n(1), &VersionVector::new(), Some(b"x".to_vec()));
+        a.record_applied(id(9, 1), d);
+        // A replica that merged the state knows the write was applied, and as which dot.
+        let mut b = Versioned::empty();
+        b.merge(&a);
+        assert_eq!(b.applied_dot(&id(9, 1)), Some(d));
+        // Even once a later write replaced the value.
+        let ctx = b.context().clone();
+        b.write(n(2), &ctx, Some(b"y".to_vec()));
+        assert_eq!(b.applied_dot(&id(9, 1)), Some(d));
+        // A busy actor keeps only its newest ids, and cannot push out another actor's.
+        for seq in 2..20 {
+            let ctx = b.context().clone();
+            let d = b.write(n(2), &ctx, Some(vec![seq as u8]));
+            b.record_applied(id(8, seq), d);
+        }
+        let of_actor_2 = (2..20)
+            .filter(|&s| b.applied_dot(&id(8, s)).is_some())
+            .count();
+        assert_eq!(of_actor_2, APPLIED_PER_ACTOR);
+        assert!(b.applied_dot(&id(8, 19)).is_some(), "the newest is kept");
+        assert_eq!(b.applied_dot(&id(9, 1)), Some(d), "actor 1's id survives");
+        // Trimming commutes with merging.
+        let mut ab = a.clone();
+        ab.merge(&b);
+        let mut ba = b.clone();
+        ba.merge(&a);
+        assert_eq!(ab, ba);
+    }
+
+    #[test]
     fn merging_identical_states_is_a_no_op() {
         let mut a = Versioned::empty();
         a.write(n(1), &VersionVector::new(), val("x"));
@@ -977,6 +1066,7 @@ mod tests {
                     value: None,
                 }],
                 pruned: 0,
+                applied: BTreeMap::new(),
             },
             Versioned {
                 context: vv(&[(1, 2)]),
@@ -991,6 +1081,7 @@ mod tests {
                     },
                 ],
                 pruned: 0,
+                applied: BTreeMap::new(),
             },
             Versioned {
                 context: vv(&[(1, 2)]),
@@ -999,6 +1090,7 @@ mod tests {
                     value: None,
                 }],
                 pruned: 0,
+                applied: BTreeMap::new(),
             },
         ];
         for b in bad {
@@ -1018,7 +1110,7 @@ mod tests {
         assert_eq!(merged(&a, &b).digest(), merged(&b, &a).digest());
         assert_ne!(a.digest(), b.digest());
         assert_ne!(a.digest(), Versioned::empty().digest());
-        assert_eq!(merged(&a, &b).digest(), 0x13e5_90ad_e1e7_f7f7);
+        assert_eq!(merged(&a, &b).digest(), 0xcd32_9b43_639a_89c6);
     }
 
     #[test]

@@ -316,27 +316,40 @@ impl Limits {
     pub fn check_request(&self, req: &Request) -> Result<()> {
         match req {
             Request::Get { key }
-            | Request::Delete { key }
+            | Request::Delete { key, .. }
             | Request::Lookup { key }
-            | Request::StoreGet { key }
-            | Request::StoreDelete { key } => self.check_key(key),
-            Request::Put { key, value } | Request::StorePut { key, value } => {
+            | Request::StoreGet { key } => self.check_key(key),
+            Request::Put { key, value, .. }
+            | Request::StoreWrite {
+                key,
+                value: Some(value),
+                ..
+            } => {
                 self.check_key(key)?;
                 self.check_value(value)
             }
+            Request::StoreWrite {
+                key, value: None, ..
+            } => self.check_key(key),
+            // Transfer and replication items are whole versioned states (possibly several
+            // siblings): only the frame bounds them.
             Request::Transfer { items, deletes, .. } => {
-                for (key, value) in items {
+                for (key, _) in items {
                     self.check_key(key)?;
-                    self.check_value(value)?;
                 }
                 deletes.iter().try_for_each(|key| self.check_key(key))
             }
+            Request::Replicate { items } => {
+                items.iter().try_for_each(|(key, _)| self.check_key(key))
+            }
+            Request::ReplicaRead { key } => self.check_key(key),
             Request::Ping
             | Request::FindSuccessor { .. }
             | Request::GetNeighbors
             | Request::Notify { .. }
             | Request::Leaving { .. }
             | Request::Adopted { .. }
+            | Request::SyncDigest { .. }
             | Request::Status => Ok(()),
         }
     }
@@ -896,7 +909,8 @@ fn describe_io(e: &std::io::Error) -> String {
 mod tests {
     use super::*;
     use crate::id::Id;
-    use crate::message::NodeRef;
+    use crate::message::{NodeRef, WriteId};
+    use crate::version::VersionVector;
     use tokio::io::{DuplexStream, duplex};
     use tokio::net::TcpListener;
 
@@ -1019,6 +1033,7 @@ mod tests {
             body: Request::Put {
                 key: b"k".to_vec(),
                 value: vec![7; 2000],
+                context: VersionVector::new(),
             },
         };
         match encode_frame(&big, 1024) {
@@ -1055,6 +1070,16 @@ mod tests {
         let put = |k: &[u8], v: &[u8]| Request::Put {
             key: k.to_vec(),
             value: v.to_vec(),
+            context: VersionVector::new(),
+        };
+        let store_write = |k: &[u8], v: Option<Vec<u8>>| Request::StoreWrite {
+            key: k.to_vec(),
+            value: v,
+            context: VersionVector::new(),
+            write_id: WriteId {
+                coordinator: node_ref().id,
+                seq: 1,
+            },
         };
         let transfer = |items: Vec<(&[u8], &[u8])>, deletes: Vec<&[u8]>| Request::Transfer {
             from: node_ref(),
@@ -1069,26 +1094,28 @@ mod tests {
             (get(b"abcd"), Ok(())),
             (get(b"abcde"), Err(key_too_large())),
             (get(b""), Err(empty())),
-            (Request::Delete { key: vec![] }, Err(empty())),
+            (
+                Request::Delete {
+                    key: vec![],
+                    context: VersionVector::new(),
+                },
+                Err(empty()),
+            ),
             (Request::Lookup { key: vec![1; 5] }, Err(key_too_large())),
             (Request::StoreGet { key: vec![1; 5] }, Err(key_too_large())),
-            (Request::StoreDelete { key: vec![] }, Err(empty())),
+            (store_write(b"", None), Err(empty())),
+            (store_write(b"k", None), Ok(())),
             (put(b"k", b"12345678"), Ok(())),
             (put(b"k", b""), Ok(())),
             (put(b"k", b"123456789"), Err(value_too_large.clone())),
             (put(b"", b"v"), Err(empty())),
             (
-                Request::StorePut {
-                    key: b"k".to_vec(),
-                    value: vec![0; 9],
-                },
+                store_write(b"k", Some(vec![0; 9])),
                 Err(value_too_large.clone()),
             ),
             (transfer(vec![(b"a", b"1")], vec![b"b"]), Ok(())),
-            (
-                transfer(vec![(b"a", &[0; 9])], vec![]),
-                Err(value_too_large),
-            ),
+            // Transfer items are whole versioned states: only the frame bounds them.
+            (transfer(vec![(b"a", &[0; 9])], vec![]), Ok(())),
             (transfer(vec![], vec![b"abcde"]), Err(key_too_large())),
             (transfer(vec![(b"", b"1")], vec![]), Err(empty())),
             (Request::Ping, Ok(())),
@@ -1122,6 +1149,7 @@ mod tests {
             body: Request::Put {
                 key: vec![0xff; limits.max_key],
                 value: vec![0xff; limits.max_value],
+                context: VersionVector::new(),
             },
         };
         let encoded = encode_frame(&put, limits.max_frame).expect("fits");
@@ -1192,6 +1220,7 @@ mod tests {
                 body: Request::Put {
                     key: format!("key{id}").into_bytes(),
                     value: vec![id as u8; 100 * id as usize],
+                    context: VersionVector::new(),
                 },
             })
             .collect();
@@ -1259,7 +1288,7 @@ mod tests {
     fn answer(req: Request) -> Result<Response> {
         match req {
             Request::Ping => Ok(Response::Pong { node: node_ref() }),
-            Request::Get { key } => Ok(Response::Value(Some(key))),
+            Request::Get { key } => Ok(Response::State(Some(key))),
             _ => Err(Error::WrongOwner),
         }
     }
@@ -1318,7 +1347,7 @@ mod tests {
             let want = match i {
                 0 => Ok(Response::Pong { node: node_ref() }),
                 1 => Err(Error::WrongOwner),
-                _ => Ok(Response::Value(Some(format!("key-{i}").into_bytes()))),
+                _ => Ok(Response::State(Some(format!("key-{i}").into_bytes()))),
             };
             assert_eq!(got, want, "call {i}");
         }

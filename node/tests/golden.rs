@@ -15,13 +15,17 @@
 //! - `check` — print `ring ok`, or every pointer that is wrong.
 //! - `status` — every running node in ring order: predecessor, successors, fingers and keys.
 //! - `lookup KEY [via]`, `put KEY VALUE [via]`, `get KEY [via]`, `delete KEY [via]` — a client
-//!   request through `via` (default `n0`).
+//!   request through `via` (default `n0`); `put` and `delete` first read the key and pass its
+//!   context, as `kvctl` does, so they replace what they read.
+//! - `putblind KEY VALUE [via]` — a write with an empty context: it replaces nothing, so an
+//!   existing value stays beside it as a sibling.
 //! - `holders KEY` — which nodes store KEY, and which should.
 //! - `crash N`, `restart N [via]`, `leave N`, `partition N,N | N,N`, `heal`.
 
 use chordkv_node::chord::Options;
 use chordkv_node::message::{NodeRef, Request, Response};
 use chordkv_node::sim::{Sim, SimOptions};
+use chordkv_node::version::VersionVector;
 use std::fmt::Write as _;
 use std::path::Path;
 
@@ -120,10 +124,22 @@ impl Runner {
                 }
             }
             ["put", key, value, via @ ..] => {
+                // Like `kvctl put`: read the key's context, then write over what was read.
+                let via = node(via.first(), 0);
+                let context = self.context(key, via);
+                let req = Request::Put {
+                    key: key.as_bytes().to_vec(),
+                    value: value.as_bytes().to_vec(),
+                    context,
+                };
+                out += &answer(self.sim().request(via, req, 30_000));
+            }
+            ["putblind", key, value, via @ ..] => {
                 let via = node(via.first(), 0);
                 let req = Request::Put {
                     key: key.as_bytes().to_vec(),
                     value: value.as_bytes().to_vec(),
+                    context: VersionVector::new(),
                 };
                 out += &answer(self.sim().request(via, req, 30_000));
             }
@@ -136,8 +152,10 @@ impl Runner {
             }
             ["delete", key, via @ ..] => {
                 let via = node(via.first(), 0);
+                let context = self.context(key, via);
                 let req = Request::Delete {
                     key: key.as_bytes().to_vec(),
+                    context,
                 };
                 out += &answer(self.sim().request(via, req, 30_000));
             }
@@ -183,6 +201,17 @@ impl Runner {
         out
     }
 
+    /// The causal context a read of `key` through `via` returns (empty if the read fails).
+    fn context(&mut self, key: &str, via: usize) -> VersionVector {
+        let req = Request::Get {
+            key: key.as_bytes().to_vec(),
+        };
+        match self.sim().request(via, req, 30_000) {
+            Ok(Response::Read(r)) => r.context,
+            _ => VersionVector::new(),
+        }
+    }
+
     fn settle(&mut self) -> String {
         let sim = self.sim();
         if sim.run_until(120_000, |s| {
@@ -223,10 +252,22 @@ impl Runner {
 
 fn answer(r: chordkv_node::Result<Response>) -> String {
     match r {
-        Ok(Response::Ack) => "ok\n".into(),
-        Ok(Response::Value(Some(v))) => format!("{}\n", String::from_utf8_lossy(&v)),
-        Ok(Response::Value(None)) => "not found\n".into(),
-        Ok(Response::Deleted(d)) => format!("deleted {d}\n"),
+        Ok(Response::Written { dot, existed }) => {
+            format!(
+                "ok, version {}:{}, replaced a value: {existed}\n",
+                dot.actor.short(),
+                dot.counter
+            )
+        }
+        Ok(Response::Read(r)) if r.values.is_empty() => "not found\n".into(),
+        Ok(Response::Read(r)) => {
+            let values: Vec<String> = r
+                .values
+                .iter()
+                .map(|v| String::from_utf8_lossy(v).into_owned())
+                .collect();
+            format!("{}\n", values.join(" | "))
+        }
         other => format!("{other:?}\n"),
     }
 }

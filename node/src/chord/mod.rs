@@ -92,11 +92,18 @@
 
 use crate::error::{Error, Result};
 use crate::id::{BITS, Id, distance, in_half_open, in_open};
-use crate::message::{LookupInfo, NodeRef, NodeStatus, Request, RequestId, Response, Route};
+use crate::message::{
+    LookupInfo, NodeRef, NodeStatus, Request, RequestId, Response, Route, WriteId,
+};
 use crate::storage::Storage;
+use crate::version::{VersionLimits, VersionVector, Versioned};
+use replica::{ReadOp, Responder, WriteOp};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::net::SocketAddr;
+
+pub mod detector;
+mod replica;
 
 /// Identifies the connection a request arrived on; chosen by the driver, echoed in responses.
 pub type ConnId = u64;
@@ -127,6 +134,16 @@ pub struct Options {
     pub transfer_bytes: usize,
     /// A lookup that asks more nodes than this fails (a routing loop guard).
     pub max_hops: u32,
+    /// Copies of every key, N: the owner and its next N − 1 successors.
+    pub replicas: usize,
+    /// Copies that must be stored before a write is acknowledged, W (1..=N).
+    pub write_quorum: usize,
+    /// Copies a read merges before it answers, R (1..=N).
+    pub read_quorum: usize,
+    /// How often an owner compares its range with one replica (anti-entropy), in ms.
+    pub sync_interval: u64,
+    /// Bounds on siblings and clock size per key.
+    pub versions: VersionLimits,
     /// Seed for the timer phases, so that nodes started together do not act in lockstep.
     pub seed: u64,
 }
@@ -145,6 +162,11 @@ impl Default for Options {
             transfer_batch: 512,
             transfer_bytes: 2 << 20,
             max_hops: 256,
+            versions: VersionLimits::default(),
+            replicas: 3,
+            write_quorum: 2,
+            read_quorum: 2,
+            sync_interval: 1_000,
             seed: 0,
         }
     }
@@ -221,6 +243,21 @@ pub enum Event {
         /// How many keys it received in all rounds.
         keys: u64,
     },
+    /// A write left a key with more siblings than the warning bound: clients should read and
+    /// resolve them.
+    ManySiblings {
+        /// The key.
+        key: Vec<u8>,
+        /// How many siblings it has.
+        siblings: usize,
+    },
+    /// Read repair or anti-entropy pushed `keys` merged states to `with`.
+    Repaired {
+        /// The replica repaired.
+        with: NodeRef,
+        /// How many keys were pushed.
+        keys: u64,
+    },
     /// A storage operation failed.
     StorageError {
         /// The failure.
@@ -254,6 +291,14 @@ enum Purpose {
     Transfer,
     /// A leave notice.
     Leaving,
+    /// A replica's answer to a write's `Replicate`.
+    ReplicaWrite { op: u64 },
+    /// A replica's answer to a quorum read.
+    ReplicaRead { op: u64, from: NodeRef },
+    /// A replica's answer to an anti-entropy digest.
+    Sync { to: NodeRef, from: Id },
+    /// A repair push; the answer carries nothing.
+    Repair,
     /// Checking that the owner a lookup found is alive.
     Verify { op: u64, owner: NodeRef },
     /// Telling a newcomer we adopted it; resent until it answers or we drop it.
@@ -285,6 +330,8 @@ struct ClientOp {
     deadline: u64,
     /// Owners that did not answer: later lookups for this request route around them.
     avoid: BTreeSet<Id>,
+    /// Kept across retries so the owner applies the write at most once.
+    write_id: WriteId,
 }
 
 #[derive(Clone, Debug)]
@@ -367,6 +414,16 @@ pub struct Chord<S: Storage> {
     retries: BTreeMap<(u64, u64), ClientOp>,
     stores: BTreeMap<u64, ClientOp>,
     next_op: u64,
+    /// Writes and reads this node coordinates as owner, waiting for replicas.
+    writes: BTreeMap<u64, WriteOp>,
+    reads: BTreeMap<u64, ReadOp>,
+    /// Anti-entropy: the next replica to compare with, whether a round is in flight, when next.
+    sync_next: usize,
+    syncing: bool,
+    next_sync: u64,
+    /// Answers to writes applied here, by write id, so retries are applied at most once.
+    applied: BTreeMap<WriteId, Response>,
+    applied_order: VecDeque<WriteId>,
     outbox: VecDeque<Output>,
 }
 
@@ -409,6 +466,13 @@ impl<S: Storage> Chord<S> {
             retries: BTreeMap::new(),
             stores: BTreeMap::new(),
             next_op: 1,
+            writes: BTreeMap::new(),
+            reads: BTreeMap::new(),
+            sync_next: 0,
+            syncing: false,
+            next_sync: jitter(opts.sync_interval),
+            applied: BTreeMap::new(),
+            applied_order: VecDeque::new(),
             outbox: VecDeque::new(),
             opts,
         }
@@ -560,6 +624,10 @@ impl<S: Storage> Chord<S> {
                 self.send(pred, Request::Ping, Purpose::CheckPred);
             }
         }
+        if now >= self.next_sync {
+            self.next_sync = now + self.opts.sync_interval;
+            self.sync_tick();
+        }
         if now >= self.next_fix {
             self.next_fix = now + self.opts.fix_fingers_interval;
             self.fix_fingers();
@@ -601,9 +669,25 @@ impl<S: Storage> Chord<S> {
                 deletes,
                 leaving,
             } => self.on_transfer(from, items, deletes, leaving),
-            Request::StoreGet { .. } | Request::StorePut { .. } | Request::StoreDelete { .. } => {
-                self.store_locally(&request)
-            }
+            Request::StoreGet { key } => match self.check_serving(&key) {
+                Ok(()) => return self.coordinate_read(Responder::Conn { conn, id }, key),
+                Err(e) => Err(e),
+            },
+            Request::StoreWrite {
+                key,
+                value,
+                context,
+                write_id,
+            } => match self.check_serving(&key) {
+                Ok(()) => {
+                    let responder = Responder::Conn { conn, id };
+                    return self.coordinate_write(responder, key, value, context, write_id);
+                }
+                Err(e) => Err(e),
+            },
+            Request::Replicate { items } => self.on_replicate(items),
+            Request::ReplicaRead { key } => self.on_replica_read(&key),
+            Request::SyncDigest { from, to, digests } => self.on_sync_digest(from, to, digests),
             Request::Get { .. } | Request::Put { .. } | Request::Delete { .. } => {
                 if !self.joined {
                     Err(Error::Unavailable("node is still joining the ring".into()))
@@ -611,12 +695,18 @@ impl<S: Storage> Chord<S> {
                     Err(Error::Unavailable("node is leaving the ring".into()))
                 } else {
                     let deadline = now + self.opts.request_timeout;
+                    let write_id = WriteId {
+                        coordinator: self.me.id,
+                        seq: self.next_op,
+                    };
+                    self.next_op += 1;
                     self.start_client_op(ClientOp {
                         conn,
                         id,
                         request,
                         deadline,
                         avoid: BTreeSet::new(),
+                        write_id,
                     });
                     return;
                 }
@@ -662,6 +752,10 @@ impl<S: Storage> Chord<S> {
         match pending.purpose {
             Purpose::Lookup { op } => self.on_lookup_answer(op, pending.to, response),
             Purpose::Verify { op, owner } => self.on_verify_answer(op, owner, response),
+            Purpose::ReplicaWrite { op } => self.on_replica_write_answer(op, response),
+            Purpose::ReplicaRead { op, from } => self.on_replica_read_answer(op, from, response),
+            Purpose::Sync { to, from } => self.on_sync_answer(to, from, response),
+            Purpose::Repair => {}
             Purpose::JoinNeighbors { succ } => match response {
                 Ok(Response::Neighbors { pred, succs }) => {
                     self.adopt_successors(succ, succs);
@@ -1163,31 +1257,64 @@ impl<S: Storage> Chord<S> {
     }
 
     /// Apply a store request (`StoreGet`/`StorePut`/`StoreDelete`) to our own storage.
-    fn store_locally(&mut self, request: &Request) -> Result<Response> {
-        let key = match request {
-            Request::StoreGet { key }
-            | Request::StorePut { key, .. }
-            | Request::StoreDelete { key } => key,
-            _ => return Err(Error::InvalidInput("not a store request".into())),
-        };
+    /// Whether we may coordinate a request for `key` as its owner.
+    fn check_serving(&self, key: &[u8]) -> Result<()> {
         if !self.joined || self.leaving {
             return Err(Error::Unavailable("node is not serving data".into()));
         }
         if !self.owns(Id::hash(key)) {
             return Err(Error::WrongOwner);
         }
-        let result = match request {
-            Request::StoreGet { key } => self.storage.get(key).map(Response::Value),
-            Request::StorePut { key, value } => {
-                self.storage.put(key, value).map(|()| Response::Ack)
-            }
-            Request::StoreDelete { key } => self.storage.delete(key).map(Response::Deleted),
-            _ => unreachable!("matched above"),
-        };
-        if let Err(e) = &result {
-            self.emit(Event::StorageError { error: e.clone() });
+        Ok(())
+    }
+
+    /// Remember a write's answer so a retry is not applied twice (bounded, oldest forgotten).
+    fn remember_applied(&mut self, id: WriteId, response: Response) {
+        if self.applied.insert(id, response).is_none() {
+            self.applied_order.push_back(id);
         }
-        result
+        while self.applied_order.len() > MAX_APPLIED {
+            if let Some(old) = self.applied_order.pop_front() {
+                self.applied.remove(&old);
+            }
+        }
+    }
+
+    /// The versions of `key` in our storage (empty if absent).
+    fn read_versions(&self, key: &[u8]) -> Result<Versioned> {
+        match self.storage.get(key)? {
+            Some(bytes) => Versioned::decode(&bytes),
+            None => Ok(Versioned::empty()),
+        }
+    }
+
+    /// Make a new version of `key` as its owner: our dot, superseding what `context` covers.
+    fn write_version(
+        &mut self,
+        key: &[u8],
+        value: Option<Vec<u8>>,
+        context: &VersionVector,
+        write_id: WriteId,
+    ) -> Result<Response> {
+        let mut state = self.read_versions(key)?;
+        let existed = !state.is_deleted();
+        if let Some(dot) = state.applied_dot(&write_id) {
+            // A retry of a write applied before, perhaps by the previous owner: same answer.
+            return Ok(Response::Written { dot, existed });
+        }
+        let outcome = state.write_checked(self.me.id, context, value, &self.opts.versions)?;
+        state.record_applied(write_id, outcome.dot);
+        if outcome.warn {
+            self.emit(Event::ManySiblings {
+                key: key.to_vec(),
+                siblings: outcome.siblings,
+            });
+        }
+        self.storage.put(key, &state.encode())?;
+        Ok(Response::Written {
+            dot: outcome.dot,
+            existed,
+        })
     }
 
     fn start_client_op(&mut self, op: ClientOp) {
@@ -1201,7 +1328,7 @@ impl<S: Storage> Chord<S> {
             );
         }
         let key = match &op.request {
-            Request::Get { key } | Request::Put { key, .. } | Request::Delete { key } => key,
+            Request::Get { key } | Request::Put { key, .. } | Request::Delete { key, .. } => key,
             _ => return,
         };
         let target = Id::hash(key);
@@ -1212,13 +1339,41 @@ impl<S: Storage> Chord<S> {
     fn forward_to_owner(&mut self, op: ClientOp, owner: NodeRef) {
         let store = match op.request.clone() {
             Request::Get { key } => Request::StoreGet { key },
-            Request::Put { key, value } => Request::StorePut { key, value },
-            Request::Delete { key } => Request::StoreDelete { key },
+            Request::Put {
+                key,
+                value,
+                context,
+            } => Request::StoreWrite {
+                key,
+                value: Some(value),
+                context,
+                write_id: op.write_id,
+            },
+            Request::Delete { key, context } => Request::StoreWrite {
+                key,
+                value: None,
+                context,
+                write_id: op.write_id,
+            },
             _ => return,
         };
         if owner.id == self.me.id {
-            let result = self.store_locally(&store);
-            return self.finish_client_op(op, result);
+            if let Err(e) = self.check_serving(match &store {
+                Request::StoreGet { key } | Request::StoreWrite { key, .. } => key,
+                _ => return,
+            }) {
+                return self.finish_client_op(op, Err(e));
+            }
+            return match store {
+                Request::StoreGet { key } => self.coordinate_read(Responder::Local(op), key),
+                Request::StoreWrite {
+                    key,
+                    value,
+                    context,
+                    write_id,
+                } => self.coordinate_write(Responder::Local(op), key, value, context, write_id),
+                _ => {}
+            };
         }
         let n = self.next_op;
         self.next_op += 1;
@@ -1271,8 +1426,12 @@ impl<S: Storage> Chord<S> {
                 return Ok(Response::Redirect { to: p });
             }
         }
+        // Versions merge: a hand-over never replaces a newer version with an older one, and
+        // concurrent ones stay as siblings.
         for (k, v) in &items {
-            self.storage.put(k, v)?;
+            let mut state = self.read_versions(k)?;
+            state.merge(&Versioned::decode(v)?);
+            self.storage.put(k, &state.encode())?;
         }
         for k in &deletes {
             self.storage.delete(k)?;
@@ -1435,8 +1594,13 @@ impl<S: Storage> Chord<S> {
             return;
         };
         let (from, to) = self.transfer_range(&t);
-        // Everything in the arc is now acknowledged by the receiver, unchanged since.
-        match self.storage.scan_range(from, to, usize::MAX) {
+        // Everything in the arc is now acknowledged by the receiver, unchanged since. A node
+        // that hands a newcomer its range stays one of the newcomer's replicas and keeps copies.
+        let keep = matches!(t.goal, TransferGoal::Join) && self.opts.replicas > 1;
+        match self
+            .storage
+            .scan_range(from, to, if keep { 0 } else { usize::MAX })
+        {
             Ok(entries) => {
                 for (k, _) in entries {
                     if let Err(error) = self.storage.delete(&k) {
@@ -1538,6 +1702,9 @@ impl<S: Storage> Chord<S> {
         self.outbox.push_back(Output::Event(event));
     }
 }
+
+/// How many applied write ids an owner remembers for at-most-once retries.
+const MAX_APPLIED: usize = 1 << 16;
 
 /// Most interrupted hand-overs whose receivers' possible holdings are remembered.
 const MAX_ABORTED: usize = 16;

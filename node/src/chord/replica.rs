@@ -1,0 +1,442 @@
+//! REPLICATION
+//!
+//! A key lives on its owner and the owner's next `N − 1` successors (Dynamo's preference list,
+//! SOSP 2007 §4.3, with Chord's successor list as the list). The owner coordinates every request
+//! for its keys:
+//! - *write*: it makes the new version (its own dot, [`crate::version`]), stores it, sends it to
+//!   its `N − 1` replicas ([`Request::Replicate`]) and answers once `W` copies, its own included,
+//!   are stored and flushed. Fewer than `W` answers is an error for the client, though the
+//!   version may survive where it was stored: an unacknowledged write is "maybe".
+//! - *read*: it asks its replicas ([`Request::ReplicaRead`]), merges the first `R − 1` answers
+//!   with its own copy and answers; any copy found stale is repaired with the merge (read repair).
+//!
+//! Every copy merges by version vectors, never by time, so the order in which copies meet does
+//! not matter.
+//!
+//! ANTI-ENTROPY
+//!
+//! Every `sync_interval` the owner compares its range `(pred, self]` with one replica (round
+//! robin): it sends per-bucket digests (a bucket is the first byte of the key id); the replica
+//! answers with its states in the buckets that differ; the owner merges them and pushes its
+//! merged states for those buckets back. This brings back copies lost to a crash, fills a new
+//! replica after a join or leave, and reconciles the two sides of a healed partition. Each round
+//! moves at most one batch, so repair cannot starve client traffic.
+//!
+//! CAVEATS
+//!
+//! In a ring with fewer than `N` nodes a key has fewer copies; the quorums shrink to what exists
+//! and the node says so ([`crate::message::NodeStatus::replicas`]). Copies that fall outside a
+//! key's preference list after the ring changes are not yet collected. A replica that was down
+//! is repaired by anti-entropy rather than by hinted handoff.
+
+use super::{Chord, ClientOp, ConnId, Event, Purpose};
+use crate::error::{Error, Result};
+use crate::id::{Id, in_half_open};
+use crate::message::{NodeRef, ReadReply, Request, RequestId, Response, WriteId};
+use crate::storage::Storage;
+use crate::version::{VersionVector, Versioned};
+use sha1::{Digest, Sha1};
+use std::collections::{BTreeMap, BTreeSet};
+
+/// Most items in one anti-entropy message.
+const SYNC_BATCH: usize = 256;
+
+/// Who is waiting for a coordinated request.
+#[derive(Clone, Debug)]
+pub(super) enum Responder {
+    /// A request that arrived on a connection.
+    Conn { conn: ConnId, id: RequestId },
+    /// A client operation this node coordinates for itself (it is the owner).
+    Local(ClientOp),
+}
+
+/// A write waiting for its replicas.
+#[derive(Clone, Debug)]
+pub(super) struct WriteOp {
+    responder: Responder,
+    write_id: WriteId,
+    response: Response,
+    /// Replica acknowledgements still needed.
+    needed: usize,
+    acks: usize,
+    outstanding: usize,
+    done: bool,
+}
+
+/// A read waiting for its replicas.
+#[derive(Clone, Debug)]
+pub(super) struct ReadOp {
+    responder: Responder,
+    key: Vec<u8>,
+    merged: Versioned,
+    /// Digests of the copies seen, for read repair.
+    copies: Vec<(NodeRef, u64)>,
+    needed: usize,
+    answered: usize,
+    outstanding: usize,
+    done: bool,
+}
+
+impl<S: Storage> Chord<S> {
+    /// The other nodes that hold copies of our keys: our first `N − 1` successors.
+    pub(super) fn replica_targets(&self) -> Vec<NodeRef> {
+        self.succs
+            .iter()
+            .filter(|s| s.id != self.me.id)
+            .take(self.opts.replicas.saturating_sub(1))
+            .copied()
+            .collect()
+    }
+
+    /// How many copies our keys have right now (ourselves included), at most `N`.
+    pub fn replicas_available(&self) -> usize {
+        1 + self.replica_targets().len()
+    }
+
+    /// Coordinate a write as the owner: store our new version, replicate it, answer at `W`.
+    pub(super) fn coordinate_write(
+        &mut self,
+        responder: Responder,
+        key: Vec<u8>,
+        value: Option<Vec<u8>>,
+        context: VersionVector,
+        write_id: WriteId,
+    ) {
+        if self
+            .writes
+            .values()
+            .any(|w| w.write_id == write_id && !w.done)
+        {
+            let e = Error::Unavailable("this write is still being replicated; retry".into());
+            return self.answer(responder, Err(e));
+        }
+        // A retry of a write already applied here is not applied again: its version is
+        // replicated once more and the first answer returned.
+        let response = match self.applied.get(&write_id) {
+            Some(first) => first.clone(),
+            None => match self.write_version(&key, value, &context, write_id) {
+                Ok(r) => {
+                    self.remember_applied(write_id, r.clone());
+                    r
+                }
+                Err(e) => return self.answer(responder, Err(e)),
+            },
+        };
+        let targets = self.replica_targets();
+        let needed = self.opts.write_quorum.clamp(1, 1 + targets.len()) - 1;
+        let state = match self.read_versions(&key) {
+            Ok(state) => state.encode(),
+            Err(e) => return self.answer(responder, Err(e)),
+        };
+        let op = self.next_op;
+        self.next_op += 1;
+        let mut w = WriteOp {
+            responder,
+            write_id,
+            response,
+            needed,
+            acks: 0,
+            outstanding: targets.len(),
+            done: false,
+        };
+        if needed == 0 {
+            w.done = true;
+            self.answer(w.responder.clone(), Ok(w.response.clone()));
+        }
+        if !targets.is_empty() {
+            self.writes.insert(op, w);
+        }
+        for t in targets {
+            let items = vec![(key.clone(), state.clone())];
+            self.send(
+                t,
+                Request::Replicate { items },
+                Purpose::ReplicaWrite { op },
+            );
+        }
+    }
+
+    pub(super) fn on_replica_write_answer(&mut self, op: u64, response: Result<Response>) {
+        let Some(w) = self.writes.get_mut(&op) else {
+            return;
+        };
+        w.outstanding -= 1;
+        if matches!(response, Ok(Response::Ack)) {
+            w.acks += 1;
+        }
+        let mut finish = None;
+        if !w.done && w.acks >= w.needed {
+            w.done = true;
+            finish = Some((w.responder.clone(), Ok(w.response.clone())));
+        } else if !w.done && w.acks + w.outstanding < w.needed {
+            w.done = true;
+            let e = Error::Unavailable(format!(
+                "the write reached {} of the {} copies required; it may still become visible",
+                1 + w.acks,
+                1 + w.needed
+            ));
+            finish = Some((w.responder.clone(), Err(e)));
+        }
+        let w = self.writes.get(&op).expect("present");
+        if w.outstanding == 0 {
+            self.writes.remove(&op);
+        }
+        if let Some((responder, result)) = finish {
+            self.answer(responder, result);
+        }
+    }
+
+    /// Coordinate a read as the owner: our copy merged with `R − 1` replicas' copies.
+    pub(super) fn coordinate_read(&mut self, responder: Responder, key: Vec<u8>) {
+        let merged = match self.read_versions(&key) {
+            Ok(state) => state,
+            Err(e) => return self.answer(responder, Err(e)),
+        };
+        let targets = self.replica_targets();
+        let needed = self.opts.read_quorum.clamp(1, 1 + targets.len()) - 1;
+        let mut r = ReadOp {
+            responder,
+            copies: vec![(self.me, merged.digest())],
+            key: key.clone(),
+            merged,
+            needed,
+            answered: 0,
+            outstanding: targets.len(),
+            done: false,
+        };
+        if needed == 0 {
+            r.done = true;
+            self.answer(r.responder.clone(), Ok(read_reply(&r.merged)));
+            if targets.is_empty() {
+                return;
+            }
+        }
+        let op = self.next_op;
+        self.next_op += 1;
+        self.reads.insert(op, r);
+        for t in targets {
+            let req = Request::ReplicaRead { key: key.clone() };
+            self.send(t, req, Purpose::ReplicaRead { op, from: t });
+        }
+    }
+
+    pub(super) fn on_replica_read_answer(
+        &mut self,
+        op: u64,
+        from: NodeRef,
+        response: Result<Response>,
+    ) {
+        let Some(r) = self.reads.get_mut(&op) else {
+            return;
+        };
+        r.outstanding -= 1;
+        if let Ok(Response::State(state)) = response {
+            let state = match state.map(|b| Versioned::decode(&b)).transpose() {
+                Ok(s) => s.unwrap_or_default(),
+                Err(_) => Versioned::empty(), // a corrupt copy counts as empty; repair fixes it
+            };
+            r.copies.push((from, state.digest()));
+            r.merged.merge(&state);
+            r.answered += 1;
+        }
+        let mut finish = None;
+        if !r.done && r.answered >= r.needed {
+            r.done = true;
+            finish = Some((r.responder.clone(), Ok(read_reply(&r.merged))));
+        } else if !r.done && r.answered + r.outstanding < r.needed {
+            r.done = true;
+            let e = Error::Unavailable(format!(
+                "the read reached {} of the {} copies required",
+                1 + r.answered,
+                1 + r.needed
+            ));
+            finish = Some((r.responder.clone(), Err(e)));
+        }
+        if let Some((responder, result)) = finish {
+            self.answer(responder, result);
+        }
+        let r = self.reads.get(&op).expect("present");
+        if r.outstanding == 0 {
+            let r = self.reads.remove(&op).expect("present");
+            self.read_repair(r);
+        }
+    }
+
+    /// Bring every copy a read saw up to the merged state.
+    fn read_repair(&mut self, r: ReadOp) {
+        let digest = r.merged.digest();
+        let encoded = r.merged.encode();
+        for (node, d) in r.copies {
+            if d == digest {
+                continue;
+            }
+            self.emit(Event::Repaired {
+                with: node,
+                keys: 1,
+            });
+            if node.id == self.me.id {
+                if let Err(error) = self.merge_into_storage(&r.key, &r.merged) {
+                    self.emit(Event::StorageError { error });
+                }
+            } else {
+                let items = vec![(r.key.clone(), encoded.clone())];
+                self.send(node, Request::Replicate { items }, Purpose::Repair);
+            }
+        }
+    }
+
+    /// A replica's side of [`Request::Replicate`] (and of repairs): merge and store.
+    pub(super) fn on_replicate(&mut self, items: Vec<(Vec<u8>, Vec<u8>)>) -> Result<Response> {
+        for (key, bytes) in items {
+            let incoming = Versioned::decode(&bytes)?;
+            self.merge_into_storage(&key, &incoming)?;
+        }
+        Ok(Response::Ack)
+    }
+
+    /// Merge `incoming` into our copy of `key`, writing only if something changed.
+    pub(super) fn merge_into_storage(&mut self, key: &[u8], incoming: &Versioned) -> Result<()> {
+        let mut state = self.read_versions(key)?;
+        let before = state.digest();
+        state.merge(incoming);
+        if state.digest() != before {
+            self.storage.put(key, &state.encode())?;
+        }
+        Ok(())
+    }
+
+    /// A replica's side of [`Request::ReplicaRead`].
+    pub(super) fn on_replica_read(&self, key: &[u8]) -> Result<Response> {
+        Ok(Response::State(self.storage.get(key)?))
+    }
+
+    /// One anti-entropy round with the next replica, if it is time.
+    pub(super) fn sync_tick(&mut self) {
+        let targets = self.replica_targets();
+        let Some(start) = self.pred.or(self.range_start) else {
+            return; // no known range yet
+        };
+        if targets.is_empty() || !self.installed || self.syncing {
+            return;
+        }
+        let to = targets[self.sync_next % targets.len()];
+        self.sync_next = self.sync_next.wrapping_add(1);
+        let digests = match bucket_digests(&self.storage, start.id, self.me.id) {
+            Ok(d) => d,
+            Err(error) => return self.emit(Event::StorageError { error }),
+        };
+        self.syncing = true;
+        let req = Request::SyncDigest {
+            from: start.id,
+            to: self.me.id,
+            digests: digests.into_iter().collect(),
+        };
+        self.send(to, req, Purpose::Sync { to, from: start.id });
+    }
+
+    /// A replica's side of [`Request::SyncDigest`]: our states in the buckets that differ.
+    pub(super) fn on_sync_digest(
+        &self,
+        from: Id,
+        to: Id,
+        theirs: Vec<(u8, u64)>,
+    ) -> Result<Response> {
+        let mine = bucket_digests(&self.storage, from, to)?;
+        let theirs: BTreeMap<u8, u64> = theirs.into_iter().collect();
+        let buckets: BTreeSet<u8> = mine
+            .keys()
+            .chain(theirs.keys())
+            .filter(|b| mine.get(b) != theirs.get(b))
+            .copied()
+            .collect();
+        let mut items = Vec::new();
+        for (k, v) in self.storage.scan_range(from, to, usize::MAX)? {
+            if items.len() >= SYNC_BATCH {
+                break;
+            }
+            if buckets.contains(&Id::hash(&k).0[0]) {
+                items.push((k, v));
+            }
+        }
+        Ok(Response::SyncItems {
+            buckets: buckets.into_iter().collect(),
+            items,
+        })
+    }
+
+    /// The owner's side of a sync answer: merge the replica's states, push back the union.
+    pub(super) fn on_sync_answer(&mut self, to: NodeRef, from: Id, response: Result<Response>) {
+        self.syncing = false;
+        let Ok(Response::SyncItems { buckets, items }) = response else {
+            return;
+        };
+        if buckets.is_empty() {
+            return;
+        }
+        for (k, v) in &items {
+            // Only keys in our range: a replica's reply names nothing else, but check anyway.
+            if !in_half_open(from, self.me.id, Id::hash(k)) {
+                continue;
+            }
+            if let Ok(state) = Versioned::decode(v) {
+                if let Err(error) = self.merge_into_storage(k, &state) {
+                    self.emit(Event::StorageError { error });
+                }
+            }
+        }
+        let buckets: BTreeSet<u8> = buckets.into_iter().collect();
+        let entries = match self.storage.scan_range(from, self.me.id, usize::MAX) {
+            Ok(e) => e,
+            Err(error) => return self.emit(Event::StorageError { error }),
+        };
+        let push: Vec<(Vec<u8>, Vec<u8>)> = entries
+            .into_iter()
+            .filter(|(k, _)| buckets.contains(&Id::hash(k).0[0]))
+            .take(SYNC_BATCH)
+            .collect();
+        self.emit(Event::Repaired {
+            with: to,
+            keys: push.len() as u64,
+        });
+        if !push.is_empty() {
+            self.send(to, Request::Replicate { items: push }, Purpose::Repair);
+        }
+    }
+
+    /// Deliver the outcome of a coordinated request.
+    pub(super) fn answer(&mut self, responder: Responder, result: Result<Response>) {
+        match responder {
+            Responder::Conn { conn, id } => self.respond(conn, id, result),
+            Responder::Local(op) => self.finish_client_op(op, result),
+        }
+    }
+}
+
+/// What a read answers: the live values and the context to write back.
+fn read_reply(state: &Versioned) -> Response {
+    Response::Read(ReadReply {
+        values: state.values().into_iter().map(<[u8]>::to_vec).collect(),
+        context: state.context().clone(),
+    })
+}
+
+/// One digest per bucket (first byte of the key id) of the states in `(from, to]`.
+fn bucket_digests<S: Storage>(storage: &S, from: Id, to: Id) -> Result<BTreeMap<u8, u64>> {
+    let mut hashers: BTreeMap<u8, Sha1> = BTreeMap::new();
+    for (k, v) in storage.scan_range(from, to, usize::MAX)? {
+        let state = Versioned::decode(&v)?;
+        let h = hashers.entry(Id::hash(&k).0[0]).or_default();
+        h.update((k.len() as u64).to_be_bytes());
+        h.update(&k);
+        h.update(state.digest().to_be_bytes());
+    }
+    Ok(hashers
+        .into_iter()
+        .map(|(b, h)| {
+            let d = h.finalize();
+            let mut top = [0u8; 8];
+            top.copy_from_slice(&d[..8]);
+            (b, u64::from_be_bytes(top))
+        })
+        .collect())
+}
