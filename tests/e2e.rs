@@ -2,9 +2,8 @@
 //! data directory, driven with the real `kvctl` binary and the `kvctl` client library.
 //!
 //! Each test is named after the claim it checks. Ring convergence is always awaited by polling a
-//! condition with a deadline ([`common::wait_until`]), never by sleeping. Without replication (a
-//! later layer), a crashed node's keys are unavailable until it comes back, so the crash test
-//! only checks them after the restart.
+//! condition with a deadline ([`common::wait_until`]), never by sleeping. Nodes run with the
+//! default three copies of every key, so a crashed node's keys stay readable from its replicas.
 
 mod common;
 
@@ -116,14 +115,14 @@ fn wait_for_total_keys(cluster: &Cluster, members: &[usize], n: u64) {
     });
 }
 
-/// The member of `members` other than node 0 that holds the most keys, with its count.
+/// The member of `members` other than node 0 that owns the most keys, with its count.
 fn busiest_node(cluster: &Cluster, members: &[usize]) -> (usize, u64) {
     members
         .iter()
         .filter(|&&i| i != 0)
         .map(|&i| {
             let status = cluster.status(i).expect("a running node answers");
-            (i, status.keys)
+            (i, status.owned)
         })
         .max_by_key(|&(_, keys)| keys)
         .expect("there is a node other than node 0")
@@ -221,6 +220,31 @@ fn thousand_keys_put_through_one_node_read_back_through_every_node() {
     assert_eq!(stderr(&out), "kvctl: key not found: key-0004\n");
     assert_prints(&cluster.kvctl(0, &["put", "key-0004", "back"]), b"ok\n");
     data.insert("key-0004".into(), b"back".to_vec());
+    // A blind write (the empty context) does not replace the value it did not read: `get`
+    // prints both siblings and the context that resolves them, and a put with it does.
+    let blind = kvctl::Context::empty().to_token();
+    let out = cluster.kvctl(1, &["put", "--context", &blind, "key-0005", "blind"]);
+    assert_prints(&out, b"ok\n");
+    let out = cluster.kvctl(2, &["get", "key-0005"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    // In dot order, which depends on which nodes coordinated the writes.
+    let mut siblings: Vec<&[u8]> = out.stdout.split_inclusive(|&b| b == b'\n').collect();
+    siblings.sort();
+    assert_eq!(
+        siblings,
+        [&b"blind\n"[..], b"value-5\n"],
+        "{:?}",
+        out.stdout
+    );
+    let hint = stderr(&out);
+    let token = hint
+        .strip_prefix("kvctl: key-0005 has 2 concurrent values (siblings); resolve with: ")
+        .and_then(|rest| rest.strip_prefix("kvctl put --context "))
+        .and_then(|rest| rest.strip_suffix(" key-0005 VALUE\n"))
+        .unwrap_or_else(|| panic!("no resolve hint: {hint:?}"));
+    let out = cluster.kvctl(3, &["put", "--context", token, "key-0005", "value-5"]);
+    assert_prints(&out, b"ok\n");
+    assert_prints(&cluster.kvctl(4, &["get", "key-0005"]), b"value-5");
     // A missing key: exit 1, nothing on stdout, one line on stderr.
     let out = cluster.kvctl(1, &["get", "no-such-key"]);
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
@@ -238,7 +262,7 @@ fn thousand_keys_put_through_one_node_read_back_through_every_node() {
         let ring: serde_json::Value =
             serde_json::from_slice(&out.stdout).map_err(|e| format!("not JSON: {e}"))?;
         let nodes = ring["nodes"].as_array().ok_or("no nodes array")?;
-        let total: u64 = nodes.iter().filter_map(|n| n["keys"].as_u64()).sum();
+        let total: u64 = nodes.iter().filter_map(|n| n["owned"].as_u64()).sum();
         if ring["consistent"] != true || ring["closed"] != true || nodes.len() != 5 {
             return Err(format!("ring not converged: {ring}"));
         }
@@ -303,14 +327,16 @@ fn restart_from_data_dir_keeps_id_and_data() {
     let data = data(300);
     put_all(&cluster, 0, &data);
     wait_for_total_keys(&cluster, &cluster.all(), 300);
-    let keys = cluster.status(victim).expect("the victim answers").keys;
-    assert!(keys > 0, "node {victim} holds no keys to keep");
+    let before = cluster.status(victim).expect("the victim answers");
+    let (keys, owned) = (before.keys, before.owned);
+    assert!(owned > 0, "node {victim} owns no keys to keep");
 
     cluster.kill_node(victim);
-    // The survivors repair the ring around the crashed node. Its keys are unavailable until it
-    // returns (no replicas yet), so nothing is read now.
+    // The survivors repair the ring around the crashed node, and its keys are still served
+    // from their replicas.
     let rest: Vec<usize> = cluster.all().into_iter().filter(|&i| i != victim).collect();
     cluster.wait_for_ring(&rest);
+    assert_all_readable(&cluster, &rest, &data);
 
     // Same port and data directory, but no --node-id this time.
     cluster.set_args(victim, &[]);
@@ -328,7 +354,7 @@ fn restart_from_data_dir_keeps_id_and_data() {
     wait_for_total_keys(&cluster, &cluster.all(), 300);
     let status = cluster.status(victim).expect("the restarted node answers");
     assert_eq!(
-        status.keys, keys,
+        status.owned, owned,
         "the restarted node's share of the keys changed"
     );
 }

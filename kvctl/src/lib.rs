@@ -1,15 +1,26 @@
 //! kvctl: a client for chordkv.
 //!
 //! [`Client`] talks to one node over a [`Channel`] and asks it to get, put, delete or look up
-//! keys; the node coordinates each request wherever the key lives on the ring. [`Client::ring`]
-//! walks the ring node by node with `Status` requests and reports what it finds inconsistent,
-//! which is how an operator (and the end-to-end tests) see whether the ring has converged.
+//! keys; the node coordinates each request wherever the key lives on the ring.
+//!
+//! A key may hold several concurrent versions (siblings): writes coordinated by different nodes
+//! while they could not see each other, or writes that did not pass back the context of a read.
+//! [`Client::read`], [`Client::write`] and [`Client::remove`] expose them: a read returns every
+//! live value and a causal context, and a write replaces exactly the versions its context
+//! covers. [`Client::get`], [`Client::put`] and [`Client::delete`] are conveniences on top for
+//! callers that expect one value: `get` refuses siblings with [`Error::Conflict`], `put` and
+//! `delete` read first and replace what they read.
+//!
+//! [`Client::ring`] walks the ring node by node with `Status` requests and reports what it finds
+//! inconsistent, which is how an operator (and the end-to-end tests) see whether the ring has
+//! converged.
 //!
 //! Errors are the node crate's [`Error`], re-exported: what a node answers and what goes wrong
 //! on the way are one enum.
 
 pub use chordkv_node::id::Id;
-pub use chordkv_node::message::{LookupInfo, NodeRef, NodeStatus};
+pub use chordkv_node::message::{LookupInfo, NodeRef, NodeStatus, ReadReply};
+pub use chordkv_node::version::{Context, Dot, VersionVector};
 pub use chordkv_node::{Error, Result};
 
 use chordkv_node::message::{Request, Response};
@@ -66,47 +77,101 @@ impl Client {
         self.channel.call(req, self.timeout).await
     }
 
-    /// The value stored under `key`, or `None` if there is none.
+    /// Every live version of `key` and the causal context to write back: [`ReadReply::values`]
+    /// holds one value per concurrent version (sibling), none if the key is absent or deleted.
     ///
     /// # Errors
     /// As [`Client::call`]; [`Error::InvalidData`] if the node answers something else.
-    pub async fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+    pub async fn read(&self, key: &[u8]) -> Result<ReadReply> {
         match self.call(Request::Get { key: key.to_vec() }).await? {
-            Response::Value(value) => Ok(value),
+            Response::Read(reply) => Ok(reply),
             other => Err(unexpected("get", &other)),
         }
     }
 
-    /// Stores `value` under `key`.
+    /// Writes a new version of `key` holding `value`. It replaces the versions `context` covers
+    /// (pass the context of a [`Client::read`] to replace what it returned); versions it does not
+    /// cover, written concurrently, stay as siblings. An empty context replaces nothing: a blind
+    /// write adds a sibling to whatever is there.
     ///
     /// # Errors
-    /// As [`Client::get`].
-    pub async fn put(&self, key: &[u8], value: &[u8]) -> Result<()> {
+    /// As [`Client::read`].
+    pub async fn write(
+        &self,
+        key: &[u8],
+        value: &[u8],
+        context: &VersionVector,
+    ) -> Result<Written> {
         let req = Request::Put {
             key: key.to_vec(),
             value: value.to_vec(),
+            context: context.clone(),
         };
         match self.call(req).await? {
-            Response::Ack => Ok(()),
+            Response::Written { dot, existed } => Ok(Written { dot, existed }),
             other => Err(unexpected("put", &other)),
         }
     }
 
-    /// Deletes `key`; whether it existed.
+    /// Deletes the versions of `key` that `context` covers, by writing a tombstone version that
+    /// replaces them; versions it does not cover stay. The tombstone is written even if there is
+    /// nothing to delete, and [`Written::existed`] says whether the key had a live value.
     ///
     /// # Errors
-    /// As [`Client::get`].
-    pub async fn delete(&self, key: &[u8]) -> Result<bool> {
-        match self.call(Request::Delete { key: key.to_vec() }).await? {
-            Response::Deleted(existed) => Ok(existed),
+    /// As [`Client::read`].
+    pub async fn remove(&self, key: &[u8], context: &VersionVector) -> Result<Written> {
+        let req = Request::Delete {
+            key: key.to_vec(),
+            context: context.clone(),
+        };
+        match self.call(req).await? {
+            Response::Written { dot, existed } => Ok(Written { dot, existed }),
             other => Err(unexpected("delete", &other)),
         }
+    }
+
+    /// The value stored under `key`: `None` if there is no live value, the value if there is
+    /// exactly one. For a key that may have siblings, use [`Client::read`].
+    ///
+    /// # Errors
+    /// [`Error::Conflict`] if the key has several concurrent values (siblings); otherwise as
+    /// [`Client::read`].
+    pub async fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        single_value(self.read(key).await?)
+    }
+
+    /// Stores `value` under `key`, replacing what is there: reads the key, then writes with the
+    /// read's context. Only the versions that read returned are replaced: a version another
+    /// client writes between the read and the write is concurrent with this one, and both stay
+    /// as siblings (see [`Client::read`] to resolve them). Returns the new version's dot.
+    ///
+    /// # Errors
+    /// As [`Client::read`] and [`Client::write`].
+    pub async fn put(&self, key: &[u8], value: &[u8]) -> Result<Dot> {
+        let read = self.read(key).await?;
+        Ok(self.write(key, value, &read.context).await?.dot)
+    }
+
+    /// Deletes `key`: reads it, then removes the versions that read returned (with its
+    /// context). Returns whether there was a live value to delete; if there was none, nothing is
+    /// written. As with [`Client::put`], a version another client writes between the read and
+    /// the delete survives as a sibling of the tombstone, and the key is not deleted.
+    ///
+    /// # Errors
+    /// As [`Client::read`] and [`Client::remove`].
+    pub async fn delete(&self, key: &[u8]) -> Result<bool> {
+        let read = self.read(key).await?;
+        if read.values.is_empty() {
+            return Ok(false);
+        }
+        self.remove(key, &read.context).await?;
+        Ok(true)
     }
 
     /// Which node owns `key`, and how many hops it took to find out.
     ///
     /// # Errors
-    /// As [`Client::get`].
+    /// As [`Client::read`].
     pub async fn lookup(&self, key: &[u8]) -> Result<LookupInfo> {
         match self.call(Request::Lookup { key: key.to_vec() }).await? {
             Response::Lookup(info) => Ok(info),
@@ -117,7 +182,7 @@ impl Client {
     /// The node's view of itself and its neighbours.
     ///
     /// # Errors
-    /// As [`Client::get`].
+    /// As [`Client::read`].
     pub async fn status(&self) -> Result<NodeStatus> {
         match self.call(Request::Status).await? {
             Response::Status(status) => Ok(status),
@@ -175,19 +240,46 @@ async fn resolve(addr: &str, timeout: Duration) -> Result<Vec<SocketAddr>> {
     }
 }
 
+/// What a write ([`Client::write`], [`Client::remove`]) did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Written {
+    /// The dot the key's owner gave the new version (a tombstone, for a remove).
+    pub dot: Dot,
+    /// Whether the key had a live value before the write.
+    pub existed: bool,
+}
+
+/// The one live value of a read: `None` if it has none.
+///
+/// # Errors
+/// [`Error::Conflict`] if it has several concurrent values (siblings).
+pub fn single_value(read: ReadReply) -> Result<Option<Vec<u8>>> {
+    let n = read.values.len();
+    if n > 1 {
+        return Err(Error::Conflict(format!(
+            "key has {n} concurrent values (siblings): read them all with `read` and write back \
+             with its context"
+        )));
+    }
+    Ok(read.values.into_iter().next())
+}
+
 /// The error for an answer that does not fit the request.
 fn unexpected(op: &str, response: &Response) -> Error {
-    // Name the variant only: a Value may be megabytes long.
+    // Name the variant only: a Read may be megabytes long. `{ .. }` matches any shape of
+    // variant, so reshaping one on the node side does not break this match.
     let kind = match response {
         Response::Pong { .. } => "Pong",
-        Response::Route(_) => "Route",
+        Response::Route { .. } => "Route",
         Response::Neighbors { .. } => "Neighbors",
         Response::Ack => "Ack",
         Response::Redirect { .. } => "Redirect",
-        Response::Value(_) => "Value",
-        Response::Deleted(_) => "Deleted",
-        Response::Lookup(_) => "Lookup",
-        Response::Status(_) => "Status",
+        Response::Read { .. } => "Read",
+        Response::Written { .. } => "Written",
+        Response::State { .. } => "State",
+        Response::SyncItems { .. } => "SyncItems",
+        Response::Lookup { .. } => "Lookup",
+        Response::Status { .. } => "Status",
     };
     Error::InvalidData(format!("the node answered {op} with {kind}"))
 }
@@ -450,6 +542,9 @@ mod tests {
             fingers: vec![],
             keys: u64::from(n),
             successors_wanted: 2,
+            owned: 0,
+            replicas: 1,
+            replicas_wanted: 1,
         }
     }
 
@@ -635,6 +730,49 @@ mod tests {
         let found = inconsistencies(&ring, &WalkEnd::TooLong);
         assert_eq!(found.len(), 1, "{found:?}");
         assert!(found[0].contains("stopped after"), "{found:?}");
+    }
+
+    fn reply(values: &[&[u8]]) -> ReadReply {
+        ReadReply {
+            values: values.iter().map(|v| v.to_vec()).collect(),
+            context: VersionVector::new(),
+        }
+    }
+
+    #[test]
+    fn single_value_is_none_one_or_a_conflict() {
+        assert_eq!(single_value(reply(&[])), Ok(None));
+        assert_eq!(single_value(reply(&[b"a"])), Ok(Some(b"a".to_vec())));
+        // An empty value is a value, not an absence.
+        assert_eq!(single_value(reply(&[b""])), Ok(Some(Vec::new())));
+        match single_value(reply(&[b"a", b"b", b"c"])) {
+            Err(Error::Conflict(msg)) => {
+                assert!(
+                    msg.starts_with("key has 3 concurrent values (siblings)"),
+                    "{msg}"
+                );
+                assert!(msg.contains("`read`"), "{msg}");
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn unexpected_answers_name_the_variant_not_its_contents() {
+        let big = reply(&[&[b'x'; 1000]]);
+        let err = unexpected("put", &Response::Read(big));
+        assert_eq!(
+            err,
+            Error::InvalidData("the node answered put with Read".into())
+        );
+        let written = Response::Written {
+            dot: Dot::new(node(1).id, 1),
+            existed: false,
+        };
+        assert_eq!(
+            unexpected("get", &written),
+            Error::InvalidData("the node answered get with Written".into())
+        );
     }
 
     #[tokio::test]

@@ -1,9 +1,15 @@
 //! The kvctl binary against a fake one-node ring served in-process over the real wire protocol:
 //! output formats, raw bytes, exit codes and error lines. The real node is tested end to end in
 //! the workspace's system tests; this checks the CLI's own contract.
+//!
+//! The fake keeps each key's versions as the real node does ([`Versioned`]), so blind writes
+//! (an empty context) make siblings, and a write with a read's context replaces them.
 
 use chordkv_node::id::Id;
-use chordkv_node::message::{Envelope, LookupInfo, NodeRef, NodeStatus, Request, Response};
+use chordkv_node::message::{
+    Envelope, LookupInfo, NodeRef, NodeStatus, ReadReply, Request, Response,
+};
+use chordkv_node::version::{Context, VersionVector, Versioned};
 use chordkv_node::wire::{FrameReader, FrameWriter, Limits, Role, read_hello, write_hello};
 use chordkv_node::{Error, Result};
 use std::collections::HashMap;
@@ -13,7 +19,7 @@ use std::process::{Command, Output, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-type Store = Arc<Mutex<HashMap<Vec<u8>, Vec<u8>>>>;
+type Store = Arc<Mutex<HashMap<Vec<u8>, Versioned>>>;
 
 /// Starts a fake node on a loopback port, on its own thread, and returns its address.
 fn fake_node() -> SocketAddr {
@@ -62,13 +68,26 @@ async fn serve(mut stream: tokio::net::TcpStream, me: NodeRef, store: Store) {
 
 fn answer(req: Request, me: NodeRef, store: &Store) -> Result<Response> {
     let mut store = store.lock().expect("store");
+    let mut write = |key: Vec<u8>, value: Option<Vec<u8>>, context: VersionVector| {
+        let state = store.entry(key).or_default();
+        let existed = !state.is_deleted();
+        let dot = state.write(me.id, &context, value);
+        Ok(Response::Written { dot, existed })
+    };
     match req {
-        Request::Get { key } => Ok(Response::Value(store.get(&key).cloned())),
-        Request::Put { key, value } => {
-            store.insert(key, value);
-            Ok(Response::Ack)
+        Request::Put {
+            key,
+            value,
+            context,
+        } => write(key, Some(value), context),
+        Request::Delete { key, context } => write(key, None, context),
+        Request::Get { key } => {
+            let state = store.get(&key).cloned().unwrap_or_default();
+            Ok(Response::Read(ReadReply {
+                values: state.values().into_iter().map(<[u8]>::to_vec).collect(),
+                context: state.context().clone(),
+            }))
         }
-        Request::Delete { key } => Ok(Response::Deleted(store.remove(&key).is_some())),
         Request::Lookup { key } => Ok(Response::Lookup(LookupInfo {
             key_id: Id::hash(&key),
             owner: me,
@@ -81,8 +100,11 @@ fn answer(req: Request, me: NodeRef, store: &Store) -> Result<Response> {
             pred: Some(me),
             succs: vec![me],
             fingers: vec![me],
-            keys: store.len() as u64,
+            keys: store.values().filter(|v| !v.is_deleted()).count() as u64,
             successors_wanted: 3,
+            owned: 0,
+            replicas: 1,
+            replicas_wanted: 1,
         })),
         _ => Err(Error::Unavailable("not in this fake".into())),
     }
@@ -214,4 +236,187 @@ fn errors_are_one_line_with_exit_code_2() {
         text(&out.stderr),
         "kvctl: get failed: invalid input: empty key\n"
     );
+}
+
+/// The context TOKEN in a `get` resolve hint on stderr.
+fn hint_token(stderr: &str) -> &str {
+    stderr
+        .split_once("--context ")
+        .and_then(|(_, rest)| rest.split_once(' '))
+        .map(|(token, _)| token)
+        .unwrap_or_else(|| panic!("no --context TOKEN in {stderr:?}"))
+}
+
+#[test]
+fn blind_writes_make_siblings_that_get_shows_and_put_with_their_context_resolves() {
+    let node = fake_node();
+    let blind = Context::empty().to_token();
+    for value in ["a", "b"] {
+        let out = kvctl(node, &["put", "--context", &blind, "k", value], b"");
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+        assert_eq!(text(&out.stdout), "ok\n");
+    }
+
+    // Both values, a newline after each, and on stderr how to resolve them; still a success.
+    let out = kvctl(node, &["get", "k"], b"");
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "a\nb\n");
+    let stderr = text(&out.stderr);
+    let token = hint_token(stderr);
+    assert_eq!(
+        stderr,
+        format!(
+            "kvctl: k has 2 concurrent values (siblings); resolve with: \
+             kvctl put --context {token} k VALUE\n"
+        )
+    );
+
+    let out = kvctl(node, &["--json", "get", "k"], b"");
+    assert_eq!(out.status.code(), Some(0));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(v["found"], true);
+    assert_eq!(v["siblings"], 2);
+    assert_eq!(v["context"], token);
+    assert_eq!(v["values"][0]["value"], "a");
+    assert_eq!(v["values"][1]["value_hex"], hex::encode("b"));
+    assert!(
+        v.get("value").is_none(),
+        "one value shown for siblings: {v}"
+    );
+
+    // Writing back with that context replaces both.
+    let out = kvctl(node, &["--json", "put", "--context", token, "k", "c"], b"");
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(v["ok"], true);
+    assert_eq!(v["existed"], true);
+    let me = Id::hash(node.to_string().as_bytes());
+    assert_eq!(v["dot"], format!("{}:3", me.short()));
+    let out = kvctl(node, &["get", "k"], b"");
+    assert_eq!((out.status.code(), text(&out.stdout)), (Some(0), "c"));
+    assert_eq!(text(&out.stderr), "");
+}
+
+#[test]
+fn a_stale_context_leaves_the_newer_value_as_a_sibling() {
+    let node = fake_node();
+    assert_eq!(
+        kvctl(node, &["put", "k", "old"], b"").status.code(),
+        Some(0)
+    );
+    let out = kvctl(node, &["--json", "get", "k"], b"");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let seen = v["context"].as_str().expect("context token").to_string();
+
+    // Someone else overwrites after our read; our write with the old context keeps theirs.
+    assert_eq!(
+        kvctl(node, &["put", "k", "theirs"], b"").status.code(),
+        Some(0)
+    );
+    let out = kvctl(node, &["put", "--context", &seen, "k", "ours"], b"");
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let out = kvctl(node, &["get", "k"], b"");
+    assert_eq!(text(&out.stdout), "theirs\nours\n");
+
+    // A plain put reads first, so it replaces both; so does a plain delete.
+    assert_eq!(
+        kvctl(node, &["put", "k", "merged"], b"").status.code(),
+        Some(0)
+    );
+    assert_eq!(text(&kvctl(node, &["get", "k"], b"").stdout), "merged");
+    assert_eq!(
+        kvctl(node, &["put", "k", "other"], b"").status.code(),
+        Some(0)
+    );
+    let out = kvctl(node, &["delete", "k"], b"");
+    assert_eq!(
+        (out.status.code(), text(&out.stdout)),
+        (Some(0), "deleted\n")
+    );
+    assert_eq!(kvctl(node, &["get", "k"], b"").status.code(), Some(1));
+}
+
+#[test]
+fn delete_with_a_context_removes_only_what_it_covers() {
+    let node = fake_node();
+    let blind = Context::empty().to_token();
+    for value in ["a", "b"] {
+        let out = kvctl(node, &["put", "--context", &blind, "k", value], b"");
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    }
+    // A blind delete covers nothing: both values stay, beside a tombstone.
+    let out = kvctl(node, &["delete", "--context", &blind, "k"], b"");
+    assert_eq!(
+        (out.status.code(), text(&out.stdout)),
+        (Some(0), "deleted\n")
+    );
+    let out = kvctl(node, &["get", "k"], b"");
+    assert_eq!(text(&out.stdout), "a\nb\n");
+
+    let token = hint_token(text(&out.stderr)).to_string();
+    let out = kvctl(node, &["--json", "delete", "k", "--context", &token], b"");
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(v["deleted"], true);
+    let out = kvctl(node, &["get", "k"], b"");
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(text(&out.stderr), "kvctl: key not found: k\n");
+
+    // Deleting it again with the same context: there was nothing live to delete.
+    let out = kvctl(node, &["delete", "k", "--context", &token], b"");
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(text(&out.stderr), "kvctl: key not found: k\n");
+}
+
+#[test]
+fn a_bad_context_token_is_a_usage_error_in_one_line() {
+    // Refused before connecting: this port has no node.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port");
+    for args in [
+        &["put", "--context", "zz", "k", "v"][..],
+        &["put", "--context", "abc", "k", "v"][..],
+        &["delete", "--context", "", "k"][..],
+    ] {
+        let out = kvctl(closed, args, b"");
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let stderr = text(&out.stderr);
+        assert!(
+            stderr.starts_with("kvctl: bad context token: "),
+            "{args:?}: {stderr}"
+        );
+        assert!(stderr.contains("`kvctl get` printed"), "{stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    }
+}
+
+#[tokio::test]
+async fn the_library_get_refuses_siblings_and_put_and_delete_replace_them() {
+    let node = fake_node();
+    let client = kvctl::Client::connect(&node.to_string(), Duration::from_secs(5))
+        .await
+        .expect("connect");
+    let blind = VersionVector::new();
+    let first = client.write(b"k", b"a", &blind).await.expect("write");
+    assert!(!first.existed);
+    let second = client.write(b"k", b"b", &blind).await.expect("write");
+    assert!(second.existed);
+    assert_ne!(first.dot, second.dot);
+
+    let read = client.read(b"k").await.expect("read");
+    assert_eq!(read.values, vec![b"a".to_vec(), b"b".to_vec()]);
+    match client.get(b"k").await {
+        Err(Error::Conflict(msg)) => assert!(msg.contains("2 concurrent values"), "{msg}"),
+        other => panic!("get of siblings answered {other:?}"),
+    }
+
+    let dot = client.put(b"k", b"c").await.expect("put");
+    assert!(!read.context.covers(&dot), "a put makes a new event");
+    assert_eq!(client.get(b"k").await, Ok(Some(b"c".to_vec())));
+
+    assert_eq!(client.delete(b"k").await, Ok(true));
+    assert_eq!(client.get(b"k").await, Ok(None));
+    assert_eq!(client.delete(b"k").await, Ok(false));
+    assert_eq!(client.get(b"absent").await, Ok(None));
 }

@@ -91,6 +91,12 @@ pub enum Request {
         /// Its successor list, for its predecessor to adopt.
         succs: Vec<NodeRef>,
     },
+    /// A neighbour found `dead` unresponsive: suspect it now unless you heard from it very
+    /// recently. Answered with [`Response::Ack`].
+    FailureNotice {
+        /// The node that stopped answering.
+        dead: NodeRef,
+    },
     /// "I adopted you as my predecessor": the keys of `(pred, you]` were all handed to you, and
     /// you own that range now. Sent by a successor when a join hand-over completes.
     Adopted {
@@ -290,8 +296,16 @@ pub struct NodeStatus {
     pub succs: Vec<NodeRef>,
     /// The distinct nodes in its finger table, in ring order from the node.
     pub fingers: Vec<NodeRef>,
-    /// How many keys it stores.
+    /// How many keys it stores: its own and its copies of its predecessors' keys.
     pub keys: u64,
+    /// How many of those lie in its own range `(pred, self]`: summed over a consistent ring,
+    /// the number of distinct keys.
+    pub owned: u64,
+    /// How many copies its keys have now (itself included): fewer than `replicas_wanted` when
+    /// the ring is smaller than N.
+    pub replicas: u32,
+    /// The copies it aims for (N).
+    pub replicas_wanted: u32,
     /// The successor list length it aims for (r).
     pub successors_wanted: u32,
 }
@@ -306,6 +320,7 @@ impl Request {
             Request::Notify { .. } => "notify",
             Request::Leaving { .. } => "leaving",
             Request::Adopted { .. } => "adopted",
+            Request::FailureNotice { .. } => "failure_notice",
             Request::Transfer { .. } => "transfer",
             Request::StoreGet { .. } => "store_get",
             Request::StoreWrite { .. } => "store_write",

@@ -346,6 +346,34 @@ fn record_event(me: &NodeRef, event: &Event) -> bool {
             metrics::counter!("chordkv_suspicions_total").increment(1);
             warn!(node, peer = %peer, "peer stopped answering; dropped from routing state");
         }
+        Event::Copies { available, wanted } => {
+            metrics::gauge!("chordkv_copies").set(*available as f64);
+            if available < wanted {
+                warn!(
+                    node,
+                    available,
+                    wanted,
+                    "fewer copies of each key than --replicas: the ring has too few nodes"
+                );
+            } else {
+                info!(
+                    node,
+                    copies = available,
+                    "every key has its full number of copies"
+                );
+            }
+        }
+        Event::Detected {
+            node: peer,
+            detection_ms,
+        } => {
+            metrics::histogram!("chordkv_detection_ms").record(*detection_ms as f64);
+            warn!(node, peer = %peer, detection_ms, "neighbour suspected by the failure detector");
+        }
+        Event::FalseSuspicion { node: peer } => {
+            metrics::counter!("chordkv_false_suspicions_total").increment(1);
+            info!(node, peer = %peer, "suspicion withdrawn: the neighbour answered");
+        }
         Event::TransferDone { to, keys } => {
             metrics::counter!("chordkv_keys_handed_over_total").increment(*keys);
             if *keys > 0 {

@@ -349,6 +349,7 @@ impl Limits {
             | Request::Notify { .. }
             | Request::Leaving { .. }
             | Request::Adopted { .. }
+            | Request::FailureNotice { .. }
             | Request::SyncDigest { .. }
             | Request::Status => Ok(()),
         }

@@ -4,6 +4,7 @@
 //! their key. Prints mean hops and timeouts per lookup (the paper reports about 5 and 5).
 
 use chordkv_node::chord::Options;
+use chordkv_node::chord::detector::DetectorOptions;
 use chordkv_node::message::{Request, Response};
 use chordkv_node::sim::{Sim, SimOptions};
 use rand::SeedableRng;
@@ -46,6 +47,11 @@ fn half_of_a_1000_node_ring_fails_at_once_and_every_lookup_is_still_correct() {
         seed,
         chord: Options {
             successors: 20,
+            // Twenty-one neighbours each: probe them less often to keep the simulation quick.
+            detector: DetectorOptions {
+                interval: 5_000,
+                ..DetectorOptions::default()
+            },
             ..Options::default()
         },
         ..SimOptions::default()

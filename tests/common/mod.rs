@@ -465,12 +465,13 @@ impl Drop for Cluster {
     }
 }
 
-/// The sum of the key counts the nodes of `view` report.
+/// The sum of the keys the nodes of `view` own (each key counted once, on its owner; replicas
+/// hold further copies).
 pub fn total_keys(view: &RingView) -> u64 {
     view.nodes
         .iter()
         .filter_map(RingMember::status)
-        .map(|s| s.keys)
+        .map(|s| s.owned)
         .sum()
 }
 

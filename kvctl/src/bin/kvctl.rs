@@ -6,10 +6,15 @@
 //! Exit status: 0 on success, 1 if the key was not found (`get`, `delete`), 2 for usage errors
 //! and for anything that went wrong talking to the ring. Errors are one line on stderr, starting
 //! with "kvctl: ", saying what failed and what to try.
+//!
+//! A key can hold several concurrent values (siblings), when writes raced or were made without
+//! the context of a read. `get` prints them all, one per line, and on stderr the context TOKEN
+//! that `put --context TOKEN` takes to replace exactly them with one value. Without `--context`,
+//! `put` and `delete` read the key first and replace what that read returned.
 
 use anyhow::{Context, anyhow};
 use clap::{Parser, Subcommand};
-use kvctl::{Client, Error, LookupInfo, NodeRef, RingMember, RingView};
+use kvctl::{Client, Error, LookupInfo, NodeRef, ReadReply, RingMember, RingView, VersionVector};
 use serde_json::{Value, json};
 use std::io::{IsTerminal, Read, Write};
 use std::process::ExitCode;
@@ -46,23 +51,34 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Store VALUE under KEY.
+    /// Store VALUE under KEY, replacing the values a read of KEY returns (or, with --context,
+    /// exactly the values that context covers).
     Put {
         /// The key.
         key: String,
         /// The value; `-` reads it, as raw bytes, from standard input.
         #[arg(allow_hyphen_values = true)]
         value: String,
+        /// Replace exactly the versions this context covers: the TOKEN `get` printed with the
+        /// values it showed (use it to resolve siblings). Versions it does not cover stay.
+        #[arg(long, value_name = "TOKEN")]
+        context: Option<String>,
     },
-    /// Print the value stored under KEY, as raw bytes (exit 1 if there is none).
+    /// Print the value stored under KEY, as raw bytes (exit 1 if there is none). If KEY has
+    /// several concurrent values (siblings), print each followed by a newline, and on stderr the
+    /// context TOKEN to resolve them with `put --context`.
     Get {
         /// The key.
         key: String,
     },
-    /// Delete KEY (exit 1 if there was none).
+    /// Delete KEY (exit 1 if there was none): the values a read of KEY returns or, with
+    /// --context, exactly the values that context covers.
     Delete {
         /// The key.
         key: String,
+        /// Delete exactly the versions this context covers: the TOKEN `get` printed.
+        #[arg(long, value_name = "TOKEN")]
+        context: Option<String>,
     },
     /// Show KEY's ring id, the node that owns it, and how many hops finding it took.
     Lookup {
@@ -119,11 +135,18 @@ fn main() -> ExitCode {
 }
 
 async fn run(cli: &Cli) -> anyhow::Result<Outcome> {
+    // A bad token is a usage error: refuse it before touching the network.
+    let context = match &cli.command {
+        Command::Put { context, .. } | Command::Delete { context, .. } => {
+            context.as_deref().map(parse_context).transpose()?
+        }
+        _ => None,
+    };
     let client = Client::connect(&cli.node, cli.timeout)
         .await
         .map_err(|e| connect_error(&cli.node, e))?;
     match &cli.command {
-        Command::Put { key, value } => {
+        Command::Put { key, value, .. } => {
             let value = if value == "-" {
                 let mut buf = Vec::new();
                 std::io::stdin()
@@ -133,41 +156,82 @@ async fn run(cli: &Cli) -> anyhow::Result<Outcome> {
             } else {
                 value.as_bytes().to_vec()
             };
-            client
-                .put(key.as_bytes(), &value)
+            // Client::put, spelled out to report what the write did.
+            let context = match context {
+                Some(context) => context,
+                None => {
+                    client
+                        .read(key.as_bytes())
+                        .await
+                        .map_err(|e| request_error("put", e))?
+                        .context
+                }
+            };
+            let written = client
+                .write(key.as_bytes(), &value, &context)
                 .await
                 .map_err(|e| request_error("put", e))?;
             if cli.json {
-                print_json(&json!({ "key": key, "ok": true, "bytes": value.len() }))?;
+                print_json(&json!({
+                    "key": key,
+                    "ok": true,
+                    "bytes": value.len(),
+                    "dot": written.dot.to_string(),
+                    "existed": written.existed,
+                }))?;
             } else {
                 print_line("ok")?;
             }
             Ok(Outcome::Done)
         }
         Command::Get { key } => {
-            let value = client
-                .get(key.as_bytes())
+            let read = client
+                .read(key.as_bytes())
                 .await
                 .map_err(|e| request_error("get", e))?;
             if cli.json {
-                print_json(&value_json(key, value.as_deref()))?;
-            } else if let Some(value) = &value {
-                let mut out = value.clone();
-                if std::io::stdout().is_terminal() {
-                    out.push(b'\n');
+                print_json(&read_json(key, &read))?;
+            } else {
+                match read.values.as_slice() {
+                    [] => {}
+                    [value] => {
+                        let mut out = value.clone();
+                        if std::io::stdout().is_terminal() {
+                            out.push(b'\n');
+                        }
+                        write_stdout(&out)?;
+                    }
+                    values => {
+                        let mut out = Vec::new();
+                        for value in values {
+                            out.extend_from_slice(value);
+                            out.push(b'\n');
+                        }
+                        write_stdout(&out)?;
+                        eprintln!("kvctl: {}", siblings_hint(key, &read));
+                    }
                 }
-                write_stdout(&out)?;
             }
-            Ok(match value {
-                Some(_) => Outcome::Done,
-                None => Outcome::NotFound(key.clone()),
+            Ok(if read.values.is_empty() {
+                Outcome::NotFound(key.clone())
+            } else {
+                Outcome::Done
             })
         }
-        Command::Delete { key } => {
-            let existed = client
-                .delete(key.as_bytes())
-                .await
-                .map_err(|e| request_error("delete", e))?;
+        Command::Delete { key, .. } => {
+            let existed = match context {
+                Some(context) => {
+                    client
+                        .remove(key.as_bytes(), &context)
+                        .await
+                        .map_err(|e| request_error("delete", e))?
+                        .existed
+                }
+                None => client
+                    .delete(key.as_bytes())
+                    .await
+                    .map_err(|e| request_error("delete", e))?,
+            };
             if cli.json {
                 print_json(&json!({ "key": key, "deleted": existed }))?;
             } else if existed {
@@ -210,6 +274,39 @@ async fn run(cli: &Cli) -> anyhow::Result<Outcome> {
     }
 }
 
+/// Parses a `--context` TOKEN.
+fn parse_context(token: &str) -> anyhow::Result<VersionVector> {
+    kvctl::Context::from_token(token)
+        .map(VersionVector::from)
+        .map_err(|e| {
+            let why = match e {
+                Error::InvalidInput(m) => m,
+                e => e.to_string(),
+            };
+            anyhow!("{why} (pass --context the TOKEN that `kvctl get` printed, unchanged)")
+        })
+}
+
+/// The stderr line for a key with several values: how many, and the command that replaces them.
+fn siblings_hint(key: &str, read: &ReadReply) -> String {
+    format!(
+        "{key} has {} concurrent values (siblings); resolve with: kvctl put --context {} {} VALUE",
+        read.values.len(),
+        kvctl::Context::from(read.context.clone()).to_token(),
+        shell_word(key),
+    )
+}
+
+/// `word` as one shell word: unchanged if it is plain, single-quoted otherwise.
+fn shell_word(word: &str) -> String {
+    let plain = |c: char| c.is_ascii_alphanumeric() || "-_./:@%+=,".contains(c);
+    if !word.is_empty() && word.chars().all(plain) {
+        word.to_string()
+    } else {
+        format!("'{}'", word.replace('\'', r"'\''"))
+    }
+}
+
 // ---- errors: one line, what failed and what to try ----
 
 /// Explains a failure to connect to `node`.
@@ -238,6 +335,10 @@ fn request_error(op: &str, e: Error) -> anyhow::Error {
         Error::InvalidData(_) => {
             format!("{op} failed: {e} (are kvctl and chordkv-node from the same release?)")
         }
+        Error::Conflict(_) => format!(
+            "{op} failed: {e} (`kvctl get KEY` prints every value and the TOKEN for \
+             `kvctl put --context TOKEN KEY VALUE`)"
+        ),
         e => format!("{op} failed: {e}"),
     })
 }
@@ -263,16 +364,30 @@ fn node_json(node: &NodeRef) -> Value {
     json!({ "id": node.id.to_string(), "addr": node.addr.to_string() })
 }
 
-fn value_json(key: &str, value: Option<&[u8]>) -> Value {
-    match value {
-        None => json!({ "key": key, "found": false }),
-        Some(bytes) => json!({
-            "key": key,
-            "found": true,
-            "value": std::str::from_utf8(bytes).ok(),
-            "value_hex": hex::encode(bytes),
-        }),
+/// A value as text when it is UTF-8 (else null), and always as hex.
+fn value_json(bytes: &[u8]) -> Value {
+    json!({
+        "value": std::str::from_utf8(bytes).ok(),
+        "value_hex": hex::encode(bytes),
+    })
+}
+
+/// A read: every value, how many, and the context TOKEN. With exactly one value, `value` and
+/// `value_hex` are also at the top level, for callers that expect one.
+fn read_json(key: &str, read: &ReadReply) -> Value {
+    let mut out = json!({
+        "key": key,
+        "found": !read.values.is_empty(),
+        "values": read.values.iter().map(|v| value_json(v)).collect::<Vec<_>>(),
+        "siblings": read.values.len(),
+        "context": kvctl::Context::from(read.context.clone()).to_token(),
+    });
+    if let ([value], Some(fields)) = (read.values.as_slice(), out.as_object_mut()) {
+        if let Value::Object(single) = value_json(value) {
+            fields.extend(single);
+        }
     }
+    out
 }
 
 fn lookup_json(key: &str, info: &LookupInfo) -> Value {
@@ -305,6 +420,9 @@ fn ring_json(view: &RingView) -> Value {
                 "pred": s.pred.map(|p| p.id.to_string()),
                 "succs": s.succs.iter().map(|n| n.id.to_string()).collect::<Vec<_>>(),
                 "keys": s.keys,
+                "owned": s.owned,
+                "replicas": s.replicas,
+                "replicas_wanted": s.replicas_wanted,
             }),
             RingMember::Unreachable { node, error } => json!({
                 "id": node.id.to_string(),
@@ -323,7 +441,15 @@ fn ring_json(view: &RingView) -> Value {
 }
 
 fn ring_text(view: &RingView) -> String {
-    let header = ["NODE", "ADDRESS", "PRED", "SUCCESSORS", "KEYS"].map(String::from);
+    let header = [
+        "NODE",
+        "ADDRESS",
+        "PRED",
+        "SUCCESSORS",
+        "OWNED/STORED",
+        "COPIES",
+    ]
+    .map(String::from);
     let mut rows = vec![header];
     for member in &view.nodes {
         let node = member.node();
@@ -337,7 +463,8 @@ fn ring_text(view: &RingView) -> String {
                     .map(|n| n.id.short())
                     .collect::<Vec<_>>()
                     .join(","),
-                s.keys.to_string(),
+                format!("{}/{}", s.owned, s.keys),
+                format!("{}/{}", s.replicas, s.replicas_wanted),
             ],
             RingMember::Unreachable { .. } => [
                 node.id.short(),
@@ -345,10 +472,11 @@ fn ring_text(view: &RingView) -> String {
                 "-".into(),
                 "-".into(),
                 "unreachable".into(),
+                "-".into(),
             ],
         });
     }
-    let widths: Vec<usize> = (0..5)
+    let widths: Vec<usize> = (0..6)
         .map(|col| rows.iter().map(|r| r[col].len()).max().unwrap_or(0))
         .collect();
     let mut out = String::new();
@@ -362,6 +490,19 @@ fn ring_text(view: &RingView) -> String {
         out.push('\n');
     }
     out.push('\n');
+    let short = view
+        .nodes
+        .iter()
+        .filter_map(RingMember::status)
+        .filter(|s| s.replicas < s.replicas_wanted)
+        .map(|s| (s.replicas, s.replicas_wanted))
+        .min();
+    if let Some((have, want)) = short {
+        out.push_str(&format!(
+            "warning: keys have only {have} of {want} copies: the ring has fewer nodes than \
+             --replicas\n"
+        ));
+    }
     if view.is_consistent() {
         let n = view.nodes.len();
         let nodes = if n == 1 { "node" } else { "nodes" };
@@ -403,13 +544,78 @@ mod tests {
         assert!(matches!(cli.command, Command::Put { value, .. } if value == "-5"));
     }
 
+    fn read(values: &[&[u8]]) -> ReadReply {
+        ReadReply {
+            values: values.iter().map(|v| v.to_vec()).collect(),
+            context: VersionVector::new(),
+        }
+    }
+
     #[test]
     fn values_show_as_text_when_utf8_and_always_as_hex() {
-        let v = value_json("k", Some(b"hi"));
+        let v = read_json("k", &read(&[b"hi"]));
+        assert_eq!(v["found"], true);
+        assert_eq!(v["siblings"], 1);
         assert_eq!(v["value"], "hi");
         assert_eq!(v["value_hex"], "6869");
-        let v = value_json("k", Some(&[0xff]));
+        assert_eq!(v["values"], json!([{ "value": "hi", "value_hex": "6869" }]));
+        let v = read_json("k", &read(&[&[0xff]]));
         assert_eq!(v["value"], Value::Null);
         assert_eq!(v["value_hex"], "ff");
+    }
+
+    #[test]
+    fn siblings_show_as_a_list_without_a_single_value() {
+        let v = read_json("k", &read(&[b"a", &[0xff]]));
+        assert_eq!(v["found"], true);
+        assert_eq!(v["siblings"], 2);
+        assert_eq!(v["values"][1], json!({ "value": null, "value_hex": "ff" }));
+        assert!(v.get("value").is_none(), "{v}");
+        assert_eq!(v["context"], kvctl::Context::empty().to_token());
+
+        let v = read_json("k", &read(&[]));
+        assert_eq!(v["found"], false);
+        assert_eq!(v["values"], json!([]));
+    }
+
+    #[test]
+    fn context_tokens_parse_or_fail_in_one_line() {
+        let token = kvctl::Context::empty().to_token();
+        assert_eq!(parse_context(&token).ok(), Some(VersionVector::new()));
+        for bad in ["", "zz", "abc", "00ff"] {
+            let err = parse_context(bad).expect_err(bad).to_string();
+            assert!(err.starts_with("bad context token: "), "{bad}: {err}");
+            assert_eq!(err.lines().count(), 1, "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn the_resolve_hint_quotes_keys_for_the_shell() {
+        assert_eq!(shell_word("user:42/a.b"), "user:42/a.b");
+        assert_eq!(shell_word("two words"), "'two words'");
+        assert_eq!(shell_word("it's"), r"'it'\''s'");
+        assert_eq!(shell_word(""), "''");
+        let hint = siblings_hint("k", &read(&[b"a", b"b"]));
+        assert_eq!(
+            hint,
+            "k has 2 concurrent values (siblings); resolve with: kvctl put --context 00 k VALUE"
+        );
+    }
+
+    #[test]
+    fn put_and_delete_take_a_context_anywhere() {
+        for args in [
+            ["kvctl", "put", "--context", "00", "k", "v"],
+            ["kvctl", "put", "k", "v", "--context", "00"],
+            ["kvctl", "put", "k", "-5", "--context", "00"],
+        ] {
+            let cli = Cli::try_parse_from(args).expect("parses");
+            assert!(
+                matches!(&cli.command, Command::Put { context: Some(c), .. } if c == "00"),
+                "{args:?}"
+            );
+        }
+        let cli = Cli::try_parse_from(["kvctl", "delete", "k", "--context", "00"]).expect("parses");
+        assert!(matches!(&cli.command, Command::Delete { context: Some(c), .. } if c == "00"));
     }
 }

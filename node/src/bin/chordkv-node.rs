@@ -7,6 +7,7 @@
 //! Ctrl-C or SIGTERM leaves the ring gracefully (keys go to the successor first).
 
 use chordkv_node::chord::Options;
+use chordkv_node::chord::detector::DetectorOptions;
 use chordkv_node::id::Id;
 use chordkv_node::server::{self, Config};
 use chordkv_node::wire::{HARD_MAX_FRAME, Limits};
@@ -46,9 +47,22 @@ struct Args {
     /// Interval between finger refreshes, ms.
     #[arg(long, default_value_t = 100)]
     fix_fingers_ms: u64,
-    /// Predecessor liveness check interval, ms.
-    #[arg(long, default_value_t = 500)]
-    check_pred_ms: u64,
+    /// Heartbeat interval: how often the predecessor and each successor are probed, ms.
+    #[arg(long, default_value_t = 500, alias = "check-pred-ms")]
+    heartbeat_ms: u64,
+    /// How long a probe may go unanswered before the neighbour is suspected, ms (grows for a
+    /// neighbour that was suspected wrongly).
+    #[arg(long, default_value_t = 1000)]
+    heartbeat_timeout_ms: u64,
+    /// Copies of every key (N).
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..=16))]
+    replicas: u16,
+    /// Copies stored before a write is acknowledged (W), 1..=N.
+    #[arg(long, default_value_t = 2)]
+    write_quorum: u16,
+    /// Copies merged before a read answers (R), 1..=N.
+    #[arg(long, default_value_t = 2)]
+    read_quorum: u16,
     /// How long to wait for a peer's answer, ms.
     #[arg(long, default_value_t = 1000)]
     rpc_timeout_ms: u64,
@@ -89,6 +103,18 @@ fn main() -> ExitCode {
 
 fn run(args: Args) -> Result<(), String> {
     let advertise = args.advertise.unwrap_or(args.listen);
+    for (name, q) in [
+        ("--write-quorum", args.write_quorum),
+        ("--read-quorum", args.read_quorum),
+    ] {
+        if q == 0 || q > args.replicas {
+            return Err(format!(
+                "{name} {q} is outside 1..={}: a quorum counts copies of a key, of which there are \
+                 --replicas",
+                args.replicas
+            ));
+        }
+    }
     if advertise.ip().is_unspecified() {
         return Err(format!(
             "cannot advertise {advertise}: peers need a reachable address; pass --advertise HOST:PORT"
@@ -106,7 +132,15 @@ fn run(args: Args) -> Result<(), String> {
         successors: usize::from(args.successors),
         stabilize_interval: args.stabilize_ms.max(1),
         fix_fingers_interval: args.fix_fingers_ms.max(1),
-        check_pred_interval: args.check_pred_ms.max(1),
+        detector: DetectorOptions {
+            interval: args.heartbeat_ms.max(1),
+            initial_timeout: args.heartbeat_timeout_ms.max(1),
+            max_timeout: (args.heartbeat_timeout_ms.max(1) * 10).max(10_000),
+            ..DetectorOptions::default()
+        },
+        replicas: usize::from(args.replicas),
+        write_quorum: usize::from(args.write_quorum),
+        read_quorum: usize::from(args.read_quorum),
         rpc_timeout: args.rpc_timeout_ms.max(1),
         request_timeout: args.request_timeout_ms.max(1),
         seed: rand_seed(),

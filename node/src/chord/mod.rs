@@ -97,6 +97,7 @@ use crate::message::{
 };
 use crate::storage::Storage;
 use crate::version::{VersionLimits, VersionVector, Versioned};
+use detector::{Cause, Detector, DetectorOptions, Verdict};
 use replica::{ReadOp, Responder, WriteOp};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::hash::{DefaultHasher, Hash, Hasher};
@@ -117,8 +118,8 @@ pub struct Options {
     pub stabilize_interval: u64,
     /// How often to refresh the next finger, in ms.
     pub fix_fingers_interval: u64,
-    /// How often to ping the predecessor, in ms.
-    pub check_pred_interval: u64,
+    /// The heartbeat failure detector watching the predecessor and successor list.
+    pub detector: DetectorOptions,
     /// How long to wait for a peer's answer, in ms.
     pub rpc_timeout: u64,
     /// A peer is suspected after this many requests in a row timed out (a refused connection
@@ -154,7 +155,7 @@ impl Default for Options {
             successors: 8,
             stabilize_interval: 500,
             fix_fingers_interval: 100,
-            check_pred_interval: 500,
+            detector: DetectorOptions::default(),
             rpc_timeout: 1_000,
             suspect_after: 3,
             request_timeout: 10_000,
@@ -236,6 +237,27 @@ pub enum Event {
         /// The peer.
         node: NodeRef,
     },
+    /// The failure detector suspected a neighbour (before it is dropped: see
+    /// [`Event::Suspected`]).
+    Detected {
+        /// The neighbour.
+        node: NodeRef,
+        /// Time since it was last heard from, ms: the detection delay.
+        detection_ms: u64,
+    },
+    /// A suspected neighbour answered after all: the suspicion was wrong, and its timeout grows.
+    FalseSuspicion {
+        /// The neighbour.
+        node: NodeRef,
+    },
+    /// The number of copies our keys can have changed (fewer than wanted while the ring has
+    /// fewer than N nodes).
+    Copies {
+        /// Copies now, ourselves included.
+        available: usize,
+        /// Copies wanted (N).
+        wanted: usize,
+    },
     /// A key transfer to `to` finished; `keys` keys moved.
     TransferDone {
         /// The receiver.
@@ -283,8 +305,10 @@ enum Purpose {
     StabilizeCandidate { cand: NodeRef },
     /// Notify; the answer carries nothing.
     Notify,
-    /// Ping the predecessor.
-    CheckPred,
+    /// A heartbeat probe of a neighbour.
+    Probe,
+    /// A failure notice; the answer carries nothing.
+    Notice,
     /// A client operation forwarded to the key's owner.
     Store { op: u64, owner: NodeRef },
     /// A round of a key transfer.
@@ -401,11 +425,14 @@ pub struct Chord<S: Storage> {
     join_retry_at: Option<u64>,
     next_stabilize: u64,
     next_fix: u64,
-    next_check: u64,
     now: u64,
     next_id: RequestId,
     /// Nodes that told us they left, until when to ignore their late notifies.
     departed: BTreeMap<Id, u64>,
+    /// How many copies our keys had at the last tick, to report changes.
+    copies: usize,
+    /// Heartbeats to the neighbours: who is suspected, with timeouts that grow on mistakes.
+    detector: Detector,
     /// Consecutive timeouts per peer, for [`Options::suspect_after`].
     strikes: BTreeMap<Id, u32>,
     pending: BTreeMap<RequestId, Pending>,
@@ -438,7 +465,6 @@ impl<S: Storage> Chord<S> {
         Chord {
             next_stabilize: jitter(opts.stabilize_interval),
             next_fix: jitter(opts.fix_fingers_interval),
-            next_check: jitter(opts.check_pred_interval),
             me,
             storage,
             joined: false,
@@ -460,6 +486,8 @@ impl<S: Storage> Chord<S> {
             now,
             next_id: 1,
             strikes: BTreeMap::new(),
+            detector: Detector::new(opts.detector),
+            copies: 0,
             departed: BTreeMap::new(),
             pending: BTreeMap::new(),
             lookups: BTreeMap::new(),
@@ -567,6 +595,15 @@ impl<S: Storage> Chord<S> {
             fingers,
             keys: self.storage.len().unwrap_or(0),
             successors_wanted: self.opts.successors as u32,
+            owned: match self.pred.or(self.range_start) {
+                Some(p) => self
+                    .storage
+                    .scan_range(p.id, self.me.id, usize::MAX)
+                    .map_or(0, |e| e.len() as u64),
+                None => self.storage.len().unwrap_or(0),
+            },
+            replicas: self.replicas_available() as u32,
+            replicas_wanted: self.opts.replicas as u32,
         }
     }
 
@@ -618,11 +655,14 @@ impl<S: Storage> Chord<S> {
             self.next_stabilize = now + interval;
             self.stabilize();
         }
-        if now >= self.next_check {
-            self.next_check = now + self.opts.check_pred_interval;
-            if let Some(pred) = self.pred {
-                self.send(pred, Request::Ping, Purpose::CheckPred);
-            }
+        self.heartbeat(now);
+        let copies = self.replicas_available();
+        if copies != self.copies {
+            self.copies = copies;
+            self.emit(Event::Copies {
+                available: copies,
+                wanted: self.opts.replicas,
+            });
         }
         if now >= self.next_sync {
             self.next_sync = now + self.opts.sync_interval;
@@ -657,6 +697,12 @@ impl<S: Storage> Chord<S> {
             }
             Request::Leaving { node, pred, succs } => {
                 self.on_leaving(node, pred, succs);
+                Ok(Response::Ack)
+            }
+            Request::FailureNotice { dead } => {
+                if let Some(v) = self.detector.on_notice(dead, now) {
+                    self.on_verdict(v);
+                }
                 Ok(Response::Ack)
             }
             Request::Adopted { pred } => {
@@ -732,10 +778,25 @@ impl<S: Storage> Chord<S> {
             return; // late answer to a request that already timed out
         };
         if let Some(to) = pending.to {
+            let probe = matches!(pending.purpose, Purpose::Probe);
+            let monitored = self.detector.peer(&to.id).is_some();
             match &response {
                 // A refused connection means nothing listens there: the node is gone.
-                Err(Error::Unreachable(_)) => self.suspect(to),
-                // Silence may be one lost message: suspect after several in a row.
+                Err(Error::Unreachable(_)) => {
+                    if let Some(v) = self.detector.on_failure(to.id, now, true) {
+                        self.on_verdict(v);
+                    }
+                    self.suspect(to);
+                }
+                // A probe's own silence is the detector's business (it keeps its own deadline).
+                Err(Error::Timeout(_)) if probe => {}
+                // Silence from a neighbour makes the detector probe it now; from anyone else, a
+                // few in a row make us suspect it (it may be one lost message).
+                Err(Error::Timeout(_)) if monitored => {
+                    if let Some(v) = self.detector.on_failure(to.id, now, false) {
+                        self.on_verdict(v);
+                    }
+                }
                 Err(Error::Timeout(_)) => {
                     let strikes = self.strikes.entry(to.id).or_insert(0);
                     *strikes += 1;
@@ -746,6 +807,9 @@ impl<S: Storage> Chord<S> {
                 // Any answer, even an error, shows the node is alive.
                 _ => {
                     self.strikes.remove(&to.id);
+                    if let Some(v) = self.detector.on_ack(to.id, now) {
+                        self.on_verdict(v);
+                    }
                 }
             }
         }
@@ -802,7 +866,7 @@ impl<S: Storage> Chord<S> {
                 }
                 self.finish_stabilize();
             }
-            Purpose::Notify | Purpose::CheckPred => {}
+            Purpose::Notify | Purpose::Probe | Purpose::Notice => {}
             Purpose::Adopted { to, start } => {
                 if response.is_err() && self.pred == Some(to) {
                     self.send_adopted(to, start);
@@ -1215,6 +1279,68 @@ impl<S: Storage> Chord<S> {
             }
         }
         found
+    }
+
+    /// Heartbeats: watch the predecessor and successor list, probe whoever is due, act on
+    /// suspicions that came due.
+    fn heartbeat(&mut self, now: u64) {
+        let neighbours: BTreeSet<NodeRef> = self
+            .pred
+            .iter()
+            .chain(self.succs.iter())
+            .filter(|n| n.id != self.me.id)
+            .copied()
+            .collect();
+        self.detector.monitor(neighbours, now);
+        for v in self.detector.tick(now) {
+            self.on_verdict(v);
+        }
+        for peer in self.detector.poll_probes(now) {
+            // The probe stays pending as long as the longest timeout, so a late answer still
+            // reaches the detector and withdraws a false suspicion.
+            let deadline = now + self.detector.options().max_timeout;
+            self.send_with_deadline(peer, Request::Ping, Purpose::Probe, deadline);
+        }
+    }
+
+    fn on_verdict(&mut self, verdict: Verdict) {
+        match verdict {
+            Verdict::Suspected {
+                peer,
+                cause,
+                detection_ms,
+            } => {
+                self.emit(Event::Detected {
+                    node: peer,
+                    detection_ms,
+                });
+                self.suspect(peer);
+                if cause != Cause::Notice {
+                    // Tell the neighbours, so they repair without waiting for their own timeouts.
+                    let mut told = BTreeSet::new();
+                    for n in self
+                        .pred
+                        .iter()
+                        .chain(self.succs.iter())
+                        .copied()
+                        .collect::<Vec<_>>()
+                    {
+                        if n.id != peer.id && told.insert(n.id) {
+                            self.send(n, Request::FailureNotice { dead: peer }, Purpose::Notice);
+                        }
+                    }
+                }
+            }
+            Verdict::Restored {
+                peer,
+                false_suspicion,
+                ..
+            } => {
+                if false_suspicion {
+                    self.emit(Event::FalseSuspicion { node: peer });
+                }
+            }
+        }
     }
 
     fn fix_fingers(&mut self) {
@@ -1667,6 +1793,19 @@ impl<S: Storage> Chord<S> {
 
     fn send(&mut self, to: NodeRef, request: Request, purpose: Purpose) {
         self.send_addr(to.addr, Some(to), request, purpose);
+    }
+
+    fn send_with_deadline(
+        &mut self,
+        to: NodeRef,
+        request: Request,
+        purpose: Purpose,
+        deadline: u64,
+    ) {
+        self.send(to, request, purpose);
+        if let Some(p) = self.pending.get_mut(&(self.next_id - 1)) {
+            p.deadline = deadline;
+        }
     }
 
     fn send_addr(
