@@ -334,6 +334,9 @@ pub const APPLIED_PER_ACTOR: usize = 4;
 pub struct WriteId {
     /// The coordinating node.
     pub coordinator: Id,
+    /// Which run of that node: a restarted node counts its writes from zero again, and must
+    /// not be taken for a retry of its previous life's writes.
+    pub incarnation: u64,
     /// Its sequence number for the write.
     pub seq: u64,
 }
@@ -868,6 +871,7 @@ mod tests {
     fn applied_write_ids_survive_merges_and_are_bounded_per_actor() {
         let id = |c: u8, seq: u64| WriteId {
             coordinator: n(c),
+            incarnation: 7,
             seq,
         };
         let mut a = Versioned::empty();

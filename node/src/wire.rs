@@ -1079,6 +1079,7 @@ mod tests {
             context: VersionVector::new(),
             write_id: WriteId {
                 coordinator: node_ref().id,
+                incarnation: 1,
                 seq: 1,
             },
         };

@@ -429,6 +429,8 @@ pub struct Chord<S: Storage> {
     next_id: RequestId,
     /// Nodes that told us they left, until when to ignore their late notifies.
     departed: BTreeMap<Id, u64>,
+    /// This run of the node, part of every write id it coordinates.
+    incarnation: u64,
     /// How many copies our keys had at the last tick, to report changes.
     copies: usize,
     /// Heartbeats to the neighbours: who is suspected, with timeouts that grow on mistakes.
@@ -461,6 +463,10 @@ impl<S: Storage> Chord<S> {
         let mut h = DefaultHasher::new();
         (me.id, opts.seed).hash(&mut h);
         let phase = h.finish();
+        // Distinct per run of the node: seeded by the driver and the start time.
+        let mut h = DefaultHasher::new();
+        (me.id, opts.seed, now, "incarnation").hash(&mut h);
+        let incarnation = h.finish();
         let jitter = |iv: u64| now + phase % iv.max(1);
         Chord {
             next_stabilize: jitter(opts.stabilize_interval),
@@ -488,6 +494,7 @@ impl<S: Storage> Chord<S> {
             strikes: BTreeMap::new(),
             detector: Detector::new(opts.detector),
             copies: 0,
+            incarnation,
             departed: BTreeMap::new(),
             pending: BTreeMap::new(),
             lookups: BTreeMap::new(),
@@ -743,6 +750,7 @@ impl<S: Storage> Chord<S> {
                     let deadline = now + self.opts.request_timeout;
                     let write_id = WriteId {
                         coordinator: self.me.id,
+                        incarnation: self.incarnation,
                         seq: self.next_op,
                     };
                     self.next_op += 1;
