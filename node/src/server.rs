@@ -16,6 +16,8 @@
 //! The core takes every input that is ready (up to a batch), lets the state machine act on them,
 //! and if any of them wrote to storage it flushes once before releasing the batch's outputs. So an
 //! acknowledgement never leaves before its write is on disk, and concurrent writers share a flush.
+//! [`Durability`] selects this, a flush per write (for comparison), or acknowledging before the
+//! flush (faster, with a window of loss on a crash of the process).
 //!
 //! BOUNDS
 //!
@@ -61,6 +63,24 @@ pub struct Config {
     pub tick: Duration,
     /// How long a graceful leave may take before the node exits anyway.
     pub leave_timeout: Duration,
+    /// When an acknowledgement may leave relative to the flush of its write.
+    pub durability: Durability,
+}
+
+/// How writes are made durable before they are acknowledged.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Durability {
+    /// Every acknowledgement waits for a flush that covers its write; writes that arrive together
+    /// share one flush (group commit). Survives a kill of the process at any moment.
+    #[default]
+    Group,
+    /// Like `Group`, but one input at a time: a flush per write. Slower; kept to measure what
+    /// group commit buys.
+    PerWrite,
+    /// Acknowledge before flushing. sled's background thread flushes within about 500 ms, so a
+    /// kill of the process can lose the writes of that last half second on this node, including
+    /// acknowledged ones (other replicas may still hold them).
+    Relaxed,
 }
 
 impl Config {
@@ -76,6 +96,7 @@ impl Config {
             max_connections: 1024,
             tick: Duration::from_millis(20),
             leave_timeout: Duration::from_secs(30),
+            durability: Durability::Group,
         }
     }
 }
@@ -244,7 +265,11 @@ pub async fn run(
                 while let Some(input) = next.take() {
                     handle_input(&mut chord, &mut conns, input, now());
                     handled += 1;
-                    if handled < BATCH {
+                    let batch = match config.durability {
+                        Durability::PerWrite => 1,
+                        _ => BATCH,
+                    };
+                    if handled < batch {
                         next = rx.try_recv().ok();
                     }
                 }
@@ -257,7 +282,7 @@ pub async fn run(
             continue;
         }
         // Group commit: one flush covers every write this batch made, before any answer leaves.
-        let flushed = if chord.storage().dirty {
+        let flushed = if chord.storage().dirty && config.durability != Durability::Relaxed {
             chord.storage_mut().dirty = false;
             let result = tokio::task::block_in_place(|| chord.storage().flush());
             metrics::counter!("chordkv_flushes_total").increment(1);

@@ -9,7 +9,7 @@
 use chordkv_node::chord::Options;
 use chordkv_node::chord::detector::DetectorOptions;
 use chordkv_node::id::Id;
-use chordkv_node::server::{self, Config};
+use chordkv_node::server::{self, Config, Durability};
 use chordkv_node::wire::{HARD_MAX_FRAME, Limits};
 use clap::Parser;
 use std::net::SocketAddr;
@@ -78,6 +78,11 @@ struct Args {
     /// Most open connections.
     #[arg(long, default_value_t = 1024)]
     max_connections: usize,
+    /// When writes are acknowledged: `group` (after a flush shared by concurrent writes),
+    /// `per-write` (after a flush of its own), or `relaxed` (before the flush: a crash of this
+    /// process can lose the last ~500 ms of acknowledged writes on this node).
+    #[arg(long, default_value = "group", value_parser = ["group", "per-write", "relaxed"])]
+    durability: String,
     /// Serve Prometheus metrics over HTTP on this address (e.g. 127.0.0.1:9100).
     #[arg(long)]
     metrics: Option<SocketAddr>,
@@ -128,6 +133,11 @@ fn run(args: Args) -> Result<(), String> {
     config.bootstrap = args.bootstrap;
     config.node_id = args.node_id;
     config.max_connections = args.max_connections.max(1);
+    config.durability = match args.durability.as_str() {
+        "per-write" => Durability::PerWrite,
+        "relaxed" => Durability::Relaxed,
+        _ => Durability::Group,
+    };
     config.chord = Options {
         successors: usize::from(args.successors),
         stabilize_interval: args.stabilize_ms.max(1),

@@ -1,0 +1,181 @@
+//! Acknowledged writes per second on a real three-node ring (N = 3, W = 2), by durability mode:
+//! group commit (the default), a flush per write, and relaxed (acknowledge before flushing).
+//!
+//! Starts release-built `chordkv-node` processes on loopback ports in a temporary directory,
+//! drives them with `DURABILITY_WRITERS` concurrent writers (default 64) for
+//! `DURABILITY_SECS` seconds per run (default 4), three runs per mode, and prints the median
+//! and its ratio to the per-write mode. `cargo bench --bench durability`.
+
+use kvctl::{Client, VersionVector};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+fn node_binary() -> PathBuf {
+    // target/release/deps/durability-xxxx -> target/release/chordkv-node
+    let exe = std::env::current_exe().expect("bench path");
+    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    let status = Command::new(env!("CARGO"))
+        .args([
+            "build",
+            "--release",
+            "--bin",
+            "chordkv-node",
+            "-p",
+            "chordkv-node",
+        ])
+        .status()
+        .expect("cargo build");
+    assert!(status.success(), "building chordkv-node failed");
+    dir.join("chordkv-node")
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+struct Ring {
+    children: Vec<Child>,
+    addrs: Vec<String>,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Ring {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn start_ring(bin: &Path, mode: &str) -> Ring {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut children = Vec::new();
+    let mut addrs: Vec<String> = Vec::new();
+    for i in 0..3 {
+        let addr = format!("127.0.0.1:{}", free_port());
+        let mut cmd = Command::new(bin);
+        cmd.args([
+            "--listen",
+            &addr,
+            "--durability",
+            mode,
+            "--stabilize-ms",
+            "100",
+        ])
+        .arg("--data-dir")
+        .arg(dir.path().join(format!("n{i}")))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+        if let Some(first) = addrs.first() {
+            cmd.args(["--bootstrap", first]);
+        }
+        children.push(cmd.spawn().expect("start chordkv-node"));
+        addrs.push(addr);
+    }
+    Ring {
+        children,
+        addrs,
+        _dir: dir,
+    }
+}
+
+async fn wait_for_ring(addr: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        if let Ok(c) = Client::connect(addr, Duration::from_secs(1)).await {
+            if let Ok(view) = c.ring_view().await {
+                let full = view
+                    .nodes
+                    .iter()
+                    .filter_map(|m| m.status())
+                    .all(|s| s.replicas == 3);
+                if view.is_consistent() && view.nodes.len() == 3 && full {
+                    return;
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("the ring did not form");
+}
+
+async fn measure(addrs: &[String], writers: usize, secs: u64, run: usize) -> f64 {
+    let acked = Arc::new(AtomicU64::new(0));
+    let stop = Instant::now() + Duration::from_secs(secs);
+    let mut tasks = Vec::new();
+    for w in 0..writers {
+        let addr = addrs[w % addrs.len()].clone();
+        let acked = acked.clone();
+        tasks.push(tokio::spawn(async move {
+            let client = Client::connect(&addr, Duration::from_secs(5))
+                .await
+                .expect("connect");
+            let mut n = 0u64;
+            while Instant::now() < stop {
+                let key = format!("bench-{run}-{w}-{n}");
+                n += 1;
+                if client
+                    .write(key.as_bytes(), b"0123456789abcdef", &VersionVector::new())
+                    .await
+                    .is_ok()
+                {
+                    acked.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
+    acked.load(Ordering::Relaxed) as f64 / secs as f64
+}
+
+fn main() {
+    let writers: usize = std::env::var("DURABILITY_WRITERS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(64);
+    let secs: u64 = std::env::var("DURABILITY_SECS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(4);
+    let bin = node_binary();
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    println!(
+        "acknowledged writes/s, 3 nodes, N=3 W=2, {writers} writers, {secs} s per run, median of 3"
+    );
+    let mut results = Vec::new();
+    for mode in ["per-write", "group", "relaxed"] {
+        let ring = start_ring(&bin, mode);
+        let mut runs: Vec<f64> = rt.block_on(async {
+            wait_for_ring(&ring.addrs[0]).await;
+            let mut runs = Vec::new();
+            for run in 0..3 {
+                runs.push(measure(&ring.addrs, writers, secs, run).await);
+            }
+            runs
+        });
+        runs.sort_by(f64::total_cmp);
+        results.push((mode, runs[1], runs));
+        drop(ring);
+    }
+    let base = results[0].1.max(1.0);
+    println!(
+        "{:>10}  {:>10}  {:>8}  runs",
+        "mode", "median/s", "vs per-write"
+    );
+    for (mode, median, runs) in &results {
+        println!(
+            "{mode:>10}  {median:>10.0}  {:>7.1}x  {runs:.0?}",
+            median / base
+        );
+    }
+}
