@@ -67,11 +67,20 @@
 //! predecessor notifies it: a false suspicion must not make it accept writes for keys it does not
 //! own.
 //!
+//! Every node watches its predecessor and successor list with the heartbeat [`detector`]; a
+//! suspected neighbour is announced to the others with a failure notice.
+//!
+//! REPLICATION
+//!
+//! Data is versioned ([`crate::version`]) and kept on N nodes; the owner coordinates writes and
+//! reads at quorums W and R, and repairs replicas by read repair and anti-entropy. See
+//! `replica.rs`.
+//!
 //! CAVEATS
 //!
-//! Without replicas (a later layer) a crashed node's keys are unavailable until it returns, and a
-//! key deleted while its node was down can return with it (deletes leave no tombstone yet). Values
-//! are compared across transfer rounds by a 64-bit hash.
+//! Copies outside a key's preference list after the ring changes are not collected yet. A node
+//! joining through a node that is itself still joining waits for it. Values are compared across
+//! transfer rounds by a 64-bit hash.
 //!
 //! # Call contract
 //!
