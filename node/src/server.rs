@@ -603,27 +603,21 @@ async fn serve_connection(
                     break;
                 }
             }
-            Ok(Some(Envelope::Response { .. })) => {
-                let e = Error::InvalidData(
-                    "unexpected response frame: this connection only takes requests".into(),
-                );
-                let _ = tx
-                    .send(Envelope::Response {
-                        id: wire::NOTICE_ID,
-                        body: Err(e),
-                    })
-                    .await;
-                break;
-            }
-            Err(e) => {
+            // Either way the connection is unusable: say why, then close it.
+            other => {
+                let e = match other {
+                    Err(e) => e,
+                    _ => Error::InvalidData(
+                        "unexpected response frame: this connection only takes requests".into(),
+                    ),
+                };
                 metrics::counter!("chordkv_bad_frames_total").increment(1);
                 debug!(%peer, error = %e, "bad frame; closing the connection");
-                let _ = tx
-                    .send(Envelope::Response {
-                        id: wire::NOTICE_ID,
-                        body: Err(e),
-                    })
-                    .await;
+                let notice = Envelope::Response {
+                    id: wire::NOTICE_ID,
+                    body: Err(e),
+                };
+                let _ = tx.send(notice).await;
                 break;
             }
         }

@@ -14,6 +14,7 @@ use crate::error::{Error, Result};
 use crate::id::{BITS, Id, in_half_open};
 use crate::message::{NodeRef, Request, RequestId, Response};
 use crate::storage::{MemoryStorage, Storage};
+use crate::version::Versioned;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use std::cmp::Reverse;
@@ -496,6 +497,47 @@ impl Sim {
                     .is_some_and(|c| matches!(c.storage().get(key), Ok(Some(_))))
             })
             .collect()
+    }
+
+    /// Node `i`'s stored state of `key` (empty if it has none or is down).
+    pub fn stored_state(&self, i: usize, key: &[u8]) -> Result<Versioned> {
+        match self
+            .chord(i)
+            .map(|c| c.storage().get(key))
+            .transpose()?
+            .flatten()
+        {
+            Some(bytes) => Versioned::decode(&bytes),
+            None => Ok(Versioned::empty()),
+        }
+    }
+
+    /// The merge of every running node's copy of `key`, after checking that the key's owner and
+    /// its next `replicas − 1` successors each hold exactly that merge (replicas converged).
+    ///
+    /// # Errors
+    /// A description of the first replica that differs, or a state that does not decode.
+    pub fn converged_state(&self, key: &[u8], replicas: usize) -> Result<Versioned> {
+        let mut merged = Versioned::empty();
+        for i in self.holders(key) {
+            merged.merge(&self.stored_state(i, key)?);
+        }
+        let ring = self.true_ring();
+        let Some(owner) = self.true_successor(Id::hash(key)) else {
+            return Ok(merged);
+        };
+        let at = ring.iter().position(|n| *n == owner).unwrap_or(0);
+        for k in 0..replicas.min(ring.len()) {
+            let node = ring[(at + k) % ring.len()];
+            let i = self.by_addr[&node.addr];
+            if self.stored_state(i, key)? != merged {
+                return Err(Error::InvalidData(format!(
+                    "replica n{i} of {:?} has not converged",
+                    String::from_utf8_lossy(key)
+                )));
+            }
+        }
+        Ok(merged)
     }
 
     /// Whether `id` lies in node `i`'s believed range `(pred, self]`.
