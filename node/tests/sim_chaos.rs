@@ -142,3 +142,88 @@ fn crashes_and_restarts_lose_no_acknowledged_write_and_replicas_converge() {
         run(seed);
     }
 }
+
+fn run_partition(seed: u64) {
+    let mut sim = Sim::new(SimOptions {
+        seed,
+        chord: Options {
+            successors: 4,
+            ..Options::default()
+        },
+        ..SimOptions::default()
+    });
+    let mut rng = StdRng::seed_from_u64(seed ^ 0xcafe);
+    sim.add_node(None);
+    for _ in 1..NODES {
+        sim.add_node(Some(0));
+        sim.run_for(200);
+    }
+    assert!(
+        sim.run_until(60_000, |s| s.now() % 100 == 0
+            && s.ring_errors(false).is_empty()),
+        "seed {seed}: ring did not form"
+    );
+    let mut h = History::new();
+    let mut seq = 0u64;
+    let (a, b): (Vec<usize>, Vec<usize>) = (0..NODES).partition(|_| rng.random_bool(0.5));
+    let (a, b) = if a.is_empty() || b.is_empty() {
+        ((0..NODES / 2).collect(), (NODES / 2..NODES).collect())
+    } else {
+        (a, b)
+    };
+    for step in 0..60 {
+        sim.run_for(rng.random_range(0..300));
+        if step == 10 {
+            sim.partition(&a, &b);
+        }
+        if step == 45 {
+            sim.heal();
+        }
+        let via = rng.random_range(0..NODES);
+        let key = if rng.random_bool(0.5) {
+            format!("u{step}")
+        } else {
+            format!("hot{}", rng.random_range(0..3))
+        };
+        write(
+            &mut sim,
+            via,
+            key.into_bytes(),
+            rng.random_bool(0.2),
+            &mut h,
+            &mut seq,
+        );
+    }
+    assert!(
+        sim.run_until(180_000, |s| s.now() % 100 == 0
+            && s.ring_errors(false).is_empty()),
+        "seed {seed}: the two sides did not merge back into one ring: {:?}",
+        sim.ring_errors(false)
+    );
+    sim.run_for(20_000); // anti-entropy
+    let keys: BTreeSet<Vec<u8>> = h.writes().iter().map(|w| w.key.clone()).collect();
+    for key in keys {
+        match sim.converged_state(&key, 3) {
+            Ok(state) => h.record_final_state(&key, &state),
+            Err(e) => panic!("seed {seed}: {e}"),
+        }
+    }
+    let violations = history::check(&h);
+    assert!(
+        violations.is_empty(),
+        "seed {seed}: {} violations, first: {}",
+        violations.len(),
+        violations[0]
+    );
+}
+
+#[test]
+fn a_healed_partition_merges_back_into_one_ring_and_keeps_every_acknowledged_write() {
+    let seeds: u64 = std::env::var("CHORDKV_SEEDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(10);
+    for seed in 1..=seeds {
+        run_partition(seed);
+    }
+}

@@ -152,6 +152,9 @@ pub struct Options {
     pub read_quorum: usize,
     /// How often an owner compares its range with one replica (anti-entropy), in ms.
     pub sync_interval: u64,
+    /// How often to look ourselves up through a node we lost, to merge rings after a
+    /// partition, in ms.
+    pub merge_interval: u64,
     /// Bounds on siblings and clock size per key.
     pub versions: VersionLimits,
     /// Seed for the timer phases, so that nodes started together do not act in lockstep.
@@ -177,6 +180,7 @@ impl Default for Options {
             write_quorum: 2,
             read_quorum: 2,
             sync_interval: 1_000,
+            merge_interval: 5_000,
             seed: 0,
         }
     }
@@ -329,9 +333,16 @@ enum Purpose {
     /// A replica's answer to a quorum read.
     ReplicaRead { op: u64, from: NodeRef },
     /// A replica's answer to an anti-entropy digest.
-    Sync { to: NodeRef, from: Id },
+    Sync {
+        to: NodeRef,
+        from: Id,
+        until: Id,
+        foreign: bool,
+    },
     /// A repair push; the answer carries nothing.
     Repair,
+    /// Ring merging: check a candidate successor from another ring and fetch its list.
+    MergeCandidate { cand: NodeRef },
     /// Checking that the owner a lookup found is alive.
     Verify { op: u64, owner: NodeRef },
     /// Telling a newcomer we adopted it; resent until it answers or we drop it.
@@ -349,8 +360,20 @@ struct Pending {
 #[derive(Clone, Debug)]
 enum Then {
     Join,
+    /// A lookup of our own id through a node we once lost: another ring's view of our
+    /// successor, to merge rings after a partition heals.
+    Merge {
+        via: NodeRef,
+    },
+    /// Anti-entropy for copies outside our range: the owner of the range starting after `from`.
+    SyncForeign {
+        from: Id,
+    },
     Finger(usize),
-    Reply { conn: ConnId, id: RequestId },
+    Reply {
+        conn: ConnId,
+        id: RequestId,
+    },
     Client(ClientOp),
 }
 
@@ -438,6 +461,10 @@ pub struct Chord<S: Storage> {
     next_id: RequestId,
     /// Nodes that told us they left, until when to ignore their late notifies.
     departed: BTreeMap<Id, u64>,
+    /// Nodes we suspected, to try now and then: after a partition heals they are how two rings
+    /// find each other again.
+    lost: VecDeque<NodeRef>,
+    next_merge: u64,
     /// This run of the node, part of every write id it coordinates.
     incarnation: u64,
     /// How many copies our keys had at the last tick, to report changes.
@@ -458,6 +485,8 @@ pub struct Chord<S: Storage> {
     /// Anti-entropy: the next replica to compare with, whether a round is in flight, when next.
     sync_next: usize,
     syncing: bool,
+    /// Where the scan for copies outside our range resumes (None: from ourselves).
+    sync_cursor: Option<Id>,
     next_sync: u64,
     /// Answers to writes applied here, by write id, so retries are applied at most once.
     applied: BTreeMap<WriteId, Response>,
@@ -503,6 +532,8 @@ impl<S: Storage> Chord<S> {
             strikes: BTreeMap::new(),
             detector: Detector::new(opts.detector),
             copies: 0,
+            lost: VecDeque::new(),
+            next_merge: jitter(opts.merge_interval),
             incarnation,
             departed: BTreeMap::new(),
             pending: BTreeMap::new(),
@@ -514,6 +545,7 @@ impl<S: Storage> Chord<S> {
             reads: BTreeMap::new(),
             sync_next: 0,
             syncing: false,
+            sync_cursor: None,
             next_sync: jitter(opts.sync_interval),
             applied: BTreeMap::new(),
             applied_order: VecDeque::new(),
@@ -680,6 +712,15 @@ impl<S: Storage> Chord<S> {
                 wanted: self.opts.replicas,
             });
         }
+        if now >= self.next_merge {
+            self.next_merge = now + self.opts.merge_interval;
+            if self.installed {
+                if let Some(via) = self.lost.pop_front() {
+                    self.lost.push_back(via);
+                    self.start_lookup(self.me.id, Then::Merge { via }, Some(via.addr));
+                }
+            }
+        }
         if now >= self.next_sync {
             self.next_sync = now + self.opts.sync_interval;
             self.sync_tick();
@@ -835,8 +876,22 @@ impl<S: Storage> Chord<S> {
             Purpose::Verify { op, owner } => self.on_verify_answer(op, owner, response),
             Purpose::ReplicaWrite { op } => self.on_replica_write_answer(op, response),
             Purpose::ReplicaRead { op, from } => self.on_replica_read_answer(op, from, response),
-            Purpose::Sync { to, from } => self.on_sync_answer(to, from, response),
+            Purpose::Sync {
+                to,
+                from,
+                until,
+                foreign,
+            } => self.on_sync_answer(to, from, until, foreign, response),
             Purpose::Repair => {}
+            Purpose::MergeCandidate { cand } => {
+                if let Ok(Response::Neighbors { succs, .. }) = response {
+                    let mine = self.succs.clone();
+                    let merged: Vec<NodeRef> = succs.into_iter().chain(mine).collect();
+                    self.adopt_successors(cand, merged);
+                    self.send(cand, Request::Notify { node: self.me }, Purpose::Notify);
+                    self.next_stabilize = now;
+                }
+            }
             Purpose::JoinNeighbors { succ } => match response {
                 Ok(Response::Neighbors { pred, succs }) => {
                     self.adopt_successors(succ, succs);
@@ -950,7 +1005,7 @@ impl<S: Storage> Chord<S> {
     ) {
         let op = self.next_op;
         self.next_op += 1;
-        if matches!(then, Then::Join) {
+        if matches!(then, Then::Join | Then::Merge { .. }) {
             avoid.insert(self.me.id);
         }
         self.lookups.insert(
@@ -1089,6 +1144,23 @@ impl<S: Storage> Chord<S> {
                     Purpose::JoinNeighbors { succ: owner },
                 );
             }
+            Then::SyncForeign { from } => self.on_foreign_owner(from, owner),
+            Then::Merge { via } => {
+                // It answered: it is alive, whichever ring it is in.
+                self.lost.retain(|n| n.id != via.id);
+                let succ = self.successor();
+                if owner.id != self.me.id
+                    && (succ == self.me || in_open(self.me.id, succ.id, owner.id))
+                {
+                    // Its ring has a node between us and our successor: check it is live and
+                    // take it as successor; stabilization weaves the two rings together.
+                    self.send(
+                        owner,
+                        Request::GetNeighbors,
+                        Purpose::MergeCandidate { cand: owner },
+                    );
+                }
+            }
             Then::Finger(i) => {
                 self.finger_lookup = false;
                 let owner = (owner.id != self.me.id).then_some(owner);
@@ -1122,6 +1194,8 @@ impl<S: Storage> Chord<S> {
         });
         match l.then {
             Then::Join => self.retry_join(),
+            Then::Merge { .. } => {} // still unreachable: it stays on the list for another try
+            Then::SyncForeign { .. } => self.syncing = false,
             Then::Finger(_) => self.finger_lookup = false,
             Then::Reply { conn, id } => self.respond(conn, id, Err(error)),
             Then::Client(c) => self.retry_client_op(c, error),
@@ -1284,6 +1358,13 @@ impl<S: Storage> Chord<S> {
         }
         if known {
             self.emit(Event::Suspected { node });
+            // Remember it: if it was cut off rather than dead, it may be in another ring now.
+            if !self.lost.iter().any(|n| n.id == node.id) {
+                if self.lost.len() >= MAX_LOST {
+                    self.lost.pop_front();
+                }
+                self.lost.push_back(node);
+            }
         }
     }
 
@@ -1858,6 +1939,9 @@ impl<S: Storage> Chord<S> {
         self.outbox.push_back(Output::Event(event));
     }
 }
+
+/// How many lost nodes a node remembers for ring merging.
+const MAX_LOST: usize = 32;
 
 /// How many applied write ids an owner remembers for at-most-once retries.
 const MAX_APPLIED: usize = 1 << 16;

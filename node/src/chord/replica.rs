@@ -319,19 +319,70 @@ impl<S: Storage> Chord<S> {
         if targets.is_empty() || !self.installed || self.syncing {
             return;
         }
-        let to = targets[self.sync_next % targets.len()];
+        let round = self.sync_next;
         self.sync_next = self.sync_next.wrapping_add(1);
-        let digests = match bucket_digests(&self.storage, start.id, self.me.id) {
+        if round % 2 == 1 {
+            return self.sync_foreign(start.id);
+        }
+        let to = targets[(round / 2) % targets.len()];
+        self.sync_range(to, start.id, self.me.id);
+    }
+
+    /// Start a digest exchange with `to` over the range `(from, until]`.
+    fn sync_range(&mut self, to: NodeRef, from: Id, until: Id) {
+        let digests = match bucket_digests(&self.storage, from, until) {
             Ok(d) => d,
             Err(error) => return self.emit(Event::StorageError { error }),
         };
         self.syncing = true;
         let req = Request::SyncDigest {
-            from: start.id,
-            to: self.me.id,
+            from,
+            to: until,
             digests: digests.into_iter().collect(),
         };
-        self.send(to, req, Purpose::Sync { to, from: start.id });
+        let foreign = until != self.me.id;
+        self.send(
+            to,
+            req,
+            Purpose::Sync {
+                to,
+                from,
+                until,
+                foreign,
+            },
+        );
+    }
+
+    /// Copies we hold outside our own range are replicas, or strays left by a partition or a
+    /// changed ring. One range at a time, find the owner of the next such key and run the
+    /// digest exchange with it, so that whatever only we hold reaches the owner (and from it the
+    /// owner's replicas).
+    fn sync_foreign(&mut self, pred: Id) {
+        let cursor = self.sync_cursor.unwrap_or(self.me.id);
+        let next = match self.storage.scan_range(cursor, pred, 1) {
+            Ok(next) => next,
+            Err(error) => return self.emit(Event::StorageError { error }),
+        };
+        match next.first() {
+            Some((key, _)) => {
+                let target = Id::hash(key);
+                self.syncing = true;
+                self.start_lookup(target, super::Then::SyncForeign { from: cursor }, None);
+            }
+            // Past the last foreign key: start again from our own position next time.
+            None => self.sync_cursor = None,
+        }
+    }
+
+    /// The owner of the next foreign range is known: compare `(from, owner]` with it.
+    pub(super) fn on_foreign_owner(&mut self, from: Id, owner: NodeRef) {
+        self.syncing = false;
+        if owner.id == self.me.id {
+            self.sync_cursor = None;
+            return;
+        }
+        self.sync_cursor = Some(owner.id);
+        self.sync_range(owner, from, owner.id);
     }
 
     /// A replica's side of [`Request::SyncDigest`]: our states in the buckets that differ.
@@ -365,7 +416,14 @@ impl<S: Storage> Chord<S> {
     }
 
     /// The owner's side of a sync answer: merge the replica's states, push back the union.
-    pub(super) fn on_sync_answer(&mut self, to: NodeRef, from: Id, response: Result<Response>) {
+    pub(super) fn on_sync_answer(
+        &mut self,
+        to: NodeRef,
+        from: Id,
+        until: Id,
+        foreign: bool,
+        response: Result<Response>,
+    ) {
         self.syncing = false;
         let Ok(Response::SyncItems { buckets, items }) = response else {
             return;
@@ -374,8 +432,13 @@ impl<S: Storage> Chord<S> {
             return;
         }
         for (k, v) in &items {
-            // Only keys in our range: a replica's reply names nothing else, but check anyway.
-            if !in_half_open(from, self.me.id, Id::hash(k)) {
+            // Only keys in the range compared: the reply names nothing else, but check anyway.
+            if !in_half_open(from, until, Id::hash(k)) {
+                continue;
+            }
+            // Outside our own range we only bring our copies up to date; we do not collect
+            // copies of keys we do not hold.
+            if foreign && !matches!(self.storage.get(k), Ok(Some(_))) {
                 continue;
             }
             if let Ok(state) = Versioned::decode(v) {
@@ -385,7 +448,7 @@ impl<S: Storage> Chord<S> {
             }
         }
         let buckets: BTreeSet<u8> = buckets.into_iter().collect();
-        let entries = match self.storage.scan_range(from, self.me.id, usize::MAX) {
+        let entries = match self.storage.scan_range(from, until, usize::MAX) {
             Ok(e) => e,
             Err(error) => return self.emit(Event::StorageError { error }),
         };
