@@ -70,6 +70,12 @@
 //! Every node watches its predecessor and successor list with the heartbeat [`detector`]; a
 //! suspected neighbour is announced to the others with a failure notice.
 //!
+//! A partition splits the ring in two rings that each repair themselves. Each node remembers the
+//! nodes it suspected and now and then looks itself up through one of them; once the partition
+//! heals, that lookup answers from the other ring, and a closer successor found there is adopted
+//! (after it answered), which stabilization spreads until the rings are one again (after
+//! Shafaat et al., "Dealing with network partitions in structured overlay networks", 2009).
+//!
 //! REPLICATION
 //!
 //! Data is versioned ([`crate::version`]) and kept on N nodes; the owner coordinates writes and

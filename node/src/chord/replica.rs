@@ -19,15 +19,19 @@
 //! robin): it sends per-bucket digests (a bucket is the first byte of the key id); the replica
 //! answers with its states in the buckets that differ; the owner merges them and pushes its
 //! merged states for those buckets back. This brings back copies lost to a crash, fills a new
-//! replica after a join or leave, and reconciles the two sides of a healed partition. Each round
-//! moves at most one batch, so repair cannot starve client traffic.
+//! replica after a join or leave, and reconciles the two sides of a healed partition. Every other
+//! round goes the other way: a node walks the keys it holds outside its own range, looks up the
+//! owner of the next such range and runs the same exchange with it, so a version that only a
+//! former owner holds (after a partition, or a ring that changed under it) reaches the current
+//! owner. Each round moves at most one batch, so repair cannot starve client traffic.
 //!
 //! CAVEATS
 //!
 //! In a ring with fewer than `N` nodes a key has fewer copies; the quorums shrink to what exists
 //! and the node says so ([`crate::message::NodeStatus::replicas`]). Copies that fall outside a
-//! key's preference list after the ring changes are not yet collected. A replica that was down
-//! is repaired by anti-entropy rather than by hinted handoff.
+//! key's preference list after the ring changes are kept in sync but not yet collected. A replica
+//! that was down is repaired by anti-entropy rather than by hinted handoff. Tombstones are not
+//! collected yet.
 
 use super::{Chord, ClientOp, ConnId, Event, Purpose};
 use crate::error::{Error, Result};
