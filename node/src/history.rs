@@ -12,7 +12,9 @@
 //! the version's dot. So, for each key, an ACKNOWLEDGED write `w` with dot `d` and value `v` is
 //! accounted for exactly when
 //!
-//! 1. it survives: the final read holds the sibling `(d, v)`; or
+//! 1. it survives: the final read holds the sibling `(d, v)`, or `v` under a dot no acknowledged
+//!    write was given (an earlier application of the same write by an owner that failed before
+//!    answering, the retry having been applied elsewhere); or
 //! 2. it was superseded: some other write `w'` on the same key was issued with a context that
 //!    covers `d`, and `w'` took effect. A write took effect if it was acknowledged, or, if it was
 //!    not, if it is observed: the final read holds a sibling with `w'`'s value under a dot that
@@ -32,8 +34,10 @@
 //! context its write was issued with, which is clause 2.
 //!
 //! The final read also has to be explained: a sibling is a [`Violation::Phantom`] unless it is
-//! the `(dot, value)` of an acknowledged write, or its dot is no acknowledged write's and an
-//! unacknowledged write of the key had its value. And it checks what the rule leans on: that no
+//! the `(dot, value)` of an acknowledged write, or its dot is no acknowledged write's and some
+//! write of the key had its value. One write's value surviving as two siblings is a
+//! [`Violation::Duplicated`]: the write was applied twice. Values must be unique per write for
+//! these two rules to mean anything; the tests' workloads make them so. And it checks what the rule leans on: that no
 //! two acknowledged writes of a key got the same dot ([`Violation::DuplicateDot`]), that no write
 //! got a dot its own context already covered ([`Violation::StaleDot`]), that the final read's
 //! context covers its siblings ([`Violation::SiblingOutsideContext`]), and that every written key
@@ -174,6 +178,15 @@ pub enum Violation {
         /// The dot it was acknowledged with.
         dot: Dot,
     },
+    /// One write's value survives as several siblings: it was applied more than once.
+    Duplicated {
+        /// The key.
+        key: Vec<u8>,
+        /// The write.
+        write: WriteId,
+        /// How many siblings hold its value.
+        copies: usize,
+    },
     /// A surviving sibling no write explains: a value nobody wrote, or an acknowledged write's
     /// dot with another value.
     Phantom {
@@ -226,6 +239,12 @@ impl fmt::Display for Violation {
                 "key {:?}: acknowledged write {} ({dot}) was lost: it does not survive and no \
                  write that had seen it took effect",
                 k(key),
+                write.0
+            ),
+            Violation::Duplicated { key, write, copies } => write!(
+                f,
+                "key {:?}: write {} survives as {copies} siblings (applied more than once)",
+                String::from_utf8_lossy(key),
                 write.0
             ),
             Violation::Phantom { key, sibling } => write!(
@@ -361,12 +380,21 @@ fn check_key(
         .filter(|w| w.ack.is_none())
         .map(|w| &w.value)
         .collect();
+    // A retried write may have been applied first by an owner that then failed, under a dot of
+    // its own: its value under an unclaimed dot is still that write.
+    let acked_values: BTreeSet<&Option<Vec<u8>>> = ids
+        .iter()
+        .map(|&id| write(id))
+        .filter(|w| w.ack.is_some())
+        .map(|w| &w.value)
+        .collect();
 
     for s in &read.siblings {
         let acked_here = ids
             .iter()
             .any(|&id| write(id).ack == Some(s.dot) && write(id).value == s.value);
-        let unacked_here = !acked.contains_key(&s.dot) && unacked_values.contains(&s.value);
+        let unacked_here = !acked.contains_key(&s.dot)
+            && (unacked_values.contains(&s.value) || acked_values.contains(&s.value));
         if !acked_here && !unacked_here {
             out.push(Violation::Phantom {
                 key: key.to_vec(),
@@ -382,10 +410,18 @@ fn check_key(
     for &id in ids {
         let w = write(id);
         let Some(dot) = w.ack else { continue };
+        let copies = read.siblings.iter().filter(|s| s.value == w.value).count();
+        if copies > 1 && w.value.is_some() {
+            out.push(Violation::Duplicated {
+                key: key.to_vec(),
+                write: id,
+                copies,
+            });
+        }
         let survives = read
             .siblings
             .iter()
-            .any(|s| s.dot == dot && s.value == w.value);
+            .any(|s| s.value == w.value && (s.dot == dot || !acked.contains_key(&s.dot)));
         let superseded = ids
             .iter()
             .any(|&other| other != id && write(other).context.covers(&dot) && took_effect(other));
@@ -441,6 +477,41 @@ mod tests {
         let y = h.record_write(K, val("y"), VersionVector::new());
         h.record_ack(y, dot(2, 1));
         h
+    }
+
+    /// A retried write: node 1 applied it (dot 1:1) and failed before answering; node 2 applied
+    /// the retry (dot 2:1) and acknowledged it.
+    fn retried_write() -> History {
+        let mut h = History::new();
+        let x = h.record_write(K, val("x"), VersionVector::new());
+        h.record_ack(x, dot(2, 1));
+        h
+    }
+
+    #[test]
+    fn a_retried_write_surviving_under_its_first_dot_passes() {
+        let mut h = retried_write();
+        h.record_final_read(K, vec![sib(1, 1, "x")], vv(&[(1, 1), (2, 1)]));
+        assert_eq!(check(&h), []);
+    }
+
+    /// Negative control: the same write kept twice, once per application.
+    #[test]
+    fn a_write_applied_twice_is_reported() {
+        let mut h = retried_write();
+        h.record_final_read(
+            K,
+            vec![sib(1, 1, "x"), sib(2, 1, "x")],
+            vv(&[(1, 1), (2, 1)]),
+        );
+        assert_eq!(
+            check(&h),
+            [Violation::Duplicated {
+                key: K.to_vec(),
+                write: WriteId(0),
+                copies: 2
+            }]
+        );
     }
 
     #[test]

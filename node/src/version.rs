@@ -485,8 +485,25 @@ impl Versioned {
         self.siblings = siblings;
         self.context.merge(&other.context);
         self.pruned = self.pruned.max(other.pruned);
-        self.applied
-            .extend(other.applied.iter().map(|(id, dot)| (*id, *dot)));
+        // One client write applied twice (its first owner failed before answering, and the retry
+        // reached another owner) has two dots: keep the smaller, in both maps and siblings, so
+        // the write stays one version whichever way replicas merge.
+        let mut twice: BTreeSet<Dot> = BTreeSet::new();
+        for (id, dot) in &other.applied {
+            match self.applied.get(id).copied() {
+                Some(mine) if mine != *dot => {
+                    twice.insert(mine.max(*dot));
+                    self.applied.insert(*id, mine.min(*dot));
+                }
+                Some(_) => {}
+                None => {
+                    self.applied.insert(*id, *dot);
+                }
+            }
+        }
+        if !twice.is_empty() {
+            self.siblings.retain(|s| !twice.contains(&s.dot));
+        }
         self.trim_applied();
     }
 
@@ -867,6 +884,26 @@ mod tests {
     }
 
     // Scenario 5.
+    #[test]
+    fn a_write_applied_by_two_owners_merges_into_one_version() {
+        let id = WriteId {
+            coordinator: n(9),
+            incarnation: 1,
+            seq: 1,
+        };
+        // The first owner applied it and failed before answering; the retry went elsewhere.
+        let (mut a, mut b) = (Versioned::empty(), Versioned::empty());
+        let da = a.write(n(1), &VersionVector::new(), Some(b"x".to_vec()));
+        a.record_applied(id, da);
+        let db = b.write(n(2), &VersionVector::new(), Some(b"x".to_vec()));
+        b.record_applied(id, db);
+        let (ab, ba) = (merged(&a, &b), merged(&b, &a));
+        assert_eq!(ab, ba, "merging commutes");
+        assert_eq!(ab.values(), vec![b"x".as_slice()], "one version, not two");
+        assert_eq!(ab.applied_dot(&id), Some(da.min(db)));
+        assert!(ab.context().covers(&da) && ab.context().covers(&db));
+    }
+
     #[test]
     fn applied_write_ids_survive_merges_and_are_bounded_per_actor() {
         let id = |c: u8, seq: u64| WriteId {

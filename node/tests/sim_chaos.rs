@@ -227,3 +227,75 @@ fn a_healed_partition_merges_back_into_one_ring_and_keeps_every_acknowledged_wri
         run_partition(seed);
     }
 }
+
+/// A write that the key's owner stored but could not replicate before it crashed is applied a
+/// second time when the coordinator retries it at the next owner, which never saw the first
+/// version. When the first owner comes back and anti-entropy merges the two, the write must be
+/// one version again, not two siblings of the same value (found by `tests/replication.rs` under
+/// load; this is its deterministic reproduction).
+#[test]
+fn a_write_applied_by_a_crashed_owner_and_again_on_retry_reads_as_one_version() {
+    let mut sim = Sim::new(SimOptions::default());
+    sim.add_node(None);
+    for _ in 1..5 {
+        sim.add_node(Some(0));
+        sim.run_for(50);
+    }
+    assert!(sim.run_until(60_000, |s| s.ring_errors(false).is_empty()));
+    let key = b"written once".to_vec();
+    let owner = sim.owner_of(&key).expect("a live owner");
+    // The owner's predecessor coordinates: it is none of the owner's replicas.
+    let ring = sim.true_ring();
+    let at = ring
+        .iter()
+        .position(|n| n.addr == Sim::addr(owner))
+        .expect("the owner is on the ring");
+    let before = ring[(at + ring.len() - 1) % ring.len()].addr;
+    let coordinator = sim.index_of(before).expect("a node of the ring");
+    let rest: Vec<usize> = (0..5).filter(|&i| i != owner && i != coordinator).collect();
+
+    // The owner hears the coordinator but none of its replicas: it stores the write and waits
+    // for acknowledgements that cannot come. Then it crashes.
+    sim.partition(&[owner], &rest);
+    let put = Request::Put {
+        key: key.clone(),
+        value: b"v".to_vec(),
+        context: VersionVector::new(),
+    };
+    let token = sim.submit(coordinator, put);
+    assert!(
+        sim.run_until(5_000, |s| s.holders(&key) == [owner]),
+        "the owner did not store the write"
+    );
+    sim.crash(owner);
+    sim.heal();
+
+    // The coordinator retries at the next owner, which acknowledges.
+    assert!(sim.run_until(30_000, |s| s.ring_errors(false).is_empty()));
+    let mut answer = sim.response(token);
+    for _ in 0..3_000 {
+        if answer.is_some() {
+            break;
+        }
+        sim.run_for(10);
+        answer = sim.response(token);
+    }
+    assert!(
+        matches!(answer, Some(Ok(Response::Written { .. }))),
+        "{answer:?}"
+    );
+
+    // The first owner returns with its copy; anti-entropy merges the two.
+    sim.restart(owner, Some(coordinator));
+    assert!(sim.run_until(30_000, |s| s.ring_errors(false).is_empty()));
+    sim.run_for(10_000);
+    match sim.request(coordinator, Request::Get { key: key.clone() }, 10_000) {
+        Ok(Response::Read(read)) => assert_eq!(
+            read.values,
+            [b"v".to_vec()],
+            "one write, acknowledged once, reads as {} siblings",
+            read.values.len()
+        ),
+        other => panic!("read: {other:?}"),
+    }
+}

@@ -1,0 +1,665 @@
+//! Replication under crashes: real `chordkv-node` processes on loopback, killed with SIGKILL, with
+//! the default N = 3 copies of every key, W = 2 and R = 2.
+//!
+//! Each test is named after the claim it checks. Nothing sleeps hoping for convergence: ring
+//! repair, re-replication and readability are awaited by polling with a deadline
+//! ([`common::wait_until`]). The figures printed along the way (run with `--nocapture`) are
+//! observations from outside, upper bounds on what the nodes did; none is asserted as a bound.
+//!
+//! A network partition between real processes would need iptables or network namespaces, so it
+//! is left to the simulator (`node/tests/sim_chaos.rs`); these tests crash processes only.
+
+// Each test binary uses a part of the shared harness.
+#[allow(dead_code)]
+mod common;
+
+use chordkv_node::message::{Request, Response};
+use chordkv_node::version::Versioned;
+use common::{CLIENT_TIMEOUT, CONVERGE, Cluster, wait_until};
+use kvctl::{Client, Error, Id, RingView, VersionVector};
+use std::collections::btree_map::Entry;
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::task::JoinSet;
+
+/// Copies of every key (the nodes' default `--replicas`).
+const N: usize = 3;
+
+/// Flags for every node beyond the harness's fast timers: a probe unanswered for half a second
+/// makes a neighbour suspected (the harness already probes every 200 ms). A SIGKILLed process
+/// refuses connections, which is suspected at once; the timeout matters for what is in flight.
+const DETECTOR: [&str; 2] = ["--heartbeat-timeout-ms", "500"];
+
+/// Keys and the values expected under them.
+type Data = BTreeMap<String, Vec<u8>>;
+
+/// `n` distinct keys with distinct values.
+fn data(n: usize) -> Data {
+    (0..n)
+        .map(|i| (format!("key-{i:04}"), format!("value-{i}").into_bytes()))
+        .collect()
+}
+
+/// Starts `n` nodes with [`DETECTOR`], the first forming the ring and the others joining
+/// through it, and waits until the ring is consistent with all of them.
+fn start(n: usize) -> Cluster {
+    let mut cluster = Cluster::new();
+    for i in 0..n {
+        cluster.start_node((i > 0).then_some(0), &DETECTOR);
+    }
+    cluster.wait_for_ring(&cluster.all());
+    cluster
+}
+
+/// The cluster's node indices in ring order, as walked in `view`, rotated to start at node 0.
+fn ring_order(cluster: &Cluster, view: &RingView) -> Vec<usize> {
+    let index = |addr: SocketAddr| {
+        cluster
+            .all()
+            .into_iter()
+            .find(|&i| cluster.addr(i) == addr)
+            .unwrap_or_else(|| panic!("{addr} on the ring is none of the cluster's nodes"))
+    };
+    let mut order: Vec<usize> = view.nodes.iter().map(|m| index(m.node().addr)).collect();
+    let zero = order
+        .iter()
+        .position(|&i| i == 0)
+        .expect("node 0 is on the ring");
+    order.rotate_left(zero);
+    order
+}
+
+/// `members` without `gone`.
+fn without(members: &[usize], gone: &[usize]) -> Vec<usize> {
+    members
+        .iter()
+        .copied()
+        .filter(|i| !gone.contains(i))
+        .collect()
+}
+
+/// Writes every pair of `data` through node `via` with `put`, all requests in flight at once
+/// over one connection.
+fn put_all(cluster: &Cluster, via: usize, data: &Data) {
+    let client = cluster.client(via);
+    let failures: Vec<String> = cluster.block_on(async {
+        let mut tasks = JoinSet::new();
+        for (key, value) in data.clone() {
+            let client = client.clone();
+            tasks.spawn(async move {
+                client
+                    .put(key.as_bytes(), &value)
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| format!("put {key}: {e}"))
+            });
+        }
+        let mut failures = Vec::new();
+        while let Some(done) = tasks.join_next().await {
+            if let Err(e) = done.expect("a put task does not panic") {
+                failures.push(e);
+            }
+        }
+        failures
+    });
+    assert!(
+        failures.is_empty(),
+        "{} of {} puts through node {via} failed, e.g. {:?}",
+        failures.len(),
+        data.len(),
+        &failures[..failures.len().min(5)]
+    );
+}
+
+/// The copies of keys of `data` that a node of their preference list does not hold yet, in the ring converged with exactly `members`: a key's preference list is its owner (the
+/// first node at or after the key's id) and the owner's next N − 1 successors. Every copy is
+/// asked for directly (`ReplicaRead`), so this sees what the nodes store, not what a quorum read
+/// merges. `Err` if the ring is not converged or a node cannot be asked.
+fn under_replicated(
+    cluster: &Cluster,
+    members: &[usize],
+    data: &Data,
+) -> Result<Vec<(String, SocketAddr)>, String> {
+    let view = cluster.converged(members)?;
+    let mut ring: Vec<(Id, SocketAddr)> = view
+        .nodes
+        .iter()
+        .map(|m| (m.node().id, m.node().addr))
+        .collect();
+    ring.sort();
+    let copies = N.min(ring.len());
+    cluster.block_on(async {
+        let mut clients = BTreeMap::new();
+        for &(_, addr) in &ring {
+            let client = Client::connect(&addr.to_string(), CLIENT_TIMEOUT)
+                .await
+                .map_err(|e| format!("cannot connect to {addr}: {e}"))?;
+            clients.insert(addr, client);
+        }
+        let mut tasks = JoinSet::new();
+        for (key, want) in data.clone() {
+            let id = Id::hash(key.as_bytes());
+            let owner = ring.partition_point(|&(node, _)| node < id) % ring.len();
+            for k in 0..copies {
+                let addr = ring[(owner + k) % ring.len()].1;
+                let client = clients[&addr].clone();
+                let (key, want) = (key.clone(), want.clone());
+                tasks.spawn(async move {
+                    let req = Request::ReplicaRead {
+                        key: key.clone().into_bytes(),
+                    };
+                    let held = match client.call(req).await {
+                        Ok(Response::State(Some(bytes))) => Versioned::decode(&bytes)
+                            .map(|v| v.values().contains(&want.as_slice()))
+                            .unwrap_or(false),
+                        _ => false,
+                    };
+                    (!held).then_some((key, addr))
+                });
+            }
+        }
+        let mut missing = Vec::new();
+        while let Some(done) = tasks.join_next().await {
+            missing.extend(done.expect("a replica read task does not panic"));
+        }
+        missing.sort();
+        Ok(missing)
+    })
+}
+
+/// Waits until every key of `data` has all its copies on its preference list in the ring
+/// converged with `members` (see [`under_replicated`]); returns how long that took.
+fn wait_for_full_replication(cluster: &Cluster, members: &[usize], data: &Data) -> Duration {
+    let started = Instant::now();
+    let mut pending = data.clone();
+    let what = format!("{N} copies of {} keys on nodes {members:?}", data.len());
+    wait_until(CONVERGE, &what, || {
+        let missing = under_replicated(cluster, members, &pending)?;
+        // Only keys still missing a copy need asking again.
+        let keys: BTreeSet<&String> = missing.iter().map(|(key, _)| key).collect();
+        pending.retain(|key, _| keys.contains(key));
+        if missing.is_empty() {
+            Ok(())
+        } else {
+            Err(format!(
+                "{} copies of {} keys missing, e.g. {:?}",
+                missing.len(),
+                pending.len(),
+                &missing[..missing.len().min(5)]
+            ))
+        }
+    });
+    started.elapsed()
+}
+
+/// Kills node `victim` and waits until the ring has converged without it; returns how long
+/// until no ring walk from a survivor lists it any more, and how long until the ring was
+/// converged (consistent, exactly `survivors`).
+fn kill_and_wait(
+    cluster: &mut Cluster,
+    victim: usize,
+    survivors: &[usize],
+) -> (Duration, Duration) {
+    let killed = Instant::now();
+    cluster.kill_node(victim);
+    let gone_addr = cluster.addr(victim);
+    let mut gone = None;
+    wait_until(CONVERGE, &format!("the ring without node {victim}"), || {
+        let view = cluster.ring(survivors[0])?;
+        if gone.is_none() && view.nodes.iter().all(|m| m.node().addr != gone_addr) {
+            gone = Some(killed.elapsed());
+        }
+        cluster.converged(survivors).map(|_| ())
+    });
+    let converged = killed.elapsed();
+    (gone.unwrap_or(converged), converged)
+}
+
+/// Most writes the load makes in all: a bound, normally not reached before the test stops it.
+const MAX_WRITES: usize = 20_000;
+
+/// Each writer starts at most one write per this interval.
+const WRITE_PACE: Duration = Duration::from_millis(10);
+
+/// Writers per entry node.
+const WRITERS_PER_NODE: usize = 2;
+
+/// A write that did not return `Ok`: its outcome is unknown (it may or may not be stored).
+struct Failed {
+    key: String,
+    value: Vec<u8>,
+    error: Error,
+}
+
+/// A write load on its own runtime: writers that each make blind writes of fresh keys `w-{n}`
+/// (the empty context: nothing to read first, nothing to replace) through one entry node, and
+/// record which were acknowledged.
+struct Load {
+    runtime: tokio::runtime::Runtime,
+    stop: Arc<AtomicBool>,
+    acked: Arc<Mutex<Data>>,
+    writers: Vec<tokio::task::JoinHandle<Vec<Failed>>>,
+}
+
+impl Load {
+    /// Starts [`WRITERS_PER_NODE`] writers through each of `entries`.
+    fn start(cluster: &Cluster, entries: &[usize]) -> Load {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("a tokio runtime for the write load");
+        let stop = Arc::new(AtomicBool::new(false));
+        let acked = Arc::new(Mutex::new(Data::new()));
+        let next = Arc::new(AtomicUsize::new(0));
+        let mut writers = Vec::new();
+        for &entry in entries {
+            let addr = cluster.addr(entry).to_string();
+            for _ in 0..WRITERS_PER_NODE {
+                let client = runtime
+                    .block_on(Client::connect(&addr, CLIENT_TIMEOUT))
+                    .unwrap_or_else(|e| panic!("cannot connect to node {entry}: {e}"));
+                let (stop, acked, next) = (stop.clone(), acked.clone(), next.clone());
+                writers.push(runtime.spawn(write_until_stopped(client, stop, acked, next)));
+            }
+        }
+        Load {
+            runtime,
+            stop,
+            acked,
+            writers,
+        }
+    }
+
+    /// How many writes were acknowledged so far.
+    fn acked(&self) -> usize {
+        self.acked.lock().expect("no writer panicked").len()
+    }
+
+    /// A copy of the acknowledged writes so far.
+    fn acked_so_far(&self) -> Data {
+        self.acked.lock().expect("no writer panicked").clone()
+    }
+
+    /// Waits until `more` further writes were acknowledged after `since` were: the load is
+    /// being served.
+    fn wait_for_progress(&self, since: usize, more: usize, what: &str) {
+        wait_until(CONVERGE, what, || match self.acked() {
+            n if n >= since + more => Ok(()),
+            n => Err(format!("{} writes acknowledged since", n - since)),
+        });
+    }
+
+    /// Stops the writers and returns the acknowledged writes and the failed ones.
+    fn stop(self) -> (Data, Vec<Failed>) {
+        self.stop.store(true, Ordering::Relaxed);
+        let failed = self.runtime.block_on(async {
+            let mut failed = Vec::new();
+            for writer in self.writers {
+                failed.extend(writer.await.expect("a writer does not panic"));
+            }
+            failed
+        });
+        let acked = self.acked.lock().expect("no writer panicked").clone();
+        (acked, failed)
+    }
+}
+
+/// One writer: blind writes of fresh keys, paced, until `stop` is set or [`MAX_WRITES`] keys
+/// were handed out. Returns the writes that failed.
+async fn write_until_stopped(
+    client: Client,
+    stop: Arc<AtomicBool>,
+    acked: Arc<Mutex<Data>>,
+    next: Arc<AtomicUsize>,
+) -> Vec<Failed> {
+    let mut failed = Vec::new();
+    let mut pace = tokio::time::interval(WRITE_PACE);
+    pace.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        pace.tick().await;
+        if stop.load(Ordering::Relaxed) {
+            return failed;
+        }
+        let n = next.fetch_add(1, Ordering::Relaxed);
+        if n >= MAX_WRITES {
+            return failed;
+        }
+        let key = format!("w-{n}");
+        let value = format!("value of w-{n}").into_bytes();
+        match client
+            .write(key.as_bytes(), &value, &VersionVector::new())
+            .await
+        {
+            Ok(_) => {
+                acked.lock().expect("no writer panicked").insert(key, value);
+            }
+            Err(error) => failed.push(Failed { key, value, error }),
+        }
+    }
+}
+
+/// How the acknowledged writes read back through one node.
+#[derive(Default)]
+struct Audit {
+    /// Keys read back as exactly their one value.
+    exact: usize,
+    /// Keys read back as several siblings that all hold the written value: one write applied
+    /// twice (see [`retried_write_is_applied_once_even_if_the_first_owner_crashed`]). Nothing
+    /// is lost, but `get` refuses such a key until a client resolves it.
+    duplicated: Vec<String>,
+    /// Keys whose value is not among the values read (or is, beside values never written to
+    /// them): lost writes.
+    lost: Vec<String>,
+    /// Keys whose read failed.
+    failed: Vec<String>,
+}
+
+impl Audit {
+    /// `Ok` if no key was lost and no read failed; else a sample of what went wrong.
+    fn nothing_lost(&self, via: usize, total: usize) -> Result<(), String> {
+        if self.lost.is_empty() && self.failed.is_empty() {
+            return Ok(());
+        }
+        Err(format!(
+            "through node {via}, {} of {total} acknowledged writes lost and {} reads failed, \
+             e.g. {:?} {:?}",
+            self.lost.len(),
+            self.failed.len(),
+            &self.lost[..self.lost.len().min(5)],
+            &self.failed[..self.failed.len().min(5)]
+        ))
+    }
+}
+
+/// Reads every key of `data` through node `via` with `read`, which returns all siblings, and
+/// sorts the keys by outcome. `Err` if node `via` cannot be reached at all.
+fn audit(cluster: &Cluster, via: usize, data: &Data) -> Result<Audit, String> {
+    let addr = cluster.addr(via).to_string();
+    cluster.block_on(async {
+        let client = Client::connect(&addr, CLIENT_TIMEOUT)
+            .await
+            .map_err(|e| format!("cannot connect to node {via}: {e}"))?;
+        let mut tasks = JoinSet::new();
+        for (key, want) in data.clone() {
+            let client = client.clone();
+            tasks.spawn(async move {
+                let read = client.read(key.as_bytes()).await;
+                (key, want, read)
+            });
+        }
+        let mut audit = Audit::default();
+        while let Some(done) = tasks.join_next().await {
+            let (key, want, read) = done.expect("a read task does not panic");
+            match read {
+                Ok(r) if r.values == [want.clone()] => audit.exact += 1,
+                Ok(r) if !r.values.is_empty() && r.values.iter().all(|v| *v == want) => audit
+                    .duplicated
+                    .push(format!("{key}: {} copies of its value", r.values.len())),
+                Ok(r) => audit.lost.push(format!(
+                    "{key}: read {:?}, want {:?}",
+                    r.values
+                        .iter()
+                        .map(|v| String::from_utf8_lossy(v).into_owned())
+                        .collect::<Vec<_>>(),
+                    String::from_utf8_lossy(&want)
+                )),
+                Err(e) => audit.failed.push(format!("{key}: {e}")),
+            }
+        }
+        audit.duplicated.sort();
+        audit.lost.sort();
+        audit.failed.sort();
+        Ok(audit)
+    })
+}
+
+/// Audits `data` through each node of `via` and fails if any write is lost, any read fails, or
+/// any write reads as more than one sibling (applied twice) through any of them; returns the
+/// duplicated keys (none, when it returns at all), for the report.
+fn nothing_lost(cluster: &Cluster, via: &[usize], data: &Data) -> Result<Vec<String>, String> {
+    for &i in via {
+        let audit = audit(cluster, i, data)?;
+        audit.nothing_lost(i, data.len())?;
+        if !audit.duplicated.is_empty() {
+            return Err(format!(
+                "through node {i}, {} writes read as several siblings (applied twice), e.g. {:?}",
+                audit.duplicated.len(),
+                &audit.duplicated[..audit.duplicated.len().min(5)]
+            ));
+        }
+    }
+    Ok(Vec::new())
+}
+
+/// Asserts every key of `data` reads back as exactly its one value through each node of `via`,
+/// now.
+#[track_caller]
+fn assert_exact(cluster: &Cluster, via: &[usize], data: &Data) {
+    for &i in via {
+        let audit = audit(cluster, i, data).unwrap_or_else(|e| panic!("{e}"));
+        if let Err(e) = audit.nothing_lost(i, data.len()) {
+            panic!("{e}");
+        }
+        assert!(
+            audit.duplicated.is_empty(),
+            "through node {i}, {} keys have duplicate siblings, e.g. {:?}",
+            audit.duplicated.len(),
+            &audit.duplicated[..audit.duplicated.len().min(5)]
+        );
+    }
+}
+
+/// Prints a line stamped with the time since `clock`, so a run's output is a timeline.
+macro_rules! note {
+    ($clock:expr, $($arg:tt)*) => {
+        println!("[{:>8.2?}] {}", $clock.elapsed(), format_args!($($arg)*))
+    };
+}
+
+#[test]
+fn kill_dash_9_of_two_non_adjacent_nodes_under_write_load_loses_no_acknowledged_write() {
+    let clock = Instant::now();
+    let mut cluster = start(5);
+    let all = cluster.all();
+    let order = ring_order(&cluster, &cluster.wait_for_ring(&all));
+    // Around the ring from node 0: 0, a, b, c, d. Kill a, then c: not neighbours (b lies between
+    // them one way, d and 0 the other), and neither is an entry node of the writers.
+    let (first, second) = (order[1], order[3]);
+    let entries = [order[0], order[2], order[4]];
+    note!(
+        clock,
+        "ring order {order:?}: killing node {first}, then node {second}"
+    );
+
+    let load = Load::start(&cluster, &entries);
+    load.wait_for_progress(0, 200, "the load to get going");
+
+    let before_first = load.acked();
+    let after_first = without(&all, &[first]);
+    let (gone, converged) = kill_and_wait(&mut cluster, first, &after_first);
+    note!(
+        clock,
+        "node {first} SIGKILLed with {before_first} writes acknowledged: gone from the ring walk \
+         after {gone:.2?}, ring of 4 consistent after {converged:.2?}"
+    );
+    // A key whose preference list held the dead node has two copies left, or fewer in flight.
+    // A second crash is survivable without luck only once anti-entropy has restored three
+    // copies on every new preference list: wait for that, for the writes acknowledged so far.
+    let snapshot = load.acked_so_far();
+    let repaired = wait_for_full_replication(&cluster, &after_first, &snapshot);
+    note!(
+        clock,
+        "the {} writes acknowledged by then have {N} copies on their new preference lists \
+         {repaired:.2?} later",
+        snapshot.len(),
+    );
+
+    let before_second = load.acked();
+    let survivors = without(&after_first, &[second]);
+    let (gone, converged) = kill_and_wait(&mut cluster, second, &survivors);
+    note!(
+        clock,
+        "node {second} SIGKILLed with {before_second} writes acknowledged: gone from the ring \
+         walk after {gone:.2?}, ring of 3 consistent after {converged:.2?}"
+    );
+    load.wait_for_progress(
+        load.acked(),
+        100,
+        "writes to be acknowledged by the ring of 3",
+    );
+    let (acked, failed) = load.stop();
+    note!(clock, "load stopped");
+    assert!(
+        acked.len() + failed.len() < MAX_WRITES,
+        "the load ran out of keys before it was stopped; raise MAX_WRITES"
+    );
+
+    // Every acknowledged write reads back through every survivor, at once.
+    let started = Instant::now();
+    let duplicated = nothing_lost(&cluster, &survivors, &acked).unwrap_or_else(|e| panic!("{e}"));
+    let read_back = started.elapsed();
+    // Writes that failed have unknown outcomes: count those stored anyway, for the record.
+    let unacked: Data = failed
+        .iter()
+        .map(|f| (f.key.clone(), f.value.clone()))
+        .collect();
+    let stored_anyway = audit(&cluster, survivors[0], &unacked)
+        .map(|a| a.exact + a.duplicated.len())
+        .unwrap_or_else(|e| panic!("{e}"));
+    let mut errors: BTreeMap<String, usize> = BTreeMap::new();
+    for f in &failed {
+        *errors.entry(error_kind(&f.error)).or_default() += 1;
+    }
+    note!(
+        clock,
+        "acknowledged {}, lost 0, failed-unacknowledged {} ({stored_anyway} of them stored \
+         anyway; errors {errors:?}), duplicated {} {:?}; read back through nodes {survivors:?} \
+         in {read_back:.2?}",
+        acked.len(),
+        failed.len(),
+        duplicated.len(),
+        &duplicated[..duplicated.len().min(3)],
+    );
+
+    // Both crashed nodes come back on their data directories; everything reads back through
+    // every node, the restarted ones included.
+    note!(clock, "restarting nodes {first} and {second}");
+    let restarted = Instant::now();
+    cluster.restart_node(first, Some(0));
+    cluster.restart_node(second, Some(0));
+    let mut readable: BTreeMap<usize, Duration> = BTreeMap::new();
+    let mut converged = None;
+    wait_until(
+        CONVERGE,
+        "the restarted nodes to serve every acknowledged write",
+        || {
+            if converged.is_none() {
+                cluster.converged(&all)?;
+                converged = Some(restarted.elapsed());
+            }
+            for i in [first, second] {
+                if let Entry::Vacant(slot) = readable.entry(i) {
+                    nothing_lost(&cluster, &[i], &acked)?;
+                    slot.insert(restarted.elapsed());
+                }
+            }
+            Ok(())
+        },
+    );
+    let duplicated = nothing_lost(&cluster, &all, &acked).unwrap_or_else(|e| panic!("{e}"));
+    note!(
+        clock,
+        "restarted nodes {first} and {second}: ring of 5 consistent after {:.2?}; all {} \
+         acknowledged writes readable through node {first} after {:.2?} and through node \
+         {second} after {:.2?}, and through every node; duplicated {} {:?}",
+        converged.unwrap_or_default(),
+        acked.len(),
+        readable[&first],
+        readable[&second],
+        duplicated.len(),
+        &duplicated[..duplicated.len().min(3)],
+    );
+}
+
+/// The variant name of `e`, to count failures by kind.
+fn error_kind(e: &Error) -> String {
+    let debug = format!("{e:?}");
+    debug
+        .split(|c: char| !c.is_alphanumeric())
+        .next()
+        .unwrap_or_default()
+        .to_string()
+}
+
+#[test]
+fn two_adjacent_nodes_killed_reads_are_served_by_the_third_replica() {
+    let mut cluster = start(5);
+    let all = cluster.all();
+    let order = ring_order(&cluster, &cluster.wait_for_ring(&all));
+    let data = data(300);
+    put_all(&cluster, 0, &data);
+    // W = 2 acknowledged each put; the third copy follows. Wait for it, so that every key has a
+    // copy beyond the two nodes about to crash.
+    wait_for_full_replication(&cluster, &all, &data);
+
+    // Two neighbours, neither of them node 0: the keys they both hold survive only on the node
+    // after them.
+    let (a, b) = (order[2], order[3]);
+    cluster.kill_node(a);
+    cluster.kill_node(b);
+    let survivors = without(&all, &[a, b]);
+    cluster.wait_for_ring(&survivors);
+    assert_exact(&cluster, &survivors, &data);
+}
+
+#[test]
+fn concurrent_blind_writes_from_two_clients_become_siblings_not_losses() {
+    let cluster = start(5);
+    let (left, right) = (cluster.client(1), cluster.client(2));
+    let key = b"contended";
+    // Both write with the empty context: neither saw the other's version, so neither replaces it.
+    let blind = VersionVector::new();
+    let (a, b) = cluster.block_on(async {
+        tokio::join!(
+            left.write(key, b"from the left", &blind),
+            right.write(key, b"from the right", &blind),
+        )
+    });
+    let (a, b) = (a.expect("left write"), b.expect("right write"));
+    assert_ne!(a.dot, b.dot, "two writes got one dot");
+
+    // Every node returns both values, and `get`, which wants one, refuses.
+    let mut context = VersionVector::new();
+    for i in cluster.all() {
+        let client = cluster.client(i);
+        let read = cluster
+            .block_on(client.read(key))
+            .unwrap_or_else(|e| panic!("read through node {i}: {e}"));
+        let mut values = read.values.clone();
+        values.sort();
+        assert_eq!(
+            values,
+            [b"from the left".to_vec(), b"from the right".to_vec()],
+            "siblings read through node {i}"
+        );
+        let got = cluster.block_on(client.get(key));
+        assert!(matches!(got, Err(Error::Conflict(_))), "{got:?}");
+        context = read.context;
+    }
+
+    // A write with the read's context replaces both siblings: one value, through every node.
+    let resolver = cluster.client(3);
+    cluster
+        .block_on(resolver.write(key, b"merged", &context))
+        .expect("the resolving write");
+    for i in cluster.all() {
+        let read = cluster
+            .block_on(cluster.client(i).read(key))
+            .unwrap_or_else(|e| panic!("read through node {i}: {e}"));
+        assert_eq!(read.values, [b"merged".to_vec()], "through node {i}");
+    }
+}
