@@ -39,6 +39,10 @@ pub const MAX_RING_NODES: usize = 10_000;
 pub struct Client {
     channel: Channel,
     timeout: Duration,
+    /// Copies a read merges (R), if not the node's default.
+    r: Option<u8>,
+    /// Copies a write waits for (W), if not the node's default.
+    w: Option<u8>,
 }
 
 impl Client {
@@ -55,13 +59,28 @@ impl Client {
         let mut last = None;
         for candidate in resolve(addr, timeout).await? {
             match Channel::connect(candidate, Role::Client, Limits::client(), timeout).await {
-                Ok(channel) => return Ok(Client { channel, timeout }),
+                Ok(channel) => {
+                    return Ok(Client {
+                        channel,
+                        timeout,
+                        r: None,
+                        w: None,
+                    });
+                }
                 Err(e) => last = Some(e),
             }
         }
         Err(last.unwrap_or_else(|| {
             Error::InvalidInput(format!("bad address {addr:?}: it resolves to no address"))
         }))
+    }
+
+    /// This client with per-request quorums: reads merge `r` copies and writes wait for `w`
+    /// copies (each within 1..=N; the node refuses others), instead of the node's defaults.
+    pub fn with_quorums(mut self, r: Option<u8>, w: Option<u8>) -> Client {
+        self.r = r;
+        self.w = w;
+        self
     }
 
     /// The address of the node this client talks to.
@@ -83,7 +102,11 @@ impl Client {
     /// # Errors
     /// As [`Client::call`]; [`Error::InvalidData`] if the node answers something else.
     pub async fn read(&self, key: &[u8]) -> Result<ReadReply> {
-        match self.call(Request::Get { key: key.to_vec() }).await? {
+        let req = Request::Get {
+            key: key.to_vec(),
+            r: self.r,
+        };
+        match self.call(req).await? {
             Response::Read(reply) => Ok(reply),
             other => Err(unexpected("get", &other)),
         }
@@ -106,6 +129,7 @@ impl Client {
             key: key.to_vec(),
             value: value.to_vec(),
             context: context.clone(),
+            w: self.w,
         };
         match self.call(req).await? {
             Response::Written { dot, existed } => Ok(Written { dot, existed }),
@@ -123,6 +147,7 @@ impl Client {
         let req = Request::Delete {
             key: key.to_vec(),
             context: context.clone(),
+            w: self.w,
         };
         match self.call(req).await? {
             Response::Written { dot, existed } => Ok(Written { dot, existed }),

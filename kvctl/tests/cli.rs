@@ -79,9 +79,10 @@ fn answer(req: Request, me: NodeRef, store: &Store) -> Result<Response> {
             key,
             value,
             context,
+            ..
         } => write(key, Some(value), context),
-        Request::Delete { key, context } => write(key, None, context),
-        Request::Get { key } => {
+        Request::Delete { key, context, .. } => write(key, None, context),
+        Request::Get { key, .. } => {
             let state = store.get(&key).cloned().unwrap_or_default();
             Ok(Response::Read(ReadReply {
                 values: state.values().into_iter().map(<[u8]>::to_vec).collect(),

@@ -124,6 +124,8 @@ pub enum Request {
     StoreGet {
         /// The key.
         key: Vec<u8>,
+        /// Copies to merge before answering (R), if not the node's default.
+        r: Option<u8>,
     },
     /// Write a new version of `key` as its owner: [`Response::Written`]. The owner makes the
     /// event (its dot), superseding the versions `context` covers. [`Error::WrongOwner`] if it
@@ -138,6 +140,8 @@ pub enum Request {
         /// Chosen by the coordinator and kept across its retries: the owner applies a write id
         /// at most once and answers a retry with the first answer.
         write_id: WriteId,
+        /// Copies to store before acknowledging (W), if not the node's default.
+        w: Option<u8>,
     },
 
     /// Replication: merge these versioned states (key, encoded state) into your copies.
@@ -171,6 +175,8 @@ pub enum Request {
     Get {
         /// The key.
         key: Vec<u8>,
+        /// Copies to merge before answering (R, 1..=N), if not the node's default.
+        r: Option<u8>,
     },
     /// Write a key wherever it lives: [`Response::Written`]. The write replaces the versions
     /// `context` covers (pass the context of a read to overwrite what it returned); versions it
@@ -182,6 +188,8 @@ pub enum Request {
         value: Vec<u8>,
         /// The causal context of the versions this write replaces.
         context: VersionVector,
+        /// Copies to store before acknowledging (W, 1..=N), if not the node's default.
+        w: Option<u8>,
     },
     /// Delete a key wherever it lives: writes a tombstone version that replaces what `context`
     /// covers. [`Response::Written`].
@@ -190,6 +198,8 @@ pub enum Request {
         key: Vec<u8>,
         /// The causal context of the versions this delete replaces.
         context: VersionVector,
+        /// Copies to store before acknowledging (W, 1..=N), if not the node's default.
+        w: Option<u8>,
     },
     /// Find the owner of a key: [`Response::Lookup`].
     Lookup {

@@ -315,10 +315,10 @@ impl Limits {
     /// As [`Limits::check_key`] and [`Limits::check_value`], for the first offender.
     pub fn check_request(&self, req: &Request) -> Result<()> {
         match req {
-            Request::Get { key }
+            Request::Get { key, .. }
             | Request::Delete { key, .. }
             | Request::Lookup { key }
-            | Request::StoreGet { key } => self.check_key(key),
+            | Request::StoreGet { key, .. } => self.check_key(key),
             Request::Put { key, value, .. }
             | Request::StoreWrite {
                 key,
@@ -918,7 +918,10 @@ mod tests {
     const T: Duration = Duration::from_secs(5);
 
     fn get(key: &[u8]) -> Request {
-        Request::Get { key: key.to_vec() }
+        Request::Get {
+            key: key.to_vec(),
+            r: None,
+        }
     }
 
     fn frame(envelope: &Envelope) -> Vec<u8> {
@@ -1035,6 +1038,7 @@ mod tests {
                 key: b"k".to_vec(),
                 value: vec![7; 2000],
                 context: VersionVector::new(),
+                w: None,
             },
         };
         match encode_frame(&big, 1024) {
@@ -1072,11 +1076,13 @@ mod tests {
             key: k.to_vec(),
             value: v.to_vec(),
             context: VersionVector::new(),
+            w: None,
         };
         let store_write = |k: &[u8], v: Option<Vec<u8>>| Request::StoreWrite {
             key: k.to_vec(),
             value: v,
             context: VersionVector::new(),
+            w: None,
             write_id: WriteId {
                 coordinator: node_ref().id,
                 incarnation: 1,
@@ -1100,11 +1106,18 @@ mod tests {
                 Request::Delete {
                     key: vec![],
                     context: VersionVector::new(),
+                    w: None,
                 },
                 Err(empty()),
             ),
             (Request::Lookup { key: vec![1; 5] }, Err(key_too_large())),
-            (Request::StoreGet { key: vec![1; 5] }, Err(key_too_large())),
+            (
+                Request::StoreGet {
+                    key: vec![1; 5],
+                    r: None,
+                },
+                Err(key_too_large()),
+            ),
             (store_write(b"", None), Err(empty())),
             (store_write(b"k", None), Ok(())),
             (put(b"k", b"12345678"), Ok(())),
@@ -1152,6 +1165,7 @@ mod tests {
                 key: vec![0xff; limits.max_key],
                 value: vec![0xff; limits.max_value],
                 context: VersionVector::new(),
+                w: None,
             },
         };
         let encoded = encode_frame(&put, limits.max_frame).expect("fits");
@@ -1223,6 +1237,7 @@ mod tests {
                     key: format!("key{id}").into_bytes(),
                     value: vec![id as u8; 100 * id as usize],
                     context: VersionVector::new(),
+                    w: None,
                 },
             })
             .collect();
@@ -1290,7 +1305,7 @@ mod tests {
     fn answer(req: Request) -> Result<Response> {
         match req {
             Request::Ping => Ok(Response::Pong { node: node_ref() }),
-            Request::Get { key } => Ok(Response::State(Some(key))),
+            Request::Get { key, .. } => Ok(Response::State(Some(key))),
             _ => Err(Error::WrongOwner),
         }
     }

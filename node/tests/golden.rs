@@ -131,6 +131,7 @@ impl Runner {
                     key: key.as_bytes().to_vec(),
                     value: value.as_bytes().to_vec(),
                     context,
+                    w: None,
                 };
                 out += &answer(self.sim().request(via, req, 30_000));
             }
@@ -140,6 +141,7 @@ impl Runner {
                     key: key.as_bytes().to_vec(),
                     value: value.as_bytes().to_vec(),
                     context: VersionVector::new(),
+                    w: None,
                 };
                 out += &answer(self.sim().request(via, req, 30_000));
             }
@@ -147,6 +149,7 @@ impl Runner {
                 let via = node(via.first(), 0);
                 let req = Request::Get {
                     key: key.as_bytes().to_vec(),
+                    r: None,
                 };
                 out += &answer(self.sim().request(via, req, 30_000));
             }
@@ -156,6 +159,7 @@ impl Runner {
                 let req = Request::Delete {
                     key: key.as_bytes().to_vec(),
                     context,
+                    w: None,
                 };
                 out += &answer(self.sim().request(via, req, 30_000));
             }
@@ -205,6 +209,7 @@ impl Runner {
     fn context(&mut self, key: &str, via: usize) -> VersionVector {
         let req = Request::Get {
             key: key.as_bytes().to_vec(),
+            r: None,
         };
         match self.sim().request(via, req, 30_000) {
             Ok(Response::Read(r)) => r.context,

@@ -21,7 +21,14 @@ fn write(sim: &mut Sim, via: usize, key: Vec<u8>, blind: bool, h: &mut History, 
     let context = if blind {
         VersionVector::new()
     } else {
-        match sim.request(via, Request::Get { key: key.clone() }, 15_000) {
+        match sim.request(
+            via,
+            Request::Get {
+                key: key.clone(),
+                r: None,
+            },
+            15_000,
+        ) {
             Ok(Response::Read(r)) => r.context,
             _ => return,
         }
@@ -33,6 +40,7 @@ fn write(sim: &mut Sim, via: usize, key: Vec<u8>, blind: bool, h: &mut History, 
         key,
         value,
         context,
+        w: None,
     };
     if let Ok(Response::Written { dot, .. }) = sim.request(via, req, 15_000) {
         h.record_ack(id, dot);
@@ -261,6 +269,7 @@ fn a_write_applied_by_a_crashed_owner_and_again_on_retry_reads_as_one_version() 
         key: key.clone(),
         value: b"v".to_vec(),
         context: VersionVector::new(),
+        w: None,
     };
     let token = sim.submit(coordinator, put);
     assert!(
@@ -289,7 +298,14 @@ fn a_write_applied_by_a_crashed_owner_and_again_on_retry_reads_as_one_version() 
     sim.restart(owner, Some(coordinator));
     assert!(sim.run_until(30_000, |s| s.ring_errors(false).is_empty()));
     sim.run_for(10_000);
-    match sim.request(coordinator, Request::Get { key: key.clone() }, 10_000) {
+    match sim.request(
+        coordinator,
+        Request::Get {
+            key: key.clone(),
+            r: None,
+        },
+        10_000,
+    ) {
         Ok(Response::Read(read)) => assert_eq!(
             read.values,
             [b"v".to_vec()],
@@ -298,4 +314,40 @@ fn a_write_applied_by_a_crashed_owner_and_again_on_retry_reads_as_one_version() 
         ),
         other => panic!("read: {other:?}"),
     }
+}
+
+/// Per-request quorums (`r`, `w`): an owner cut off from its replicas still acknowledges a
+/// write asked for one copy, never one asked for three, and a quorum beyond N is refused.
+#[test]
+fn per_request_write_quorums_are_honoured_and_bounded_by_n() {
+    let mut sim = Sim::new(SimOptions::default());
+    sim.add_node(None);
+    for _ in 1..5 {
+        sim.add_node(Some(0));
+        sim.run_for(50);
+    }
+    assert!(sim.run_until(60_000, |s| s.ring_errors(false).is_empty()));
+    let key = b"quorum".to_vec();
+    let owner = sim.owner_of(&key).expect("a live owner");
+    let put = |w: Option<u8>, value: &[u8]| Request::Put {
+        key: key.clone(),
+        value: value.to_vec(),
+        context: VersionVector::new(),
+        w,
+    };
+    let refused = sim.request(owner, put(Some(4), b"x"), 5_000);
+    assert!(
+        matches!(refused, Err(chordkv_node::Error::InvalidInput(_))),
+        "{refused:?}"
+    );
+    // The owner can no longer reach any other node.
+    let rest: Vec<usize> = (0..5).filter(|&i| i != owner).collect();
+    sim.partition(&[owner], &rest);
+    let one = sim.request(owner, put(Some(1), b"one copy"), 5_000);
+    assert!(matches!(one, Ok(Response::Written { .. })), "{one:?}");
+    let three = sim.request(owner, put(Some(3), b"three copies"), 20_000);
+    assert!(
+        three.is_err(),
+        "acknowledged without its replicas: {three:?}"
+    );
 }

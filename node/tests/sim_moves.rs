@@ -21,7 +21,14 @@ fn op(sim: &mut Sim, live: &[usize], history: &mut History, rng: &mut StdRng, se
     let via = live[rng.random_range(0..live.len())];
     // Most writers read first and replace what they saw; some write blind, concurrently.
     let context = if rng.random_bool(0.7) {
-        match sim.request(via, Request::Get { key: key.clone() }, 20_000) {
+        match sim.request(
+            via,
+            Request::Get {
+                key: key.clone(),
+                r: None,
+            },
+            20_000,
+        ) {
             Ok(Response::Read(r)) => r.context,
             _ => return,
         }
@@ -38,8 +45,13 @@ fn op(sim: &mut Sim, live: &[usize], history: &mut History, rng: &mut StdRng, se
             key,
             value,
             context,
+            w: None,
         },
-        None => Request::Delete { key, context },
+        None => Request::Delete {
+            key,
+            context,
+            w: None,
+        },
     };
     if let Ok(Response::Written { dot, .. }) = sim.request(via, req, 20_000) {
         history.record_ack(id, dot);

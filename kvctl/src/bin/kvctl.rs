@@ -45,6 +45,14 @@ struct Cli {
     #[arg(long, global = true, default_value = "5", value_name = "SECS", value_parser = parse_timeout)]
     timeout: Duration,
 
+    /// Copies a read merges before answering (R, 1..=N; default: the node's).
+    #[arg(long, global = true, value_name = "R")]
+    r: Option<u8>,
+
+    /// Copies a write waits for before it is acknowledged (W, 1..=N; default: the node's).
+    #[arg(long, global = true, value_name = "W")]
+    w: Option<u8>,
+
     #[command(subcommand)]
     command: Command,
 }
@@ -144,7 +152,8 @@ async fn run(cli: &Cli) -> anyhow::Result<Outcome> {
     };
     let client = Client::connect(&cli.node, cli.timeout)
         .await
-        .map_err(|e| connect_error(&cli.node, e))?;
+        .map_err(|e| connect_error(&cli.node, e))?
+        .with_quorums(cli.r, cli.w);
     match &cli.command {
         Command::Put { key, value, .. } => {
             let value = if value == "-" {

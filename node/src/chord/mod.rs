@@ -778,8 +778,8 @@ impl<S: Storage> Chord<S> {
                 deletes,
                 leaving,
             } => self.on_transfer(from, items, deletes, leaving),
-            Request::StoreGet { key } => match self.check_serving(&key) {
-                Ok(()) => return self.coordinate_read(Responder::Conn { conn, id }, key),
+            Request::StoreGet { key, r } => match self.check_serving(&key) {
+                Ok(()) => return self.coordinate_read(Responder::Conn { conn, id }, key, r),
                 Err(e) => Err(e),
             },
             Request::StoreWrite {
@@ -787,16 +787,27 @@ impl<S: Storage> Chord<S> {
                 value,
                 context,
                 write_id,
+                w,
             } => match self.check_serving(&key) {
                 Ok(()) => {
                     let responder = Responder::Conn { conn, id };
-                    return self.coordinate_write(responder, key, value, context, write_id);
+                    return self.coordinate_write(responder, key, value, context, write_id, w);
                 }
                 Err(e) => Err(e),
             },
             Request::Replicate { items } => self.on_replicate(items),
             Request::ReplicaRead { key } => self.on_replica_read(&key),
             Request::SyncDigest { from, to, digests } => self.on_sync_digest(from, to, digests),
+            Request::Get { r: Some(q), .. }
+            | Request::Put { w: Some(q), .. }
+            | Request::Delete { w: Some(q), .. }
+                if q == 0 || usize::from(q) > self.opts.replicas =>
+            {
+                Err(Error::InvalidInput(format!(
+                    "a quorum of {q} is outside 1..={}: there are {} copies of each key",
+                    self.opts.replicas, self.opts.replicas
+                )))
+            }
             Request::Get { .. } | Request::Put { .. } | Request::Delete { .. } => {
                 if !self.joined {
                     Err(Error::Unavailable("node is still joining the ring".into()))
@@ -1558,7 +1569,9 @@ impl<S: Storage> Chord<S> {
             );
         }
         let key = match &op.request {
-            Request::Get { key } | Request::Put { key, .. } | Request::Delete { key, .. } => key,
+            Request::Get { key, .. } | Request::Put { key, .. } | Request::Delete { key, .. } => {
+                key
+            }
             _ => return,
         };
         let target = Id::hash(key);
@@ -1568,40 +1581,44 @@ impl<S: Storage> Chord<S> {
 
     fn forward_to_owner(&mut self, op: ClientOp, owner: NodeRef) {
         let store = match op.request.clone() {
-            Request::Get { key } => Request::StoreGet { key },
+            Request::Get { key, r } => Request::StoreGet { key, r },
             Request::Put {
                 key,
                 value,
                 context,
+                w,
             } => Request::StoreWrite {
                 key,
                 value: Some(value),
                 context,
                 write_id: op.write_id,
+                w,
             },
-            Request::Delete { key, context } => Request::StoreWrite {
+            Request::Delete { key, context, w } => Request::StoreWrite {
                 key,
                 value: None,
                 context,
                 write_id: op.write_id,
+                w,
             },
             _ => return,
         };
         if owner.id == self.me.id {
             if let Err(e) = self.check_serving(match &store {
-                Request::StoreGet { key } | Request::StoreWrite { key, .. } => key,
+                Request::StoreGet { key, .. } | Request::StoreWrite { key, .. } => key,
                 _ => return,
             }) {
                 return self.finish_client_op(op, Err(e));
             }
             return match store {
-                Request::StoreGet { key } => self.coordinate_read(Responder::Local(op), key),
+                Request::StoreGet { key, r } => self.coordinate_read(Responder::Local(op), key, r),
                 Request::StoreWrite {
                     key,
                     value,
                     context,
                     write_id,
-                } => self.coordinate_write(Responder::Local(op), key, value, context, write_id),
+                    w,
+                } => self.coordinate_write(Responder::Local(op), key, value, context, write_id, w),
                 _ => {}
             };
         }

@@ -27,8 +27,12 @@
 //!
 //! CAVEATS
 //!
-//! In a ring with fewer than `N` nodes a key has fewer copies; the quorums shrink to what exists
-//! and the node says so ([`crate::message::NodeStatus::replicas`]). Copies that fall outside a
+//! In a ring with fewer than `N` nodes a key has fewer copies; the default quorums shrink to what
+//! exists and the node says so ([`crate::message::NodeStatus::replicas`]). A node cut off by a
+//! partition cannot tell that from a small ring: it too acknowledges with the copies it has,
+//! which survive on its disk and merge back after the heal, but are fewer than W until then. A
+//! client that needs W copies whatever happens passes `w` (and `r`) explicitly: an explicit
+//! quorum is never shrunk, and a request that cannot meet it fails. Copies that fall outside a
 //! key's preference list after the ring changes are kept in sync but not yet collected. A replica
 //! that was down is repaired by anti-entropy rather than by hinted handoff. Tombstones are not
 //! collected yet.
@@ -92,6 +96,19 @@ impl<S: Storage> Chord<S> {
             .collect()
     }
 
+    /// How many replicas (besides us) a request must hear from. A quorum the client asked for
+    /// is kept as asked (`None` if it cannot be met: too few nodes); the default quorum shrinks
+    /// to the copies that exist, so a ring smaller than N (a single node, say) still works.
+    fn replicas_needed(&self, asked: Option<u8>, default: usize, targets: usize) -> Option<usize> {
+        match asked {
+            Some(q) => {
+                let q = usize::from(q).max(1);
+                (q <= 1 + targets).then(|| q - 1)
+            }
+            None => Some(default.clamp(1, 1 + targets) - 1),
+        }
+    }
+
     /// How many copies our keys have right now (ourselves included), at most `N`.
     pub fn replicas_available(&self) -> usize {
         1 + self.replica_targets().len()
@@ -105,6 +122,7 @@ impl<S: Storage> Chord<S> {
         value: Option<Vec<u8>>,
         context: VersionVector,
         write_id: WriteId,
+        w: Option<u8>,
     ) {
         if self
             .writes
@@ -127,7 +145,14 @@ impl<S: Storage> Chord<S> {
             },
         };
         let targets = self.replica_targets();
-        let needed = self.opts.write_quorum.clamp(1, 1 + targets.len()) - 1;
+        let Some(needed) = self.replicas_needed(w, self.opts.write_quorum, targets.len()) else {
+            let e = Error::Unavailable(format!(
+                "the write asked for {} copies and only {} nodes are reachable",
+                w.unwrap_or(0),
+                1 + targets.len()
+            ));
+            return self.answer(responder, Err(e));
+        };
         let state = match self.read_versions(&key) {
             Ok(state) => state.encode(),
             Err(e) => return self.answer(responder, Err(e)),
@@ -191,13 +216,20 @@ impl<S: Storage> Chord<S> {
     }
 
     /// Coordinate a read as the owner: our copy merged with `R − 1` replicas' copies.
-    pub(super) fn coordinate_read(&mut self, responder: Responder, key: Vec<u8>) {
+    pub(super) fn coordinate_read(&mut self, responder: Responder, key: Vec<u8>, r: Option<u8>) {
         let merged = match self.read_versions(&key) {
             Ok(state) => state,
             Err(e) => return self.answer(responder, Err(e)),
         };
         let targets = self.replica_targets();
-        let needed = self.opts.read_quorum.clamp(1, 1 + targets.len()) - 1;
+        let Some(needed) = self.replicas_needed(r, self.opts.read_quorum, targets.len()) else {
+            let e = Error::Unavailable(format!(
+                "the read asked for {} copies and only {} nodes are reachable",
+                r.unwrap_or(0),
+                1 + targets.len()
+            ));
+            return self.answer(responder, Err(e));
+        };
         let mut r = ReadOp {
             responder,
             copies: vec![(self.me, merged.digest())],
