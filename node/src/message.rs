@@ -208,6 +208,13 @@ pub enum Request {
     },
     /// Describe yourself: [`Response::Status`]. `kvctl ring` walks the ring with it.
     Status,
+    /// Fault injection for tests: from now on, silently drop every request this node sends to
+    /// `peers` (an empty list heals), as a network partition would. Refused with
+    /// [`Error::InvalidInput`] unless the node runs with `--allow-fault-injection`.
+    Block {
+        /// The peers to cut this node off from.
+        peers: Vec<SocketAddr>,
+    },
 }
 
 /// Everything a node can answer.
@@ -342,6 +349,7 @@ impl Request {
             Request::Delete { .. } => "delete",
             Request::Lookup { .. } => "lookup",
             Request::Status => "status",
+            Request::Block { .. } => "block",
         }
     }
 }

@@ -32,7 +32,7 @@ use crate::id::Id;
 use crate::message::{Envelope, NodeRef, Request, RequestId, Response};
 use crate::storage::{SledStorage, Storage};
 use crate::wire::{self, Channel, FrameReader, FrameWriter, Limits, Role};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -65,6 +65,8 @@ pub struct Config {
     pub leave_timeout: Duration,
     /// When an acknowledgement may leave relative to the flush of its write.
     pub durability: Durability,
+    /// Whether [`Request::Block`] (a simulated partition, for tests) is honoured.
+    pub allow_fault_injection: bool,
 }
 
 /// How writes are made durable before they are acknowledged.
@@ -97,6 +99,7 @@ impl Config {
             tick: Duration::from_millis(20),
             leave_timeout: Duration::from_secs(30),
             durability: Durability::Group,
+            allow_fault_injection: false,
         }
     }
 }
@@ -235,8 +238,13 @@ pub async fn run(
     }
 
     let (tx, mut rx) = mpsc::channel::<Input>(4096);
-    let accept = tokio::spawn(accept_loop(listener, tx.clone(), config.clone()));
     let peers = Peers::new(config.clone(), tx.clone());
+    let accept = tokio::spawn(accept_loop(
+        listener,
+        tx.clone(),
+        config.clone(),
+        peers.clone(),
+    ));
     let mut conns: HashMap<ConnId, mpsc::Sender<Envelope>> = HashMap::new();
     let mut ticker = tokio::time::interval(config.tick);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
@@ -441,6 +449,8 @@ type Slot = Arc<Mutex<Option<Channel>>>;
 #[derive(Clone)]
 struct Peers {
     config: Config,
+    /// Peers we pretend we cannot reach (fault injection).
+    blocked: Arc<std::sync::Mutex<HashSet<SocketAddr>>>,
     pool: Arc<Mutex<HashMap<SocketAddr, Slot>>>,
     inputs: mpsc::Sender<Input>,
 }
@@ -449,6 +459,7 @@ impl Peers {
     fn new(config: Config, inputs: mpsc::Sender<Input>) -> Peers {
         Peers {
             config,
+            blocked: Arc::default(),
             pool: Arc::default(),
             inputs,
         }
@@ -465,6 +476,13 @@ impl Peers {
 
     async fn call(&self, to: SocketAddr, request: Request) -> Result<Response> {
         let timeout = Duration::from_millis(self.config.chord.rpc_timeout);
+        if self.is_blocked(to) {
+            // A partition is silence, not a refusal.
+            tokio::time::sleep(timeout).await;
+            return Err(Error::Timeout(format!(
+                "{to} did not answer (fault injection)"
+            )));
+        }
         let slot = self.pool.lock().await.entry(to).or_default().clone();
         let channel = {
             let mut slot = slot.lock().await;
@@ -481,8 +499,28 @@ impl Peers {
     }
 }
 
+impl Peers {
+    fn is_blocked(&self, to: SocketAddr) -> bool {
+        self.blocked
+            .lock()
+            .map(|b| b.contains(&to))
+            .unwrap_or(false)
+    }
+
+    fn block(&self, peers: Vec<SocketAddr>) {
+        if let Ok(mut b) = self.blocked.lock() {
+            *b = peers.into_iter().collect();
+        }
+    }
+}
+
 /// Accept connections, bounded by a semaphore, each served by [`serve_connection`].
-async fn accept_loop(listener: TcpListener, inputs: mpsc::Sender<Input>, config: Config) {
+async fn accept_loop(
+    listener: TcpListener,
+    inputs: mpsc::Sender<Input>,
+    config: Config,
+    peers: Peers,
+) {
     let permits = Arc::new(Semaphore::new(config.max_connections));
     let mut next_conn: ConnId = 1;
     loop {
@@ -500,10 +538,14 @@ async fn accept_loop(listener: TcpListener, inputs: mpsc::Sender<Input>, config:
         let permit = permits.clone().try_acquire_owned();
         let inputs = inputs.clone();
         let limits = config.limits;
+        let (config, peers) = (config.clone(), peers.clone());
         tokio::spawn(async move {
             let _ = stream.set_nodelay(true);
             match permit {
-                Ok(_permit) => serve_connection(stream, peer, conn, inputs, limits).await,
+                Ok(_permit) => {
+                    let faults = config.allow_fault_injection.then_some(peers);
+                    serve_connection(stream, peer, conn, inputs, limits, faults).await
+                }
                 Err(_) => refuse(stream, limits, "too many connections; retry later").await,
             }
         });
@@ -536,6 +578,7 @@ async fn serve_connection(
     conn: ConnId,
     inputs: mpsc::Sender<Input>,
     limits: Limits,
+    faults: Option<Peers>,
 ) {
     let role = match wire::read_hello(&mut stream, Duration::from_secs(5)).await {
         Ok(role) => role,
@@ -588,6 +631,23 @@ async fn serve_connection(
     loop {
         match reader.read_frame().await {
             Ok(None) => break,
+            Ok(Some(Envelope::Request {
+                id,
+                body: Request::Block { peers },
+            })) => {
+                let body = match &faults {
+                    Some(p) => {
+                        warn!(%peer, blocked = ?peers, "fault injection: dropping traffic to peers");
+                        p.block(peers);
+                        Ok(Response::Ack)
+                    }
+                    None => Err(Error::InvalidInput(
+                        "fault injection is disabled; start the node with --allow-fault-injection"
+                            .into(),
+                    )),
+                };
+                let _ = tx.send(Envelope::Response { id, body }).await;
+            }
             Ok(Some(Envelope::Request { id, body })) => {
                 metrics::counter!("chordkv_messages_in_total", "kind" => body.kind()).increment(1);
                 if let Err(e) = limits.check_request(&body) {

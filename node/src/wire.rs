@@ -350,6 +350,7 @@ impl Limits {
             | Request::Leaving { .. }
             | Request::Adopted { .. }
             | Request::FailureNotice { .. }
+            | Request::Block { .. }
             | Request::SyncDigest { .. }
             | Request::Status => Ok(()),
         }

@@ -83,6 +83,9 @@ struct Args {
     /// process can lose the last ~500 ms of acknowledged writes on this node).
     #[arg(long, default_value = "group", value_parser = ["group", "per-write", "relaxed"])]
     durability: String,
+    /// Honour fault-injection requests (a simulated partition) from any client. For tests only.
+    #[arg(long, hide = true)]
+    allow_fault_injection: bool,
     /// Serve Prometheus metrics over HTTP on this address (e.g. 127.0.0.1:9100).
     #[arg(long)]
     metrics: Option<SocketAddr>,
@@ -133,6 +136,7 @@ fn run(args: Args) -> Result<(), String> {
     config.bootstrap = args.bootstrap;
     config.node_id = args.node_id;
     config.max_connections = args.max_connections.max(1);
+    config.allow_fault_injection = args.allow_fault_injection;
     config.durability = match args.durability.as_str() {
         "per-write" => Durability::PerWrite,
         "relaxed" => Durability::Relaxed,

@@ -841,6 +841,10 @@ impl<S: Storage> Chord<S> {
                 }
             }
             Request::Status => Ok(Response::Status(self.status())),
+            // Fault injection is the transport's business; the server answers it.
+            Request::Block { .. } => Err(Error::InvalidInput(
+                "fault injection is handled by the server".into(),
+            )),
         };
         self.outbox
             .push_back(Output::Respond { conn, id, response });
