@@ -54,6 +54,13 @@ struct Args {
     /// neighbour that was suspected wrongly).
     #[arg(long, default_value_t = 1000)]
     heartbeat_timeout_ms: u64,
+    /// Anti-entropy interval: how often a node compares a range with one replica, ms.
+    #[arg(long, default_value_t = 1000)]
+    sync_ms: u64,
+    /// How often a node looks itself up through a node it lost (merging rings after a
+    /// partition heals), ms.
+    #[arg(long, default_value_t = 5000)]
+    merge_ms: u64,
     /// Copies of every key (N).
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..=16))]
     replicas: u16,
@@ -152,6 +159,8 @@ fn run(args: Args) -> Result<(), String> {
             max_timeout: (args.heartbeat_timeout_ms.max(1) * 10).max(10_000),
             ..DetectorOptions::default()
         },
+        sync_interval: args.sync_ms.max(1),
+        merge_interval: args.merge_ms.max(1),
         replicas: usize::from(args.replicas),
         write_quorum: usize::from(args.write_quorum),
         read_quorum: usize::from(args.read_quorum),
