@@ -11,6 +11,7 @@
 
 use crate::chord::{Chord, ConnId, Event, Options, Output};
 use crate::error::{Error, Result};
+use crate::history::History;
 use crate::id::{BITS, Id, in_half_open};
 use crate::message::{NodeRef, Request, RequestId, Response};
 use crate::storage::{MemoryStorage, Storage};
@@ -538,6 +539,45 @@ impl Sim {
             }
         }
         Ok(merged)
+    }
+
+    /// Run until every successor list and predecessor is exact, checking every 100 ms, for at
+    /// most `max_ms`; returns whether it got there.
+    pub fn settle(&mut self, max_ms: u64) -> bool {
+        self.run_until(max_ms, |s| {
+            s.now() % 100 == 0 && s.ring_errors(false).is_empty()
+        })
+    }
+
+    /// Judge a client history against the data: every written key must have converged on its
+    /// `replicas` copies ([`Sim::converged_state`]), and the history checker must find no lost,
+    /// duplicated or phantom write in those states.
+    ///
+    /// # Errors
+    /// The first key that has not converged, or the checker's first violation and their count.
+    pub fn check_history(&self, history: &mut History, replicas: usize) -> Result<()> {
+        let keys: BTreeSet<Vec<u8>> = history.writes().iter().map(|w| w.key.clone()).collect();
+        for key in keys {
+            let state = self.converged_state(&key, replicas)?;
+            history.record_final_state(&key, &state);
+        }
+        let violations = crate::history::check(history);
+        let Some(first) = violations.first() else {
+            return Ok(());
+        };
+        // Name the writes to the first key in trouble, to start the diagnosis from.
+        let text = first.to_string();
+        let writes: Vec<String> = history
+            .writes()
+            .iter()
+            .filter(|w| text.contains(&format!("{:?}", String::from_utf8_lossy(&w.key))))
+            .take(10)
+            .map(|w| format!("{w:?}"))
+            .collect();
+        Err(Error::InvalidData(format!(
+            "{} violations, first: {first}; writes to that key: {writes:#?}",
+            violations.len()
+        )))
     }
 
     /// Whether `id` lies in node `i`'s believed range `(pred, self]`.

@@ -7,13 +7,12 @@
 //! `CHORDKV_SEEDS=200` runs more.
 
 use chordkv_node::chord::Options;
-use chordkv_node::history::{self, History};
+use chordkv_node::history::History;
 use chordkv_node::message::{Request, Response};
 use chordkv_node::sim::{Sim, SimOptions};
 use chordkv_node::version::VersionVector;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use std::collections::BTreeSet;
 
 const NODES: usize = 8;
 
@@ -71,11 +70,7 @@ fn run(seed: u64) {
         sim.add_node(Some(0));
         sim.run_for(200);
     }
-    assert!(
-        sim.run_until(60_000, |s| s.now() % 100 == 0
-            && s.ring_errors(false).is_empty()),
-        "seed {seed}: ring did not form"
-    );
+    assert!(sim.settle(60_000), "seed {seed}: ring did not form");
     let mut h = History::new();
     let mut seq = 0u64;
     let mut down: Vec<usize> = Vec::new();
@@ -116,26 +111,14 @@ fn run(seed: u64) {
     }
     sim.set_drop_rate(0.0);
     assert!(
-        sim.run_until(120_000, |s| s.now() % 100 == 0
-            && s.ring_errors(false).is_empty()),
+        sim.settle(120_000),
         "seed {seed}: ring did not heal: {:?}",
         sim.ring_errors(false)
     );
     sim.run_for(20_000); // anti-entropy
-    let keys: BTreeSet<Vec<u8>> = h.writes().iter().map(|w| w.key.clone()).collect();
-    for key in keys {
-        match sim.converged_state(&key, 3) {
-            Ok(state) => h.record_final_state(&key, &state),
-            Err(e) => panic!("seed {seed}: {e}"),
-        }
+    if let Err(e) = sim.check_history(&mut h, 3) {
+        panic!("seed {seed}: {e}");
     }
-    let violations = history::check(&h);
-    assert!(
-        violations.is_empty(),
-        "seed {seed}: {} violations, first: {}",
-        violations.len(),
-        violations[0]
-    );
     let acked = h.writes().iter().filter(|w| w.ack.is_some()).count();
     assert!(acked > 50, "seed {seed}: only {acked} writes acknowledged");
 }
@@ -166,11 +149,7 @@ fn run_partition(seed: u64) {
         sim.add_node(Some(0));
         sim.run_for(200);
     }
-    assert!(
-        sim.run_until(60_000, |s| s.now() % 100 == 0
-            && s.ring_errors(false).is_empty()),
-        "seed {seed}: ring did not form"
-    );
+    assert!(sim.settle(60_000), "seed {seed}: ring did not form");
     let mut h = History::new();
     let mut seq = 0u64;
     let (a, b): (Vec<usize>, Vec<usize>) = (0..NODES).partition(|_| rng.random_bool(0.5));
@@ -203,26 +182,14 @@ fn run_partition(seed: u64) {
         );
     }
     assert!(
-        sim.run_until(180_000, |s| s.now() % 100 == 0
-            && s.ring_errors(false).is_empty()),
+        sim.settle(180_000),
         "seed {seed}: the two sides did not merge back into one ring: {:?}",
         sim.ring_errors(false)
     );
     sim.run_for(20_000); // anti-entropy
-    let keys: BTreeSet<Vec<u8>> = h.writes().iter().map(|w| w.key.clone()).collect();
-    for key in keys {
-        match sim.converged_state(&key, 3) {
-            Ok(state) => h.record_final_state(&key, &state),
-            Err(e) => panic!("seed {seed}: {e}"),
-        }
+    if let Err(e) = sim.check_history(&mut h, 3) {
+        panic!("seed {seed}: {e}");
     }
-    let violations = history::check(&h);
-    assert!(
-        violations.is_empty(),
-        "seed {seed}: {} violations, first: {}",
-        violations.len(),
-        violations[0]
-    );
 }
 
 #[test]
