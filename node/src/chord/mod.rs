@@ -477,6 +477,8 @@ pub struct Chord<S: Storage> {
     copies: usize,
     /// Heartbeats to the neighbours: who is suspected, with timeouts that grow on mistakes.
     detector: Detector,
+    /// The neighbours (predecessor, then successors) the detector was last told to watch.
+    monitored: Vec<NodeRef>,
     /// Consecutive timeouts per peer, for [`Options::suspect_after`].
     strikes: BTreeMap<Id, u32>,
     pending: BTreeMap<RequestId, Pending>,
@@ -537,6 +539,7 @@ impl<S: Storage> Chord<S> {
             next_id: 1,
             strikes: BTreeMap::new(),
             detector: Detector::new(opts.detector),
+            monitored: Vec::new(),
             copies: 0,
             lost: VecDeque::new(),
             next_merge: jitter(opts.merge_interval),
@@ -1403,14 +1406,17 @@ impl<S: Storage> Chord<S> {
     /// Heartbeats: watch the predecessor and successor list, probe whoever is due, act on
     /// suspicions that came due.
     fn heartbeat(&mut self, now: u64) {
-        let neighbours: BTreeSet<NodeRef> = self
-            .pred
-            .iter()
-            .chain(self.succs.iter())
-            .filter(|n| n.id != self.me.id)
-            .copied()
-            .collect();
-        self.detector.monitor(neighbours, now);
+        // Tell the detector who the neighbours are only when they changed: this runs every tick.
+        let neighbours: Vec<NodeRef> = self.pred.iter().chain(self.succs.iter()).copied().collect();
+        if neighbours != self.monitored {
+            let set: BTreeSet<NodeRef> = neighbours
+                .iter()
+                .filter(|n| n.id != self.me.id)
+                .copied()
+                .collect();
+            self.detector.monitor(set, now);
+            self.monitored = neighbours;
+        }
         for v in self.detector.tick(now) {
             self.on_verdict(v);
         }
