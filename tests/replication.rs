@@ -6,8 +6,8 @@
 //! ([`common::wait_until`]). The figures printed along the way (run with `--nocapture`) are
 //! observations from outside, upper bounds on what the nodes did; none is asserted as a bound.
 //!
-//! A network partition between real processes would need iptables or network namespaces, so it
-//! is left to the simulator (`node/tests/sim_chaos.rs`); these tests crash processes only.
+//! These tests crash processes; partitions between real processes (through the nodes' fault
+//! injection) are in `tests/partition.rs`, and in simulation in `node/tests/sim_chaos.rs`.
 
 // Each test binary uses a part of the shared harness.
 #[allow(dead_code)]

@@ -28,11 +28,13 @@
 //! CAVEATS
 //!
 //! In a ring with fewer than `N` nodes a key has fewer copies; the default quorums shrink to what
-//! exists and the node says so ([`crate::message::NodeStatus::replicas`]). A node cut off by a
-//! partition cannot tell that from a small ring: it too acknowledges with the copies it has,
-//! which survive on its disk and merge back after the heal, but are fewer than W until then. A
-//! client that needs W copies whatever happens passes `w` (and `r`) explicitly: an explicit
-//! quorum is never shrunk, and a request that cannot meet it fails. Copies that fall outside a
+//! exists and the node says so ([`crate::message::NodeStatus::replicas`]). Each side of a
+//! partition forms a ring of its own and cannot tell that from a small ring: its owners
+//! acknowledge writes with the copies their side has, which merge back after the heal but are
+//! fewer than W until then. (A node cut off alone keeps only the range it owned before, so it
+//! refuses writes for other keys until its request deadline.) A client that needs W copies
+//! whatever happens passes `w` (and `r`) explicitly: an explicit quorum is never shrunk, and a
+//! request that cannot meet it fails. Copies that fall outside a
 //! key's preference list after the ring changes are kept in sync but not yet collected. A replica
 //! that was down is repaired by anti-entropy rather than by hinted handoff. Tombstones are not
 //! collected yet.
