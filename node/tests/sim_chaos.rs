@@ -318,3 +318,51 @@ fn per_request_write_quorums_are_honoured_and_bounded_by_n() {
         "acknowledged without its replicas: {three:?}"
     );
 }
+
+/// Hinted handoff (Dynamo §4.6): a write that could not reach one of its replicas is handed to
+/// that replica when it answers again — here with anti-entropy switched off, so nothing else
+/// could have brought it.
+#[test]
+fn a_write_missed_by_a_cut_off_replica_is_handed_over_when_it_returns() {
+    let mut sim = Sim::new(SimOptions {
+        chord: Options {
+            sync_interval: u64::MAX / 4, // no anti-entropy: only the hint can repair
+            ..Options::default()
+        },
+        ..SimOptions::default()
+    });
+    sim.add_node(None);
+    for _ in 1..5 {
+        sim.add_node(Some(0));
+        sim.run_for(50);
+    }
+    assert!(sim.settle(60_000));
+    let key = b"hinted".to_vec();
+    let owner = sim.owner_of(&key).expect("a live owner");
+    let ring = sim.true_ring();
+    let at = ring
+        .iter()
+        .position(|n| n.addr == Sim::addr(owner))
+        .expect("owner on the ring");
+    let second = sim
+        .index_of(ring[(at + 2) % ring.len()].addr)
+        .expect("second replica");
+    sim.partition(&[owner], &[second]);
+    let put = Request::Put {
+        key: key.clone(),
+        value: b"v".to_vec(),
+        context: VersionVector::new(),
+        w: None,
+    };
+    let acked = sim.request(owner, put, 10_000);
+    assert!(matches!(acked, Ok(Response::Written { .. })), "{acked:?}");
+    assert!(
+        !sim.holders(&key).contains(&second),
+        "the cut-off replica got it anyway"
+    );
+    sim.heal();
+    assert!(
+        sim.run_until(30_000, |s| s.holders(&key).contains(&second)),
+        "the replica never received the write it missed"
+    );
+}

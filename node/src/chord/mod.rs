@@ -335,7 +335,9 @@ enum Purpose {
     /// A leave notice.
     Leaving,
     /// A replica's answer to a write's `Replicate`.
-    ReplicaWrite { op: u64 },
+    ReplicaWrite { op: u64, to: NodeRef, key: Vec<u8> },
+    /// A replica's answer to the hand-over of hinted writes.
+    Hints { to: NodeRef, keys: Vec<Vec<u8>> },
     /// A replica's answer to a quorum read.
     ReplicaRead { op: u64, from: NodeRef },
     /// A replica's answer to an anti-entropy digest.
@@ -493,6 +495,10 @@ pub struct Chord<S: Storage> {
     /// Anti-entropy: the next replica to compare with, whether a round is in flight, when next.
     sync_next: usize,
     syncing: bool,
+    /// Hinted handoff: keys whose replication to a replica failed, by replica, to hand over
+    /// when it answers again.
+    hints: BTreeMap<Id, (NodeRef, BTreeSet<Vec<u8>>)>,
+    next_hints: u64,
     /// Where the scan for copies outside our range resumes (None: from ourselves).
     sync_cursor: Option<Id>,
     next_sync: u64,
@@ -555,6 +561,8 @@ impl<S: Storage> Chord<S> {
             sync_next: 0,
             syncing: false,
             sync_cursor: None,
+            hints: BTreeMap::new(),
+            next_hints: now,
             next_sync: jitter(opts.sync_interval),
             applied: BTreeMap::new(),
             applied_order: VecDeque::new(),
@@ -734,6 +742,12 @@ impl<S: Storage> Chord<S> {
             self.next_sync = now + self.opts.sync_interval;
             self.sync_tick();
         }
+        if now >= self.next_hints {
+            self.next_hints = now + self.opts.detector.interval;
+            if !self.hints.is_empty() {
+                self.deliver_hints();
+            }
+        }
         if now >= self.next_fix {
             self.next_fix = now + self.opts.fix_fingers_interval;
             self.fix_fingers();
@@ -898,7 +912,10 @@ impl<S: Storage> Chord<S> {
         match pending.purpose {
             Purpose::Lookup { op } => self.on_lookup_answer(op, pending.to, response),
             Purpose::Verify { op, owner } => self.on_verify_answer(op, owner, response),
-            Purpose::ReplicaWrite { op } => self.on_replica_write_answer(op, response),
+            Purpose::ReplicaWrite { op, to, key } => {
+                self.on_replica_write_answer(op, to, key, response)
+            }
+            Purpose::Hints { to, keys } => self.on_hints_answer(to, keys, response),
             Purpose::ReplicaRead { op, from } => self.on_replica_read_answer(op, from, response),
             Purpose::Sync {
                 to,
@@ -1463,6 +1480,10 @@ impl<S: Storage> Chord<S> {
             } => {
                 if false_suspicion {
                     self.emit(Event::FalseSuspicion { node: peer });
+                }
+                // It is back: hand it the writes it missed.
+                if self.hints.contains_key(&peer.id) {
+                    self.deliver_hints();
                 }
             }
         }

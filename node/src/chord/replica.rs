@@ -25,6 +25,14 @@
 //! former owner holds (after a partition, or a ring that changed under it) reaches the current
 //! owner. Each round moves at most one batch, so repair cannot starve client traffic.
 //!
+//! HINTED HANDOFF
+//!
+//! A replica that does not take a write (down, or cut off) is remembered with the key as a hint;
+//! every heartbeat interval, and as soon as the failure detector hears from it again, the owner
+//! hands each replica it does not suspect the current state of its hinted keys, and forgets the
+//! hints it acknowledges. Hints live in memory and are bounded;
+//! anti-entropy repairs whatever they miss.
+//!
 //! CAVEATS
 //!
 //! In a ring with fewer than `N` nodes a key has fewer copies; the default quorums shrink to what
@@ -35,9 +43,8 @@
 //! refuses writes for other keys until its request deadline.) A client that needs W copies
 //! whatever happens passes `w` (and `r`) explicitly: an explicit quorum is never shrunk, and a
 //! request that cannot meet it fails. Copies that fall outside a
-//! key's preference list after the ring changes are kept in sync but not yet collected. A replica
-//! that was down is repaired by anti-entropy rather than by hinted handoff. Tombstones are not
-//! collected yet.
+//! key's preference list after the ring changes are kept in sync but not yet collected.
+//! Tombstones are not collected yet.
 
 use super::{Chord, ClientOp, ConnId, Event, Purpose};
 use crate::error::{Error, Result};
@@ -50,6 +57,9 @@ use std::collections::{BTreeMap, BTreeSet};
 
 /// Most items in one anti-entropy message.
 const SYNC_BATCH: usize = 256;
+
+/// Most hinted keys kept in all; beyond that anti-entropy alone repairs.
+const MAX_HINTS: usize = 100_000;
 
 /// Who is waiting for a coordinated request.
 #[derive(Clone, Debug)]
@@ -179,20 +189,33 @@ impl<S: Storage> Chord<S> {
         }
         for t in targets {
             let items = vec![(key.clone(), state.clone())];
-            self.send(
-                t,
-                Request::Replicate { items },
-                Purpose::ReplicaWrite { op },
-            );
+            let purpose = Purpose::ReplicaWrite {
+                op,
+                to: t,
+                key: key.clone(),
+            };
+            self.send(t, Request::Replicate { items }, purpose);
         }
     }
 
-    pub(super) fn on_replica_write_answer(&mut self, op: u64, response: Result<Response>) {
+    pub(super) fn on_replica_write_answer(
+        &mut self,
+        op: u64,
+        to: NodeRef,
+        key: Vec<u8>,
+        response: Result<Response>,
+    ) {
+        let stored = matches!(response, Ok(Response::Ack));
+        if !stored {
+            // Hinted handoff: remember that this replica lacks the key, and hand it over when
+            // the replica answers again.
+            self.add_hint(to, key);
+        }
         let Some(w) = self.writes.get_mut(&op) else {
             return;
         };
         w.outstanding -= 1;
-        if matches!(response, Ok(Response::Ack)) {
+        if stored {
             w.acks += 1;
         }
         let mut finish = None;
@@ -214,6 +237,72 @@ impl<S: Storage> Chord<S> {
         }
         if let Some((responder, result)) = finish {
             self.answer(responder, result);
+        }
+    }
+
+    fn add_hint(&mut self, to: NodeRef, key: Vec<u8>) {
+        let total: usize = self.hints.values().map(|(_, k)| k.len()).sum();
+        if total >= MAX_HINTS {
+            return; // anti-entropy will bring this one over
+        }
+        self.hints
+            .entry(to.id)
+            .or_insert_with(|| (to, BTreeSet::new()))
+            .1
+            .insert(key);
+    }
+
+    /// Hand hinted writes to replicas that may be back: one batch per replica per round, the
+    /// current state of each key (so later writes ride along).
+    pub(super) fn deliver_hints(&mut self) {
+        let due: Vec<(NodeRef, Vec<Vec<u8>>)> = self
+            .hints
+            .values()
+            .filter(|(node, _)| !self.detector.is_suspected(&node.id))
+            .map(|(node, keys)| (*node, keys.iter().take(SYNC_BATCH).cloned().collect()))
+            .collect();
+        for (to, keys) in due {
+            let mut items = Vec::new();
+            for k in &keys {
+                match self.storage.get(k) {
+                    Ok(Some(v)) => items.push((k.clone(), v)),
+                    Ok(None) => {}
+                    Err(error) => return self.emit(Event::StorageError { error }),
+                }
+            }
+            self.send(
+                to,
+                Request::Replicate { items },
+                Purpose::Hints { to, keys },
+            );
+        }
+    }
+
+    pub(super) fn on_hints_answer(
+        &mut self,
+        to: NodeRef,
+        keys: Vec<Vec<u8>>,
+        response: Result<Response>,
+    ) {
+        if !matches!(response, Ok(Response::Ack)) {
+            // Still away: try again next round, unless it is no longer one of our replicas (its
+            // keys' copies are elsewhere now, and anti-entropy keeps those).
+            if !self.succs.iter().any(|s| s.id == to.id) {
+                self.hints.remove(&to.id);
+            }
+            return;
+        }
+        self.emit(Event::Repaired {
+            with: to,
+            keys: keys.len() as u64,
+        });
+        if let Some((_, pending)) = self.hints.get_mut(&to.id) {
+            for k in &keys {
+                pending.remove(k);
+            }
+            if pending.is_empty() {
+                self.hints.remove(&to.id);
+            }
         }
     }
 
