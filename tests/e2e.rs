@@ -5,6 +5,8 @@
 //! condition with a deadline ([`common::wait_until`]), never by sleeping. Nodes run with the
 //! default three copies of every key, so a crashed node's keys stay readable from its replicas.
 
+// Each test binary uses a part of the shared harness.
+#[allow(dead_code)]
 mod common;
 
 use chordkv_node::message::Envelope;

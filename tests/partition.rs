@@ -16,7 +16,7 @@ mod common;
 
 use chordkv_node::message::{Request, Response};
 use common::{CONVERGE, Cluster, wait_until};
-use kvctl::{Client, Error, RingView, VersionVector, Written};
+use kvctl::{Client, Error, VersionVector, Written};
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -51,35 +51,6 @@ macro_rules! note {
     ($clock:expr, $($arg:tt)*) => {
         println!("[{:>8.2?}] {}", $clock.elapsed(), format_args!($($arg)*))
     };
-}
-
-/// Starts `n` nodes with [`FLAGS`], the first forming the ring and the others joining through
-/// it, and waits until the ring is consistent with all of them.
-fn start(n: usize) -> Cluster {
-    let mut cluster = Cluster::new();
-    for i in 0..n {
-        cluster.start_node((i > 0).then_some(0), &FLAGS);
-    }
-    cluster.wait_for_ring(&cluster.all());
-    cluster
-}
-
-/// The cluster's node indices in ring order, as walked in `view`, rotated to start at node 0.
-fn ring_order(cluster: &Cluster, view: &RingView) -> Vec<usize> {
-    let index = |addr: SocketAddr| {
-        cluster
-            .all()
-            .into_iter()
-            .find(|&i| cluster.addr(i) == addr)
-            .unwrap_or_else(|| panic!("{addr} on the ring is none of the cluster's nodes"))
-    };
-    let mut order: Vec<usize> = view.nodes.iter().map(|m| index(m.node().addr)).collect();
-    let zero = order
-        .iter()
-        .position(|&i| i == 0)
-        .expect("node 0 is on the ring");
-    order.rotate_left(zero);
-    order
 }
 
 /// The addresses of nodes `members`.
@@ -273,9 +244,9 @@ fn shared_value(i: usize, name: &str) -> Vec<u8> {
 #[test]
 fn a_partition_with_writes_on_both_sides_heals_without_losing_acknowledged_writes() {
     let clock = Instant::now();
-    let cluster = start(5);
+    let cluster = Cluster::start_with(5, &FLAGS);
     let all = cluster.all();
-    let order = ring_order(&cluster, &cluster.wait_for_ring(&all));
+    let order = cluster.ring_order(&cluster.wait_for_ring(&all));
     // Two nodes that are not neighbours against the other three: each side's ring has to close
     // over gaps left by the other side.
     let small = vec![order[1], order[3]];

@@ -16,7 +16,7 @@ mod common;
 use chordkv_node::message::{Request, Response};
 use chordkv_node::version::Versioned;
 use common::{CLIENT_TIMEOUT, CONVERGE, Cluster, wait_until};
-use kvctl::{Client, Error, Id, RingView, VersionVector};
+use kvctl::{Client, Error, Id, VersionVector};
 use std::collections::btree_map::Entry;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
@@ -41,35 +41,6 @@ fn data(n: usize) -> Data {
     (0..n)
         .map(|i| (format!("key-{i:04}"), format!("value-{i}").into_bytes()))
         .collect()
-}
-
-/// Starts `n` nodes with [`DETECTOR`], the first forming the ring and the others joining
-/// through it, and waits until the ring is consistent with all of them.
-fn start(n: usize) -> Cluster {
-    let mut cluster = Cluster::new();
-    for i in 0..n {
-        cluster.start_node((i > 0).then_some(0), &DETECTOR);
-    }
-    cluster.wait_for_ring(&cluster.all());
-    cluster
-}
-
-/// The cluster's node indices in ring order, as walked in `view`, rotated to start at node 0.
-fn ring_order(cluster: &Cluster, view: &RingView) -> Vec<usize> {
-    let index = |addr: SocketAddr| {
-        cluster
-            .all()
-            .into_iter()
-            .find(|&i| cluster.addr(i) == addr)
-            .unwrap_or_else(|| panic!("{addr} on the ring is none of the cluster's nodes"))
-    };
-    let mut order: Vec<usize> = view.nodes.iter().map(|m| index(m.node().addr)).collect();
-    let zero = order
-        .iter()
-        .position(|&i| i == 0)
-        .expect("node 0 is on the ring");
-    order.rotate_left(zero);
-    order
 }
 
 /// `members` without `gone`.
@@ -463,9 +434,9 @@ macro_rules! note {
 #[test]
 fn kill_dash_9_of_two_non_adjacent_nodes_under_write_load_loses_no_acknowledged_write() {
     let clock = Instant::now();
-    let mut cluster = start(5);
+    let mut cluster = Cluster::start_with(5, &DETECTOR);
     let all = cluster.all();
-    let order = ring_order(&cluster, &cluster.wait_for_ring(&all));
+    let order = cluster.ring_order(&cluster.wait_for_ring(&all));
     // Around the ring from node 0: 0, a, b, c, d. Kill a, then c: not neighbours (b lies between
     // them one way, d and 0 the other), and neither is an entry node of the writers.
     let (first, second) = (order[1], order[3]);
@@ -597,9 +568,9 @@ fn error_kind(e: &Error) -> String {
 
 #[test]
 fn two_adjacent_nodes_killed_reads_are_served_by_the_third_replica() {
-    let mut cluster = start(5);
+    let mut cluster = Cluster::start_with(5, &DETECTOR);
     let all = cluster.all();
-    let order = ring_order(&cluster, &cluster.wait_for_ring(&all));
+    let order = cluster.ring_order(&cluster.wait_for_ring(&all));
     let data = data(300);
     put_all(&cluster, 0, &data);
     // W = 2 acknowledged each put; the third copy follows. Wait for it, so that every key has a
@@ -618,7 +589,7 @@ fn two_adjacent_nodes_killed_reads_are_served_by_the_third_replica() {
 
 #[test]
 fn concurrent_blind_writes_from_two_clients_become_siblings_not_losses() {
-    let cluster = start(5);
+    let cluster = Cluster::start_with(5, &DETECTOR);
     let (left, right) = (cluster.client(1), cluster.client(2));
     let key = b"contended";
     // Both write with the empty context: neither saw the other's version, so neither replaces it.

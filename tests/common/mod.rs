@@ -214,12 +214,35 @@ impl Cluster {
     /// Starts `n` nodes, the first forming the ring and the others joining through it, and
     /// waits until the ring is consistent with all of them.
     pub fn start(n: usize) -> Cluster {
+        Cluster::start_with(n, &[])
+    }
+
+    /// [`Cluster::start`] with `extra_args` on every node's command line.
+    pub fn start_with(n: usize, extra_args: &[&str]) -> Cluster {
         let mut cluster = Cluster::new();
         for i in 0..n {
-            cluster.start_node((i > 0).then_some(0), &[]);
+            cluster.start_node((i > 0).then_some(0), extra_args);
         }
         cluster.wait_for_ring(&cluster.all());
         cluster
+    }
+
+    /// The cluster's node indices in ring order, as walked in `view`, rotated to start at
+    /// node 0.
+    pub fn ring_order(&self, view: &RingView) -> Vec<usize> {
+        let index = |addr: SocketAddr| {
+            self.all()
+                .into_iter()
+                .find(|&i| self.addr(i) == addr)
+                .unwrap_or_else(|| panic!("{addr} on the ring is none of the cluster's nodes"))
+        };
+        let mut order: Vec<usize> = view.nodes.iter().map(|m| index(m.node().addr)).collect();
+        let zero = order
+            .iter()
+            .position(|&i| i == 0)
+            .expect("node 0 is on the ring");
+        order.rotate_left(zero);
+        order
     }
 
     /// Starts a new node that joins through node `bootstrap` (or forms a ring of its own), with
