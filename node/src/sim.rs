@@ -541,6 +541,18 @@ impl Sim {
         Ok(merged)
     }
 
+    /// Grow a ring: a first node, then `n − 1` more joining through it, `every_ms` apart.
+    pub fn grow(&mut self, n: usize, every_ms: u64) {
+        if n == 0 {
+            return;
+        }
+        let first = self.add_node(None);
+        for _ in 1..n {
+            self.add_node(Some(first));
+            self.run_for(every_ms);
+        }
+    }
+
     /// Run until every successor list and predecessor is exact, checking every 100 ms, for at
     /// most `max_ms`; returns whether it got there.
     pub fn settle(&mut self, max_ms: u64) -> bool {

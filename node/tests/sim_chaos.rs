@@ -65,11 +65,7 @@ fn run(seed: u64) {
         ..SimOptions::default()
     });
     let mut rng = StdRng::seed_from_u64(seed ^ 0x5eed);
-    sim.add_node(None);
-    for _ in 1..NODES {
-        sim.add_node(Some(0));
-        sim.run_for(200);
-    }
+    sim.grow(NODES, 200);
     assert!(sim.settle(60_000), "seed {seed}: ring did not form");
     let mut h = History::new();
     let mut seq = 0u64;
@@ -144,11 +140,7 @@ fn run_partition(seed: u64) {
         ..SimOptions::default()
     });
     let mut rng = StdRng::seed_from_u64(seed ^ 0xcafe);
-    sim.add_node(None);
-    for _ in 1..NODES {
-        sim.add_node(Some(0));
-        sim.run_for(200);
-    }
+    sim.grow(NODES, 200);
     assert!(sim.settle(60_000), "seed {seed}: ring did not form");
     let mut h = History::new();
     let mut seq = 0u64;
@@ -211,11 +203,7 @@ fn a_healed_partition_merges_back_into_one_ring_and_keeps_every_acknowledged_wri
 #[test]
 fn a_write_applied_by_a_crashed_owner_and_again_on_retry_reads_as_one_version() {
     let mut sim = Sim::new(SimOptions::default());
-    sim.add_node(None);
-    for _ in 1..5 {
-        sim.add_node(Some(0));
-        sim.run_for(50);
-    }
+    sim.grow(5, 50);
     assert!(sim.run_until(60_000, |s| s.ring_errors(false).is_empty()));
     let key = b"written once".to_vec();
     let owner = sim.owner_of(&key).expect("a live owner");
@@ -288,11 +276,7 @@ fn a_write_applied_by_a_crashed_owner_and_again_on_retry_reads_as_one_version() 
 #[test]
 fn per_request_write_quorums_are_honoured_and_bounded_by_n() {
     let mut sim = Sim::new(SimOptions::default());
-    sim.add_node(None);
-    for _ in 1..5 {
-        sim.add_node(Some(0));
-        sim.run_for(50);
-    }
+    sim.grow(5, 50);
     assert!(sim.run_until(60_000, |s| s.ring_errors(false).is_empty()));
     let key = b"quorum".to_vec();
     let owner = sim.owner_of(&key).expect("a live owner");
@@ -331,11 +315,7 @@ fn a_write_missed_by_a_cut_off_replica_is_handed_over_when_it_returns() {
         },
         ..SimOptions::default()
     });
-    sim.add_node(None);
-    for _ in 1..5 {
-        sim.add_node(Some(0));
-        sim.run_for(50);
-    }
+    sim.grow(5, 50);
     assert!(sim.settle(60_000));
     let key = b"hinted".to_vec();
     let owner = sim.owner_of(&key).expect("a live owner");

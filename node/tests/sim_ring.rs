@@ -6,11 +6,7 @@ use chordkv_node::sim::{Sim, SimOptions};
 /// Grow a ring one node at a time through node 0, then let it stabilize.
 fn grow(opts: SimOptions, n: usize, join_every_ms: u64) -> Sim {
     let mut sim = Sim::new(opts);
-    sim.add_node(None);
-    for _ in 1..n {
-        sim.add_node(Some(0));
-        sim.run_for(join_every_ms);
-    }
+    sim.grow(n, join_every_ms);
     sim
 }
 
