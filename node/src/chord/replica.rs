@@ -144,6 +144,16 @@ impl<S: Storage> Chord<S> {
             let e = Error::Unavailable("this write is still being replicated; retry".into());
             return self.answer(responder, Err(e));
         }
+        // Refuse before applying anything: a write that cannot get the copies it asks for.
+        let targets = self.replica_targets();
+        let Some(needed) = self.replicas_needed(w, self.opts.write_quorum, targets.len()) else {
+            let e = Error::Unavailable(format!(
+                "the write asked for {} copies and only {} nodes are reachable",
+                w.unwrap_or(0),
+                1 + targets.len()
+            ));
+            return self.answer(responder, Err(e));
+        };
         // A retry of a write already applied here is not applied again: its version is
         // replicated once more and the first answer returned.
         let response = match self.applied.get(&write_id) {
@@ -155,15 +165,6 @@ impl<S: Storage> Chord<S> {
                 }
                 Err(e) => return self.answer(responder, Err(e)),
             },
-        };
-        let targets = self.replica_targets();
-        let Some(needed) = self.replicas_needed(w, self.opts.write_quorum, targets.len()) else {
-            let e = Error::Unavailable(format!(
-                "the write asked for {} copies and only {} nodes are reachable",
-                w.unwrap_or(0),
-                1 + targets.len()
-            ));
-            return self.answer(responder, Err(e));
         };
         let state = match self.read_versions(&key) {
             Ok(state) => state.encode(),
