@@ -433,7 +433,8 @@ fn record_event(me: &NodeRef, event: &Event) -> bool {
             } else {
                 warn!(
                     node,
-                    "left the ring without reaching a successor: keys stay on disk here"
+                    "stopped with no successor to take its keys (the last node of the ring, or \
+                     none answered): they stay in the data directory"
                 );
             }
             return true;
