@@ -12,7 +12,8 @@ mod common;
 use chordkv_node::message::Envelope;
 use chordkv_node::wire::{self, HARD_MAX_FRAME, HELLO_LEN, NOTICE_ID, Role};
 use common::{
-    CONVERGE, Cluster, assert_prints, free_addr, ids, kvctl, stderr, total_keys, wait_until,
+    CONVERGE, Cluster, assert_prints, free_addr, ids, kvctl, put_all, stderr, total_keys,
+    wait_until,
 };
 use kvctl::{Client, Error, Id, RingMember};
 use std::collections::BTreeMap;
@@ -30,38 +31,6 @@ fn data(n: usize) -> Data {
     (0..n)
         .map(|i| (format!("key-{i:04}"), format!("value-{i}").into_bytes()))
         .collect()
-}
-
-/// Writes every pair of `data` through node `via`, over one client connection with all requests
-/// in flight at once.
-fn put_all(cluster: &Cluster, via: usize, data: &Data) {
-    let client = cluster.client(via);
-    let failures: Vec<String> = cluster.block_on(async {
-        let mut tasks = JoinSet::new();
-        for (key, value) in data.clone() {
-            let client = client.clone();
-            tasks.spawn(async move {
-                client
-                    .put(key.as_bytes(), &value)
-                    .await
-                    .map_err(|e| format!("put {key}: {e}"))
-            });
-        }
-        let mut failures = Vec::new();
-        while let Some(done) = tasks.join_next().await {
-            if let Err(e) = done.expect("a put task does not panic") {
-                failures.push(e);
-            }
-        }
-        failures
-    });
-    assert!(
-        failures.is_empty(),
-        "{} of {} puts through node {via} failed, e.g. {:?}",
-        failures.len(),
-        data.len(),
-        &failures[..failures.len().min(5)]
-    );
 }
 
 /// Reads every key of `data` through node `via` (all at once over one connection) and returns

@@ -15,7 +15,7 @@ mod common;
 
 use chordkv_node::message::{Request, Response};
 use chordkv_node::version::Versioned;
-use common::{CLIENT_TIMEOUT, CONVERGE, Cluster, wait_until};
+use common::{CLIENT_TIMEOUT, CONVERGE, Cluster, put_all, wait_until};
 use kvctl::{Client, Error, Id, VersionVector};
 use std::collections::btree_map::Entry;
 use std::collections::{BTreeMap, BTreeSet};
@@ -50,39 +50,6 @@ fn without(members: &[usize], gone: &[usize]) -> Vec<usize> {
         .copied()
         .filter(|i| !gone.contains(i))
         .collect()
-}
-
-/// Writes every pair of `data` through node `via` with `put`, all requests in flight at once
-/// over one connection.
-fn put_all(cluster: &Cluster, via: usize, data: &Data) {
-    let client = cluster.client(via);
-    let failures: Vec<String> = cluster.block_on(async {
-        let mut tasks = JoinSet::new();
-        for (key, value) in data.clone() {
-            let client = client.clone();
-            tasks.spawn(async move {
-                client
-                    .put(key.as_bytes(), &value)
-                    .await
-                    .map(|_| ())
-                    .map_err(|e| format!("put {key}: {e}"))
-            });
-        }
-        let mut failures = Vec::new();
-        while let Some(done) = tasks.join_next().await {
-            if let Err(e) = done.expect("a put task does not panic") {
-                failures.push(e);
-            }
-        }
-        failures
-    });
-    assert!(
-        failures.is_empty(),
-        "{} of {} puts through node {via} failed, e.g. {:?}",
-        failures.len(),
-        data.len(),
-        &failures[..failures.len().min(5)]
-    );
 }
 
 /// The copies of keys of `data` that a node of their preference list does not hold yet, in the ring converged with exactly `members`: a key's preference list is its owner (the

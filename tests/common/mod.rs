@@ -12,7 +12,7 @@
 //! stale binaries after a change under `node/src` or `kvctl/src`.
 
 use kvctl::{Client, Id, NodeStatus, RingMember, RingView};
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::fs::OpenOptions;
 use std::io::Write;
 use std::net::{SocketAddr, TcpListener};
@@ -20,6 +20,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::{Mutex, Once};
 use std::time::{Duration, Instant};
+use tokio::task::JoinSet;
 
 /// How long a ring may take to converge, or a process to start or stop. Generous: it only
 /// matters when something is wrong, and a slow CI machine must not turn into a false failure.
@@ -523,5 +524,37 @@ pub fn assert_prints(out: &Output, stdout: &[u8]) {
         "kvctl printed {:?}, expected {:?}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(stdout)
+    );
+}
+
+/// Writes every pair of `data` through node `via`, over one client connection with all requests
+/// in flight at once.
+pub fn put_all(cluster: &Cluster, via: usize, data: &BTreeMap<String, Vec<u8>>) {
+    let client = cluster.client(via);
+    let failures: Vec<String> = cluster.block_on(async {
+        let mut tasks = JoinSet::new();
+        for (key, value) in data.clone() {
+            let client = client.clone();
+            tasks.spawn(async move {
+                client
+                    .put(key.as_bytes(), &value)
+                    .await
+                    .map_err(|e| format!("put {key}: {e}"))
+            });
+        }
+        let mut failures = Vec::new();
+        while let Some(done) = tasks.join_next().await {
+            if let Err(e) = done.expect("a put task does not panic") {
+                failures.push(e);
+            }
+        }
+        failures
+    });
+    assert!(
+        failures.is_empty(),
+        "{} of {} puts through node {via} failed, e.g. {:?}",
+        failures.len(),
+        data.len(),
+        &failures[..failures.len().min(5)]
     );
 }
