@@ -109,15 +109,16 @@ impl<S: Storage> Chord<S> {
     }
 
     /// How many replicas (besides us) a request must hear from. A quorum the client asked for
-    /// is kept as asked (`None` if it cannot be met: too few nodes); the default quorum shrinks
+    /// is kept as asked (an error if it cannot be met: too few nodes); the default quorum shrinks
     /// to the copies that exist, so a ring smaller than N (a single node, say) still works.
-    fn replicas_needed(&self, asked: Option<u8>, default: usize, targets: usize) -> Option<usize> {
+    fn replicas_needed(&self, asked: Option<u8>, default: usize, targets: usize) -> Result<usize> {
         match asked {
-            Some(q) => {
-                let q = usize::from(q).max(1);
-                (q <= 1 + targets).then(|| q - 1)
-            }
-            None => Some(default.clamp(1, 1 + targets) - 1),
+            Some(q) if usize::from(q) > 1 + targets => Err(Error::Unavailable(format!(
+                "{q} copies were asked for and only {} nodes are reachable",
+                1 + targets
+            ))),
+            Some(q) => Ok(usize::from(q).max(1) - 1),
+            None => Ok(default.clamp(1, 1 + targets) - 1),
         }
     }
 
@@ -146,13 +147,9 @@ impl<S: Storage> Chord<S> {
         }
         // Refuse before applying anything: a write that cannot get the copies it asks for.
         let targets = self.replica_targets();
-        let Some(needed) = self.replicas_needed(w, self.opts.write_quorum, targets.len()) else {
-            let e = Error::Unavailable(format!(
-                "the write asked for {} copies and only {} nodes are reachable",
-                w.unwrap_or(0),
-                1 + targets.len()
-            ));
-            return self.answer(responder, Err(e));
+        let needed = match self.replicas_needed(w, self.opts.write_quorum, targets.len()) {
+            Ok(n) => n,
+            Err(e) => return self.answer(responder, Err(e)),
         };
         // A retry of a write already applied here is not applied again: its version is
         // replicated once more and the first answer returned.
@@ -314,13 +311,9 @@ impl<S: Storage> Chord<S> {
             Err(e) => return self.answer(responder, Err(e)),
         };
         let targets = self.replica_targets();
-        let Some(needed) = self.replicas_needed(r, self.opts.read_quorum, targets.len()) else {
-            let e = Error::Unavailable(format!(
-                "the read asked for {} copies and only {} nodes are reachable",
-                r.unwrap_or(0),
-                1 + targets.len()
-            ));
-            return self.answer(responder, Err(e));
+        let needed = match self.replicas_needed(r, self.opts.read_quorum, targets.len()) {
+            Ok(n) => n,
+            Err(e) => return self.answer(responder, Err(e)),
         };
         let mut r = ReadOp {
             responder,
