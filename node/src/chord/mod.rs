@@ -1875,18 +1875,17 @@ impl<S: Storage> Chord<S> {
         // Everything in the arc is now acknowledged by the receiver, unchanged since. A node
         // that hands a newcomer its range stays one of the newcomer's replicas and keeps copies.
         let keep = matches!(t.goal, TransferGoal::Join) && self.opts.replicas > 1;
-        match self
-            .storage
-            .scan_range(from, to, if keep { 0 } else { usize::MAX })
-        {
-            Ok(entries) => {
-                for (k, _) in entries {
-                    if let Err(error) = self.storage.delete(&k) {
-                        self.emit(Event::StorageError { error });
+        if !keep {
+            match self.storage.scan_range(from, to, usize::MAX) {
+                Ok(entries) => {
+                    for (k, _) in entries {
+                        if let Err(error) = self.storage.delete(&k) {
+                            self.emit(Event::StorageError { error });
+                        }
                     }
                 }
+                Err(error) => self.emit(Event::StorageError { error }),
             }
-            Err(error) => self.emit(Event::StorageError { error }),
         }
         self.emit(Event::TransferDone {
             to: t.to,
