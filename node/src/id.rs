@@ -60,13 +60,6 @@ impl Id {
     pub fn short(&self) -> String {
         hex::encode(&self.0[..4])
     }
-
-    /// The identifier as a fraction of the circle in [0, 1), for plots and load tables.
-    pub fn as_fraction(&self) -> f64 {
-        let mut top = [0u8; 8];
-        top.copy_from_slice(&self.0[..8]);
-        u64::from_be_bytes(top) as f64 / 2f64.powi(64)
-    }
 }
 
 /// Clockwise distance from `a` to `b`: `(b - a) mod 2^160`.

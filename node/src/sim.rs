@@ -12,7 +12,7 @@
 use crate::chord::{Chord, ConnId, Event, Options, Output};
 use crate::error::{Error, Result};
 use crate::history::History;
-use crate::id::{BITS, Id, in_half_open};
+use crate::id::{BITS, Id};
 use crate::message::{NodeRef, Request, RequestId, Response};
 use crate::storage::{MemoryStorage, Storage};
 use crate::version::Versioned;
@@ -40,6 +40,8 @@ pub struct SimOptions {
     pub tick: u64,
     /// The protocol options every node gets.
     pub chord: Options,
+    /// Keep every node's events for [`Sim::take_events`] (off: long runs would hoard them).
+    pub record_events: bool,
 }
 
 impl Default for SimOptions {
@@ -51,6 +53,7 @@ impl Default for SimOptions {
             drop_rate: 0.0,
             tick: 10,
             chord: Options::default(),
+            record_events: false,
         }
     }
 }
@@ -241,7 +244,8 @@ impl Sim {
         self.cut.clear();
     }
 
-    /// Events every node reported, with the time and node index, since the last call.
+    /// Events every node reported, with the time and node index, since the last call (only
+    /// with [`SimOptions::record_events`]).
     pub fn take_events(&mut self) -> Vec<(u64, usize, Event)> {
         std::mem::take(&mut self.events)
     }
@@ -395,7 +399,9 @@ impl Sim {
                             self.slots[i] = Slot::Down(c.into_storage());
                         }
                     }
-                    self.events.push((self.now, i, e));
+                    if self.opts.record_events {
+                        self.events.push((self.now, i, e));
+                    }
                 }
             }
         }
@@ -590,14 +596,6 @@ impl Sim {
             "{} violations, first: {first}; writes to that key: {writes:#?}",
             violations.len()
         )))
-    }
-
-    /// Whether `id` lies in node `i`'s believed range `(pred, self]`.
-    pub fn believes_owner(&self, i: usize, id: Id) -> bool {
-        self.chord(i).is_some_and(|c| match c.predecessor() {
-            Some(p) => in_half_open(p.id, c.me().id, id),
-            None => true,
-        })
     }
 }
 
