@@ -389,6 +389,11 @@ impl Cluster {
         self.nodes[i].addr
     }
 
+    /// Node `i`'s data directory.
+    pub fn data_dir(&self, i: usize) -> &std::path::Path {
+        &self.nodes[i].data_dir
+    }
+
     /// Runs the real `kvctl` against node `i`: `kvctl --node ADDR --timeout SECS ARGS...`.
     pub fn kvctl(&self, i: usize, args: &[&str]) -> Output {
         self.kvctl_with_input(i, args, b"")
