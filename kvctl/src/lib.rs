@@ -303,6 +303,8 @@ fn unexpected(op: &str, response: &Response) -> Error {
         Response::Written { .. } => "Written",
         Response::State { .. } => "State",
         Response::SyncItems { .. } => "SyncItems",
+        Response::HandedOff { .. } => "HandedOff",
+        Response::Reaped { .. } => "Reaped",
         Response::Lookup { .. } => "Lookup",
         Response::Status { .. } => "Status",
     };

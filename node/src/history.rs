@@ -8,40 +8,56 @@
 //! THE RULE
 //!
 //! The store may drop a version only when a write that had seen it replaced it (see
-//! [`crate::version`]). A write has seen a version when the context it was issued with covers
-//! the version's dot. So, for each key, an ACKNOWLEDGED write `w` with dot `d` and value `v` is
-//! accounted for exactly when
+//! [`crate::version`]), and a replaced version must stay gone. A write has seen a version when
+//! the context it was issued with covers the version's dot. So, for each key, an ACKNOWLEDGED put
+//! `w` with dot `d` and value `v` is accounted for exactly when
 //!
 //! 1. it survives: the final read holds the sibling `(d, v)`, or `v` under a dot no acknowledged
 //!    write was given (an earlier application of the same write by an owner that failed before
 //!    answering, the retry having been applied elsewhere); or
 //! 2. it was superseded: some other write `w'` on the same key was issued with a context that
 //!    covers `d`, and `w'` took effect. A write took effect if it was acknowledged, or, if it was
-//!    not, if it is observed: the final read holds a sibling with `w'`'s value under a dot that
-//!    no acknowledged write of the key was given.
+//!    not, if it is a delete or is observed: the final read holds a sibling with `w'`'s value
+//!    under a dot that no acknowledged write of the key was given.
 //!
-//! Otherwise it is a [`Violation::LostWrite`]. An unacknowledged write may or may not survive
-//! and is never reported lost.
+//! Otherwise it is a [`Violation::LostWrite`]. And
 //!
-//! Why an unacknowledged `w'` must be observed to count: if it never reached the store, it
+//! 3. nothing replaced comes back: a sibling WITH A VALUE in the final read whose dot is covered
+//!    by the context of an acknowledged write `by` (other than the sibling's own) is a
+//!    [`Violation::Resurrected`]. `by` had seen that version and replaced it; its state is durable
+//!    on W replicas, and every merge with it drops the version, so a correct store can never
+//!    show it again. What can is tombstone collection done too early: once a tombstone's state is
+//!    gone, nothing covers the versions it replaced, and a stale copy brings them back.
+//!
+//! An acknowledged DELETE is never reported lost: a tombstone has no observable value. What a
+//! delete promises is that the values its context covered are gone, and that is what rule 3
+//! checks; its tombstone may be collected once every replica has it, leaving the key with no
+//! state at all, or, after a later blind write, with a context that does not cover the delete's
+//! dot. An unacknowledged write may or may not survive and is never reported lost, and its
+//! context counts for rule 2 only as above, for rule 3 not at all.
+//!
+//! Why an unacknowledged put `w'` must be observed to count: if it never reached the store, it
 //! replaced nothing, and a store that dropped `w` anyway lost it. The rule is still fair to a
-//! correct store whose unacknowledged `w'` did take effect and then vanished: `w'` can only vanish
-//! by being replaced in turn by some `w''` whose context covers `w'`'s dot, and a context that
-//! covers `w'`'s dot was joined from the state `w'` made, which covered `d`; so `w''`'s context
-//! covers `d` too. Following such a chain ends at a write that survives (observed) or was
-//! acknowledged, and that write's context covers `d`. The rule needs no "covered by the final
-//! context" clause: whether a surviving sibling causally follows `w` can only be known from the
-//! context its write was issued with, which is clause 2.
+//! correct store whose unacknowledged `w'` did take effect and then vanished: a version with a
+//! value can only vanish by being replaced in turn by some `w''` whose context covers `w'`'s dot,
+//! and a context that covers `w'`'s dot was joined from the state `w'` made, which covered `d`;
+//! so `w''`'s context covers `d` too. Following such a chain ends at a write that survives
+//! (observed), was acknowledged, or is a delete, and that write's context covers `d`. A delete
+//! counts unobserved because its tombstone may have been collected: the final read cannot tell
+//! a delete that never took effect from one that did and was collected. The rule needs no
+//! "covered by the final context" clause: whether a surviving sibling causally follows `w` can
+//! only be known from the context its write was issued with, which is clause 2.
 //!
 //! The final read also has to be explained: a sibling is a [`Violation::Phantom`] unless it is
 //! the `(dot, value)` of an acknowledged write, or its dot is no acknowledged write's and some
 //! write of the key had its value. One write's value surviving as two siblings is a
 //! [`Violation::Duplicated`]: the write was applied twice. Values must be unique per write for
-//! these two rules to mean anything; the tests' workloads make them so. And it checks what the rule leans on: that no
-//! two acknowledged writes of a key got the same dot ([`Violation::DuplicateDot`]), that no write
-//! got a dot its own context already covered ([`Violation::StaleDot`]), that the final read's
-//! context covers its siblings ([`Violation::SiblingOutsideContext`]), and that every written key
-//! was read ([`Violation::NotRead`]), so that a forgotten read cannot pass for a clean one.
+//! these two rules to mean anything; the tests' workloads make them so. And it checks what the
+//! rules lean on: that no two acknowledged writes of a key got the same dot
+//! ([`Violation::DuplicateDot`]), that no write got a dot its own context already covered
+//! ([`Violation::StaleDot`]), that the final read's context covers its siblings
+//! ([`Violation::SiblingOutsideContext`]), and that every written key was read
+//! ([`Violation::NotRead`]), so that a forgotten read cannot pass for a clean one.
 //!
 //! ASSUMPTIONS
 //!
@@ -50,11 +66,13 @@
 //!   lost that another replica holds.
 //! - A retry is recorded as a write of its own (with the same value). Values of unacknowledged
 //!   writes are matched by value, so tests should make values unique.
-//! - Context pruning ([`crate::version::Versioned::prune`]) breaks the chain argument above: a
-//!   pruned context can cover `w'`'s dot without covering `d`. So for a pruning store with
-//!   unacknowledged writes the rule can report a loss the store did not make; use
+//! - Context pruning ([`crate::version::Versioned::prune`]) breaks both the chain argument above
+//!   (a pruned context can cover `w'`'s dot without covering `d`) and rule 3 (a context that no
+//!   longer covers a replaced version lets a merge bring it back, as a spurious sibling). So for
+//!   a pruning store the rules can report a loss or a resurrection the store did not make; use
 //!   [`check_with`] and [`Supersession::Any`] there, which counts every unacknowledged write as
-//!   possibly applied. With every write acknowledged the two rules agree.
+//!   possibly applied and leaves rule 3 out. With every write acknowledged the two agree on lost
+//!   writes.
 
 use crate::version::{Dot, Sibling, VersionVector, Versioned};
 use serde::{Deserialize, Serialize};
@@ -168,8 +186,8 @@ impl History {
 /// Something [`check`] found wrong with a history. Keys are raw bytes.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Violation {
-    /// An acknowledged write neither survives nor was superseded by a write that had seen it and
-    /// took effect.
+    /// An acknowledged put neither survives nor was superseded by a write that had seen it and
+    /// took effect. (An acknowledged delete is never lost: see the module docs.)
     LostWrite {
         /// The key.
         key: Vec<u8>,
@@ -194,6 +212,17 @@ pub enum Violation {
         key: Vec<u8>,
         /// The unexplained sibling.
         sibling: Sibling,
+    },
+    /// A value came back: the final read holds a sibling with a value whose dot the context of
+    /// an acknowledged write had covered, so that write had seen it and replaced it. Not
+    /// reported under [`Supersession::Any`].
+    Resurrected {
+        /// The key.
+        key: Vec<u8>,
+        /// The sibling that came back.
+        sibling: Sibling,
+        /// The first acknowledged write, in history order, that had replaced it.
+        by: WriteId,
     },
     /// Two acknowledged writes of one key were given the same dot.
     DuplicateDot {
@@ -253,6 +282,14 @@ impl fmt::Display for Violation {
                 k(key),
                 sibling.dot
             ),
+            Violation::Resurrected { key, sibling, by } => write!(
+                f,
+                "key {:?}: sibling {} came back after acknowledged write {}, which had seen it, \
+                 replaced it",
+                k(key),
+                sibling.dot,
+                by.0
+            ),
             Violation::DuplicateDot {
                 key,
                 dot,
@@ -283,23 +320,28 @@ impl fmt::Display for Violation {
     }
 }
 
-/// Which unacknowledged writes [`check_with`] lets supersede an acknowledged one.
+/// Which unacknowledged writes [`check_with`] lets supersede an acknowledged one, and whether
+/// it reports resurrected values: the rules for a store that keeps its contexts whole, or for
+/// one that prunes them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Supersession {
-    /// Only those observed in the final read: the rule in the module docs, and what [`check`]
-    /// uses. Catches a store that drops a write in favour of one it never applied; sound for
-    /// stores that do not prune contexts.
+    /// Only deletes and the writes observed in the final read, and rule 3 applies
+    /// ([`Violation::Resurrected`]): the rules in the module docs, and what [`check`] uses.
+    /// Catches a store that drops a write in favour of a put it never applied, and one that
+    /// shows a replaced value again; sound for stores that do not prune contexts.
     Observed,
-    /// All of them, since the store may have applied any. Misses the bug above, but stays sound
-    /// when contexts are pruned: a store drops a version only when some write issued with a
-    /// context covering it took effect, and pruning never adds coverage.
+    /// All of them, since the store may have applied any, and no [`Violation::Resurrected`],
+    /// since pruning may legitimately bring a replaced value back as a spurious sibling (PRUNING
+    /// in [`crate::version`]). Misses both bugs above, but stays sound when contexts are pruned:
+    /// a store drops a version only when some write issued with a context covering it took
+    /// effect, and pruning never adds coverage.
     Any,
 }
 
 /// Judge `history` by the rule in the module docs ([`Supersession::Observed`]). Returns every
 /// violation, by key, then in the order: not read, duplicate and stale dots, siblings outside
-/// the context, phantoms, lost writes. An empty result means nothing acknowledged was lost and
-/// nothing unwritten appeared.
+/// the context, phantoms, resurrected values, lost writes. An empty result means nothing
+/// acknowledged was lost, nothing unwritten appeared and nothing replaced came back.
 pub fn check(history: &History) -> Vec<Violation> {
     check_with(history, Supersession::Observed)
 }
@@ -403,15 +445,42 @@ fn check_key(
         }
     }
 
+    // Rule 3: a value an acknowledged write had seen and replaced does not come back. A write
+    // whose own dot is the sibling's is left to StaleDot and DuplicateDot.
+    if rule == Supersession::Observed {
+        for s in read.siblings.iter().filter(|s| s.value.is_some()) {
+            let by = ids.iter().copied().find(|&id| {
+                let w = write(id);
+                w.ack.is_some_and(|d| d != s.dot) && w.context.covers(&s.dot)
+            });
+            if let Some(by) = by {
+                out.push(Violation::Resurrected {
+                    key: key.to_vec(),
+                    sibling: s.clone(),
+                    by,
+                });
+            }
+        }
+    }
+
+    // An unacknowledged delete counts as applied even unobserved: its tombstone may have been
+    // collected.
     let took_effect = |id: WriteId| {
         let w = write(id);
-        w.ack.is_some() || rule == Supersession::Any || unclaimed.contains(&w.value)
+        w.ack.is_some()
+            || w.value.is_none()
+            || rule == Supersession::Any
+            || unclaimed.contains(&w.value)
     };
     for &id in ids {
         let w = write(id);
         let Some(dot) = w.ack else { continue };
+        // A delete has no value to lose; what it promises is rule 3's.
+        if w.value.is_none() {
+            continue;
+        }
         let copies = read.siblings.iter().filter(|s| s.value == w.value).count();
-        if copies > 1 && w.value.is_some() {
+        if copies > 1 {
             out.push(Violation::Duplicated {
                 key: key.to_vec(),
                 write: id,
@@ -697,6 +766,97 @@ mod tests {
                 },
             ]
         );
+    }
+
+    /// `a` written (dot 1:1), then deleted by a write that had seen it (dot 1:2); both
+    /// acknowledged.
+    fn put_then_delete() -> (History, WriteId, WriteId) {
+        let mut h = History::new();
+        let a = h.record_write(K, val("a"), VersionVector::new());
+        h.record_ack(a, dot(1, 1));
+        let del = h.record_write(K, None, vv(&[(1, 1)]));
+        h.record_ack(del, dot(1, 2));
+        (h, a, del)
+    }
+
+    /// Negative control for rule 3: the tombstone was collected and a stale copy of `a` came
+    /// back.
+    #[test]
+    fn a_value_back_after_its_delete_is_reported() {
+        let (mut h, _, del) = put_then_delete();
+        h.record_final_read(K, vec![sib(1, 1, "a")], vv(&[(1, 1)]));
+        let v = check(&h);
+        assert_eq!(
+            v,
+            [Violation::Resurrected {
+                key: K.to_vec(),
+                sibling: sib(1, 1, "a"),
+                by: del
+            }]
+        );
+        assert!(
+            v[0].to_string().contains("acknowledged write 1"),
+            "{}",
+            v[0]
+        );
+        // Pruning can bring a replaced value back legitimately, so the lenient rule does not
+        // look.
+        assert_eq!(check_with(&h, Supersession::Any), []);
+    }
+
+    /// The tombstone replaced `a` and was then collected: nothing is left, and nothing is lost.
+    #[test]
+    fn a_deleted_key_whose_tombstone_was_collected_passes() {
+        let (mut h, _, _) = put_then_delete();
+        h.record_final_read(K, vec![], VersionVector::new());
+        assert_eq!(check(&h), []);
+    }
+
+    /// After the tombstone was collected, a blind write starts the key afresh: its context does
+    /// not cover the delete's dot.
+    #[test]
+    fn a_blind_write_after_a_collected_delete_passes() {
+        let (mut h, _, _) = put_then_delete();
+        let b = h.record_write(K, val("b"), VersionVector::new());
+        h.record_ack(b, dot(2, 1));
+        h.record_final_read(K, vec![sib(2, 1, "b")], vv(&[(2, 1)]));
+        assert_eq!(check(&h), []);
+        assert_eq!(check_with(&h, Supersession::Any), []);
+    }
+
+    /// Negative control: a delete concurrent with `a` does not replace it, so a store that
+    /// collects the key's state with `a` in it lost `a`.
+    #[test]
+    fn a_put_dropped_with_a_concurrent_delete_is_reported() {
+        let mut h = History::new();
+        let a = h.record_write(K, val("a"), VersionVector::new());
+        h.record_ack(a, dot(1, 1));
+        let del = h.record_write(K, None, VersionVector::new());
+        h.record_ack(del, dot(2, 1));
+        h.record_final_read(K, vec![], VersionVector::new());
+        assert_eq!(
+            check(&h),
+            [Violation::LostWrite {
+                key: K.to_vec(),
+                write: a,
+                dot: dot(1, 1)
+            }]
+        );
+    }
+
+    /// A delete whose reply was lost may have taken effect and had its tombstone collected, so
+    /// it supersedes what it covered though nothing of it is observed. Its context does not
+    /// count for rule 3: it may never have reached the store.
+    #[test]
+    fn an_unacknowledged_delete_may_have_been_collected() {
+        let mut h = History::new();
+        let a = h.record_write(K, val("a"), VersionVector::new());
+        h.record_ack(a, dot(1, 1));
+        h.record_write(K, None, vv(&[(1, 1)]));
+        h.record_final_read(K, vec![], VersionVector::new());
+        assert_eq!(check(&h), []);
+        h.record_final_read(K, vec![sib(1, 1, "a")], vv(&[(1, 1)]));
+        assert_eq!(check(&h), []);
     }
 
     /// A key read but never written may only be empty.

@@ -161,12 +161,33 @@ pub enum Request {
     /// its own states in every bucket whose digest differs, so the owner can merge them and push
     /// back the union.
     SyncDigest {
+        /// The node asking.
+        asker: NodeRef,
         /// Start of the range (exclusive).
         from: Id,
         /// End of the range (inclusive).
         to: Id,
         /// (bucket, digest) for every bucket the owner holds keys in.
         digests: Vec<(u8, u64)>,
+    },
+    /// Collection of stray copies: the sender holds these copies of keys the receiver owns and
+    /// is not one of their replicas. The receiver merges them, replicates the merged states to
+    /// all its `N − 1` replicas, and answers [`Response::HandedOff`] with the keys the sender
+    /// may now delete.
+    Handoff {
+        /// The node handing its copies off.
+        from: NodeRef,
+        /// Keys and their encoded [`crate::version::Versioned`] states.
+        items: Vec<(Vec<u8>, Vec<u8>)>,
+    },
+    /// Tombstone collection, sent by a key's owner to its replicas. With `commit` false: which
+    /// of these keys do you hold with exactly this state digest? With `commit` true: delete
+    /// those you still hold with exactly this digest. Answered with [`Response::Reaped`].
+    Reap {
+        /// Keys and the digests of their tombstone-only states at the owner.
+        items: Vec<(Vec<u8>, u64)>,
+        /// Delete (true) or only check (false).
+        commit: bool,
     },
 
     // ---- client requests: any node coordinates them ----
@@ -261,6 +282,20 @@ pub enum Response {
         buckets: Vec<u8>,
         /// The replica's keys and encoded states in those buckets.
         items: Vec<(Vec<u8>, Vec<u8>)>,
+        /// The range is the answerer's own and the asker is not one of its replicas: the
+        /// asker's copies in it are strays, to hand off ([`Request::Handoff`]) and delete.
+        stray: bool,
+    },
+    /// Answer to [`Request::Handoff`]: the keys whose copies the sender may delete, because the
+    /// owner and all its replicas now store states that include them.
+    HandedOff {
+        /// The keys.
+        keys: Vec<Vec<u8>>,
+    },
+    /// Answer to [`Request::Reap`]: the keys held with the given digest (or deleted).
+    Reaped {
+        /// The keys.
+        keys: Vec<Vec<u8>>,
     },
     /// Answer to [`Request::Lookup`].
     Lookup(LookupInfo),
@@ -344,6 +379,8 @@ impl Request {
             Request::Replicate { .. } => "replicate",
             Request::ReplicaRead { .. } => "replica_read",
             Request::SyncDigest { .. } => "sync_digest",
+            Request::Handoff { .. } => "handoff",
+            Request::Reap { .. } => "reap",
             Request::Get { .. } => "get",
             Request::Put { .. } => "put",
             Request::Delete { .. } => "delete",

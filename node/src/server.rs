@@ -418,6 +418,15 @@ fn record_event(me: &NodeRef, event: &Event) -> bool {
             metrics::counter!("chordkv_repaired_keys_total").increment(*keys);
             debug!(node, replica = %with, keys, "repaired a replica");
         }
+        Event::Collected {
+            with,
+            keys,
+            tombstones,
+        } => {
+            let kind = if *tombstones { "tombstone" } else { "stray" };
+            metrics::counter!("chordkv_collected_keys_total", "kind" => kind).increment(*keys);
+            debug!(node, peer = %with, keys, kind, "collected copies");
+        }
         Event::ManySiblings { key, siblings } => {
             metrics::counter!("chordkv_sibling_warnings_total").increment(1);
             warn!(

@@ -529,14 +529,7 @@ impl Sim {
         for i in self.holders(key) {
             merged.merge(&self.stored_state(i, key)?);
         }
-        let ring = self.true_ring();
-        let Some(owner) = self.true_successor(Id::hash(key)) else {
-            return Ok(merged);
-        };
-        let at = ring.iter().position(|n| *n == owner).unwrap_or(0);
-        for k in 0..replicas.min(ring.len()) {
-            let node = ring[(at + k) % ring.len()];
-            let i = self.by_addr[&node.addr];
+        for i in self.preference_list(key, replicas) {
             if self.stored_state(i, key)? != merged {
                 return Err(Error::InvalidData(format!(
                     "replica n{i} of {:?} has not converged",
@@ -545,6 +538,29 @@ impl Sim {
             }
         }
         Ok(merged)
+    }
+
+    /// The key's preference list in the true ring: its owner and next `replicas − 1`
+    /// successors, as node indices.
+    pub fn preference_list(&self, key: &[u8], replicas: usize) -> Vec<usize> {
+        let ring = self.true_ring();
+        let Some(owner) = self.true_successor(Id::hash(key)) else {
+            return Vec::new();
+        };
+        let at = ring.iter().position(|n| *n == owner).unwrap_or(0);
+        (0..replicas.min(ring.len()))
+            .map(|k| self.by_addr[&ring[(at + k) % ring.len()].addr])
+            .collect()
+    }
+
+    /// The running nodes holding a copy of `key` outside its preference list: strays a moved
+    /// range left behind, which collection should remove once their owner has what they hold.
+    pub fn strays(&self, key: &[u8], replicas: usize) -> Vec<usize> {
+        let keepers = self.preference_list(key, replicas);
+        self.holders(key)
+            .into_iter()
+            .filter(|i| !keepers.contains(i))
+            .collect()
     }
 
     /// Grow a ring: a first node, then `n − 1` more joining through it, `every_ms` apart.
@@ -568,15 +584,24 @@ impl Sim {
     }
 
     /// Judge a client history against the data: every written key must have converged on its
-    /// `replicas` copies ([`Sim::converged_state`]), and the history checker must find no lost,
-    /// duplicated or phantom write in those states.
+    /// `replicas` copies ([`Sim::converged_state`]) and be held nowhere else ([`Sim::strays`]),
+    /// and the history checker must find no lost, duplicated, phantom or resurrected write in
+    /// those states.
     ///
     /// # Errors
-    /// The first key that has not converged, or the checker's first violation and their count.
+    /// The first key that has not converged or has strays, or the checker's first violation
+    /// and their count.
     pub fn check_history(&self, history: &mut History, replicas: usize) -> Result<()> {
         let keys: BTreeSet<Vec<u8>> = history.writes().iter().map(|w| w.key.clone()).collect();
         for key in keys {
             let state = self.converged_state(&key, replicas)?;
+            let strays = self.strays(&key, replicas);
+            if !strays.is_empty() {
+                return Err(Error::InvalidData(format!(
+                    "{:?} still has copies outside its preference list, on {strays:?}",
+                    String::from_utf8_lossy(&key)
+                )));
+            }
             history.record_final_state(&key, &state);
         }
         let violations = crate::history::check(history);

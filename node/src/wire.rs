@@ -343,6 +343,12 @@ impl Limits {
                 items.iter().try_for_each(|(key, _)| self.check_key(key))
             }
             Request::ReplicaRead { key } => self.check_key(key),
+            Request::Handoff { items, .. } => {
+                items.iter().try_for_each(|(key, _)| self.check_key(key))
+            }
+            Request::Reap { items, .. } => {
+                items.iter().try_for_each(|(key, _)| self.check_key(key))
+            }
             Request::Ping
             | Request::FindSuccessor { .. }
             | Request::GetNeighbors

@@ -61,6 +61,12 @@ struct Args {
     /// partition heals), ms.
     #[arg(long, default_value_t = 5000)]
     merge_ms: u64,
+    /// How long a deleted key's tombstone must stay unchanged on every replica before it is
+    /// collected, ms; 0 keeps tombstones forever. Must exceed the longest time a node may be
+    /// down or cut off and come back with its data, or a value the tombstone replaced may
+    /// reappear.
+    #[arg(long, default_value_t = 3_600_000)]
+    tombstone_grace_ms: u64,
     /// Copies of every key (N).
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..=16))]
     replicas: u16,
@@ -161,6 +167,7 @@ fn run(args: Args) -> Result<(), String> {
         },
         sync_interval: args.sync_ms.max(1),
         merge_interval: args.merge_ms.max(1),
+        tombstone_grace: (args.tombstone_grace_ms > 0).then_some(args.tombstone_grace_ms),
         replicas: usize::from(args.replicas),
         write_quorum: usize::from(args.write_quorum),
         read_quorum: usize::from(args.read_quorum),

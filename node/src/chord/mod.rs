@@ -161,6 +161,12 @@ pub struct Options {
     /// How often to look ourselves up through a node we lost, to merge rings after a
     /// partition, in ms.
     pub merge_interval: u64,
+    /// How long, in ms, a key's owner must have seen the same tombstone-only state before it
+    /// collects it from every replica; `None` keeps tombstones forever. It must be longer than
+    /// any node stays down or cut off and then comes back with its data: such a node may still
+    /// hold a value the collected tombstone had replaced, and would bring it back (Cassandra's
+    /// `gc_grace_seconds` rule).
+    pub tombstone_grace: Option<u64>,
     /// Bounds on siblings and clock size per key.
     pub versions: VersionLimits,
     /// Seed for the timer phases, so that nodes started together do not act in lockstep.
@@ -187,6 +193,7 @@ impl Default for Options {
             read_quorum: 2,
             sync_interval: 1_000,
             merge_interval: 5_000,
+            tombstone_grace: Some(3_600_000),
             seed: 0,
         }
     }
@@ -299,6 +306,17 @@ pub enum Event {
         /// How many keys were pushed.
         keys: u64,
     },
+    /// Copies collected: stray copies handed off to `with` (their owner) and deleted, or
+    /// tombstones every replica held, deleted here and on the replicas (`with`: the last
+    /// replica to confirm).
+    Collected {
+        /// The owner, or a replica.
+        with: NodeRef,
+        /// How many keys were deleted here.
+        keys: u64,
+        /// Tombstones (true) or stray copies (false).
+        tombstones: bool,
+    },
     /// A storage operation failed.
     StorageError {
         /// The failure.
@@ -335,7 +353,18 @@ enum Purpose {
     /// A leave notice.
     Leaving,
     /// A replica's answer to a write's `Replicate`.
-    ReplicaWrite { op: u64, to: NodeRef, key: Vec<u8> },
+    ReplicaWrite {
+        op: u64,
+        to: NodeRef,
+        keys: Vec<Vec<u8>>,
+    },
+    /// The owner's answer to our hand-off of stray copies, with the digests of what we sent.
+    Handoff {
+        to: NodeRef,
+        sent: Vec<(Vec<u8>, u64)>,
+    },
+    /// A replica's answer to a tombstone-collection check.
+    Reap { to: NodeRef },
     /// A replica's answer to the hand-over of hinted writes.
     Hints { to: NodeRef, keys: Vec<Vec<u8>> },
     /// A replica's answer to a quorum read.
@@ -501,10 +530,23 @@ pub struct Chord<S: Storage> {
     next_hints: u64,
     /// Where the scan for copies outside our range resumes (None: from ourselves).
     sync_cursor: Option<Id>,
+    /// Tombstone collection: the tombstone-only keys of our range, with the digest of their
+    /// state and when we first saw it; where the next scan resumes; the round in flight.
+    tombs: BTreeMap<Vec<u8>, (u64, u64)>,
+    reap_cursor: Option<Id>,
+    /// Our range's start and replicas when the grace periods in `tombs` started.
+    reap_view: Option<(Id, Vec<Id>)>,
+    reaping: Option<replica::ReapOp>,
     next_sync: u64,
     /// Answers to writes applied here, by write id, so retries are applied at most once.
     applied: BTreeMap<WriteId, Response>,
     applied_order: VecDeque<WriteId>,
+    /// The largest dot counter this node has issued, for any key; the next write is numbered
+    /// above it (see [`Chord::next_dot_floor`]).
+    dot_floor: u64,
+    /// The counter up to which dots may be issued without persisting a new lease; `None`
+    /// until the persisted lease is read.
+    dot_lease: Option<u64>,
     outbox: VecDeque<Output>,
 }
 
@@ -561,11 +603,17 @@ impl<S: Storage> Chord<S> {
             sync_next: 0,
             syncing: false,
             sync_cursor: None,
+            tombs: BTreeMap::new(),
+            reap_cursor: None,
+            reap_view: None,
+            reaping: None,
             hints: BTreeMap::new(),
             next_hints: now,
             next_sync: jitter(opts.sync_interval),
             applied: BTreeMap::new(),
             applied_order: VecDeque::new(),
+            dot_floor: 0,
+            dot_lease: None,
             outbox: VecDeque::new(),
             opts,
         }
@@ -741,6 +789,7 @@ impl<S: Storage> Chord<S> {
         if now >= self.next_sync {
             self.next_sync = now + self.opts.sync_interval;
             self.sync_tick();
+            self.reap_tick();
         }
         if now >= self.next_hints {
             self.next_hints = now + self.opts.detector.interval;
@@ -814,7 +863,16 @@ impl<S: Storage> Chord<S> {
             },
             Request::Replicate { items } => self.on_replicate(items),
             Request::ReplicaRead { key } => self.on_replica_read(&key),
-            Request::SyncDigest { from, to, digests } => self.on_sync_digest(from, to, digests),
+            Request::SyncDigest {
+                asker,
+                from,
+                to,
+                digests,
+            } => self.on_sync_digest(asker, from, to, digests),
+            Request::Handoff { from, items } => {
+                return self.on_handoff(Responder::Conn { conn, id }, from, items);
+            }
+            Request::Reap { items, commit } => self.on_reap(items, commit),
             Request::Get { r: Some(q), .. }
             | Request::Put { w: Some(q), .. }
             | Request::Delete { w: Some(q), .. }
@@ -912,9 +970,11 @@ impl<S: Storage> Chord<S> {
         match pending.purpose {
             Purpose::Lookup { op } => self.on_lookup_answer(op, pending.to, response),
             Purpose::Verify { op, owner } => self.on_verify_answer(op, owner, response),
-            Purpose::ReplicaWrite { op, to, key } => {
-                self.on_replica_write_answer(op, to, key, response)
+            Purpose::ReplicaWrite { op, to, keys } => {
+                self.on_replica_write_answer(op, to, keys, response)
             }
+            Purpose::Handoff { to, sent } => self.on_handoff_answer(to, sent, response),
+            Purpose::Reap { to } => self.on_reap_answer(to, response),
             Purpose::Hints { to, keys } => self.on_hints_answer(to, keys, response),
             Purpose::ReplicaRead { op, from } => self.on_replica_read_answer(op, from, response),
             Purpose::Sync {
@@ -1574,7 +1634,9 @@ impl<S: Storage> Chord<S> {
             // A retry of a write applied before, perhaps by the previous owner: same answer.
             return Ok(Response::Written { dot, existed });
         }
+        state.raise_dot_floor(self.next_dot_floor()?);
         let outcome = state.write_checked(self.me.id, context, value, &self.opts.versions)?;
+        self.dot_floor = self.dot_floor.max(outcome.dot.counter);
         state.record_applied(write_id, outcome.dot);
         if outcome.warn {
             self.emit(Event::ManySiblings {
@@ -1587,6 +1649,42 @@ impl<S: Storage> Chord<S> {
             dot: outcome.dot,
             existed,
         })
+    }
+
+    /// The floor above which this node numbers its next dot, for any key: above every counter
+    /// it ever issued, in this run or an earlier one. So a dot is never issued twice, even for a
+    /// key whose state this node no longer holds (moved away, collected as a stray, or reaped as
+    /// a tombstone) while contexts elsewhere still cover its old dots. Across restarts the floor
+    /// comes from a lease in the storage meta, renewed [`DOT_LEASE`] counters ahead (Riak's
+    /// vnode counter lease), so a write persists nothing extra except once per lease.
+    fn next_dot_floor(&mut self) -> Result<u64> {
+        let lease = match self.dot_lease {
+            Some(lease) => lease,
+            None => {
+                // Everything issued before this run is at or below the persisted lease.
+                let stored = match self.storage.get_meta(DOT_LEASE_META)? {
+                    Some(bytes) => {
+                        u64::from_be_bytes(bytes.as_slice().try_into().map_err(|_| {
+                            Error::InvalidData(
+                                "the dot lease in the data directory is corrupt".into(),
+                            )
+                        })?)
+                    }
+                    None => 0,
+                };
+                self.dot_floor = self.dot_floor.max(stored);
+                stored
+            }
+        };
+        if self.dot_floor.saturating_add(1) > lease {
+            let renewed = self.dot_floor.saturating_add(DOT_LEASE);
+            self.storage
+                .set_meta(DOT_LEASE_META, &renewed.to_be_bytes())?;
+            self.dot_lease = Some(renewed);
+        } else {
+            self.dot_lease = Some(lease);
+        }
+        Ok(self.dot_floor)
     }
 
     fn start_client_op(&mut self, op: ClientOp) {
@@ -1995,6 +2093,12 @@ impl<S: Storage> Chord<S> {
 
 /// How many lost nodes a node remembers for ring merging.
 const MAX_LOST: usize = 32;
+
+/// How many dot counters a node may issue per persisted lease (see [`Chord::next_dot_floor`]).
+const DOT_LEASE: u64 = 1 << 20;
+
+/// The storage meta name of the dot lease.
+const DOT_LEASE_META: &str = "dot-lease";
 
 /// How many applied write ids an owner remembers for at-most-once retries.
 const MAX_APPLIED: usize = 1 << 16;

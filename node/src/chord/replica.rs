@@ -58,6 +58,12 @@ use std::collections::{BTreeMap, BTreeSet};
 /// Most items in one anti-entropy message.
 const SYNC_BATCH: usize = 256;
 
+/// How many keys one tombstone-collection round looks at.
+const REAP_SCAN: usize = 1024;
+
+/// Most tombstones whose age is tracked; beyond that, the rest wait for a later pass.
+const MAX_TOMBS: usize = 100_000;
+
 /// Most hinted keys kept in all; beyond that anti-entropy alone repairs.
 const MAX_HINTS: usize = 100_000;
 
@@ -70,17 +76,30 @@ pub(super) enum Responder {
     Local(ClientOp),
 }
 
-/// A write waiting for its replicas.
+/// A write (or a stray hand-off) waiting for its replicas.
 #[derive(Clone, Debug)]
 pub(super) struct WriteOp {
     responder: Responder,
-    write_id: WriteId,
+    /// The client write's id; `None` for a hand-off.
+    write_id: Option<WriteId>,
     response: Response,
     /// Replica acknowledgements still needed.
     needed: usize,
     acks: usize,
     outstanding: usize,
     done: bool,
+}
+
+/// A tombstone collection waiting for the replicas' checks.
+#[derive(Clone, Debug)]
+pub(super) struct ReapOp {
+    /// The tombstones to collect and the digests of their states here.
+    candidates: Vec<(Vec<u8>, u64)>,
+    /// How many replicas hold each with the same digest.
+    votes: BTreeMap<Vec<u8>, usize>,
+    /// How many replicas were asked.
+    replicas: usize,
+    outstanding: usize,
 }
 
 /// A read waiting for its replicas.
@@ -140,7 +159,7 @@ impl<S: Storage> Chord<S> {
         if self
             .writes
             .values()
-            .any(|w| w.write_id == write_id && !w.done)
+            .any(|w| w.write_id == Some(write_id) && !w.done)
         {
             let e = Error::Unavailable("this write is still being replicated; retry".into());
             return self.answer(responder, Err(e));
@@ -167,31 +186,38 @@ impl<S: Storage> Chord<S> {
             Ok(state) => state.encode(),
             Err(e) => return self.answer(responder, Err(e)),
         };
-        let op = self.next_op;
-        self.next_op += 1;
-        let mut w = WriteOp {
+        let op = WriteOp {
             responder,
-            write_id,
+            write_id: Some(write_id),
             response,
             needed,
             acks: 0,
             outstanding: targets.len(),
             done: false,
         };
-        if needed == 0 {
+        self.replicate(op, targets, vec![(key, state)]);
+    }
+
+    /// Send `items` to `targets` and answer `w`'s responder once `w.needed` of them stored them
+    /// (at once if none is needed).
+    fn replicate(&mut self, mut w: WriteOp, targets: Vec<NodeRef>, items: Vec<(Vec<u8>, Vec<u8>)>) {
+        let op = self.next_op;
+        self.next_op += 1;
+        if w.needed == 0 {
             w.done = true;
             self.answer(w.responder.clone(), Ok(w.response.clone()));
         }
         if !targets.is_empty() {
             self.writes.insert(op, w);
         }
+        let keys: Vec<Vec<u8>> = items.iter().map(|(k, _)| k.clone()).collect();
         for t in targets {
-            let items = vec![(key.clone(), state.clone())];
             let purpose = Purpose::ReplicaWrite {
                 op,
                 to: t,
-                key: key.clone(),
+                keys: keys.clone(),
             };
+            let items = items.clone();
             self.send(t, Request::Replicate { items }, purpose);
         }
     }
@@ -200,14 +226,16 @@ impl<S: Storage> Chord<S> {
         &mut self,
         op: u64,
         to: NodeRef,
-        key: Vec<u8>,
+        keys: Vec<Vec<u8>>,
         response: Result<Response>,
     ) {
         let stored = matches!(response, Ok(Response::Ack));
         if !stored {
-            // Hinted handoff: remember that this replica lacks the key, and hand it over when
-            // the replica answers again.
-            self.add_hint(to, key);
+            // Hinted handoff: remember that this replica lacks the keys, and hand them over
+            // when the replica answers again.
+            for key in keys {
+                self.add_hint(to, key);
+            }
         }
         let Some(w) = self.writes.get_mut(&op) else {
             return;
@@ -457,6 +485,7 @@ impl<S: Storage> Chord<S> {
         };
         self.syncing = true;
         let req = Request::SyncDigest {
+            asker: self.me,
             from,
             to: until,
             digests: digests.into_iter().collect(),
@@ -509,10 +538,12 @@ impl<S: Storage> Chord<S> {
     /// A replica's side of [`Request::SyncDigest`]: our states in the buckets that differ.
     pub(super) fn on_sync_digest(
         &self,
+        asker: NodeRef,
         from: Id,
         to: Id,
         theirs: Vec<(u8, u64)>,
     ) -> Result<Response> {
+        let stray = to == self.me.id && !self.keeps_copies(&asker);
         let mine = bucket_digests(&self.storage, from, to)?;
         let theirs: BTreeMap<u8, u64> = theirs.into_iter().collect();
         let buckets: BTreeSet<u8> = mine
@@ -533,6 +564,7 @@ impl<S: Storage> Chord<S> {
         Ok(Response::SyncItems {
             buckets: buckets.into_iter().collect(),
             items,
+            stray,
         })
     }
 
@@ -546,19 +578,21 @@ impl<S: Storage> Chord<S> {
         response: Result<Response>,
     ) {
         self.syncing = false;
-        let Ok(Response::SyncItems { buckets, items }) = response else {
+        let Ok(Response::SyncItems {
+            buckets,
+            items,
+            stray,
+        }) = response
+        else {
             return;
         };
-        if buckets.is_empty() {
-            return;
-        }
         for (k, v) in &items {
             // Only keys in the range compared: the reply names nothing else, but check anyway.
             if !in_half_open(from, until, Id::hash(k)) {
                 continue;
             }
-            // Outside our own range we only bring our copies up to date; we do not collect
-            // copies of keys we do not hold.
+            // Outside our own range we only bring our copies up to date; we do not take copies
+            // of keys we do not hold.
             if foreign && !matches!(self.storage.get(k), Ok(Some(_))) {
                 continue;
             }
@@ -567,6 +601,15 @@ impl<S: Storage> Chord<S> {
                     self.emit(Event::StorageError { error });
                 }
             }
+        }
+        // A stray copy brought up to date first holds the owner's tombstones rather than the
+        // values they replaced, so that should the hand-off fail and the owner collect those
+        // tombstones meanwhile, what the stray hands over later cannot bring a value back.
+        if foreign && stray {
+            return self.hand_off(to, from, until);
+        }
+        if buckets.is_empty() {
+            return;
         }
         let buckets: BTreeSet<u8> = buckets.into_iter().collect();
         let entries = match self.storage.scan_range(from, until, usize::MAX) {
@@ -587,6 +630,267 @@ impl<S: Storage> Chord<S> {
         }
     }
 
+    /// Whether `node` is one of the nodes that keep copies of our keys (ourselves or one of
+    /// our `N − 1` replicas), or may be: while we have fewer than `N − 1` replicas (a small
+    /// ring, or a view still repairing) every node counts, and no copy is collected.
+    fn keeps_copies(&self, node: &NodeRef) -> bool {
+        let targets = self.replica_targets();
+        node.id == self.me.id
+            || targets.len() + 1 < self.opts.replicas
+            || targets.iter().any(|t| t.id == node.id)
+    }
+
+    /// We hold copies in `(from, until]`, owned by `to`, and are none of their replicas: send
+    /// a batch of them to the owner, to delete once it confirms they are safe elsewhere.
+    fn hand_off(&mut self, to: NodeRef, from: Id, until: Id) {
+        let items = match self.storage.scan_range(from, until, SYNC_BATCH) {
+            Ok(items) => items,
+            Err(error) => return self.emit(Event::StorageError { error }),
+        };
+        if items.is_empty() {
+            return;
+        }
+        let sent = items
+            .iter()
+            .map(|(k, v)| (k.clone(), state_digest(v)))
+            .collect();
+        let req = Request::Handoff {
+            from: self.me,
+            items,
+        };
+        self.send(to, req, Purpose::Handoff { to, sent });
+    }
+
+    /// The owner's side of [`Request::Handoff`]: merge the stray copies we own, and once the
+    /// merged states are stored on all `N − 1` replicas, tell the sender which it may delete.
+    /// Nothing may be deleted if the sender keeps copies of our keys after all.
+    pub(super) fn on_handoff(
+        &mut self,
+        responder: Responder,
+        from: NodeRef,
+        items: Vec<(Vec<u8>, Vec<u8>)>,
+    ) {
+        let start = self.pred.or(self.range_start).map(|p| p.id);
+        let mut merged = Vec::new();
+        for (key, bytes) in items {
+            let owned = self.installed
+                && start.is_some_and(|s| in_half_open(s, self.me.id, Id::hash(&key)));
+            if !owned {
+                continue;
+            }
+            let result = Versioned::decode(&bytes)
+                .and_then(|incoming| self.merge_into_storage(&key, &incoming))
+                .and_then(|()| self.storage.get(&key));
+            match result {
+                Ok(Some(state)) => merged.push((key, state)),
+                Ok(None) => {}
+                Err(e) => return self.answer(responder, Err(e)),
+            }
+        }
+        if self.keeps_copies(&from) || merged.is_empty() {
+            let keys = Vec::new();
+            return self.answer(responder, Ok(Response::HandedOff { keys }));
+        }
+        let targets = self.replica_targets();
+        let op = WriteOp {
+            responder,
+            write_id: None,
+            response: Response::HandedOff {
+                keys: merged.iter().map(|(k, _)| k.clone()).collect(),
+            },
+            needed: targets.len(),
+            acks: 0,
+            outstanding: targets.len(),
+            done: false,
+        };
+        self.replicate(op, targets, merged);
+    }
+
+    /// The owner confirmed a hand-off: delete the copies it names, unless they changed since.
+    pub(super) fn on_handoff_answer(
+        &mut self,
+        to: NodeRef,
+        sent: Vec<(Vec<u8>, u64)>,
+        response: Result<Response>,
+    ) {
+        let Ok(Response::HandedOff { keys }) = response else {
+            return;
+        };
+        let confirmed: BTreeSet<Vec<u8>> = keys.into_iter().collect();
+        let mut collected = 0;
+        for (key, digest) in sent {
+            if !confirmed.contains(&key) {
+                continue;
+            }
+            let result = self.storage.get(&key).and_then(|now| match now {
+                Some(v) if state_digest(&v) == digest => self.storage.delete(&key),
+                _ => Ok(false),
+            });
+            match result {
+                Ok(true) => collected += 1,
+                Ok(false) => {}
+                Err(error) => return self.emit(Event::StorageError { error }),
+            }
+        }
+        if collected > 0 {
+            self.emit(Event::Collected {
+                with: to,
+                keys: collected,
+                tombstones: false,
+            });
+        }
+    }
+
+    /// Every `sync_interval`, if tombstones are collected: look at the next stretch of our
+    /// range for keys that are tombstones only. A tombstone unchanged here for the grace period
+    /// is a candidate; ask every replica whether it holds exactly the same state
+    /// ([`Request::Reap`]), and collect the ones they all hold ([`Chord::on_reap_answer`]).
+    pub(super) fn reap_tick(&mut self) {
+        let Some(grace) = self.opts.tombstone_grace else {
+            return;
+        };
+        let targets = self.replica_targets();
+        let Some(start) = self.pred.or(self.range_start).map(|p| p.id) else {
+            return;
+        };
+        if !self.installed || self.reaping.is_some() || targets.len() + 1 < self.opts.replicas {
+            return;
+        }
+        // Any change of our range or replicas may have left stray copies behind, stale ones
+        // among them, that collection has not handed off yet: grace periods start again.
+        let view = (start, targets.iter().map(|t| t.id).collect::<Vec<Id>>());
+        if self.reap_view.as_ref() != Some(&view) {
+            self.tombs.clear();
+            self.reap_view = Some(view);
+        }
+        let from = match self.reap_cursor {
+            Some(c) if in_half_open(start, self.me.id, c) && c != self.me.id => c,
+            _ => start,
+        };
+        let entries = match self.storage.scan_range(from, self.me.id, REAP_SCAN) {
+            Ok(e) => e,
+            Err(error) => return self.emit(Event::StorageError { error }),
+        };
+        self.reap_cursor = match entries.last() {
+            Some((k, _)) if entries.len() == REAP_SCAN => Some(Id::hash(k)),
+            _ => {
+                // A whole pass: forget tombstones no longer in our range.
+                let me = self.me.id;
+                self.tombs
+                    .retain(|k, _| in_half_open(start, me, Id::hash(k)));
+                None
+            }
+        };
+        let mut candidates = Vec::new();
+        for (key, bytes) in entries {
+            let Ok(state) = Versioned::decode(&bytes) else {
+                continue;
+            };
+            if !state.is_deleted() {
+                self.tombs.remove(&key);
+                continue;
+            }
+            let digest = state.digest();
+            match self.tombs.get(&key) {
+                Some(&(d, since)) if d == digest => {
+                    if self.now.saturating_sub(since) >= grace && candidates.len() < SYNC_BATCH {
+                        candidates.push((key, digest));
+                    }
+                }
+                _ if self.tombs.len() >= MAX_TOMBS => {}
+                _ => {
+                    self.tombs.insert(key, (digest, self.now));
+                }
+            }
+        }
+        if candidates.is_empty() {
+            return;
+        }
+        for t in &targets {
+            let req = Request::Reap {
+                items: candidates.clone(),
+                commit: false,
+            };
+            self.send(*t, req, Purpose::Reap { to: *t });
+        }
+        self.reaping = Some(ReapOp {
+            candidates,
+            votes: BTreeMap::new(),
+            replicas: targets.len(),
+            outstanding: targets.len(),
+        });
+    }
+
+    /// A replica's side of [`Request::Reap`]: which of the keys we hold with exactly the given
+    /// digest, and with `commit`, delete those.
+    pub(super) fn on_reap(&mut self, items: Vec<(Vec<u8>, u64)>, commit: bool) -> Result<Response> {
+        let mut keys = Vec::new();
+        for (key, digest) in items {
+            match self.storage.get(&key)? {
+                Some(v) if state_digest(&v) == digest => {
+                    if commit {
+                        self.storage.delete(&key)?;
+                    }
+                    keys.push(key);
+                }
+                _ => {}
+            }
+        }
+        Ok(Response::Reaped { keys })
+    }
+
+    /// A replica answered a tombstone check. Once all have, collect the tombstones every
+    /// replica holds exactly as we do: delete ours, and tell the replicas to delete theirs.
+    pub(super) fn on_reap_answer(&mut self, to: NodeRef, response: Result<Response>) {
+        let Some(r) = self.reaping.as_mut() else {
+            return;
+        };
+        r.outstanding -= 1;
+        if let Ok(Response::Reaped { keys }) = response {
+            for k in keys {
+                *r.votes.entry(k).or_default() += 1;
+            }
+        }
+        if r.outstanding > 0 {
+            return;
+        }
+        let r = self.reaping.take().expect("present");
+        let mut reaped = Vec::new();
+        for (key, digest) in r.candidates {
+            if r.votes.get(&key) != Some(&r.replicas) {
+                continue;
+            }
+            // Unchanged here too (no write arrived while the replicas answered)?
+            let result = self.storage.get(&key).and_then(|now| match now {
+                Some(v) if state_digest(&v) == digest => self.storage.delete(&key),
+                _ => Ok(false),
+            });
+            match result {
+                Ok(true) => {
+                    self.tombs.remove(&key);
+                    reaped.push((key, digest));
+                }
+                Ok(false) => {}
+                Err(error) => return self.emit(Event::StorageError { error }),
+            }
+        }
+        if reaped.is_empty() {
+            return;
+        }
+        self.emit(Event::Collected {
+            with: to,
+            keys: reaped.len() as u64,
+            tombstones: true,
+        });
+        for t in self.replica_targets() {
+            let req = Request::Reap {
+                items: reaped.clone(),
+                commit: true,
+            };
+            self.send(t, req, Purpose::Repair);
+        }
+    }
+
     /// Deliver the outcome of a coordinated request.
     pub(super) fn answer(&mut self, responder: Responder, result: Result<Response>) {
         match responder {
@@ -602,6 +906,11 @@ fn read_reply(state: &Versioned) -> Response {
         values: state.values().into_iter().map(<[u8]>::to_vec).collect(),
         context: state.context().clone(),
     })
+}
+
+/// The digest of an encoded state; a state that does not decode gets one no state has.
+fn state_digest(bytes: &[u8]) -> u64 {
+    Versioned::decode(bytes).map_or(0, |s| s.digest())
 }
 
 /// One digest per bucket (first byte of the key id) of the states in `(from, to]`.

@@ -1,0 +1,212 @@
+//! Collection, in simulation: tombstones are removed once every replica has held the same one
+//! for the grace period, and a key written again afterwards behaves like a new key, even for a
+//! client that still holds a context from before the delete.
+
+use chordkv_node::chord::Options;
+use chordkv_node::history::History;
+use chordkv_node::message::{Request, Response};
+use chordkv_node::sim::{Sim, SimOptions};
+use chordkv_node::version::VersionVector;
+
+const NODES: usize = 6;
+const GRACE: u64 = 3_000;
+
+fn read(sim: &mut Sim, via: usize, key: &[u8]) -> (Vec<Vec<u8>>, VersionVector) {
+    let get = Request::Get {
+        key: key.to_vec(),
+        r: None,
+    };
+    match sim.request(via, get, 15_000) {
+        Ok(Response::Read(r)) => (r.values, r.context),
+        other => panic!(
+            "read of {:?} failed: {other:?}",
+            String::from_utf8_lossy(key)
+        ),
+    }
+}
+
+/// Write (or delete, with `value: None`) through `via`, recording it in `h`; panics unless
+/// acknowledged.
+fn write(
+    sim: &mut Sim,
+    h: &mut History,
+    via: usize,
+    key: &[u8],
+    value: Option<&str>,
+    context: VersionVector,
+) {
+    let value = value.map(|v| v.as_bytes().to_vec());
+    let id = h.record_write(key, value.clone(), context.clone());
+    let key = key.to_vec();
+    let req = match value {
+        Some(value) => Request::Put {
+            key,
+            value,
+            context,
+            w: None,
+        },
+        None => Request::Delete {
+            key,
+            context,
+            w: None,
+        },
+    };
+    match sim.request(via, req, 15_000) {
+        Ok(Response::Written { dot, .. }) => h.record_ack(id, dot),
+        other => panic!("write failed: {other:?}"),
+    }
+}
+
+#[test]
+fn deleted_keys_are_collected_everywhere_and_can_be_written_again() {
+    let mut sim = Sim::new(SimOptions {
+        seed: 7,
+        chord: Options {
+            successors: 4,
+            tombstone_grace: Some(GRACE),
+            ..Options::default()
+        },
+        ..SimOptions::default()
+    });
+    sim.grow(NODES, 200);
+    assert!(sim.settle(60_000), "ring did not form");
+    let mut h = History::new();
+    let keys: Vec<Vec<u8>> = (0..40).map(|i| format!("k{i}").into_bytes()).collect();
+    for (i, key) in keys.iter().enumerate() {
+        write(
+            &mut sim,
+            &mut h,
+            i % NODES,
+            key,
+            Some(&format!("a{i}")),
+            VersionVector::new(),
+        );
+    }
+    // Delete half of them, each with the context of a read; keep those contexts.
+    let mut stale = Vec::new();
+    for (i, key) in keys.iter().enumerate().filter(|(i, _)| i % 2 == 0) {
+        let (values, context) = read(&mut sim, (i + 1) % NODES, key);
+        assert_eq!(values, vec![format!("a{i}").into_bytes()]);
+        write(
+            &mut sim,
+            &mut h,
+            (i + 2) % NODES,
+            key,
+            None,
+            context.clone(),
+        );
+        stale.push((i, key.clone(), context));
+    }
+    let deleted: Vec<&Vec<u8>> = stale.iter().map(|(_, k, _)| k).collect();
+    assert!(
+        deleted.iter().all(|k| !sim.holders(k).is_empty()),
+        "a tombstone was collected before its grace period"
+    );
+
+    // Grace, then collection rounds: no node holds a deleted key any more.
+    sim.run_for(GRACE + 15_000);
+    for key in &deleted {
+        assert_eq!(
+            sim.holders(key),
+            Vec::<usize>::new(),
+            "the tombstone of {:?} was not collected",
+            String::from_utf8_lossy(key)
+        );
+    }
+    if let Err(e) = sim.check_history(&mut h, 3) {
+        panic!("after collection: {e}");
+    }
+
+    // Write the deleted keys again, blind, through another node; then write once more with the
+    // context read before the delete. The new dot must be one that old context does not cover,
+    // or the stale write would replace a value its writer never saw.
+    for (i, key, context) in &stale {
+        write(
+            &mut sim,
+            &mut h,
+            (i + 3) % NODES,
+            key,
+            Some(&format!("b{i}")),
+            VersionVector::new(),
+        );
+        write(
+            &mut sim,
+            &mut h,
+            (i + 4) % NODES,
+            key,
+            Some(&format!("c{i}")),
+            context.clone(),
+        );
+        let (mut values, _) = read(&mut sim, (i + 5) % NODES, key);
+        values.sort();
+        assert_eq!(
+            values,
+            vec![format!("b{i}").into_bytes(), format!("c{i}").into_bytes()],
+            "{:?}: a write with a context from before the delete must not replace a later write",
+            String::from_utf8_lossy(key)
+        );
+    }
+    sim.run_for(10_000);
+    if let Err(e) = sim.check_history(&mut h, 3) {
+        panic!("after writing again: {e}");
+    }
+}
+
+/// A replica holding `v1` crashes; the key is deleted while it is down; it comes back after
+/// `downtime` ms on its old storage. Returns what the history checker says once the ring has
+/// healed and collection has had its time.
+fn replica_returns_after(downtime: u64) -> Result<(), String> {
+    const GRACE: u64 = 10_000;
+    let mut sim = Sim::new(SimOptions {
+        seed: 11,
+        chord: Options {
+            successors: 4,
+            tombstone_grace: Some(GRACE),
+            ..Options::default()
+        },
+        ..SimOptions::default()
+    });
+    sim.grow(NODES, 200);
+    assert!(sim.settle(60_000), "ring did not form");
+    let mut h = History::new();
+    let key = b"doomed".to_vec();
+    let via = sim.owner_of(&key).expect("an owner");
+    write(
+        &mut sim,
+        &mut h,
+        via,
+        &key,
+        Some("v1"),
+        VersionVector::new(),
+    );
+    sim.run_for(2_000);
+    let replica = sim.preference_list(&key, 3)[2];
+    assert!(sim.holders(&key).contains(&replica));
+    sim.crash(replica);
+    assert!(sim.settle(60_000), "ring did not repair");
+    let (_, context) = read(&mut sim, via, &key);
+    write(&mut sim, &mut h, via, &key, None, context);
+    sim.run_for(downtime);
+    sim.restart(replica, Some(via));
+    assert!(sim.settle(60_000), "ring did not heal");
+    sim.run_for(GRACE + 20_000);
+    sim.check_history(&mut h, 3).map_err(|e| e.to_string())
+}
+
+#[test]
+fn a_replica_back_within_the_grace_period_cannot_bring_a_deleted_value_back() {
+    if let Err(e) = replica_returns_after(1_000) {
+        panic!("{e}");
+    }
+}
+
+/// The documented limit of collection (`Options::tombstone_grace`): a node that was away for
+/// longer than the grace period still holds a value whose tombstone is gone everywhere, and
+/// brings it back. The history checker must see it.
+#[test]
+fn a_replica_back_after_the_grace_period_brings_the_deleted_value_back() {
+    match replica_returns_after(40_000) {
+        Err(e) => assert!(e.contains("came back after"), "unexpected failure: {e}"),
+        Ok(()) => panic!("the value stayed deleted: then the grace period is not needed"),
+    }
+}
