@@ -133,6 +133,29 @@ fn wait_for_full_replication(cluster: &Cluster, members: &[usize], data: &Data) 
     started.elapsed()
 }
 
+/// Waits until the ring converged with `members` stores exactly `N` copies of every key and no
+/// more: the copies the nodes store add up to `N` times the keys they own (each key is owned
+/// once), so no key lacks a copy without another having a stray one. (Every key of the ring,
+/// not only some test data, and every copy, as the nodes count them.) Returns
+/// how many keys the ring holds. With `keys`, also waits for exactly that many keys.
+fn wait_for_exact_placement(cluster: &Cluster, members: &[usize], keys: Option<u64>) -> u64 {
+    let mut held = 0;
+    let what = format!("exactly {N} copies of every key on nodes {members:?}");
+    wait_until(CONVERGE, &what, || {
+        let view = cluster.converged(members)?;
+        let statuses: Vec<_> = view.nodes.iter().filter_map(|m| m.status()).collect();
+        let owned: u64 = statuses.iter().map(|s| s.owned).sum();
+        let stored: u64 = statuses.iter().map(|s| s.keys).sum();
+        held = owned;
+        if stored == N as u64 * owned && keys.is_none_or(|k| k == owned) {
+            Ok(())
+        } else {
+            Err(format!("{stored} copies stored of {owned} keys"))
+        }
+    });
+    held
+}
+
 /// Kills node `victim` and waits until the ring has converged without it; returns how long
 /// until no ring walk from a survivor lists it any more, and how long until the ring was
 /// converged (consistent, exactly `survivors`).
@@ -154,6 +177,52 @@ fn kill_and_wait(
     });
     let converged = killed.elapsed();
     (gone.unwrap_or(converged), converged)
+}
+
+/// Each of `members`' failure-detector totals so far: the sum and count of its
+/// `chordkv_detection_ms` samples (time from a neighbour's last answer to its suspicion).
+type Detections = BTreeMap<usize, (f64, f64)>;
+
+fn detector_totals(cluster: &Cluster, members: &[usize]) -> Result<Detections, String> {
+    let mut totals = BTreeMap::new();
+    for &i in members {
+        let sum = cluster
+            .metric(i, "chordkv_detection_ms_sum")?
+            .unwrap_or(0.0);
+        let count = cluster
+            .metric(i, "chordkv_detection_ms_count")?
+            .unwrap_or(0.0);
+        totals.insert(i, (sum, count));
+    }
+    Ok(totals)
+}
+
+/// What the failure detectors of `members` measured since `before`, from their metrics:
+/// waits until at least one of them suspected a neighbour by its own heartbeats (the others
+/// may have learnt of it from a failure notice), then gives each one's mean detection time.
+fn detections(cluster: &Cluster, members: &[usize], before: &Detections) -> String {
+    let mut seen = Vec::new();
+    wait_until(CONVERGE, "a failure detector to report a crash", || {
+        seen.clear();
+        for (i, (sum, count)) in detector_totals(cluster, members)? {
+            let (sum0, count0) = before.get(&i).copied().unwrap_or_default();
+            if count > count0 {
+                seen.push(format!(
+                    "node {i} after {:.0} ms",
+                    (sum - sum0) / (count - count0)
+                ));
+            }
+        }
+        if seen.is_empty() {
+            Err("no detector has reported a suspicion".into())
+        } else {
+            Ok(())
+        }
+    });
+    format!(
+        "its neighbours' heartbeats detected it ({})",
+        seen.join(", ")
+    )
 }
 
 /// Most writes the load makes in all: a bound, normally not reached before the test stops it.
@@ -401,7 +470,7 @@ macro_rules! note {
 #[test]
 fn kill_dash_9_of_two_non_adjacent_nodes_under_write_load_loses_no_acknowledged_write() {
     let clock = Instant::now();
-    let mut cluster = Cluster::start_with(5, &DETECTOR);
+    let mut cluster = Cluster::start_with_metrics(5, &DETECTOR);
     let all = cluster.all();
     let order = cluster.ring_order(&cluster.wait_for_ring(&all));
     // Around the ring from node 0: 0, a, b, c, d. Kill a, then c: not neighbours (b lies between
@@ -418,11 +487,13 @@ fn kill_dash_9_of_two_non_adjacent_nodes_under_write_load_loses_no_acknowledged_
 
     let before_first = load.acked();
     let after_first = without(&all, &[first]);
+    let detected = detector_totals(&cluster, &after_first).unwrap_or_else(|e| panic!("{e}"));
     let (gone, converged) = kill_and_wait(&mut cluster, first, &after_first);
     note!(
         clock,
         "node {first} SIGKILLed with {before_first} writes acknowledged: gone from the ring walk \
-         after {gone:.2?}, ring of 4 consistent after {converged:.2?}"
+         after {gone:.2?}, ring of 4 consistent after {converged:.2?}; {}",
+        detections(&cluster, &after_first, &detected)
     );
     // A key whose preference list held the dead node has two copies left, or fewer in flight.
     // A second crash is survivable without luck only once anti-entropy has restored three
@@ -438,11 +509,13 @@ fn kill_dash_9_of_two_non_adjacent_nodes_under_write_load_loses_no_acknowledged_
 
     let before_second = load.acked();
     let survivors = without(&after_first, &[second]);
+    let detected = detector_totals(&cluster, &survivors).unwrap_or_else(|e| panic!("{e}"));
     let (gone, converged) = kill_and_wait(&mut cluster, second, &survivors);
     note!(
         clock,
         "node {second} SIGKILLed with {before_second} writes acknowledged: gone from the ring \
-         walk after {gone:.2?}, ring of 3 consistent after {converged:.2?}"
+         walk after {gone:.2?}, ring of 3 consistent after {converged:.2?}; {}",
+        detections(&cluster, &survivors, &detected)
     );
     load.wait_for_progress(
         load.acked(),
@@ -520,6 +593,15 @@ fn kill_dash_9_of_two_non_adjacent_nodes_under_write_load_loses_no_acknowledged_
         readable[&second],
         duplicated.len(),
         &duplicated[..duplicated.len().min(3)],
+    );
+
+    // The copies that moved while the two were away, and the strays the restarts left, settle
+    // on exactly the preference lists again.
+    let keys = wait_for_exact_placement(&cluster, &all, None);
+    note!(
+        clock,
+        "exactly {N} copies of each of the {keys} keys, no strays, {:.2?} after the restarts",
+        restarted.elapsed()
     );
 }
 
@@ -600,4 +682,58 @@ fn concurrent_blind_writes_from_two_clients_become_siblings_not_losses() {
             .unwrap_or_else(|e| panic!("read through node {i}: {e}"));
         assert_eq!(read.values, [b"merged".to_vec()], "through node {i}");
     }
+}
+
+#[test]
+fn deleted_keys_are_collected_from_every_replica_and_can_be_written_again() {
+    let clock = Instant::now();
+    let cluster = Cluster::start_with(5, &["--tombstone-grace-ms", "1000", "--sync-ms", "200"]);
+    let all = cluster.all();
+    cluster.wait_for_ring(&all);
+    let data = data(200);
+    put_all(&cluster, 0, &data);
+    wait_for_full_replication(&cluster, &all, &data);
+
+    // Delete every other key, through every node in turn.
+    let doomed: Vec<&String> = data.keys().step_by(2).collect();
+    let clients: Vec<Client> = all.iter().map(|&i| cluster.client(i)).collect();
+    cluster.block_on(async {
+        for (n, key) in doomed.iter().enumerate() {
+            let existed = clients[n % clients.len()]
+                .delete(key.as_bytes())
+                .await
+                .unwrap_or_else(|e| panic!("delete {key}: {e}"));
+            assert!(existed, "{key} was there to delete");
+        }
+    });
+    let deleted = Instant::now();
+    // Tombstones first take the place of the values on all three replicas, then go.
+    let left = (data.len() - doomed.len()) as u64;
+    wait_for_exact_placement(&cluster, &all, Some(left));
+    note!(
+        clock,
+        "{} tombstones collected from all {N} replicas {:.2?} after the deletes (grace 1 s); \
+         {left} keys left",
+        doomed.len(),
+        deleted.elapsed()
+    );
+
+    // Deleted keys read as absent, the others as written; a deleted key can be written again.
+    cluster.block_on(async {
+        let client = &clients[1];
+        for (key, value) in &data {
+            let got = client.get(key.as_bytes()).await.expect("read");
+            if doomed.contains(&key) {
+                assert_eq!(got, None, "{key} was deleted");
+                client
+                    .put(key.as_bytes(), b"again")
+                    .await
+                    .expect("write again");
+                let again = clients[3].get(key.as_bytes()).await.expect("read again");
+                assert_eq!(again.as_deref(), Some(&b"again"[..]), "{key} written again");
+            } else {
+                assert_eq!(got.as_ref(), Some(value), "{key} kept its value");
+            }
+        }
+    });
 }

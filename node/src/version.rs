@@ -73,13 +73,17 @@
 //!
 //! CAVEATS
 //!
-//! - Dots are unique only if a coordinator's state for a key never goes backwards. A node that
-//!   loses its disk and comes back under the same id (ids are derived from addresses) can
-//!   reissue a dot that other replicas' contexts cover, and a blind write through it may then be
-//!   dropped. Riak gives each vnode a new id after data loss; here the way out is a new address.
-//!   Should two siblings still meet with one dot and different values, merge keeps both (it
-//!   compares whole siblings, not just dots), so such a collision shows up as a sibling rather
-//!   than disappearing.
+//! - Dots are unique only if a coordinator never numbers a key's events from a lower counter
+//!   than it used before. Its state for a key can go backwards (the copy moved away, or was
+//!   collected as a stray or a tombstone), so the node numbers every dot above a node-wide
+//!   floor ([`Versioned::raise_dot_floor`]), the largest counter it ever issued, kept across
+//!   restarts by a lease in the storage meta. A node that loses its disk and comes back under
+//!   the same id (ids are derived from addresses) loses the lease too, and can reissue a dot
+//!   that other replicas' contexts cover: a blind write through it may then be dropped. Riak
+//!   gives each vnode a new id after data loss; here the way out is a new address. Should two
+//!   siblings still meet with one dot and different values, merge keeps both (it compares
+//!   whole siblings, not just dots), so such a collision shows up as a sibling rather than
+//!   disappearing.
 //! - A plain version vector cannot say "everything up to `a:3`, and `a:7`". So a write reply must
 //!   carry either the whole state written (values and context, like Riak's `return_body`) or no
 //!   context at all; handing back the client's context joined with the new dot would let its next
@@ -87,8 +91,9 @@
 //! - Bounds are enforced on writes only: a merge never refuses (refusing would keep replicas
 //!   apart), so a merge may leave more siblings or clock entries than the limits, until the next
 //!   write resolves or prunes them.
-//! - Tombstones are never removed here. Reaping a deleted key needs every replica to hold the
-//!   tombstone first, which is the replication layer's business.
+//! - Tombstones are never removed here. Collecting a deleted key needs every replica to hold
+//!   the same tombstone first, which is the replication layer's business
+//!   (COLLECTION in `chord/replica.rs`).
 
 use crate::id::Id;
 use crate::{Error, Result};

@@ -64,9 +64,10 @@ fn run(seed: u64) {
         chord: Options {
             successors: 4,
             // Collect tombstones once the ring is quiet. The grace period must outlast the
-            // stray copies a move leaves behind (see `Options::tombstone_grace`); a node
-            // holding many foreign ranges hands them off one range per two sync intervals.
-            tombstone_grace: Some(20_000),
+            // stray copies a move leaves behind (see `Options::tombstone_grace`): a node
+            // holding many foreign ranges reaches each once per cycle of foreign rounds, one
+            // range every two sync intervals, and a leaver hands its strays to its successor.
+            tombstone_grace: Some(30_000),
             ..Options::default()
         },
         ..SimOptions::default()
@@ -103,7 +104,7 @@ fn run(seed: u64) {
         sim.ring_errors(false)
     );
     // Let anti-entropy bring every replica up to date, strays hand off and tombstones go.
-    sim.run_for(40_000);
+    sim.run_for(60_000);
     // The owner and its next N - 1 successors all hold exactly the merge of every copy, nobody
     // else holds a copy (what a move left behind was handed off and collected), and that merge
     // accounts for every acknowledged write.

@@ -182,6 +182,8 @@ struct Node {
     log: PathBuf,
     /// Flags given on every start, beyond the harness's own.
     extra_args: Vec<String>,
+    /// Where it serves Prometheus metrics, if asked to.
+    metrics: Option<SocketAddr>,
     /// The running process, if any.
     child: Option<Child>,
 }
@@ -190,6 +192,8 @@ struct Node {
 /// directory, which is removed when the cluster is dropped (after the children are killed).
 pub struct Cluster {
     nodes: Vec<Node>,
+    /// Whether nodes started from now on serve metrics (`--metrics`).
+    with_metrics: bool,
     runtime: tokio::runtime::Runtime,
     // Dropped last: the children must be gone before their directories.
     dir: tempfile::TempDir,
@@ -200,6 +204,7 @@ impl Cluster {
     pub fn new() -> Cluster {
         Cluster {
             nodes: Vec::new(),
+            with_metrics: false,
             runtime: tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
                 .enable_all()
@@ -221,6 +226,18 @@ impl Cluster {
     /// [`Cluster::start`] with `extra_args` on every node's command line.
     pub fn start_with(n: usize, extra_args: &[&str]) -> Cluster {
         let mut cluster = Cluster::new();
+        for i in 0..n {
+            cluster.start_node((i > 0).then_some(0), extra_args);
+        }
+        cluster.wait_for_ring(&cluster.all());
+        cluster
+    }
+
+    /// [`Cluster::start_with`], each node also serving Prometheus metrics on a port of its own
+    /// ([`Cluster::metric`]).
+    pub fn start_with_metrics(n: usize, extra_args: &[&str]) -> Cluster {
+        let mut cluster = Cluster::new();
+        cluster.with_metrics = true;
         for i in 0..n {
             cluster.start_node((i > 0).then_some(0), extra_args);
         }
@@ -255,17 +272,28 @@ impl Cluster {
         for attempt in 0.. {
             let addr = free_addr();
             let data_dir = self.dir.path().join(format!("node{i}-{}", addr.port()));
+            let metrics = self.with_metrics.then(free_addr);
+            let mut args: Vec<String> = extra_args.iter().map(|a| a.to_string()).collect();
+            if let Some(m) = metrics {
+                args.extend(["--metrics".to_string(), m.to_string()]);
+            }
             self.nodes.truncate(i);
             self.nodes.push(Node {
                 addr,
                 data_dir,
                 log: self.dir.path().join(format!("node{i}.log")),
-                extra_args: extra_args.iter().map(|a| a.to_string()).collect(),
+                extra_args: args,
+                metrics,
                 child: None,
             });
             match self.spawn(i, bootstrap) {
                 Ok(()) => return i,
-                Err(log) if attempt < 5 && log.contains("cannot listen") => continue,
+                Err(log)
+                    if attempt < 5
+                        && (log.contains("cannot listen") || log.contains("cannot serve")) =>
+                {
+                    continue;
+                }
                 Err(log) => panic!("node {i} did not start; its log:\n{log}"),
             }
         }
@@ -387,6 +415,30 @@ impl Cluster {
     /// Node `i`'s address.
     pub fn addr(&self, i: usize) -> SocketAddr {
         self.nodes[i].addr
+    }
+
+    /// The value of the sample `name` (with its labels, e.g. `m{quantile="1"}`) in node `i`'s
+    /// Prometheus metrics; `Ok(None)` if the node has not recorded it yet. Needs a cluster
+    /// started with [`Cluster::start_with_metrics`].
+    pub fn metric(&self, i: usize, name: &str) -> Result<Option<f64>, String> {
+        use std::io::Read;
+        let addr = self.nodes[i].metrics.expect("the cluster serves metrics");
+        let mut stream = std::net::TcpStream::connect_timeout(&addr, CLIENT_TIMEOUT)
+            .map_err(|e| format!("metrics of node {i} at {addr}: {e}"))?;
+        stream
+            .set_read_timeout(Some(CLIENT_TIMEOUT))
+            .map_err(|e| e.to_string())?;
+        write!(stream, "GET /metrics HTTP/1.0\r\nHost: {addr}\r\n\r\n")
+            .map_err(|e| e.to_string())?;
+        let mut text = String::new();
+        stream
+            .read_to_string(&mut text)
+            .map_err(|e| format!("metrics of node {i}: {e}"))?;
+        let value = text.lines().find_map(|line| {
+            let rest = line.strip_prefix(name)?.strip_prefix(' ')?;
+            rest.trim().parse::<f64>().ok()
+        });
+        Ok(value)
     }
 
     /// Node `i`'s data directory.

@@ -361,6 +361,8 @@ enum Purpose {
     /// The owner's answer to our hand-off of stray copies, with the digests of what we sent.
     Handoff {
         to: NodeRef,
+        from: Id,
+        until: Id,
         sent: Vec<(Vec<u8>, u64)>,
     },
     /// A replica's answer to a tombstone-collection check.
@@ -524,6 +526,9 @@ pub struct Chord<S: Storage> {
     /// Anti-entropy: the next replica to compare with, whether a round is in flight, when next.
     sync_next: usize,
     syncing: bool,
+    /// Exchanges chained since the last tick: a round that moved a full batch goes on at once,
+    /// up to [`replica::MAX_SYNC_CHAIN`] batches per interval.
+    sync_chain: u32,
     /// Hinted handoff: keys whose replication to a replica failed, by replica, to hand over
     /// when it answers again.
     hints: BTreeMap<Id, (NodeRef, BTreeSet<Vec<u8>>)>,
@@ -602,6 +607,7 @@ impl<S: Storage> Chord<S> {
             reads: BTreeMap::new(),
             sync_next: 0,
             syncing: false,
+            sync_chain: 0,
             sync_cursor: None,
             tombs: BTreeMap::new(),
             reap_cursor: None,
@@ -973,7 +979,12 @@ impl<S: Storage> Chord<S> {
             Purpose::ReplicaWrite { op, to, keys } => {
                 self.on_replica_write_answer(op, to, keys, response)
             }
-            Purpose::Handoff { to, sent } => self.on_handoff_answer(to, sent, response),
+            Purpose::Handoff {
+                to,
+                from,
+                until,
+                sent,
+            } => self.on_handoff_answer(to, from, until, sent, response),
             Purpose::Reap { to } => self.on_reap_answer(to, response),
             Purpose::Hints { to, keys } => self.on_hints_answer(to, keys, response),
             Purpose::ReplicaRead { op, from } => self.on_replica_read_answer(op, from, response),

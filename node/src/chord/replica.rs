@@ -23,7 +23,34 @@
 //! round goes the other way: a node walks the keys it holds outside its own range, looks up the
 //! owner of the next such range and runs the same exchange with it, so a version that only a
 //! former owner holds (after a partition, or a ring that changed under it) reaches the current
-//! owner. Each round moves at most one batch, so repair cannot starve client traffic.
+//! owner. Each exchange moves at most one batch, and one is in flight at a time; a round that
+//! moved a full batch chains the next at once, up to [`MAX_SYNC_CHAIN`] per interval, so a big
+//! repair finishes in seconds and still cannot starve client traffic.
+//!
+//! COLLECTION
+//!
+//! Copies are deleted in two cases, and in both only once other nodes are known to hold
+//! everything the deleted copy held:
+//! - *Stray copies.* A ring change can leave a node holding keys of a range whose preference
+//!   list it has left. In the foreign round, the owner answers the digests with `stray` when the
+//!   asker is none of its `N − 1` replicas (and it has all of them). The stray first merges the
+//!   owner's newer states into its copies, then hands a batch over ([`Request::Handoff`]): the
+//!   owner merges it, replicates the merged states to all its replicas, and only when every
+//!   one of them stored them answers with the keys the stray may delete; the stray deletes those
+//!   whose state has not changed since it sent them.
+//! - *Tombstones.* A deleted key must keep its tombstone while any copy of the value it
+//!   replaced may still be merged somewhere. An owner with all `N − 1` replicas watches its
+//!   range for tombstone-only states; one unchanged for [`super::Options::tombstone_grace`] (a period
+//!   that starts again whenever our range or replicas change) is checked with every replica
+//!   ([`Request::Reap`]) and, if they all hold exactly the same state, deleted here and there.
+//!   A replica that misses the delete keeps its tombstone, which anti-entropy brings back and a
+//!   later round collects: a tombstone coming back is harmless, a value would not be.
+//!
+//! What makes collection safe is the grace period: a node that was down or cut off for longer
+//! (or a stray not handed off within it) may still hold a value whose tombstone is gone, and
+//! would bring it back. Cassandra's `gc_grace_seconds` has the same rule. A node never issues
+//! a dot twice (its dots are numbered above a node-wide floor, leased in the storage meta), so
+//! a key written again after collection gets versions no old context covers.
 //!
 //! HINTED HANDOFF
 //!
@@ -42,9 +69,7 @@
 //! fewer than W until then. (A node cut off alone keeps only the range it owned before, so it
 //! refuses writes for other keys until its request deadline.) A client that needs W copies
 //! whatever happens passes `w` (and `r`) explicitly: an explicit quorum is never shrunk, and a
-//! request that cannot meet it fails. Copies that fall outside a
-//! key's preference list after the ring changes are kept in sync but not yet collected.
-//! Tombstones are not collected yet.
+//! request that cannot meet it fails.
 
 use super::{Chord, ClientOp, ConnId, Event, Purpose};
 use crate::error::{Error, Result};
@@ -57,6 +82,10 @@ use std::collections::{BTreeMap, BTreeSet};
 
 /// Most items in one anti-entropy message.
 const SYNC_BATCH: usize = 256;
+
+/// Most batches of anti-entropy or hand-off a node moves per sync interval: a round that moved
+/// a full batch chains the next at once, one in flight at a time, up to this many.
+pub(super) const MAX_SYNC_CHAIN: u32 = 16;
 
 /// How many keys one tombstone-collection round looks at.
 const REAP_SCAN: usize = 1024;
@@ -465,6 +494,7 @@ impl<S: Storage> Chord<S> {
         let Some(start) = self.pred.or(self.range_start) else {
             return; // no known range yet
         };
+        self.sync_chain = 0;
         if targets.is_empty() || !self.installed || self.syncing {
             return;
         }
@@ -625,8 +655,13 @@ impl<S: Storage> Chord<S> {
             with: to,
             keys: push.len() as u64,
         });
+        // A full batch either way: more differ, so compare again at once.
+        let full = items.len() >= SYNC_BATCH || push.len() >= SYNC_BATCH;
         if !push.is_empty() {
             self.send(to, Request::Replicate { items: push }, Purpose::Repair);
+        }
+        if full && self.chain_more() {
+            self.sync_range(to, from, until);
         }
     }
 
@@ -658,7 +693,14 @@ impl<S: Storage> Chord<S> {
             from: self.me,
             items,
         };
-        self.send(to, req, Purpose::Handoff { to, sent });
+        self.syncing = true;
+        let purpose = Purpose::Handoff {
+            to,
+            from,
+            until,
+            sent,
+        };
+        self.send(to, req, purpose);
     }
 
     /// The owner's side of [`Request::Handoff`]: merge the stray copies we own, and once the
@@ -710,12 +752,16 @@ impl<S: Storage> Chord<S> {
     pub(super) fn on_handoff_answer(
         &mut self,
         to: NodeRef,
+        from: Id,
+        until: Id,
         sent: Vec<(Vec<u8>, u64)>,
         response: Result<Response>,
     ) {
+        self.syncing = false;
         let Ok(Response::HandedOff { keys }) = response else {
             return;
         };
+        let full = sent.len() >= SYNC_BATCH;
         let confirmed: BTreeSet<Vec<u8>> = keys.into_iter().collect();
         let mut collected = 0;
         for (key, digest) in sent {
@@ -739,6 +785,19 @@ impl<S: Storage> Chord<S> {
                 tombstones: false,
             });
         }
+        // All of a full batch went: more may follow at once.
+        if full && collected == SYNC_BATCH as u64 && self.chain_more() {
+            self.hand_off(to, from, until);
+        }
+    }
+
+    /// Whether another batch may follow in this sync interval (and count it).
+    fn chain_more(&mut self) -> bool {
+        if self.sync_chain >= MAX_SYNC_CHAIN {
+            return false;
+        }
+        self.sync_chain += 1;
+        true
     }
 
     /// Every `sync_interval`, if tombstones are collected: look at the next stretch of our
