@@ -4,7 +4,8 @@
 //! Each test is named after the claim it checks. Nothing sleeps hoping for convergence: ring
 //! repair, re-replication and readability are awaited by polling with a deadline
 //! ([`common::wait_until`]). The figures printed along the way (run with `--nocapture`) are
-//! observations from outside, upper bounds on what the nodes did; none is asserted as a bound.
+//! observations from outside, upper bounds on what the nodes did, except the detection times,
+//! which the nodes' failure detectors report in their metrics; none is asserted as a bound.
 //!
 //! These tests crash processes; partitions between real processes (through the nodes' fault
 //! injection) are in `tests/partition.rs`, and in simulation in `node/tests/sim_chaos.rs`.

@@ -287,10 +287,13 @@ pub enum Response {
         stray: bool,
     },
     /// Answer to [`Request::Handoff`]: the keys whose copies the sender may delete, because the
-    /// owner and all its replicas now store states that include them.
+    /// owner and all its replicas now store states that include them, and the owner's merged
+    /// states of the keys it took, for the sender to bring the copies it keeps up to date.
     HandedOff {
-        /// The keys.
+        /// The keys the sender may delete.
         keys: Vec<Vec<u8>>,
+        /// Keys and the owner's encoded [`crate::version::Versioned`] states.
+        states: Vec<(Vec<u8>, Vec<u8>)>,
     },
     /// Answer to [`Request::Reap`]: the keys held with the given digest (or deleted).
     Reaped {

@@ -1,12 +1,15 @@
 //! Collection, in simulation: tombstones are removed once every replica has held the same one
 //! for the grace period, and a key written again afterwards behaves like a new key, even for a
-//! client that still holds a context from before the delete.
+//! client that still holds a context from before the delete; a replica away for less than the
+//! grace period cannot bring a deleted value back (and one away for longer does, the documented
+//! limit); and a node never issues a dot counter twice, across restarts.
 
 use chordkv_node::chord::Options;
 use chordkv_node::history::History;
+use chordkv_node::id::Id;
 use chordkv_node::message::{Request, Response};
 use chordkv_node::sim::{Sim, SimOptions};
-use chordkv_node::version::VersionVector;
+use chordkv_node::version::{VersionVector, Versioned};
 
 const NODES: usize = 6;
 const GRACE: u64 = 3_000;
@@ -209,4 +212,66 @@ fn a_replica_back_after_the_grace_period_brings_the_deleted_value_back() {
         Err(e) => assert!(e.contains("came back after"), "unexpected failure: {e}"),
         Ok(()) => panic!("the value stayed deleted: then the grace period is not needed"),
     }
+}
+
+/// A node's dot counters jump past its own lease when it writes a key last written through a
+/// busier node (the key's state carries that node's floor). The jump must be persisted before
+/// the write is stored: after a restart the node must still number above it, or a key whose
+/// state it no longer holds could get a dot again that old contexts cover.
+#[test]
+fn a_counter_past_the_dot_lease_is_not_issued_again_after_a_restart() {
+    let mut sim = Sim::new(SimOptions {
+        seed: 3,
+        chord: Options {
+            replicas: 1,
+            write_quorum: 1,
+            read_quorum: 1,
+            ..Options::default()
+        },
+        ..SimOptions::default()
+    });
+    let node = sim.add_node(None);
+    assert!(sim.settle(10_000), "a lone node forms a ring");
+    let mut h = History::new();
+    // A state written through another node, numbered far above anything issued here.
+    let mut theirs = Versioned::empty();
+    theirs.raise_dot_floor(4_999_999);
+    theirs.write(Id([7; 20]), &VersionVector::new(), Some(b"theirs".to_vec()));
+    let replicate = Request::Replicate {
+        items: vec![(b"busy".to_vec(), theirs.encode())],
+    };
+    assert!(matches!(
+        sim.request(node, replicate, 5_000),
+        Ok(Response::Ack)
+    ));
+    write(
+        &mut sim,
+        &mut h,
+        node,
+        b"busy",
+        Some("mine"),
+        VersionVector::new(),
+    );
+    let jumped = h.writes()[0].ack.expect("acknowledged").counter;
+    assert!(
+        jumped >= 5_000_000,
+        "the write numbered above the key's floor: {jumped}"
+    );
+
+    sim.crash(node);
+    sim.restart(node, None);
+    assert!(sim.settle(10_000), "the node is back");
+    write(
+        &mut sim,
+        &mut h,
+        node,
+        b"fresh",
+        Some("new"),
+        VersionVector::new(),
+    );
+    let next = h.writes()[1].ack.expect("acknowledged").counter;
+    assert!(
+        next > jumped,
+        "after the restart a new key got counter {next}, not above {jumped} issued before"
+    );
 }

@@ -84,8 +84,7 @@
 //!
 //! CAVEATS
 //!
-//! Copies outside a key's preference list after the ring changes are not collected yet. A node
-//! joining through a node that is itself still joining waits for it. Values are compared across
+//! A node joining through a node that is itself still joining waits for it. Values are compared across
 //! transfer rounds by a 64-bit hash.
 //!
 //! # Call contract
@@ -366,7 +365,7 @@ enum Purpose {
         sent: Vec<(Vec<u8>, u64)>,
     },
     /// A replica's answer to a tombstone-collection check.
-    Reap { to: NodeRef },
+    Reap,
     /// A replica's answer to the hand-over of hinted writes.
     Hints { to: NodeRef, keys: Vec<Vec<u8>> },
     /// A replica's answer to a quorum read.
@@ -547,7 +546,7 @@ pub struct Chord<S: Storage> {
     applied: BTreeMap<WriteId, Response>,
     applied_order: VecDeque<WriteId>,
     /// The largest dot counter this node has issued, for any key; the next write is numbered
-    /// above it (see [`Chord::next_dot_floor`]).
+    /// above it (see [`Chord::dot_floor`]).
     dot_floor: u64,
     /// The counter up to which dots may be issued without persisting a new lease; `None`
     /// until the persisted lease is read.
@@ -985,7 +984,7 @@ impl<S: Storage> Chord<S> {
                 until,
                 sent,
             } => self.on_handoff_answer(to, from, until, sent, response),
-            Purpose::Reap { to } => self.on_reap_answer(to, response),
+            Purpose::Reap => self.on_reap_answer(response),
             Purpose::Hints { to, keys } => self.on_hints_answer(to, keys, response),
             Purpose::ReplicaRead { op, from } => self.on_replica_read_answer(op, from, response),
             Purpose::Sync {
@@ -1645,9 +1644,9 @@ impl<S: Storage> Chord<S> {
             // A retry of a write applied before, perhaps by the previous owner: same answer.
             return Ok(Response::Written { dot, existed });
         }
-        state.raise_dot_floor(self.next_dot_floor()?);
+        state.raise_dot_floor(self.dot_floor()?);
         let outcome = state.write_checked(self.me.id, context, value, &self.opts.versions)?;
-        self.dot_floor = self.dot_floor.max(outcome.dot.counter);
+        self.issued_dot(outcome.dot.counter)?;
         state.record_applied(write_id, outcome.dot);
         if outcome.warn {
             self.emit(Event::ManySiblings {
@@ -1662,40 +1661,40 @@ impl<S: Storage> Chord<S> {
         })
     }
 
-    /// The floor above which this node numbers its next dot, for any key: above every counter
-    /// it ever issued, in this run or an earlier one. So a dot is never issued twice, even for a
-    /// key whose state this node no longer holds (moved away, collected as a stray, or reaped as
-    /// a tombstone) while contexts elsewhere still cover its old dots. Across restarts the floor
-    /// comes from a lease in the storage meta, renewed [`DOT_LEASE`] counters ahead (Riak's
-    /// vnode counter lease), so a write persists nothing extra except once per lease.
-    fn next_dot_floor(&mut self) -> Result<u64> {
-        let lease = match self.dot_lease {
-            Some(lease) => lease,
-            None => {
-                // Everything issued before this run is at or below the persisted lease.
-                let stored = match self.storage.get_meta(DOT_LEASE_META)? {
-                    Some(bytes) => {
-                        u64::from_be_bytes(bytes.as_slice().try_into().map_err(|_| {
-                            Error::InvalidData(
-                                "the dot lease in the data directory is corrupt".into(),
-                            )
-                        })?)
-                    }
-                    None => 0,
-                };
-                self.dot_floor = self.dot_floor.max(stored);
-                stored
-            }
-        };
-        if self.dot_floor.saturating_add(1) > lease {
-            let renewed = self.dot_floor.saturating_add(DOT_LEASE);
+    /// The floor above which this node numbers its next dot, for any key: the largest counter
+    /// it ever issued, in this run or an earlier one. So a dot is never issued twice, even for
+    /// a key whose state this node no longer holds (moved away, collected as a stray, or reaped
+    /// as a tombstone) while contexts elsewhere still cover its old dots. Across restarts the
+    /// floor comes from a lease in the storage meta ([`Chord::issued_dot`]).
+    fn dot_floor(&mut self) -> Result<u64> {
+        if self.dot_lease.is_none() {
+            // Everything issued before this run is at or below the persisted lease.
+            let stored = match self.storage.get_meta(DOT_LEASE_META)? {
+                Some(bytes) => u64::from_be_bytes(bytes.as_slice().try_into().map_err(|_| {
+                    Error::InvalidData("the dot lease in the data directory is corrupt".into())
+                })?),
+                None => 0,
+            };
+            self.dot_floor = self.dot_floor.max(stored);
+            self.dot_lease = Some(stored);
+        }
+        Ok(self.dot_floor)
+    }
+
+    /// Record that this node is about to issue a dot with `counter`, before the version is
+    /// stored: every counter issued stays at or below the persisted lease, renewed
+    /// [`DOT_LEASE`] counters ahead when a counter passes it (Riak's vnode counter lease), so a
+    /// write persists nothing extra except once per lease. A key last written through a busier
+    /// node carries that node's floor, so a counter can jump well past ours.
+    fn issued_dot(&mut self, counter: u64) -> Result<()> {
+        self.dot_floor = self.dot_floor.max(counter);
+        if self.dot_lease.is_none_or(|lease| counter > lease) {
+            let renewed = counter.saturating_add(DOT_LEASE);
             self.storage
                 .set_meta(DOT_LEASE_META, &renewed.to_be_bytes())?;
             self.dot_lease = Some(renewed);
-        } else {
-            self.dot_lease = Some(lease);
         }
-        Ok(self.dot_floor)
+        Ok(())
     }
 
     fn start_client_op(&mut self, op: ClientOp) {
@@ -2105,7 +2104,7 @@ impl<S: Storage> Chord<S> {
 /// How many lost nodes a node remembers for ring merging.
 const MAX_LOST: usize = 32;
 
-/// How many dot counters a node may issue per persisted lease (see [`Chord::next_dot_floor`]).
+/// How many dot counters a node may issue per persisted lease (see [`Chord::issued_dot`]).
 const DOT_LEASE: u64 = 1 << 20;
 
 /// The storage meta name of the dot lease.

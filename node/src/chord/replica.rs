@@ -24,8 +24,8 @@
 //! owner of the next such range and runs the same exchange with it, so a version that only a
 //! former owner holds (after a partition, or a ring that changed under it) reaches the current
 //! owner. Each exchange moves at most one batch, and one is in flight at a time; a round that
-//! moved a full batch chains the next at once, up to [`MAX_SYNC_CHAIN`] per interval, so a big
-//! repair finishes in seconds and still cannot starve client traffic.
+//! moved a full batch chains the next at once, up to [`MAX_SYNC_CHAIN`] more per interval, so a
+//! big repair finishes in seconds and still cannot starve client traffic.
 //!
 //! COLLECTION
 //!
@@ -37,14 +37,20 @@
 //!   owner's newer states into its copies, then hands a batch over ([`Request::Handoff`]): the
 //!   owner merges it, replicates the merged states to all its replicas, and only when every
 //!   one of them stored them answers with the keys the stray may delete; the stray deletes those
-//!   whose state has not changed since it sent them.
+//!   whose state has not changed since it sent them. Every answer carries the owner's merged
+//!   states, so the copies a stray keeps (when it may not delete them yet) are brought up to
+//!   date: they hold the owner's tombstones, not the values those replaced.
 //! - *Tombstones.* A deleted key must keep its tombstone while any copy of the value it
 //!   replaced may still be merged somewhere. An owner with all `N − 1` replicas watches its
-//!   range for tombstone-only states; one unchanged for [`super::Options::tombstone_grace`] (a period
-//!   that starts again whenever our range or replicas change) is checked with every replica
-//!   ([`Request::Reap`]) and, if they all hold exactly the same state, deleted here and there.
-//!   A replica that misses the delete keeps its tombstone, which anti-entropy brings back and a
+//!   range for tombstone-only states; one unchanged for
+//!   [`super::Options::tombstone_grace`] (a period that starts again whenever our range or
+//!   replicas change) is checked with every replica ([`Request::Reap`]) and, if they all hold
+//!   exactly the same state and our view did not change meanwhile, deleted here and there. A
+//!   replica that misses the delete keeps its tombstone, which anti-entropy brings back and a
 //!   later round collects: a tombstone coming back is harmless, a value would not be.
+//!
+//! Neither happens while the node is leaving or handing a range to a newcomer: a transfer
+//! round tells its receiver to delete the keys it sent earlier that have vanished since.
 //!
 //! What makes collection safe is the grace period: a node that was down or cut off for longer
 //! (or a stray not handed off within it) may still hold a value whose tombstone is gone, and
@@ -83,8 +89,8 @@ use std::collections::{BTreeMap, BTreeSet};
 /// Most items in one anti-entropy message.
 const SYNC_BATCH: usize = 256;
 
-/// Most batches of anti-entropy or hand-off a node moves per sync interval: a round that moved
-/// a full batch chains the next at once, one in flight at a time, up to this many.
+/// Most batches of anti-entropy or hand-off a node chains per sync interval after the first: a
+/// round that moved a full batch goes on at once, one in flight at a time, up to this many more.
 pub(super) const MAX_SYNC_CHAIN: u32 = 16;
 
 /// How many keys one tombstone-collection round looks at.
@@ -112,6 +118,8 @@ pub(super) struct WriteOp {
     /// The client write's id; `None` for a hand-off.
     write_id: Option<WriteId>,
     response: Response,
+    /// What to answer if too few replicas store it; `None`: an error.
+    on_failure: Option<Response>,
     /// Replica acknowledgements still needed.
     needed: usize,
     acks: usize,
@@ -126,8 +134,9 @@ pub(super) struct ReapOp {
     candidates: Vec<(Vec<u8>, u64)>,
     /// How many replicas hold each with the same digest.
     votes: BTreeMap<Vec<u8>, usize>,
-    /// How many replicas were asked.
-    replicas: usize,
+    /// The replicas asked, and our range and replicas when they were.
+    targets: Vec<NodeRef>,
+    view: Option<(Id, Vec<Id>)>,
     outstanding: usize,
 }
 
@@ -219,6 +228,7 @@ impl<S: Storage> Chord<S> {
             responder,
             write_id: Some(write_id),
             response,
+            on_failure: None,
             needed,
             acks: 0,
             outstanding: targets.len(),
@@ -279,12 +289,14 @@ impl<S: Storage> Chord<S> {
             finish = Some((w.responder.clone(), Ok(w.response.clone())));
         } else if !w.done && w.acks + w.outstanding < w.needed {
             w.done = true;
-            let e = Error::Unavailable(format!(
-                "the write reached {} of the {} copies required; it may still become visible",
-                1 + w.acks,
-                1 + w.needed
-            ));
-            finish = Some((w.responder.clone(), Err(e)));
+            let result = w.on_failure.clone().ok_or_else(|| {
+                Error::Unavailable(format!(
+                    "the write reached {} of the {} copies required; it may still become visible",
+                    1 + w.acks,
+                    1 + w.needed
+                ))
+            });
+            finish = Some((w.responder.clone(), result));
         }
         let w = self.writes.get(&op).expect("present");
         if w.outstanding == 0 {
@@ -616,6 +628,7 @@ impl<S: Storage> Chord<S> {
         else {
             return;
         };
+        let mut merged = 0;
         for (k, v) in &items {
             // Only keys in the range compared: the reply names nothing else, but check anyway.
             if !in_half_open(from, until, Id::hash(k)) {
@@ -626,15 +639,16 @@ impl<S: Storage> Chord<S> {
             if foreign && !matches!(self.storage.get(k), Ok(Some(_))) {
                 continue;
             }
+            merged += 1;
             if let Ok(state) = Versioned::decode(v) {
                 if let Err(error) = self.merge_into_storage(k, &state) {
                     self.emit(Event::StorageError { error });
                 }
             }
         }
-        // A stray copy brought up to date first holds the owner's tombstones rather than the
-        // values they replaced, so that should the hand-off fail and the owner collect those
-        // tombstones meanwhile, what the stray hands over later cannot bring a value back.
+        // A stray's copies are brought up to date before and after the hand-off (its answer
+        // carries the owner's states), so that they hold the owner's tombstones rather than
+        // the values those replaced, should the hand-off fail and the tombstones be collected.
         if foreign && stray {
             return self.hand_off(to, from, until);
         }
@@ -656,7 +670,7 @@ impl<S: Storage> Chord<S> {
             keys: push.len() as u64,
         });
         // A full batch either way: more differ, so compare again at once.
-        let full = items.len() >= SYNC_BATCH || push.len() >= SYNC_BATCH;
+        let full = merged >= SYNC_BATCH || push.len() >= SYNC_BATCH;
         if !push.is_empty() {
             self.send(to, Request::Replicate { items: push }, Purpose::Repair);
         }
@@ -678,10 +692,23 @@ impl<S: Storage> Chord<S> {
     /// We hold copies in `(from, until]`, owned by `to`, and are none of their replicas: send
     /// a batch of them to the owner, to delete once it confirms they are safe elsewhere.
     fn hand_off(&mut self, to: NodeRef, from: Id, until: Id) {
-        let items = match self.storage.scan_range(from, until, SYNC_BATCH) {
+        if self.moving_keys() {
+            return;
+        }
+        let mut items = match self.storage.scan_range(from, until, SYNC_BATCH) {
             Ok(items) => items,
             Err(error) => return self.emit(Event::StorageError { error }),
         };
+        // Within the byte budget of a transfer round too (one item at least).
+        let mut bytes = 0;
+        let fits = items
+            .iter()
+            .take_while(|(k, v)| {
+                bytes += k.len() + v.len();
+                bytes <= self.opts.transfer_bytes
+            })
+            .count();
+        items.truncate(fits.max(1));
         if items.is_empty() {
             return;
         }
@@ -700,12 +727,16 @@ impl<S: Storage> Chord<S> {
             until,
             sent,
         };
-        self.send(to, req, purpose);
+        // The owner answers only once all its replicas did: give it their round trip too.
+        let deadline = self.now + 2 * self.opts.rpc_timeout;
+        self.send_with_deadline(to, req, purpose, deadline);
     }
 
     /// The owner's side of [`Request::Handoff`]: merge the stray copies we own, and once the
     /// merged states are stored on all `N − 1` replicas, tell the sender which it may delete.
-    /// Nothing may be deleted if the sender keeps copies of our keys after all.
+    /// Nothing may be deleted if the sender keeps copies of our keys after all, or if we are
+    /// leaving (what we store now leaves with us). Either way the answer carries our merged
+    /// states, so the sender's copies no longer hold values we have seen replaced.
     pub(super) fn on_handoff(
         &mut self,
         responder: Responder,
@@ -717,11 +748,15 @@ impl<S: Storage> Chord<S> {
         for (key, bytes) in items {
             let owned = self.installed
                 && start.is_some_and(|s| in_half_open(s, self.me.id, Id::hash(&key)));
+            // A copy that does not decode is left where it is; the rest go on.
+            let Ok(incoming) = Versioned::decode(&bytes) else {
+                continue;
+            };
             if !owned {
                 continue;
             }
-            let result = Versioned::decode(&bytes)
-                .and_then(|incoming| self.merge_into_storage(&key, &incoming))
+            let result = self
+                .merge_into_storage(&key, &incoming)
                 .and_then(|()| self.storage.get(&key));
             match result {
                 Ok(Some(state)) => merged.push((key, state)),
@@ -729,9 +764,12 @@ impl<S: Storage> Chord<S> {
                 Err(e) => return self.answer(responder, Err(e)),
             }
         }
-        if self.keeps_copies(&from) || merged.is_empty() {
-            let keys = Vec::new();
-            return self.answer(responder, Ok(Response::HandedOff { keys }));
+        let keep = Response::HandedOff {
+            keys: Vec::new(),
+            states: merged.clone(),
+        };
+        if self.leaving || self.keeps_copies(&from) || merged.is_empty() {
+            return self.answer(responder, Ok(keep));
         }
         let targets = self.replica_targets();
         let op = WriteOp {
@@ -739,7 +777,9 @@ impl<S: Storage> Chord<S> {
             write_id: None,
             response: Response::HandedOff {
                 keys: merged.iter().map(|(k, _)| k.clone()).collect(),
+                states: merged.clone(),
             },
+            on_failure: Some(keep),
             needed: targets.len(),
             acks: 0,
             outstanding: targets.len(),
@@ -748,7 +788,8 @@ impl<S: Storage> Chord<S> {
         self.replicate(op, targets, merged);
     }
 
-    /// The owner confirmed a hand-off: delete the copies it names, unless they changed since.
+    /// The owner answered a hand-off: delete the copies it confirmed, unless they changed
+    /// since we sent them, and bring the others up to date with its states.
     pub(super) fn on_handoff_answer(
         &mut self,
         to: NodeRef,
@@ -758,24 +799,40 @@ impl<S: Storage> Chord<S> {
         response: Result<Response>,
     ) {
         self.syncing = false;
-        let Ok(Response::HandedOff { keys }) = response else {
+        let Ok(Response::HandedOff { keys, states }) = response else {
             return;
         };
-        let full = sent.len() >= SYNC_BATCH;
-        let confirmed: BTreeSet<Vec<u8>> = keys.into_iter().collect();
+        // A transfer in flight tells its receiver to delete what vanished here: keep all.
+        let confirmed: BTreeSet<Vec<u8>> = if self.moving_keys() {
+            BTreeSet::new()
+        } else {
+            keys.into_iter().collect()
+        };
+        let sent: BTreeMap<Vec<u8>, u64> = sent.into_iter().collect();
         let mut collected = 0;
-        for (key, digest) in sent {
-            if !confirmed.contains(&key) {
+        for (key, digest) in &sent {
+            if !confirmed.contains(key) {
                 continue;
             }
-            let result = self.storage.get(&key).and_then(|now| match now {
-                Some(v) if state_digest(&v) == digest => self.storage.delete(&key),
+            let result = self.storage.get(key).and_then(|now| match now {
+                Some(v) if state_digest(&v) == *digest => self.storage.delete(key),
                 _ => Ok(false),
             });
             match result {
                 Ok(true) => collected += 1,
                 Ok(false) => {}
                 Err(error) => return self.emit(Event::StorageError { error }),
+            }
+        }
+        for (key, bytes) in states {
+            // Only copies we sent and still hold.
+            if !sent.contains_key(&key) || !matches!(self.storage.get(&key), Ok(Some(_))) {
+                continue;
+            }
+            if let Ok(state) = Versioned::decode(&bytes) {
+                if let Err(error) = self.merge_into_storage(&key, &state) {
+                    self.emit(Event::StorageError { error });
+                }
             }
         }
         if collected > 0 {
@@ -785,10 +842,17 @@ impl<S: Storage> Chord<S> {
                 tombstones: false,
             });
         }
-        // All of a full batch went: more may follow at once.
-        if full && collected == SYNC_BATCH as u64 && self.chain_more() {
+        // All of the batch went: more may follow at once (the next scan finds none if not).
+        if collected > 0 && collected == sent.len() as u64 && self.chain_more() {
             self.hand_off(to, from, until);
         }
+    }
+
+    /// Whether a transfer (to a newcomer, or our leave) is moving keys: a transfer round tells
+    /// its receiver to delete the keys it sent that vanished here since, so nothing is
+    /// collected meanwhile.
+    fn moving_keys(&self) -> bool {
+        self.leaving || self.transfer.is_some()
     }
 
     /// Whether another batch may follow in this sync interval (and count it).
@@ -812,7 +876,11 @@ impl<S: Storage> Chord<S> {
         let Some(start) = self.pred.or(self.range_start).map(|p| p.id) else {
             return;
         };
-        if !self.installed || self.reaping.is_some() || targets.len() + 1 < self.opts.replicas {
+        if !self.installed
+            || self.reaping.is_some()
+            || self.moving_keys()
+            || targets.len() + 1 < self.opts.replicas
+        {
             return;
         }
         // Any change of our range or replicas may have left stray copies behind, stale ones
@@ -870,20 +938,30 @@ impl<S: Storage> Chord<S> {
                 items: candidates.clone(),
                 commit: false,
             };
-            self.send(*t, req, Purpose::Reap { to: *t });
+            self.send(*t, req, Purpose::Reap);
         }
-        self.reaping = Some(ReapOp {
+        let op = ReapOp {
             candidates,
             votes: BTreeMap::new(),
-            replicas: targets.len(),
             outstanding: targets.len(),
-        });
+            view: self.reap_view.clone(),
+            targets,
+        };
+        if op.outstanding == 0 {
+            // No replicas (N = 1): ours is the only copy.
+            return self.finish_reap(op);
+        }
+        self.reaping = Some(op);
     }
 
     /// A replica's side of [`Request::Reap`]: which of the keys we hold with exactly the given
-    /// digest, and with `commit`, delete those.
+    /// digest, and with `commit`, delete those. None while a transfer of ours is moving keys: it
+    /// would tell its receiver to delete them too.
     pub(super) fn on_reap(&mut self, items: Vec<(Vec<u8>, u64)>, commit: bool) -> Result<Response> {
         let mut keys = Vec::new();
+        if self.moving_keys() {
+            return Ok(Response::Reaped { keys });
+        }
         for (key, digest) in items {
             match self.storage.get(&key)? {
                 Some(v) if state_digest(&v) == digest => {
@@ -898,9 +976,8 @@ impl<S: Storage> Chord<S> {
         Ok(Response::Reaped { keys })
     }
 
-    /// A replica answered a tombstone check. Once all have, collect the tombstones every
-    /// replica holds exactly as we do: delete ours, and tell the replicas to delete theirs.
-    pub(super) fn on_reap_answer(&mut self, to: NodeRef, response: Result<Response>) {
+    /// A replica answered a tombstone check; once all have, [`Chord::finish_reap`].
+    pub(super) fn on_reap_answer(&mut self, response: Result<Response>) {
         let Some(r) = self.reaping.as_mut() else {
             return;
         };
@@ -910,13 +987,24 @@ impl<S: Storage> Chord<S> {
                 *r.votes.entry(k).or_default() += 1;
             }
         }
-        if r.outstanding > 0 {
+        if r.outstanding == 0 {
+            let r = self.reaping.take().expect("present");
+            self.finish_reap(r);
+        }
+    }
+
+    /// Collect the tombstones every replica asked holds exactly as we do: delete ours, and tell
+    /// those replicas to delete theirs. Nothing if our range or replicas changed meanwhile, or
+    /// a transfer started.
+    fn finish_reap(&mut self, r: ReapOp) {
+        let targets: Vec<Id> = r.targets.iter().map(|t| t.id).collect();
+        let current: Vec<Id> = self.replica_targets().iter().map(|t| t.id).collect();
+        if self.moving_keys() || current != targets || self.reap_view != r.view {
             return;
         }
-        let r = self.reaping.take().expect("present");
         let mut reaped = Vec::new();
         for (key, digest) in r.candidates {
-            if r.votes.get(&key) != Some(&r.replicas) {
+            if r.votes.get(&key).copied().unwrap_or(0) != r.targets.len() {
                 continue;
             }
             // Unchanged here too (no write arrived while the replicas answered)?
@@ -937,11 +1025,11 @@ impl<S: Storage> Chord<S> {
             return;
         }
         self.emit(Event::Collected {
-            with: to,
+            with: self.me,
             keys: reaped.len() as u64,
             tombstones: true,
         });
-        for t in self.replica_targets() {
+        for t in r.targets {
             let req = Request::Reap {
                 items: reaped.clone(),
                 commit: true,
