@@ -366,6 +366,24 @@ pub struct NodeStatus {
 }
 
 impl Request {
+    /// A client write of `key`: [`Request::Put`] of `value`, or [`Request::Delete`] if `None`.
+    pub fn write(
+        key: Vec<u8>,
+        value: Option<Vec<u8>>,
+        context: VersionVector,
+        w: Option<u8>,
+    ) -> Request {
+        match value {
+            Some(value) => Request::Put {
+                key,
+                value,
+                context,
+                w,
+            },
+            None => Request::Delete { key, context, w },
+        }
+    }
+
     /// A short name for metrics labels and logs.
     pub fn kind(&self) -> &'static str {
         match self {

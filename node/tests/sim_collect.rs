@@ -40,39 +40,32 @@ fn write(
 ) {
     let value = value.map(|v| v.as_bytes().to_vec());
     let id = h.record_write(key, value.clone(), context.clone());
-    let key = key.to_vec();
-    let req = match value {
-        Some(value) => Request::Put {
-            key,
-            value,
-            context,
-            w: None,
-        },
-        None => Request::Delete {
-            key,
-            context,
-            w: None,
-        },
-    };
+    let req = Request::write(key.to_vec(), value, context, None);
     match sim.request(via, req, 15_000) {
         Ok(Response::Written { dot, .. }) => h.record_ack(id, dot),
         other => panic!("write failed: {other:?}"),
     }
 }
 
-#[test]
-fn deleted_keys_are_collected_everywhere_and_can_be_written_again() {
+/// A settled ring of [`NODES`] nodes that collect tombstones after `grace` ms.
+fn ring(seed: u64, grace: u64) -> Sim {
     let mut sim = Sim::new(SimOptions {
-        seed: 7,
+        seed,
         chord: Options {
             successors: 4,
-            tombstone_grace: Some(GRACE),
+            tombstone_grace: Some(grace),
             ..Options::default()
         },
         ..SimOptions::default()
     });
     sim.grow(NODES, 200);
     assert!(sim.settle(60_000), "ring did not form");
+    sim
+}
+
+#[test]
+fn deleted_keys_are_collected_everywhere_and_can_be_written_again() {
+    let mut sim = ring(7, GRACE);
     let mut h = History::new();
     let keys: Vec<Vec<u8>> = (0..40).map(|i| format!("k{i}").into_bytes()).collect();
     for (i, key) in keys.iter().enumerate() {
@@ -160,17 +153,7 @@ fn deleted_keys_are_collected_everywhere_and_can_be_written_again() {
 /// healed and collection has had its time.
 fn replica_returns_after(downtime: u64) -> Result<(), String> {
     const GRACE: u64 = 10_000;
-    let mut sim = Sim::new(SimOptions {
-        seed: 11,
-        chord: Options {
-            successors: 4,
-            tombstone_grace: Some(GRACE),
-            ..Options::default()
-        },
-        ..SimOptions::default()
-    });
-    sim.grow(NODES, 200);
-    assert!(sim.settle(60_000), "ring did not form");
+    let mut sim = ring(11, GRACE);
     let mut h = History::new();
     let key = b"doomed".to_vec();
     let via = sim.owner_of(&key).expect("an owner");

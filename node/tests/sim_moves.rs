@@ -39,19 +39,7 @@ fn op(sim: &mut Sim, live: &[usize], history: &mut History, rng: &mut StdRng, se
         .random_bool(0.85)
         .then(|| format!("v{seq}").into_bytes());
     let id = history.record_write(&key, value.clone(), context.clone());
-    let req = match value {
-        Some(value) => Request::Put {
-            key,
-            value,
-            context,
-            w: None,
-        },
-        None => Request::Delete {
-            key,
-            context,
-            w: None,
-        },
-    };
+    let req = Request::write(key, value, context, None);
     if let Ok(Response::Written { dot, .. }) = sim.request(via, req, 20_000) {
         history.record_ack(id, dot);
     }
