@@ -23,9 +23,10 @@
 //! round goes the other way: a node walks the keys it holds outside its own range, looks up the
 //! owner of the next such range and runs the same exchange with it, so a version that only a
 //! former owner holds (after a partition, or a ring that changed under it) reaches the current
-//! owner. Each exchange moves at most one batch, and one is in flight at a time; a round that
-//! moved a full batch chains the next at once, up to [`MAX_SYNC_CHAIN`] more per interval, so a
-//! big repair finishes in seconds and still cannot starve client traffic.
+//! owner. Each exchange moves at most one batch, and one is in flight at a time. An exchange
+//! that was a bulk repair (a new or emptied replica, or many copies missing here) chains the
+//! next at once, up to [`MAX_SYNC_CHAIN`] more per interval, so a big repair finishes in
+//! seconds; otherwise rounds stay one per interval, so repair cannot starve client traffic.
 //!
 //! COLLECTION
 //!
@@ -90,7 +91,7 @@ use std::collections::{BTreeMap, BTreeSet};
 const SYNC_BATCH: usize = 256;
 
 /// Most batches of anti-entropy or hand-off a node chains per sync interval after the first: a
-/// round that moved a full batch goes on at once, one in flight at a time, up to this many more.
+/// bulk round goes on at once, one in flight at a time, up to this many more.
 pub(super) const MAX_SYNC_CHAIN: u32 = 16;
 
 /// How many keys one tombstone-collection round looks at.
@@ -485,14 +486,16 @@ impl<S: Storage> Chord<S> {
     }
 
     /// Merge `incoming` into our copy of `key`, writing only if something changed.
-    pub(super) fn merge_into_storage(&mut self, key: &[u8], incoming: &Versioned) -> Result<()> {
+    /// Returns whether it did.
+    pub(super) fn merge_into_storage(&mut self, key: &[u8], incoming: &Versioned) -> Result<bool> {
         let mut state = self.read_versions(key)?;
         let before = state.digest();
         state.merge(incoming);
-        if state.digest() != before {
+        let changed = state.digest() != before;
+        if changed {
             self.storage.put(key, &state.encode())?;
         }
-        Ok(())
+        Ok(changed)
     }
 
     /// A replica's side of [`Request::ReplicaRead`].
@@ -628,7 +631,7 @@ impl<S: Storage> Chord<S> {
         else {
             return;
         };
-        let mut merged = 0;
+        let mut changed = 0;
         for (k, v) in &items {
             // Only keys in the range compared: the reply names nothing else, but check anyway.
             if !in_half_open(from, until, Id::hash(k)) {
@@ -639,10 +642,11 @@ impl<S: Storage> Chord<S> {
             if foreign && !matches!(self.storage.get(k), Ok(Some(_))) {
                 continue;
             }
-            merged += 1;
             if let Ok(state) = Versioned::decode(v) {
-                if let Err(error) = self.merge_into_storage(k, &state) {
-                    self.emit(Event::StorageError { error });
+                match self.merge_into_storage(k, &state) {
+                    Ok(true) => changed += 1,
+                    Ok(false) => {}
+                    Err(error) => self.emit(Event::StorageError { error }),
                 }
             }
         }
@@ -669,12 +673,16 @@ impl<S: Storage> Chord<S> {
             with: to,
             keys: push.len() as u64,
         });
-        // A full batch either way: more differ, so compare again at once.
-        let full = merged >= SYNC_BATCH || push.len() >= SYNC_BATCH;
+        // Compare again at once if this round was a bulk repair: half a batch of the replica's
+        // copies changed ours, or it holds far fewer keys than we pushed (a new or emptied
+        // replica). Under a write load every bucket differs for the writes in flight, and that
+        // alone must not turn anti-entropy into back-to-back full-range scans.
+        let bulk =
+            changed >= SYNC_BATCH / 2 || (push.len() >= SYNC_BATCH && items.len() < push.len() / 2);
         if !push.is_empty() {
             self.send(to, Request::Replicate { items: push }, Purpose::Repair);
         }
-        if full && self.chain_more() {
+        if bulk && self.chain_more() {
             self.sync_range(to, from, until);
         }
     }
@@ -757,7 +765,7 @@ impl<S: Storage> Chord<S> {
             }
             let result = self
                 .merge_into_storage(&key, &incoming)
-                .and_then(|()| self.storage.get(&key));
+                .and_then(|_| self.storage.get(&key));
             match result {
                 Ok(Some(state)) => merged.push((key, state)),
                 Ok(None) => {}
