@@ -302,6 +302,7 @@ fn unexpected(op: &str, response: &Response) -> Error {
         Response::Read { .. } => "Read",
         Response::Written { .. } => "Written",
         Response::State { .. } => "State",
+        Response::SyncKeys { .. } => "SyncKeys",
         Response::SyncItems { .. } => "SyncItems",
         Response::HandedOff { .. } => "HandedOff",
         Response::Reaped { .. } => "Reaped",

@@ -157,9 +157,10 @@ pub enum Request {
         key: Vec<u8>,
     },
     /// Anti-entropy: the owner's digests of its range `(from, to]`, one per bucket of keys (a
-    /// bucket is the first byte of the key id). The replica answers [`Response::SyncItems`] with
-    /// its own states in every bucket whose digest differs, so the owner can merge them and push
-    /// back the union.
+    /// bucket is the first byte of the key id). The replica answers [`Response::SyncKeys`] with
+    /// its keys in every bucket whose digest differs, each with its state's digest, so the
+    /// owner can push the states the replica lacks and fetch ([`Request::SyncFetch`]) the ones
+    /// it lacks itself.
     SyncDigest {
         /// The node asking.
         asker: NodeRef,
@@ -169,6 +170,11 @@ pub enum Request {
         to: Id,
         /// (bucket, digest) for every bucket the owner holds keys in.
         digests: Vec<(u8, u64)>,
+    },
+    /// Anti-entropy: send me your states of these keys ([`Response::SyncItems`]).
+    SyncFetch {
+        /// The keys.
+        keys: Vec<Vec<u8>>,
     },
     /// Collection of stray copies: the sender holds these copies of keys the receiver owns and
     /// is not one of their replicas. The receiver merges them, replicates the merged states to
@@ -275,16 +281,26 @@ pub enum Response {
     },
     /// Answer to [`Request::ReplicaRead`]: the encoded state, or `None` if the replica has none.
     State(Option<Vec<u8>>),
-    /// Answer to [`Request::SyncDigest`]: the buckets whose digests differ and the replica's
-    /// states in them (at most a batch; the rest comes in later rounds).
-    SyncItems {
+    /// Answer to [`Request::SyncDigest`]: the buckets whose digests differ, and the answerer's
+    /// keys in them with the digest of each key's state, in ring order from the start of the
+    /// range, so the asker can tell exactly which keys differ.
+    SyncKeys {
         /// Buckets that differ.
         buckets: Vec<u8>,
-        /// The replica's keys and encoded states in those buckets.
-        items: Vec<(Vec<u8>, Vec<u8>)>,
+        /// Keys in those buckets and their state digests.
+        keys: Vec<(Vec<u8>, u64)>,
+        /// Whether `keys` lists every such key; if not, it stops at a size bound and the keys
+        /// after the last one listed are compared in a later exchange.
+        complete: bool,
         /// The range is the answerer's own and the asker is not one of its replicas: the
         /// asker's copies in it are strays, to hand off ([`Request::Handoff`]) and delete.
         stray: bool,
+    },
+    /// Answer to [`Request::SyncFetch`]: the answerer's states of the keys asked for that it
+    /// holds.
+    SyncItems {
+        /// Keys and their encoded [`crate::version::Versioned`] states.
+        items: Vec<(Vec<u8>, Vec<u8>)>,
     },
     /// Answer to [`Request::Handoff`]: the keys whose copies the sender may delete, because the
     /// owner and all its replicas now store states that include them, and the owner's merged
@@ -400,6 +416,7 @@ impl Request {
             Request::Replicate { .. } => "replicate",
             Request::ReplicaRead { .. } => "replica_read",
             Request::SyncDigest { .. } => "sync_digest",
+            Request::SyncFetch { .. } => "sync_fetch",
             Request::Handoff { .. } => "handoff",
             Request::Reap { .. } => "reap",
             Request::Get { .. } => "get",

@@ -377,6 +377,13 @@ enum Purpose {
         until: Id,
         foreign: bool,
     },
+    /// A replica's answer to an anti-entropy fetch; then go on from `resume`, if set.
+    SyncFetch {
+        to: NodeRef,
+        until: Id,
+        foreign: bool,
+        resume: Option<Id>,
+    },
     /// A repair push; the answer carries nothing.
     Repair,
     /// Ring merging: check a candidate successor from another ring and fetch its list.
@@ -874,6 +881,7 @@ impl<S: Storage> Chord<S> {
                 to,
                 digests,
             } => self.on_sync_digest(asker, from, to, digests),
+            Request::SyncFetch { keys } => self.on_sync_fetch(keys),
             Request::Handoff { from, items } => {
                 return self.on_handoff(Responder::Conn { conn, id }, from, items);
             }
@@ -993,6 +1001,12 @@ impl<S: Storage> Chord<S> {
                 until,
                 foreign,
             } => self.on_sync_answer(to, from, until, foreign, response),
+            Purpose::SyncFetch {
+                to,
+                until,
+                foreign,
+                resume,
+            } => self.on_sync_fetch_answer(to, until, foreign, resume, response),
             Purpose::Repair => {}
             Purpose::MergeCandidate { cand } => {
                 if let Ok(Response::Neighbors { succs, .. }) = response {

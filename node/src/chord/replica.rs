@@ -17,16 +17,20 @@
 //!
 //! Every `sync_interval` the owner compares its range `(pred, self]` with one replica (round
 //! robin): it sends per-bucket digests (a bucket is the first byte of the key id); the replica
-//! answers with its states in the buckets that differ; the owner merges them and pushes its
-//! merged states for those buckets back. This brings back copies lost to a crash, fills a new
-//! replica after a join or leave, and reconciles the two sides of a healed partition. Every other
-//! round goes the other way: a node walks the keys it holds outside its own range, looks up the
-//! owner of the next such range and runs the same exchange with it, so a version that only a
-//! former owner holds (after a partition, or a ring that changed under it) reaches the current
-//! owner. Each exchange moves at most one batch, and one is in flight at a time. An exchange
-//! that was a bulk repair (a new or emptied replica, or many copies missing here) chains the
-//! next at once, up to [`MAX_SYNC_CHAIN`] more per interval, so a big repair finishes in
-//! seconds; otherwise rounds stay one per interval, so repair cannot starve client traffic.
+//! answers with its keys in the buckets that differ, each with the digest of its state; the
+//! owner pushes its states of the keys the replica lacks or holds otherwise
+//! ([`Request::Replicate`]) and fetches the replica's states of the keys it lacks or holds
+//! otherwise ([`Request::SyncFetch`]), and both sides merge. Comparing keys, not whole buckets, matters
+//! under a write load: every bucket then differs by the writes in flight, and only the keys that
+//! really differ should travel. This brings back copies lost to a crash, fills a new replica
+//! after a join or leave, and reconciles the two sides of a healed partition. Every other round
+//! goes the other way: a node walks the keys it holds outside its own range, looks up the owner
+//! of the next such range and runs the same exchange with it (updating only the copies it
+//! holds), so a version that only a former owner holds (after a partition, or a ring that
+//! changed under it) reaches the current owner. Each exchange moves at most a batch each way,
+//! and one is in flight at a time; one that had more to do (more keys differ than a batch, or
+//! the key list hit its size bound) goes on at once, up to [`MAX_SYNC_CHAIN`] more per
+//! interval, so a big repair finishes in seconds and still cannot starve client traffic.
 //!
 //! COLLECTION
 //!
@@ -34,11 +38,11 @@
 //! everything the deleted copy held:
 //! - *Stray copies.* A ring change can leave a node holding keys of a range whose preference
 //!   list it has left. In the foreign round, the owner answers the digests with `stray` when the
-//!   asker is none of its `N − 1` replicas (and it has all of them). The stray first merges the
-//!   owner's newer states into its copies, then hands a batch over ([`Request::Handoff`]): the
-//!   owner merges it, replicates the merged states to all its replicas, and only when every
-//!   one of them stored them answers with the keys the stray may delete; the stray deletes those
-//!   whose state has not changed since it sent them. Every answer carries the owner's merged
+//!   asker is none of its `N − 1` replicas (and it has all of them). The stray hands a batch
+//!   of its copies over ([`Request::Handoff`]): the owner merges it, replicates the merged
+//!   states to all its replicas, and only when every one of them stored them answers with the
+//!   keys the stray may delete; the stray deletes those whose state has not changed since it
+//!   sent them. Every answer carries the owner's merged
 //!   states, so the copies a stray keeps (when it may not delete them yet) are brought up to
 //!   date: they hold the owner's tombstones, not the values those replaced.
 //! - *Tombstones.* A deleted key must keep its tombstone while any copy of the value it
@@ -90,8 +94,8 @@ use std::collections::{BTreeMap, BTreeSet};
 /// Most items in one anti-entropy message.
 const SYNC_BATCH: usize = 256;
 
-/// Most batches of anti-entropy or hand-off a node chains per sync interval after the first: a
-/// bulk round goes on at once, one in flight at a time, up to this many more.
+/// Most batches of anti-entropy or hand-off a node chains per sync interval after the first: an
+/// exchange with more to do goes on at once, one in flight at a time, up to this many more.
 pub(super) const MAX_SYNC_CHAIN: u32 = 16;
 
 /// How many keys one tombstone-collection round looks at.
@@ -580,7 +584,8 @@ impl<S: Storage> Chord<S> {
         self.sync_range(owner, from, owner.id);
     }
 
-    /// A replica's side of [`Request::SyncDigest`]: our states in the buckets that differ.
+    /// A replica's side of [`Request::SyncDigest`]: our keys in the buckets that differ, each
+    /// with its state's digest, within the byte budget of a transfer round.
     pub(super) fn on_sync_digest(
         &self,
         asker: NodeRef,
@@ -597,23 +602,45 @@ impl<S: Storage> Chord<S> {
             .filter(|b| mine.get(b) != theirs.get(b))
             .copied()
             .collect();
-        let mut items = Vec::new();
-        for (k, v) in self.storage.scan_range(from, to, usize::MAX)? {
-            if items.len() >= SYNC_BATCH {
-                break;
-            }
-            if buckets.contains(&Id::hash(&k).0[0]) {
-                items.push((k, v));
+        let mut keys = Vec::new();
+        let mut bytes = 0;
+        let mut complete = true;
+        if !buckets.is_empty() {
+            for (k, v) in self.storage.scan_range(from, to, usize::MAX)? {
+                if !buckets.contains(&Id::hash(&k).0[0]) {
+                    continue;
+                }
+                if bytes >= self.opts.transfer_bytes {
+                    complete = false;
+                    break;
+                }
+                bytes += k.len() + 16;
+                keys.push((k, state_digest(&v)));
             }
         }
-        Ok(Response::SyncItems {
+        Ok(Response::SyncKeys {
             buckets: buckets.into_iter().collect(),
-            items,
+            keys,
+            complete,
             stray,
         })
     }
 
-    /// The owner's side of a sync answer: merge the replica's states, push back the union.
+    /// A replica's side of [`Request::SyncFetch`]: our states of those keys.
+    pub(super) fn on_sync_fetch(&self, keys: Vec<Vec<u8>>) -> Result<Response> {
+        let mut items = Vec::new();
+        for k in keys {
+            if let Some(v) = self.storage.get(&k)? {
+                items.push((k, v));
+            }
+        }
+        Ok(Response::SyncItems { items })
+    }
+
+    /// The asker's side of a digest exchange over `(from, until]`: compare the replica's keys
+    /// with ours in the buckets that differ, push a batch of our states it lacks or holds
+    /// otherwise, and fetch a batch of its states we lack or hold otherwise. Outside our own
+    /// range (`foreign`) we only bring up to date the copies we hold; a stray hands off instead.
     pub(super) fn on_sync_answer(
         &mut self,
         to: NodeRef,
@@ -623,67 +650,123 @@ impl<S: Storage> Chord<S> {
         response: Result<Response>,
     ) {
         self.syncing = false;
-        let Ok(Response::SyncItems {
+        let Ok(Response::SyncKeys {
             buckets,
-            items,
+            keys,
+            complete,
             stray,
         }) = response
         else {
             return;
         };
-        let mut changed = 0;
-        for (k, v) in &items {
-            // Only keys in the range compared: the reply names nothing else, but check anyway.
-            if !in_half_open(from, until, Id::hash(k)) {
-                continue;
-            }
-            // Outside our own range we only bring our copies up to date; we do not take copies
-            // of keys we do not hold.
-            if foreign && !matches!(self.storage.get(k), Ok(Some(_))) {
-                continue;
-            }
-            if let Ok(state) = Versioned::decode(v) {
-                match self.merge_into_storage(k, &state) {
-                    Ok(true) => changed += 1,
-                    Ok(false) => {}
-                    Err(error) => self.emit(Event::StorageError { error }),
-                }
-            }
-        }
-        // A stray's copies are brought up to date before and after the hand-off (its answer
-        // carries the owner's states), so that they hold the owner's tombstones rather than
-        // the values those replaced, should the hand-off fail and the tombstones be collected.
         if foreign && stray {
             return self.hand_off(to, from, until);
         }
         if buckets.is_empty() {
             return;
         }
+        // The keys listed end somewhere in the range if the answer was cut short: compare up to
+        // there now, and the rest in the next exchange.
+        let horizon = match keys.last() {
+            Some((k, _)) if !complete => Id::hash(k),
+            _ => until,
+        };
         let buckets: BTreeSet<u8> = buckets.into_iter().collect();
-        let entries = match self.storage.scan_range(from, until, usize::MAX) {
+        let mut theirs: BTreeMap<Vec<u8>, u64> = keys
+            .into_iter()
+            .filter(|(k, _)| in_half_open(from, horizon, Id::hash(k)))
+            .collect();
+        let entries = match self.storage.scan_range(from, horizon, usize::MAX) {
             Ok(e) => e,
             Err(error) => return self.emit(Event::StorageError { error }),
         };
-        let push: Vec<(Vec<u8>, Vec<u8>)> = entries
-            .into_iter()
-            .filter(|(k, _)| buckets.contains(&Id::hash(k).0[0]))
-            .take(SYNC_BATCH)
-            .collect();
+        let (mut push, mut fetch, mut differing) = (Vec::new(), Vec::new(), 0);
+        for (k, v) in entries {
+            if !buckets.contains(&Id::hash(&k).0[0]) {
+                continue;
+            }
+            match theirs.remove(&k) {
+                Some(d) if d == state_digest(&v) => {}
+                held => {
+                    differing += 1;
+                    if held.is_some() && fetch.len() < SYNC_BATCH {
+                        fetch.push(k.clone());
+                    }
+                    if push.len() < SYNC_BATCH {
+                        push.push((k, v));
+                    }
+                }
+            }
+        }
+        // The keys only the replica holds are ours to take, in our own range.
+        if !foreign {
+            for k in theirs.into_keys() {
+                differing += 1;
+                if fetch.len() < SYNC_BATCH {
+                    fetch.push(k);
+                }
+            }
+        }
         self.emit(Event::Repaired {
             with: to,
             keys: push.len() as u64,
         });
-        // Compare again at once if this round was a bulk repair: half a batch of the replica's
-        // copies changed ours, or it holds far fewer keys than we pushed (a new or emptied
-        // replica). Under a write load every bucket differs for the writes in flight, and that
-        // alone must not turn anti-entropy into back-to-back full-range scans.
-        let bulk =
-            changed >= SYNC_BATCH / 2 || (push.len() >= SYNC_BATCH && items.len() < push.len() / 2);
         if !push.is_empty() {
             self.send(to, Request::Replicate { items: push }, Purpose::Repair);
         }
-        if bulk && self.chain_more() {
-            self.sync_range(to, from, until);
+        // More than a batch differed: the same range again; cut short: the rest of it.
+        let resume = if differing > SYNC_BATCH {
+            Some(from)
+        } else {
+            (!complete).then_some(horizon)
+        };
+        if fetch.is_empty() {
+            return self.resume_sync(to, until, resume);
+        }
+        self.syncing = true;
+        let purpose = Purpose::SyncFetch {
+            to,
+            until,
+            foreign,
+            resume,
+        };
+        self.send(to, Request::SyncFetch { keys: fetch }, purpose);
+    }
+
+    /// The replica's states we fetched: merge them (outside our range, only into copies we
+    /// hold), then go on if the exchange had more to do.
+    pub(super) fn on_sync_fetch_answer(
+        &mut self,
+        to: NodeRef,
+        until: Id,
+        foreign: bool,
+        resume: Option<Id>,
+        response: Result<Response>,
+    ) {
+        self.syncing = false;
+        let Ok(Response::SyncItems { items }) = response else {
+            return;
+        };
+        for (k, v) in &items {
+            if foreign && !matches!(self.storage.get(k), Ok(Some(_))) {
+                continue;
+            }
+            if let Ok(state) = Versioned::decode(v) {
+                if let Err(error) = self.merge_into_storage(k, &state) {
+                    self.emit(Event::StorageError { error });
+                }
+            }
+        }
+        self.resume_sync(to, until, resume);
+    }
+
+    /// Continue an exchange with `to` over `(from, until]` at once, if it has more to do and
+    /// this interval has room for another batch.
+    fn resume_sync(&mut self, to: NodeRef, until: Id, resume: Option<Id>) {
+        if let Some(from) = resume {
+            if from != until && self.chain_more() {
+                self.sync_range(to, from, until);
+            }
         }
     }
 
