@@ -84,8 +84,8 @@
 //!
 //! CAVEATS
 //!
-//! A node joining through a node that is itself still joining waits for it. Values are compared across
-//! transfer rounds by a 64-bit hash.
+//! A node joining through a node that is itself still joining waits for it. Values are compared
+//! across transfer rounds by a 64-bit hash.
 //!
 //! # Call contract
 //!
@@ -306,10 +306,9 @@ pub enum Event {
         keys: u64,
     },
     /// Copies collected: stray copies handed off to `with` (their owner) and deleted, or
-    /// tombstones every replica held, deleted here and on the replicas (`with`: the last
-    /// replica to confirm).
+    /// tombstones every replica held, deleted here and on the replicas (`with`: ourselves).
     Collected {
-        /// The owner, or a replica.
+        /// The owner the strays went to, or this node.
         with: NodeRef,
         /// How many keys were deleted here.
         keys: u64,
@@ -532,8 +531,8 @@ pub struct Chord<S: Storage> {
     /// Anti-entropy: the next replica to compare with, whether a round is in flight, when next.
     sync_next: usize,
     syncing: bool,
-    /// Exchanges chained since the last tick: a round that moved a full batch goes on at once,
-    /// up to [`replica::MAX_SYNC_CHAIN`] batches per interval.
+    /// Exchanges chained since the last tick: one with more to do goes on at once, up to
+    /// [`replica::MAX_SYNC_CHAIN`] more per interval.
     sync_chain: u32,
     /// Hinted handoff: keys whose replication to a replica failed, by replica, to hand over
     /// when it answers again.

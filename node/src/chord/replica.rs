@@ -20,14 +20,14 @@
 //! answers with its keys in the buckets that differ, each with the digest of its state; the
 //! owner pushes its states of the keys the replica lacks or holds otherwise
 //! ([`Request::Replicate`]) and fetches the replica's states of the keys it lacks or holds
-//! otherwise ([`Request::SyncFetch`]), and both sides merge. Comparing keys, not whole buckets, matters
-//! under a write load: every bucket then differs by the writes in flight, and only the keys that
-//! really differ should travel. This brings back copies lost to a crash, fills a new replica
-//! after a join or leave, and reconciles the two sides of a healed partition. Every other round
-//! goes the other way: a node walks the keys it holds outside its own range, looks up the owner
-//! of the next such range and runs the same exchange with it (updating only the copies it
-//! holds), so a version that only a former owner holds (after a partition, or a ring that
-//! changed under it) reaches the current owner. Each exchange moves at most a batch each way,
+//! otherwise ([`Request::SyncFetch`]), and both sides merge. Comparing keys, not whole
+//! buckets, matters under a write load: every bucket then differs by the writes in flight,
+//! and only the keys that really differ should travel. This brings back copies lost to a
+//! crash, fills a new replica after a join or leave, and reconciles the two sides of a healed
+//! partition. Every other round goes the other way: a node walks the keys it holds outside its
+//! own range, looks up the owner of the next such range and runs the same exchange with it
+//! (updating only the copies it holds), so a version that only a former owner holds (after a
+//! partition, or a ring that changed under it) reaches the current owner. Each exchange moves at most a batch each way,
 //! and one is in flight at a time; one that had more to do (more keys differ than a batch, or
 //! the key list hit its size bound) goes on at once, up to [`MAX_SYNC_CHAIN`] more per
 //! interval, so a big repair finishes in seconds and still cannot starve client traffic.
