@@ -1015,8 +1015,12 @@ impl<S: Storage> Chord<S> {
                         candidates.push((key, digest));
                     }
                 }
-                _ if self.tombs.len() >= MAX_TOMBS => {}
-                _ => {
+                // Changed since: its grace period starts again.
+                Some(_) => {
+                    self.tombs.insert(key, (digest, self.now));
+                }
+                None if self.tombs.len() >= MAX_TOMBS => {}
+                None => {
                     self.tombs.insert(key, (digest, self.now));
                 }
             }
