@@ -509,25 +509,7 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
-    use crate::id::Id;
-
-    fn n(v: u8) -> Id {
-        let mut b = [0u8; 20];
-        b[19] = v;
-        Id(b)
-    }
-
-    fn vv(entries: &[(u8, u64)]) -> VersionVector {
-        entries.iter().map(|&(a, c)| (n(a), c)).collect()
-    }
-
-    fn dot(a: u8, c: u64) -> Dot {
-        Dot::new(n(a), c)
-    }
-
-    fn val(s: &str) -> Option<Vec<u8>> {
-        Some(s.as_bytes().to_vec())
-    }
+    use crate::version::test_support::{dot, n, val, vv};
 
     fn sib(a: u8, c: u64, v: &str) -> Sibling {
         Sibling {

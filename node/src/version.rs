@@ -683,33 +683,44 @@ impl From<Context> for VersionVector {
     }
 }
 
+/// Small constructors for readable version tables, shared by this module's tests and the
+/// history checker's.
 #[cfg(test)]
-mod tests {
-    #![allow(clippy::unwrap_used)]
-
-    use super::*;
-    use crate::history::{self, History};
-    use proptest::prelude::*;
+pub(crate) mod test_support {
+    use super::{Dot, VersionVector};
+    use crate::id::Id;
 
     /// An id whose last byte is `v`: small numbers make readable tables.
-    fn n(v: u8) -> Id {
+    pub(crate) fn n(v: u8) -> Id {
         let mut b = [0u8; 20];
         b[19] = v;
         Id(b)
     }
 
     /// A vector from `(actor byte, counter)` pairs.
-    fn vv(entries: &[(u8, u64)]) -> VersionVector {
+    pub(crate) fn vv(entries: &[(u8, u64)]) -> VersionVector {
         entries.iter().map(|&(a, c)| (n(a), c)).collect()
     }
 
-    fn dot(a: u8, c: u64) -> Dot {
+    /// The dot `(actor byte, counter)`.
+    pub(crate) fn dot(a: u8, c: u64) -> Dot {
         Dot::new(n(a), c)
     }
 
-    fn val(s: &str) -> Option<Vec<u8>> {
+    /// A value written as a string.
+    pub(crate) fn val(s: &str) -> Option<Vec<u8>> {
         Some(s.as_bytes().to_vec())
     }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::test_support::{dot, n, val, vv};
+    use super::*;
+    use crate::history::{self, History};
+    use proptest::prelude::*;
 
     fn values(v: &Versioned) -> Vec<&str> {
         v.values()
