@@ -20,6 +20,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
+use std::hash::{DefaultHasher, Hash, Hasher};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 /// Connection ids at or above this belong to simulated clients, below it to peer nodes.
@@ -42,6 +43,11 @@ pub struct SimOptions {
     pub chord: Options,
     /// Keep every node's events for [`Sim::take_events`] (off: long runs would hoard them).
     pub record_events: bool,
+    /// Fold every output of every node, with its time and node, into [`Sim::trace_digest`], and
+    /// print the digest when the simulation ends. On by default when `CHORDKV_TRACE` is set: two
+    /// builds whose runs print the same digests behaved identically, message for message, which
+    /// is how a refactor shows it changed no behaviour.
+    pub trace: bool,
 }
 
 impl Default for SimOptions {
@@ -54,6 +60,7 @@ impl Default for SimOptions {
             tick: 10,
             chord: Options::default(),
             record_events: false,
+            trace: std::env::var_os("CHORDKV_TRACE").is_some(),
         }
     }
 }
@@ -97,6 +104,9 @@ pub struct Sim {
     events: Vec<(u64, usize, Event)>,
     /// Count of messages delivered, for cost reports.
     pub delivered: u64,
+    /// Digest of every output so far, with [`SimOptions::trace`].
+    trace: DefaultHasher,
+    outputs: u64,
 }
 
 impl Sim {
@@ -117,7 +127,15 @@ impl Sim {
             responses: BTreeMap::new(),
             events: Vec::new(),
             delivered: 0,
+            trace: DefaultHasher::new(),
+            outputs: 0,
         }
+    }
+
+    /// A digest of every output every node produced so far, with the time and the node (only
+    /// with [`SimOptions::trace`]; else a constant).
+    pub fn trace_digest(&self) -> u64 {
+        self.trace.finish()
     }
 
     /// The current logical time, ms.
@@ -374,6 +392,10 @@ impl Sim {
     /// Carry out node `i`'s outputs.
     fn drain(&mut self, i: usize) {
         while let Some(out) = self.chord_mut(i).and_then(|c| c.poll_output()) {
+            if self.opts.trace {
+                (self.now, i, format!("{out:?}")).hash(&mut self.trace);
+                self.outputs += 1;
+            }
             match out {
                 Output::Send { to, id, request } => {
                     let msg = Msg::Request {
@@ -621,6 +643,20 @@ impl Sim {
             "{} violations, first: {first}; writes to that key: {writes:#?}",
             violations.len()
         )))
+    }
+}
+
+impl Drop for Sim {
+    fn drop(&mut self) {
+        if self.opts.trace {
+            eprintln!(
+                "sim trace: seed {} nodes {} outputs {} digest {:016x}",
+                self.opts.seed,
+                self.slots.len(),
+                self.outputs,
+                self.trace_digest()
+            );
+        }
     }
 }
 
