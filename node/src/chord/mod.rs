@@ -750,6 +750,15 @@ impl<S: Storage> Chord<S> {
         for id in expired {
             self.handle_response(id, Err(Error::Timeout("peer did not answer".into())), now);
         }
+        if let (Some(at), Some(addr)) = (self.join_retry_at, self.bootstrap) {
+            if now >= at && !self.joined {
+                self.start_join(addr);
+            }
+        }
+        if self.joined && !self.leaving {
+            self.ring_timers(now);
+        }
+        // The data layer's timers, after the ring's.
         let due: Vec<(u64, u64)> = self
             .retries
             .range(..(now + 1, 0))
@@ -760,14 +769,32 @@ impl<S: Storage> Chord<S> {
                 self.start_client_op(op);
             }
         }
-        if let (Some(at), Some(addr)) = (self.join_retry_at, self.bootstrap) {
-            if now >= at && !self.joined {
-                self.start_join(addr);
-            }
-        }
         if !self.joined || self.leaving {
             return;
         }
+        let copies = self.replicas_available();
+        if copies != self.copies {
+            self.copies = copies;
+            self.emit(Event::Copies {
+                available: copies,
+                wanted: self.opts.replicas,
+            });
+        }
+        if now >= self.next_sync {
+            self.next_sync = now + self.opts.sync_interval;
+            self.sync_tick();
+            self.reap_tick();
+        }
+        if now >= self.next_hints {
+            self.next_hints = now + self.opts.detector.interval;
+            if !self.hints.is_empty() {
+                self.deliver_hints();
+            }
+        }
+    }
+
+    /// The ring's timers: stabilize, heartbeats, ring merging, fingers.
+    fn ring_timers(&mut self, now: u64) {
         if now >= self.next_stabilize {
             // Until the successor has handed our range over, ask often: we learn it from the
             // successor naming us its predecessor.
@@ -780,14 +807,6 @@ impl<S: Storage> Chord<S> {
             self.stabilize();
         }
         self.heartbeat(now);
-        let copies = self.replicas_available();
-        if copies != self.copies {
-            self.copies = copies;
-            self.emit(Event::Copies {
-                available: copies,
-                wanted: self.opts.replicas,
-            });
-        }
         if now >= self.next_merge {
             self.next_merge = now + self.opts.merge_interval;
             if self.installed {
@@ -795,17 +814,6 @@ impl<S: Storage> Chord<S> {
                     self.lost.push_back(via);
                     self.start_lookup(self.me.id, Then::Merge { via }, Some(via.addr));
                 }
-            }
-        }
-        if now >= self.next_sync {
-            self.next_sync = now + self.opts.sync_interval;
-            self.sync_tick();
-            self.reap_tick();
-        }
-        if now >= self.next_hints {
-            self.next_hints = now + self.opts.detector.interval;
-            if !self.hints.is_empty() {
-                self.deliver_hints();
             }
         }
         if now >= self.next_fix {
