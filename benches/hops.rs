@@ -6,9 +6,10 @@
 //! table: mean, 1st and 99th percentile hops next to ½·log2 N. `cargo bench --bench hops`;
 //! `HOPS_SIZES=64,4096` picks other sizes, `HOPS_SUCCESSORS` the successor list length.
 
-use chordkv_node::chord::Options;
 use chordkv_node::message::{Request, Response};
-use chordkv_node::sim::{Sim, SimOptions};
+use chordkv_node::node::Options;
+use chordkv_node::ring;
+use chordkv_node::testing::sim::{Sim, SimOptions};
 
 fn main() {
     let sizes: Vec<usize> = std::env::var("HOPS_SIZES")
@@ -28,8 +29,11 @@ fn main() {
     for n in sizes {
         let mut sim = Sim::new(SimOptions {
             seed: 42,
-            chord: Options {
-                successors,
+            node: Options {
+                ring: ring::Options {
+                    successors,
+                    ..ring::Options::default()
+                },
                 ..Options::default()
             },
             ..SimOptions::default()

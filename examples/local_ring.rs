@@ -20,7 +20,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         let addr = listener.local_addr()?;
         let mut config = Config::new(addr, dir.path().join(format!("node{i}")));
         config.bootstrap = addrs.first().copied();
-        config.chord.stabilize_interval = 100;
+        config.node.ring.stabilize_interval = 100;
         let (stop, stopped) = oneshot::channel::<()>();
         tasks.push(tokio::spawn(server::run(config, listener, async {
             let _ = stopped.await;

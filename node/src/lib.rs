@@ -1,18 +1,22 @@
 //! chordkv-node: one node of the chordkv distributed key-value store.
 //!
 //! Read bottom-up (see `docs/architecture.md`): [`id`] places nodes and keys on the ring,
-//! [`chord`] is the protocol as a pure state machine, [`storage`] keeps a node's keys,
-//! [`message`] and [`wire`] are what crosses the network, and [`server`] drives the state machine
-//! with real sockets, clocks and disks.
+//! [`ring`] is the Chord ring as a pure state machine (who owns what), [`storage`] keeps a
+//! node's keys, [`version`] their causal histories, [`kv`] is the key-value layer as a pure
+//! state machine on top of the ring (what is stored, and how copies agree), [`node`] composes
+//! the two, [`message`] and [`wire`] are what crosses the network, and [`server`] drives a node
+//! with real sockets, clocks and disks. [`testing`] holds the simulator and the history checker.
 
-pub mod chord;
 pub mod error;
-pub mod history;
 pub mod id;
+pub mod kv;
 pub mod message;
+pub mod node;
+pub mod ring;
+pub mod rpc;
 pub mod server;
-pub mod sim;
 pub mod storage;
+pub mod testing;
 pub mod version;
 pub mod wire;
 

@@ -2,11 +2,11 @@
 //!
 //! SHAPE
 //!
-//! One task, the *core loop*, owns the [`Chord`] state machine and its sled storage and is the only
+//! One task, the *core loop*, owns the [`Node`] state machine and its sled storage and is the only
 //! code that touches them. Everything else feeds it inputs over one bounded channel:
 //! - an accept loop hands each connection to a task that checks the handshake and reads frames;
 //!   requests go to the core, answers come back through the connection's writer task;
-//! - a ticker drives [`Chord::tick`];
+//! - a ticker drives [`Node::tick`];
 //! - every [`Output::Send`] runs in its own small task over a pooled [`Channel`] to that peer
 //!   and returns its answer (or the transport's error) to the core as an input;
 //! - the shutdown future starts a graceful leave.
@@ -26,10 +26,13 @@
 //! cannot be parsed gets an error notice and its connection closes). The input channel is bounded,
 //! so a flood of requests slows its readers instead of growing memory.
 
-use crate::chord::{Chord, ConnId, Event, Options, Output};
 use crate::error::{Error, Result};
 use crate::id::Id;
+use crate::kv;
 use crate::message::{Envelope, NodeRef, Request, RequestId, Response};
+use crate::node::{Event, Node, Options, Output};
+use crate::ring;
+use crate::rpc::ConnId;
 use crate::storage::{SledStorage, Storage};
 use crate::wire::{self, Channel, FrameReader, FrameWriter, Limits, Role};
 use std::collections::{HashMap, HashSet};
@@ -42,7 +45,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Mutex, Semaphore, mpsc};
 use tracing::{debug, info, warn};
 
-/// How a node is run: addresses, data directory and bounds. Protocol tunables are in `chord`.
+/// How a node is run: addresses, data directory and bounds. Protocol tunables are in `node`.
 #[derive(Clone, Debug)]
 pub struct Config {
     /// The address peers and clients reach this node at; its id is the SHA-1 of this.
@@ -54,7 +57,7 @@ pub struct Config {
     /// Use this id instead of the SHA-1 of the advertised address (only on first start).
     pub node_id: Option<Id>,
     /// Protocol tunables.
-    pub chord: Options,
+    pub node: Options,
     /// Frame, key and value bounds.
     pub limits: Limits,
     /// Most open connections at once.
@@ -93,7 +96,7 @@ impl Config {
             bootstrap: None,
             data_dir,
             node_id: None,
-            chord: Options::default(),
+            node: Options::default(),
             limits: Limits::default(),
             max_connections: 1024,
             tick: Duration::from_millis(20),
@@ -231,8 +234,8 @@ pub async fn run(
         inner: storage,
         dirty: false,
     };
-    let mut chord = Chord::new(me, config.chord.clone(), storage, now());
-    chord.start(config.bootstrap, now());
+    let mut node = Node::new(me, config.node.clone(), storage, now());
+    node.start(config.bootstrap, now());
     if keys > 0 {
         info!(keys, "serving keys kept in the data directory");
     }
@@ -255,7 +258,7 @@ pub async fn run(
     'core: loop {
         tokio::select! {
             _ = ticker.tick() => {
-                chord.tick(now());
+                node.tick(now());
                 if leave_deadline.is_some_and(|d| Instant::now() > d) {
                     warn!("graceful leave did not finish in time; exiting anyway");
                     break 'core;
@@ -264,14 +267,14 @@ pub async fn run(
             () = &mut shutdown, if leave_deadline.is_none() => {
                 info!("leaving the ring: handing keys to the successor");
                 leave_deadline = Some(Instant::now() + config.leave_timeout);
-                chord.leave(now());
+                node.leave(now());
             }
             input = rx.recv() => {
                 let Some(input) = input else { break 'core };
                 let mut next = Some(input);
                 let mut handled = 0;
                 while let Some(input) = next.take() {
-                    handle_input(&mut chord, &mut conns, input, now());
+                    handle_input(&mut node, &mut conns, input, now());
                     handled += 1;
                     let batch = match config.durability {
                         Durability::PerWrite => 1,
@@ -283,16 +286,16 @@ pub async fn run(
                 }
             }
         }
-        while let Some(out) = chord.poll_output() {
+        while let Some(out) = node.poll_output() {
             outputs.push(out);
         }
         if outputs.is_empty() {
             continue;
         }
         // Group commit: one flush covers every write this batch made, before any answer leaves.
-        let flushed = if chord.storage().dirty && config.durability != Durability::Relaxed {
-            chord.storage_mut().dirty = false;
-            let result = tokio::task::block_in_place(|| chord.storage().flush());
+        let flushed = if node.storage().dirty && config.durability != Durability::Relaxed {
+            node.storage_mut().dirty = false;
+            let result = tokio::task::block_in_place(|| node.storage().flush());
             metrics::counter!("chordkv_flushes_total").increment(1);
             result
         } else {
@@ -325,17 +328,17 @@ pub async fn run(
         if let Err(e) = &flushed {
             warn!(error = %e, "flush failed; writes in this batch were refused");
         }
-        metrics::gauge!("chordkv_keys").set(chord.storage().len().unwrap_or(0) as f64);
+        metrics::gauge!("chordkv_keys").set(node.storage().len().unwrap_or(0) as f64);
     }
     accept.abort();
-    chord.storage().flush()?;
+    node.storage().flush()?;
     info!("stopped");
     Ok(())
 }
 
 /// Feed one input to the state machine.
 fn handle_input<S: Storage>(
-    chord: &mut Chord<S>,
+    node: &mut Node<S>,
     conns: &mut HashMap<ConnId, mpsc::Sender<Envelope>>,
     input: Input,
     now: u64,
@@ -349,14 +352,26 @@ fn handle_input<S: Storage>(
         }
         Input::Request { conn, id, request } => {
             metrics::counter!("chordkv_requests_total", "kind" => request.kind()).increment(1);
-            chord.handle_request(conn, id, request, now);
+            node.handle_request(conn, id, request, now);
         }
-        Input::Response { id, response } => chord.handle_response(id, response, now),
+        Input::Response { id, response } => node.handle_response(id, response, now),
     }
 }
 
 /// Log and count an event; returns true when the node has left and should stop.
 fn record_event(me: &NodeRef, event: &Event) -> bool {
+    match event {
+        Event::Ring(e) => record_ring_event(me, e),
+        Event::Kv(e) => {
+            record_kv_event(me, e);
+            false
+        }
+    }
+}
+
+/// Log and count one of the ring's events; returns true when the node has left.
+fn record_ring_event(me: &NodeRef, event: &ring::Event) -> bool {
+    use ring::Event;
     let node = me.id.short();
     match event {
         Event::Joined { succ } => info!(node, succ = %succ, "joined the ring"),
@@ -379,6 +394,38 @@ fn record_event(me: &NodeRef, event: &Event) -> bool {
             metrics::counter!("chordkv_suspicions_total").increment(1);
             warn!(node, peer = %peer, "peer stopped answering; dropped from routing state");
         }
+        Event::Detected {
+            node: peer,
+            detection_ms,
+        } => {
+            metrics::histogram!("chordkv_detection_ms").record(*detection_ms as f64);
+            warn!(node, peer = %peer, detection_ms, "neighbour suspected by the failure detector");
+        }
+        Event::FalseSuspicion { node: peer } => {
+            metrics::counter!("chordkv_false_suspicions_total").increment(1);
+            info!(node, peer = %peer, "suspicion withdrawn: the neighbour answered");
+        }
+        Event::Left { handed_over } => {
+            if *handed_over {
+                info!(node, "left the ring");
+            } else {
+                warn!(
+                    node,
+                    "stopped with no successor to take its keys (the last node of the ring, or \
+                     none answered): they stay in the data directory"
+                );
+            }
+            return true;
+        }
+    }
+    false
+}
+
+/// Log and count one of the data layer's events.
+fn record_kv_event(me: &NodeRef, event: &kv::Event) {
+    use kv::Event;
+    let node = me.id.short();
+    match event {
         Event::Copies { available, wanted } => {
             metrics::gauge!("chordkv_copies").set(*available as f64);
             if available < wanted {
@@ -395,17 +442,6 @@ fn record_event(me: &NodeRef, event: &Event) -> bool {
                     "every key has its full number of copies"
                 );
             }
-        }
-        Event::Detected {
-            node: peer,
-            detection_ms,
-        } => {
-            metrics::histogram!("chordkv_detection_ms").record(*detection_ms as f64);
-            warn!(node, peer = %peer, detection_ms, "neighbour suspected by the failure detector");
-        }
-        Event::FalseSuspicion { node: peer } => {
-            metrics::counter!("chordkv_false_suspicions_total").increment(1);
-            info!(node, peer = %peer, "suspicion withdrawn: the neighbour answered");
         }
         Event::TransferDone { to, keys } => {
             metrics::counter!("chordkv_keys_handed_over_total").increment(*keys);
@@ -436,20 +472,7 @@ fn record_event(me: &NodeRef, event: &Event) -> bool {
                 "key has many concurrent versions; read it and write back with its context"
             );
         }
-        Event::Left { handed_over } => {
-            if *handed_over {
-                info!(node, "left the ring");
-            } else {
-                warn!(
-                    node,
-                    "stopped with no successor to take its keys (the last node of the ring, or \
-                     none answered): they stay in the data directory"
-                );
-            }
-            return true;
-        }
     }
-    false
 }
 
 /// The pooled connection to one peer; its lock makes concurrent senders share one connect.
@@ -485,7 +508,7 @@ impl Peers {
     }
 
     async fn call(&self, to: SocketAddr, request: Request) -> Result<Response> {
-        let timeout = Duration::from_millis(self.config.chord.rpc_timeout);
+        let timeout = Duration::from_millis(self.config.node.ring.rpc_timeout);
         if self.is_blocked(to) {
             // A partition is silence, not a refusal.
             tokio::time::sleep(timeout).await;

@@ -719,7 +719,7 @@ mod tests {
 
     use super::test_support::{dot, n, val, vv};
     use super::*;
-    use crate::history::{self, History};
+    use crate::testing::history::{self, History};
     use proptest::prelude::*;
 
     fn values(v: &Versioned) -> Vec<&str> {

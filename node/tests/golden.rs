@@ -22,9 +22,10 @@
 //! - `holders KEY` — which nodes store KEY, and which should.
 //! - `crash N`, `restart N [via]`, `leave N`, `partition N,N | N,N`, `heal`.
 
-use chordkv_node::chord::Options;
 use chordkv_node::message::{NodeRef, Request, Response};
-use chordkv_node::sim::{Sim, SimOptions};
+use chordkv_node::node::Options;
+use chordkv_node::ring;
+use chordkv_node::testing::sim::{Sim, SimOptions};
 use chordkv_node::version::VersionVector;
 use std::fmt::Write as _;
 use std::path::Path;
@@ -64,7 +65,7 @@ impl Runner {
                 for kv in kvs {
                     let (k, v) = kv.split_once('=').expect("key=value");
                     match k {
-                        "successors" => self.opts.chord.successors = v.parse().expect("number"),
+                        "successors" => self.opts.node.ring.successors = v.parse().expect("number"),
                         "seed" => self.opts.seed = v.parse().expect("number"),
                         "drop" => self.opts.drop_rate = v.parse().expect("probability"),
                         other => panic!("unknown option {other}"),
@@ -235,7 +236,7 @@ impl Runner {
         let mut nodes: Vec<usize> = (0..sim.len()).filter(|&i| sim.is_up(i)).collect();
         nodes.sort_by_key(|&i| sim.node_ref(i).id);
         for i in nodes {
-            let c = sim.chord(i).expect("up");
+            let c = sim.node(i).expect("up");
             let st = c.status();
             let succs: Vec<String> = st.succs.iter().map(|s| self.name(Some(*s))).collect();
             let fingers: Vec<String> = st.fingers.iter().map(|s| self.name(Some(*s))).collect();
@@ -281,8 +282,11 @@ fn answer(r: chordkv_node::Result<Response>) -> String {
 fn run_script(text: &str) -> String {
     let mut runner = Runner {
         opts: SimOptions {
-            chord: Options {
-                successors: 3,
+            node: Options {
+                ring: ring::Options {
+                    successors: 3,
+                    ..ring::Options::default()
+                },
                 ..Options::default()
             },
             ..SimOptions::default()

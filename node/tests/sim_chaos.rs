@@ -6,11 +6,12 @@
 //! N − 1 successors must hold identical states. The seed is printed on failure;
 //! `CHORDKV_SEEDS=200` runs more.
 
-use chordkv_node::chord::Options;
-use chordkv_node::history::History;
 use chordkv_node::message::{Request, Response};
-use chordkv_node::sim::{Sim, SimOptions};
+use chordkv_node::node::Options;
+use chordkv_node::testing::history::History;
+use chordkv_node::testing::sim::{Sim, SimOptions};
 use chordkv_node::version::VersionVector;
+use chordkv_node::{kv, ring};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -50,7 +51,7 @@ fn write(sim: &mut Sim, via: usize, key: Vec<u8>, blind: bool, h: &mut History, 
 /// through one that is itself still joining waits for it.
 fn member(sim: &Sim) -> usize {
     (0..NODES)
-        .find(|&i| sim.chord(i).is_some_and(|c| c.is_joined()))
+        .find(|&i| sim.node(i).is_some_and(|c| c.is_joined()))
         .expect("some node is in the ring")
 }
 
@@ -58,8 +59,11 @@ fn run(seed: u64) {
     let mut sim = Sim::new(SimOptions {
         seed,
         drop_rate: 0.01,
-        chord: Options {
-            successors: 4,
+        node: Options {
+            ring: ring::Options {
+                successors: 4,
+                ..ring::Options::default()
+            },
             ..Options::default()
         },
         ..SimOptions::default()
@@ -133,8 +137,11 @@ fn crashes_and_restarts_lose_no_acknowledged_write_and_replicas_converge() {
 fn run_partition(seed: u64) {
     let mut sim = Sim::new(SimOptions {
         seed,
-        chord: Options {
-            successors: 4,
+        node: Options {
+            ring: ring::Options {
+                successors: 4,
+                ..ring::Options::default()
+            },
             ..Options::default()
         },
         ..SimOptions::default()
@@ -309,8 +316,11 @@ fn per_request_write_quorums_are_honoured_and_bounded_by_n() {
 #[test]
 fn a_write_missed_by_a_cut_off_replica_is_handed_over_when_it_returns() {
     let mut sim = Sim::new(SimOptions {
-        chord: Options {
-            sync_interval: u64::MAX / 4, // no anti-entropy: only the hint can repair
+        node: Options {
+            kv: kv::Options {
+                sync_interval: u64::MAX / 4, // no anti-entropy: only the hint can repair
+                ..kv::Options::default()
+            },
             ..Options::default()
         },
         ..SimOptions::default()

@@ -4,12 +4,13 @@
 //! grace period cannot bring a deleted value back (and one away for longer does, the documented
 //! limit); and a node never issues a dot counter twice, across restarts.
 
-use chordkv_node::chord::Options;
-use chordkv_node::history::History;
 use chordkv_node::id::Id;
 use chordkv_node::message::{Request, Response};
-use chordkv_node::sim::{Sim, SimOptions};
+use chordkv_node::node::Options;
+use chordkv_node::testing::history::History;
+use chordkv_node::testing::sim::{Sim, SimOptions};
 use chordkv_node::version::{VersionVector, Versioned};
+use chordkv_node::{kv, ring};
 
 const NODES: usize = 6;
 const GRACE: u64 = 3_000;
@@ -51,9 +52,15 @@ fn write(
 fn ring(seed: u64, grace: u64) -> Sim {
     let mut sim = Sim::new(SimOptions {
         seed,
-        chord: Options {
-            successors: 4,
-            tombstone_grace: Some(grace),
+        node: Options {
+            ring: ring::Options {
+                successors: 4,
+                ..ring::Options::default()
+            },
+            kv: kv::Options {
+                tombstone_grace: Some(grace),
+                ..kv::Options::default()
+            },
             ..Options::default()
         },
         ..SimOptions::default()
@@ -205,10 +212,13 @@ fn a_replica_back_after_the_grace_period_brings_the_deleted_value_back() {
 fn a_counter_past_the_dot_lease_is_not_issued_again_after_a_restart() {
     let mut sim = Sim::new(SimOptions {
         seed: 3,
-        chord: Options {
-            replicas: 1,
-            write_quorum: 1,
-            read_quorum: 1,
+        node: Options {
+            kv: kv::Options {
+                replicas: 1,
+                write_quorum: 1,
+                read_quorum: 1,
+                ..kv::Options::default()
+            },
             ..Options::default()
         },
         ..SimOptions::default()

@@ -3,10 +3,10 @@
 //! failure, before any repair, and again after stabilization, must all find the live successor of
 //! their key. Prints mean hops and timeouts per lookup (the paper reports about 5 and 5).
 
-use chordkv_node::chord::Options;
-use chordkv_node::chord::detector::DetectorOptions;
 use chordkv_node::message::{Request, Response};
-use chordkv_node::sim::{Sim, SimOptions};
+use chordkv_node::node::Options;
+use chordkv_node::ring::{self, detector::DetectorOptions};
+use chordkv_node::testing::sim::{Sim, SimOptions};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
@@ -45,12 +45,15 @@ fn half_of_a_1000_node_ring_fails_at_once_and_every_lookup_is_still_correct() {
     let nodes = 1000;
     let mut sim = Sim::new(SimOptions {
         seed,
-        chord: Options {
-            successors: 20,
-            // Twenty-one neighbours each: probe them less often to keep the simulation quick.
-            detector: DetectorOptions {
-                interval: 5_000,
-                ..DetectorOptions::default()
+        node: Options {
+            ring: ring::Options {
+                successors: 20,
+                // Twenty-one neighbours each: probe them less often to keep the simulation quick.
+                detector: DetectorOptions {
+                    interval: 5_000,
+                    ..DetectorOptions::default()
+                },
+                ..ring::Options::default()
             },
             ..Options::default()
         },

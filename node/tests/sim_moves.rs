@@ -4,11 +4,12 @@
 //! finds every acknowledged write in it, either surviving or superseded by a write that saw it
 //! (no silent loss, no resurrected delete, no phantom).
 
-use chordkv_node::chord::Options;
-use chordkv_node::history::History;
 use chordkv_node::message::{Request, Response};
-use chordkv_node::sim::{Sim, SimOptions};
+use chordkv_node::node::Options;
+use chordkv_node::testing::history::History;
+use chordkv_node::testing::sim::{Sim, SimOptions};
 use chordkv_node::version::VersionVector;
+use chordkv_node::{kv, ring};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -49,13 +50,19 @@ fn run(seed: u64) {
     let mut sim = Sim::new(SimOptions {
         seed,
         drop_rate: 0.03,
-        chord: Options {
-            successors: 4,
-            // Collect tombstones once the ring is quiet. The grace period must outlast the
-            // stray copies a move leaves behind (see `Options::tombstone_grace`): a node
-            // holding many foreign ranges reaches each once per cycle of foreign rounds, one
-            // range every two sync intervals, and a leaver hands its strays to its successor.
-            tombstone_grace: Some(30_000),
+        node: Options {
+            ring: ring::Options {
+                successors: 4,
+                ..ring::Options::default()
+            },
+            kv: kv::Options {
+                // Collect tombstones once the ring is quiet. The grace period must outlast the
+                // stray copies a move leaves behind (see `kv::Options::tombstone_grace`): a node
+                // holding many foreign ranges reaches each once per cycle of foreign rounds, one
+                // range every two sync intervals, and a leaver hands its strays to its successor.
+                tombstone_grace: Some(30_000),
+                ..kv::Options::default()
+            },
             ..Options::default()
         },
         ..SimOptions::default()

@@ -1,7 +1,7 @@
 //! Ring formation and lookups in the deterministic simulator, at sizes real processes cannot reach.
 
 use chordkv_node::message::{Request, Response};
-use chordkv_node::sim::{Sim, SimOptions};
+use chordkv_node::testing::sim::{Sim, SimOptions};
 
 /// Grow a ring one node at a time through node 0, then let it stabilize.
 fn grow(opts: SimOptions, n: usize, join_every_ms: u64) -> Sim {

@@ -6,11 +6,12 @@
 //! ```
 //! Ctrl-C or SIGTERM leaves the ring gracefully (keys go to the successor first).
 
-use chordkv_node::chord::Options;
-use chordkv_node::chord::detector::DetectorOptions;
 use chordkv_node::id::Id;
+use chordkv_node::node::Options;
+use chordkv_node::ring::detector::DetectorOptions;
 use chordkv_node::server::{self, Config, Durability};
 use chordkv_node::wire::{HARD_MAX_FRAME, Limits};
+use chordkv_node::{kv, ring};
 use clap::Parser;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -155,26 +156,34 @@ fn run(args: Args) -> Result<(), String> {
         "relaxed" => Durability::Relaxed,
         _ => Durability::Group,
     };
-    config.chord = Options {
-        successors: usize::from(args.successors),
-        stabilize_interval: args.stabilize_ms.max(1),
-        fix_fingers_interval: args.fix_fingers_ms.max(1),
-        detector: DetectorOptions {
-            interval: args.heartbeat_ms.max(1),
-            initial_timeout: args.heartbeat_timeout_ms.max(1),
-            max_timeout: (args.heartbeat_timeout_ms.max(1) * 10).max(10_000),
-            ..DetectorOptions::default()
+    let heartbeat_ms = args.heartbeat_ms.max(1);
+    config.node = Options {
+        ring: ring::Options {
+            successors: usize::from(args.successors),
+            stabilize_interval: args.stabilize_ms.max(1),
+            fix_fingers_interval: args.fix_fingers_ms.max(1),
+            detector: DetectorOptions {
+                interval: heartbeat_ms,
+                initial_timeout: args.heartbeat_timeout_ms.max(1),
+                max_timeout: (args.heartbeat_timeout_ms.max(1) * 10).max(10_000),
+                ..DetectorOptions::default()
+            },
+            merge_interval: args.merge_ms.max(1),
+            rpc_timeout: args.rpc_timeout_ms.max(1),
+            ..ring::Options::default()
         },
-        sync_interval: args.sync_ms.max(1),
-        merge_interval: args.merge_ms.max(1),
-        tombstone_grace: (args.tombstone_grace_ms > 0).then_some(args.tombstone_grace_ms),
-        replicas: usize::from(args.replicas),
-        write_quorum: usize::from(args.write_quorum),
-        read_quorum: usize::from(args.read_quorum),
-        rpc_timeout: args.rpc_timeout_ms.max(1),
-        request_timeout: args.request_timeout_ms.max(1),
+        kv: kv::Options {
+            sync_interval: args.sync_ms.max(1),
+            // Hinted writes go out at the pace of the heartbeats that notice a replica is back.
+            hint_interval: heartbeat_ms,
+            tombstone_grace: (args.tombstone_grace_ms > 0).then_some(args.tombstone_grace_ms),
+            replicas: usize::from(args.replicas),
+            write_quorum: usize::from(args.write_quorum),
+            read_quorum: usize::from(args.read_quorum),
+            request_timeout: args.request_timeout_ms.max(1),
+            ..kv::Options::default()
+        },
         seed: rand_seed(),
-        ..Options::default()
     };
     // A frame must carry the largest key and value plus the message around them.
     let max_frame = (args.max_key_bytes + args.max_value_bytes + (64 << 10))

@@ -1,4 +1,4 @@
-//! A deterministic simulator: many nodes of the real [`Chord`] state machine in one process.
+//! A deterministic simulator: many nodes of the real [`Node`] state machine in one process.
 //!
 //! Time is logical (milliseconds). Messages travel through one priority queue with seeded random
 //! delays and, optionally, drops; a partition silently drops messages between two groups, as a
@@ -6,14 +6,16 @@
 //! does on a real host. The same seed gives the same run, byte for byte, so a failing seed replays.
 //!
 //! The simulator drives exactly the code the tokio server drives: it calls
-//! [`Chord::handle_request`], [`Chord::handle_response`] and [`Chord::tick`] and carries out what
-//! [`Chord::poll_output`] returns. Nothing here decides protocol behaviour.
+//! [`Node::handle_request`], [`Node::handle_response`] and [`Node::tick`] and carries out what
+//! [`Node::poll_output`] returns. Nothing here decides protocol behaviour.
 
-use crate::chord::{Chord, ConnId, Event, Options, Output};
+use super::history::{self, History};
 use crate::error::{Error, Result};
-use crate::history::History;
 use crate::id::{BITS, Id};
 use crate::message::{NodeRef, Request, RequestId, Response};
+use crate::node::{Event, Node, Options, Output};
+use crate::ring;
+use crate::rpc::ConnId;
 use crate::storage::{MemoryStorage, Storage};
 use crate::version::Versioned;
 use rand::rngs::StdRng;
@@ -37,10 +39,10 @@ pub struct SimOptions {
     pub max_delay: u64,
     /// Probability that any one message is lost.
     pub drop_rate: f64,
-    /// How often every node's [`Chord::tick`] runs, ms.
+    /// How often every node's [`Node::tick`] runs, ms.
     pub tick: u64,
     /// The protocol options every node gets.
-    pub chord: Options,
+    pub node: Options,
     /// Keep every node's events for [`Sim::take_events`] (off: long runs would hoard them).
     pub record_events: bool,
     /// Fold every output of every node, with its time and node, into [`Sim::trace_digest`], and
@@ -58,7 +60,7 @@ impl Default for SimOptions {
             max_delay: 10,
             drop_rate: 0.0,
             tick: 10,
-            chord: Options::default(),
+            node: Options::default(),
             record_events: false,
             trace: std::env::var_os("CHORDKV_TRACE").is_some(),
         }
@@ -67,7 +69,7 @@ impl Default for SimOptions {
 
 /// A simulated node: its state machine, or the storage it left behind when it crashed.
 enum Slot {
-    Up(Box<Chord<MemoryStorage>>),
+    Up(Box<Node<MemoryStorage>>),
     Down(MemoryStorage),
     Gone,
 }
@@ -193,18 +195,18 @@ impl Sim {
                 return;
             }
         };
-        let mut opts = self.opts.chord.clone();
+        let mut opts = self.opts.node.clone();
         opts.seed = self.opts.seed;
-        let mut chord = Chord::new(self.node_ref(i), opts, storage, self.now);
-        chord.start(bootstrap.map(|b| self.addrs[b]), self.now);
-        self.slots[i] = Slot::Up(Box::new(chord));
+        let mut node = Node::new(self.node_ref(i), opts, storage, self.now);
+        node.start(bootstrap.map(|b| self.addrs[b]), self.now);
+        self.slots[i] = Slot::Up(Box::new(node));
         self.drain(i);
     }
 
     /// Crash node `i`: it stops at once; its storage is kept for a restart.
     pub fn crash(&mut self, i: usize) {
-        if let Slot::Up(chord) = std::mem::replace(&mut self.slots[i], Slot::Gone) {
-            self.slots[i] = Slot::Down(chord.into_storage());
+        if let Slot::Up(node) = std::mem::replace(&mut self.slots[i], Slot::Gone) {
+            self.slots[i] = Slot::Down(node.into_storage());
         }
     }
 
@@ -213,10 +215,10 @@ impl Sim {
         self.boot(i, bootstrap);
     }
 
-    /// Ask node `i` to leave gracefully; it disappears once it reports [`Event::Left`].
+    /// Ask node `i` to leave gracefully; it disappears once it reports [`ring::Event::Left`].
     pub fn leave(&mut self, i: usize) {
         let now = self.now;
-        if let Some(c) = self.chord_mut(i) {
+        if let Some(c) = self.node_mut(i) {
             c.leave(now);
         }
         self.drain(i);
@@ -228,14 +230,14 @@ impl Sim {
     }
 
     /// Node `i`'s state machine, if it is running.
-    pub fn chord(&self, i: usize) -> Option<&Chord<MemoryStorage>> {
+    pub fn node(&self, i: usize) -> Option<&Node<MemoryStorage>> {
         match &self.slots[i] {
             Slot::Up(c) => Some(c),
             _ => None,
         }
     }
 
-    fn chord_mut(&mut self, i: usize) -> Option<&mut Chord<MemoryStorage>> {
+    fn node_mut(&mut self, i: usize) -> Option<&mut Node<MemoryStorage>> {
         match &mut self.slots[i] {
             Slot::Up(c) => Some(c),
             _ => None,
@@ -273,7 +275,7 @@ impl Sim {
         let conn = self.next_client;
         self.next_client += 1;
         let now = self.now;
-        match self.chord_mut(i) {
+        match self.node_mut(i) {
             Some(c) => c.handle_request(conn, 1, request, now),
             None => {
                 let e = Error::Unavailable(format!("cannot reach node {i}: it is down"));
@@ -342,7 +344,7 @@ impl Sim {
         self.now = next_tick;
         for i in 0..self.slots.len() {
             let now = self.now;
-            if let Some(c) = self.chord_mut(i) {
+            if let Some(c) = self.node_mut(i) {
                 c.tick(now);
                 self.drain(i);
             }
@@ -360,7 +362,7 @@ impl Sim {
                 request,
             } => {
                 let target = self.by_addr.get(&to).copied();
-                match target.and_then(|t| self.chord_mut(t).map(|c| (t, c))) {
+                match target.and_then(|t| self.node_mut(t).map(|c| (t, c))) {
                     Some((t, c)) => {
                         c.handle_request(from as ConnId, id, request, now);
                         self.drain(t);
@@ -381,7 +383,7 @@ impl Sim {
                 }
             }
             Msg::Response { to, id, response } => {
-                if let Some(c) = self.chord_mut(to) {
+                if let Some(c) = self.node_mut(to) {
                     c.handle_response(id, response, now);
                     self.drain(to);
                 }
@@ -391,7 +393,7 @@ impl Sim {
 
     /// Carry out node `i`'s outputs.
     fn drain(&mut self, i: usize) {
-        while let Some(out) = self.chord_mut(i).and_then(|c| c.poll_output()) {
+        while let Some(out) = self.node_mut(i).and_then(|c| c.poll_output()) {
             if self.opts.trace {
                 (self.now, i, format!("{out:?}")).hash(&mut self.trace);
                 self.outputs += 1;
@@ -416,7 +418,7 @@ impl Sim {
                     }
                 }
                 Output::Event(e) => {
-                    if let Event::Left { .. } = e {
+                    if let Event::Ring(ring::Event::Left { .. }) = e {
                         if let Slot::Up(c) = std::mem::replace(&mut self.slots[i], Slot::Gone) {
                             self.slots[i] = Slot::Down(c.into_storage());
                         }
@@ -453,7 +455,7 @@ impl Sim {
     /// The running, joined nodes sorted by id: the ring as it truly is.
     pub fn true_ring(&self) -> Vec<NodeRef> {
         let mut ring: Vec<NodeRef> = (0..self.slots.len())
-            .filter_map(|i| self.chord(i))
+            .filter_map(|i| self.node(i))
             .filter(|c| c.is_joined())
             .map(|c| c.me())
             .collect();
@@ -472,38 +474,38 @@ impl Sim {
         let ring = self.true_ring();
         let n = ring.len();
         let mut errors: Vec<String> = (0..self.slots.len())
-            .filter(|&i| self.chord(i).is_some_and(|c| !c.is_joined()))
+            .filter(|&i| self.node(i).is_some_and(|c| !c.is_joined()))
             .map(|i| format!("n{i}: still joining"))
             .collect();
         for (pos, me) in ring.iter().enumerate() {
             let Some(i) = self.by_addr.get(&me.addr).copied() else {
                 continue;
             };
-            let Some(c) = self.chord(i) else { continue };
-            let r = self.opts.chord.successors.min(n - 1);
+            let Some(c) = self.node(i) else { continue };
+            let r = self.opts.node.ring.successors.min(n - 1);
             let want: Vec<NodeRef> = (1..=r).map(|k| ring[(pos + k) % n]).collect();
-            if c.successors() != want.as_slice() {
+            if c.ring().successors() != want.as_slice() {
                 errors.push(format!(
                     "n{i}: successors {:?}, want {:?}",
-                    c.successors(),
+                    c.ring().successors(),
                     want
                 ));
             }
             let want_pred = (n > 1).then(|| ring[(pos + n - 1) % n]);
-            if c.predecessor() != want_pred {
+            if c.ring().predecessor() != want_pred {
                 errors.push(format!(
                     "n{i}: predecessor {:?}, want {want_pred:?}",
-                    c.predecessor()
+                    c.ring().predecessor()
                 ));
             }
             if fingers && n > 1 {
                 for f in 0..BITS {
                     let start = me.id.add_pow2(f);
                     let owner = successor_in(&ring, start).filter(|o| o.id != me.id);
-                    if c.finger(f) != owner {
+                    if c.ring().finger(f) != owner {
                         errors.push(format!(
                             "n{i}: finger {f} is {:?}, want {owner:?}",
-                            c.finger(f)
+                            c.ring().finger(f)
                         ));
                     }
                 }
@@ -522,7 +524,7 @@ impl Sim {
     pub fn holders(&self, key: &[u8]) -> Vec<usize> {
         (0..self.slots.len())
             .filter(|&i| {
-                self.chord(i)
+                self.node(i)
                     .is_some_and(|c| matches!(c.storage().get(key), Ok(Some(_))))
             })
             .collect()
@@ -531,7 +533,7 @@ impl Sim {
     /// Node `i`'s stored state of `key` (empty if it has none or is down).
     pub fn stored_state(&self, i: usize, key: &[u8]) -> Result<Versioned> {
         match self
-            .chord(i)
+            .node(i)
             .map(|c| c.storage().get(key))
             .transpose()?
             .flatten()
@@ -626,7 +628,7 @@ impl Sim {
             }
             history.record_final_state(&key, &state);
         }
-        let violations = crate::history::check(history);
+        let violations = history::check(history);
         let Some(first) = violations.first() else {
             return Ok(());
         };

@@ -1,0 +1,425 @@
+//! COLLECTION: deleting copies once other nodes are known to hold everything they held.
+//!
+//! Copies are deleted in two cases, and in both only once other nodes are known to hold
+//! everything the deleted copy held:
+//! - *Stray copies.* A ring change can leave a node holding keys of a range whose preference
+//!   list it has left. In the foreign round of anti-entropy ([`super::sync`]), the owner answers
+//!   the digests with `stray` when the asker is none of its `N − 1` replicas (and it has all of
+//!   them). The stray hands a batch of its copies over ([`Request::Handoff`]): the owner merges
+//!   it, replicates the merged states to all its replicas, and only when every one of them
+//!   stored them answers with the keys the stray may delete; the stray deletes those whose state
+//!   has not changed since it sent them. Every answer carries the owner's merged states, so the
+//!   copies a stray keeps (when it may not delete them yet) are brought up to date: they hold
+//!   the owner's tombstones, not the values those replaced.
+//! - *Tombstones.* A deleted key must keep its tombstone while any copy of the value it
+//!   replaced may still be merged somewhere. An owner with all `N − 1` replicas watches its
+//!   range for tombstone-only states; one unchanged for
+//!   [`super::Options::tombstone_grace`] (a period that starts again whenever our range or
+//!   replicas change) is checked with every replica ([`Request::Reap`]) and, if they all hold
+//!   exactly the same state and our view did not change meanwhile, deleted here and there. A
+//!   replica that misses the delete keeps its tombstone, which anti-entropy brings back and a
+//!   later round collects: a tombstone coming back is harmless, a value would not be.
+//!
+//! Neither happens while the node is leaving or handing a range to a newcomer: a transfer
+//! round tells its receiver to delete the keys it sent earlier that have vanished since.
+//!
+//! What makes collection safe is the grace period: a node that was down or cut off for longer
+//! (or a stray not handed off within it) may still hold a value whose tombstone is gone, and
+//! would bring it back. Cassandra's `gc_grace_seconds` has the same rule. A node never issues
+//! a dot twice ([`super::coordinator`]), so a key written again after collection gets versions
+//! no old context covers.
+
+use super::coordinator::{Responder, WriteOp};
+use super::sync::{SYNC_BATCH, state_digest};
+use super::{Event, Kv, KvIo, Purpose};
+use crate::error::Result;
+use crate::id::{Id, in_half_open};
+use crate::message::{NodeRef, Request, Response};
+use crate::ring::Ring;
+use crate::storage::Storage;
+use crate::version::Versioned;
+use std::collections::{BTreeMap, BTreeSet};
+
+/// How many keys one tombstone-collection round looks at.
+const REAP_SCAN: usize = 1024;
+
+/// Most tombstones whose age is tracked; beyond that, the rest wait for a later pass.
+const MAX_TOMBS: usize = 100_000;
+
+/// A tombstone collection waiting for the replicas' checks.
+#[derive(Clone, Debug)]
+pub(super) struct ReapOp {
+    /// The tombstones to collect and the digests of their states here.
+    candidates: Vec<(Vec<u8>, u64)>,
+    /// How many replicas hold each with the same digest.
+    votes: BTreeMap<Vec<u8>, usize>,
+    /// The replicas asked, and our range and replicas when they were.
+    targets: Vec<NodeRef>,
+    view: Option<(Id, Vec<Id>)>,
+    outstanding: usize,
+}
+
+impl<S: Storage> Kv<S> {
+    // ---------------------------------------------------------------- stray copies
+
+    /// We hold copies in `(from, until]`, owned by `to`, and are none of their replicas: send
+    /// a batch of them to the owner, to delete once it confirms they are safe elsewhere.
+    pub(super) fn hand_off(
+        &mut self,
+        ring: &Ring,
+        io: &mut dyn KvIo,
+        to: NodeRef,
+        from: Id,
+        until: Id,
+    ) {
+        if self.moving_keys(ring) {
+            return;
+        }
+        let mut items = match self.storage.scan_range(from, until, SYNC_BATCH) {
+            Ok(items) => items,
+            Err(error) => return io.report(Event::StorageError { error }),
+        };
+        // Within the byte budget of a transfer round too (one item at least).
+        let mut bytes = 0;
+        let fits = items
+            .iter()
+            .take_while(|(k, v)| {
+                bytes += k.len() + v.len();
+                bytes <= self.opts.transfer_bytes
+            })
+            .count();
+        items.truncate(fits.max(1));
+        if items.is_empty() {
+            return;
+        }
+        let sent = items
+            .iter()
+            .map(|(k, v)| (k.clone(), state_digest(v)))
+            .collect();
+        let req = Request::Handoff {
+            from: self.me,
+            items,
+        };
+        self.syncing = true;
+        let purpose = Purpose::Handoff {
+            to,
+            from,
+            until,
+            sent,
+        };
+        // The owner answers only once all its replicas did: give it their round trip too.
+        let deadline = io.now() + 2 * io.rpc_timeout();
+        self.calls
+            .send_with_deadline(io, to, req, purpose, deadline);
+    }
+
+    /// The owner's side of [`Request::Handoff`]: merge the stray copies we own, and once the
+    /// merged states are stored on all `N − 1` replicas, tell the sender which it may delete.
+    /// Nothing may be deleted if the sender keeps copies of our keys after all, or if we are
+    /// leaving (what we store now leaves with us). Either way the answer carries our merged
+    /// states, so the sender's copies no longer hold values we have seen replaced.
+    pub(super) fn on_handoff(
+        &mut self,
+        ring: &Ring,
+        io: &mut dyn KvIo,
+        responder: Responder,
+        from: NodeRef,
+        items: Vec<(Vec<u8>, Vec<u8>)>,
+    ) {
+        let mut merged = Vec::new();
+        for (key, bytes) in items {
+            let owned = self.in_own_range(ring, Id::hash(&key));
+            // A copy that does not decode is left where it is; the rest go on.
+            let Ok(incoming) = Versioned::decode(&bytes) else {
+                continue;
+            };
+            if !owned {
+                continue;
+            }
+            let result = self
+                .merge_into_storage(&key, &incoming)
+                .and_then(|_| self.storage.get(&key));
+            match result {
+                Ok(Some(state)) => merged.push((key, state)),
+                Ok(None) => {}
+                Err(e) => return self.answer(io, responder, Err(e)),
+            }
+        }
+        let keep = Response::HandedOff {
+            keys: Vec::new(),
+            states: merged.clone(),
+        };
+        if ring.is_leaving() || self.keeps_copies(ring, &from) || merged.is_empty() {
+            return self.answer(io, responder, Ok(keep));
+        }
+        let targets = self.replica_targets(ring);
+        let op = WriteOp {
+            responder,
+            write_id: None,
+            response: Response::HandedOff {
+                keys: merged.iter().map(|(k, _)| k.clone()).collect(),
+                states: merged.clone(),
+            },
+            on_failure: Some(keep),
+            needed: targets.len(),
+            acks: 0,
+            outstanding: targets.len(),
+            done: false,
+        };
+        self.replicate(io, op, targets, merged);
+    }
+
+    /// The owner answered a hand-off: delete the copies it confirmed, unless they changed
+    /// since we sent them, and bring the others up to date with its states.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn on_handoff_answer(
+        &mut self,
+        ring: &Ring,
+        io: &mut dyn KvIo,
+        to: NodeRef,
+        from: Id,
+        until: Id,
+        sent: Vec<(Vec<u8>, u64)>,
+        response: Result<Response>,
+    ) {
+        self.syncing = false;
+        let Ok(Response::HandedOff { keys, states }) = response else {
+            return;
+        };
+        // A transfer in flight tells its receiver to delete what vanished here: keep all.
+        let confirmed: BTreeSet<Vec<u8>> = if self.moving_keys(ring) {
+            BTreeSet::new()
+        } else {
+            keys.into_iter().collect()
+        };
+        let sent: BTreeMap<Vec<u8>, u64> = sent.into_iter().collect();
+        let mut collected = 0;
+        for (key, digest) in &sent {
+            if !confirmed.contains(key) {
+                continue;
+            }
+            let result = self.storage.get(key).and_then(|now| match now {
+                Some(v) if state_digest(&v) == *digest => self.storage.delete(key),
+                _ => Ok(false),
+            });
+            match result {
+                Ok(true) => collected += 1,
+                Ok(false) => {}
+                Err(error) => return io.report(Event::StorageError { error }),
+            }
+        }
+        for (key, bytes) in states {
+            // Only copies we sent and still hold.
+            if !sent.contains_key(&key) || !matches!(self.storage.get(&key), Ok(Some(_))) {
+                continue;
+            }
+            if let Ok(state) = Versioned::decode(&bytes) {
+                if let Err(error) = self.merge_into_storage(&key, &state) {
+                    io.report(Event::StorageError { error });
+                }
+            }
+        }
+        if collected > 0 {
+            io.report(Event::Collected {
+                with: to,
+                keys: collected,
+                tombstones: false,
+            });
+        }
+        // All of the batch went: more may follow at once (the next scan finds none if not).
+        if collected > 0 && collected == sent.len() as u64 && self.chain_more() {
+            self.hand_off(ring, io, to, from, until);
+        }
+    }
+
+    // ---------------------------------------------------------------- tombstones
+
+    /// Every `sync_interval`, if tombstones are collected: look at the next stretch of our
+    /// range for keys that are tombstones only. A tombstone unchanged here for the grace period
+    /// is a candidate; ask every replica whether it holds exactly the same state
+    /// ([`Request::Reap`]), and collect the ones they all hold ([`Kv::on_reap_answer`]).
+    pub(super) fn reap_tick(&mut self, ring: &Ring, io: &mut dyn KvIo) {
+        let Some(grace) = self.opts.tombstone_grace else {
+            return;
+        };
+        let targets = self.replica_targets(ring);
+        let Some(start) = ring.range_start().map(|p| p.id) else {
+            return;
+        };
+        if !ring.is_installed()
+            || self.reaping.is_some()
+            || self.moving_keys(ring)
+            || targets.len() + 1 < self.opts.replicas
+        {
+            return;
+        }
+        // Any change of our range or replicas may have left stray copies behind, stale ones
+        // among them, that collection has not handed off yet: grace periods start again.
+        let view = (start, targets.iter().map(|t| t.id).collect::<Vec<Id>>());
+        if self.reap_view.as_ref() != Some(&view) {
+            self.tombs.clear();
+            self.reap_view = Some(view);
+        }
+        let from = match self.reap_cursor {
+            Some(c) if in_half_open(start, self.me.id, c) && c != self.me.id => c,
+            _ => start,
+        };
+        let entries = match self.storage.scan_range(from, self.me.id, REAP_SCAN) {
+            Ok(e) => e,
+            Err(error) => return io.report(Event::StorageError { error }),
+        };
+        self.reap_cursor = match entries.last() {
+            Some((k, _)) if entries.len() == REAP_SCAN => Some(Id::hash(k)),
+            _ => {
+                // A whole pass: forget tombstones no longer in our range.
+                let me = self.me.id;
+                self.tombs
+                    .retain(|k, _| in_half_open(start, me, Id::hash(k)));
+                None
+            }
+        };
+        let now = io.now();
+        let mut candidates = Vec::new();
+        for (key, bytes) in entries {
+            let Ok(state) = Versioned::decode(&bytes) else {
+                continue;
+            };
+            if !state.is_deleted() {
+                self.tombs.remove(&key);
+                continue;
+            }
+            let digest = state.digest();
+            match self.tombs.get(&key) {
+                Some(&(d, since)) if d == digest => {
+                    if now.saturating_sub(since) >= grace && candidates.len() < SYNC_BATCH {
+                        candidates.push((key, digest));
+                    }
+                }
+                // Changed since: its grace period starts again.
+                Some(_) => {
+                    self.tombs.insert(key, (digest, now));
+                }
+                None if self.tombs.len() >= MAX_TOMBS => {}
+                None => {
+                    self.tombs.insert(key, (digest, now));
+                }
+            }
+        }
+        if candidates.is_empty() {
+            return;
+        }
+        for t in &targets {
+            let req = Request::Reap {
+                items: candidates.clone(),
+                commit: false,
+            };
+            self.send(io, *t, req, Purpose::Reap);
+        }
+        let op = ReapOp {
+            candidates,
+            votes: BTreeMap::new(),
+            outstanding: targets.len(),
+            view: self.reap_view.clone(),
+            targets,
+        };
+        if op.outstanding == 0 {
+            // No replicas (N = 1): ours is the only copy.
+            return self.finish_reap(ring, io, op);
+        }
+        self.reaping = Some(op);
+    }
+
+    /// A replica's side of [`Request::Reap`]: which of the keys we hold with exactly the given
+    /// digest, and with `commit`, delete those. None while a transfer of ours is moving keys: it
+    /// would tell its receiver to delete them too.
+    pub(super) fn on_reap(
+        &mut self,
+        ring: &Ring,
+        items: Vec<(Vec<u8>, u64)>,
+        commit: bool,
+    ) -> Result<Response> {
+        let mut keys = Vec::new();
+        if self.moving_keys(ring) {
+            return Ok(Response::Reaped { keys });
+        }
+        for (key, digest) in items {
+            match self.storage.get(&key)? {
+                Some(v) if state_digest(&v) == digest => {
+                    if commit {
+                        self.storage.delete(&key)?;
+                    }
+                    keys.push(key);
+                }
+                _ => {}
+            }
+        }
+        Ok(Response::Reaped { keys })
+    }
+
+    /// A replica answered a tombstone check; once all have, [`Kv::finish_reap`].
+    pub(super) fn on_reap_answer(
+        &mut self,
+        ring: &Ring,
+        io: &mut dyn KvIo,
+        response: Result<Response>,
+    ) {
+        let Some(r) = self.reaping.as_mut() else {
+            return;
+        };
+        r.outstanding -= 1;
+        if let Ok(Response::Reaped { keys }) = response {
+            for k in keys {
+                *r.votes.entry(k).or_default() += 1;
+            }
+        }
+        if r.outstanding == 0 {
+            let r = self.reaping.take().expect("present");
+            self.finish_reap(ring, io, r);
+        }
+    }
+
+    /// Collect the tombstones every replica asked holds exactly as we do: delete ours, and tell
+    /// those replicas to delete theirs. Nothing if our range or replicas changed meanwhile, or
+    /// a transfer started.
+    fn finish_reap(&mut self, ring: &Ring, io: &mut dyn KvIo, r: ReapOp) {
+        let targets: Vec<Id> = r.targets.iter().map(|t| t.id).collect();
+        let current: Vec<Id> = self.replica_targets(ring).iter().map(|t| t.id).collect();
+        if self.moving_keys(ring) || current != targets || self.reap_view != r.view {
+            return;
+        }
+        let mut reaped = Vec::new();
+        for (key, digest) in r.candidates {
+            if r.votes.get(&key).copied().unwrap_or(0) != r.targets.len() {
+                continue;
+            }
+            // Unchanged here too (no write arrived while the replicas answered)?
+            let result = self.storage.get(&key).and_then(|now| match now {
+                Some(v) if state_digest(&v) == digest => self.storage.delete(&key),
+                _ => Ok(false),
+            });
+            match result {
+                Ok(true) => {
+                    self.tombs.remove(&key);
+                    reaped.push((key, digest));
+                }
+                Ok(false) => {}
+                Err(error) => return io.report(Event::StorageError { error }),
+            }
+        }
+        if reaped.is_empty() {
+            return;
+        }
+        io.report(Event::Collected {
+            with: self.me,
+            keys: reaped.len() as u64,
+            tombstones: true,
+        });
+        for t in r.targets {
+            let req = Request::Reap {
+                items: reaped.clone(),
+                commit: true,
+            };
+            self.send(io, t, req, Purpose::Repair);
+        }
+    }
+}

@@ -1,0 +1,594 @@
+//! Client requests: routing them to the key's owner, and the owner coordinating quorum writes
+//! and reads over its replicas (see the [data layer essay](super) under REPLICATION).
+//!
+//! DOTS
+//!
+//! The owner numbers every new version with its own dot (actor, counter). A node never issues
+//! a counter twice, for any key, across restarts: counters are numbered above a node-wide
+//! floor, and the floor is leased in the storage meta [`DOT_LEASE`] counters ahead (Riak's vnode
+//! counter lease), so a write persists nothing extra except once per lease. A key written again
+//! after its state was collected or moved away therefore gets versions no old context covers.
+
+use super::{Event, Kv, KvIo, Purpose, Routed};
+use crate::error::{Error, Result};
+use crate::id::Id;
+use crate::message::{NodeRef, ReadReply, Request, RequestId, Response, WriteId};
+use crate::ring::{Lookup, Ring};
+use crate::rpc::ConnId;
+use crate::storage::Storage;
+use crate::version::{VersionVector, Versioned};
+use std::collections::BTreeSet;
+
+/// How many dot counters a node may issue per persisted lease (see [`Kv::issued_dot`]).
+const DOT_LEASE: u64 = 1 << 20;
+
+/// The storage meta name of the dot lease.
+const DOT_LEASE_META: &str = "dot-lease";
+
+/// How many applied write ids an owner remembers for at-most-once retries.
+const MAX_APPLIED: usize = 1 << 16;
+
+/// A client data request being coordinated.
+#[derive(Clone, Debug)]
+pub(super) struct ClientOp {
+    conn: ConnId,
+    id: RequestId,
+    request: Request,
+    deadline: u64,
+    /// Owners that did not answer: later lookups for this request route around them.
+    avoid: BTreeSet<Id>,
+    /// Kept across retries so the owner applies the write at most once.
+    write_id: WriteId,
+}
+
+impl ClientOp {
+    /// A client's `Get`, `Put` or `Delete` that arrived as request `id` on `conn`.
+    pub(super) fn new(
+        conn: ConnId,
+        id: RequestId,
+        request: Request,
+        deadline: u64,
+        write_id: WriteId,
+    ) -> ClientOp {
+        ClientOp {
+            conn,
+            id,
+            request,
+            deadline,
+            avoid: BTreeSet::new(),
+            write_id,
+        }
+    }
+}
+
+/// Who is waiting for a coordinated request.
+#[derive(Clone, Debug)]
+pub(super) enum Responder {
+    /// A request that arrived on a connection.
+    Conn { conn: ConnId, id: RequestId },
+    /// A client operation this node coordinates for itself (it is the owner).
+    Local(ClientOp),
+}
+
+/// A write (or a stray hand-off) waiting for its replicas.
+#[derive(Clone, Debug)]
+pub(super) struct WriteOp {
+    pub(super) responder: Responder,
+    /// The client write's id; `None` for a hand-off.
+    pub(super) write_id: Option<WriteId>,
+    pub(super) response: Response,
+    /// What to answer if too few replicas store it; `None`: an error.
+    pub(super) on_failure: Option<Response>,
+    /// Replica acknowledgements still needed.
+    pub(super) needed: usize,
+    pub(super) acks: usize,
+    pub(super) outstanding: usize,
+    pub(super) done: bool,
+}
+
+/// A read waiting for its replicas.
+#[derive(Clone, Debug)]
+pub(super) struct ReadOp {
+    responder: Responder,
+    key: Vec<u8>,
+    merged: Versioned,
+    /// Digests of the copies seen, for read repair.
+    copies: Vec<(NodeRef, u64)>,
+    needed: usize,
+    answered: usize,
+    outstanding: usize,
+    done: bool,
+}
+
+impl<S: Storage> Kv<S> {
+    // ---------------------------------------------------------------- routing to the owner
+
+    pub(super) fn start_client_op(&mut self, ring: &mut Ring, io: &mut dyn KvIo, op: ClientOp) {
+        if io.now() >= op.deadline {
+            let e = Error::Timeout("the ring did not settle in time; retry".into());
+            return io.respond(op.conn, op.id, Err(e));
+        }
+        let key = match &op.request {
+            Request::Get { key, .. } | Request::Put { key, .. } | Request::Delete { key, .. } => {
+                key
+            }
+            _ => return,
+        };
+        let target = Id::hash(key);
+        match ring.lookup(io, target, op.avoid.clone()) {
+            Lookup::Found(owner) => self.forward_to_owner(ring, io, op, owner),
+            Lookup::Pending(lookup) => {
+                self.routed.insert(lookup, Routed::Client(op));
+            }
+        }
+    }
+
+    pub(super) fn forward_to_owner(
+        &mut self,
+        ring: &Ring,
+        io: &mut dyn KvIo,
+        op: ClientOp,
+        owner: NodeRef,
+    ) {
+        let store = match op.request.clone() {
+            Request::Get { key, r } => Request::StoreGet { key, r },
+            Request::Put {
+                key,
+                value,
+                context,
+                w,
+            } => Request::StoreWrite {
+                key,
+                value: Some(value),
+                context,
+                write_id: op.write_id,
+                w,
+            },
+            Request::Delete { key, context, w } => Request::StoreWrite {
+                key,
+                value: None,
+                context,
+                write_id: op.write_id,
+                w,
+            },
+            _ => return,
+        };
+        if owner.id == self.me.id {
+            if let Err(e) = self.check_serving(
+                ring,
+                match &store {
+                    Request::StoreGet { key, .. } | Request::StoreWrite { key, .. } => key,
+                    _ => return,
+                },
+            ) {
+                return self.finish_client_op(io, op, Err(e));
+            }
+            return match store {
+                Request::StoreGet { key, r } => {
+                    self.coordinate_read(ring, io, Responder::Local(op), key, r)
+                }
+                Request::StoreWrite {
+                    key,
+                    value,
+                    context,
+                    write_id,
+                    w,
+                } => {
+                    let responder = Responder::Local(op);
+                    self.coordinate_write(ring, io, responder, key, value, context, write_id, w)
+                }
+                _ => {}
+            };
+        }
+        let n = io.next_op();
+        self.stores.insert(n, op);
+        self.send(io, owner, store, Purpose::Store { op: n, owner });
+    }
+
+    pub(super) fn on_store_answer(
+        &mut self,
+        io: &mut dyn KvIo,
+        n: u64,
+        owner: NodeRef,
+        response: Result<Response>,
+    ) {
+        if let Some(mut op) = self.stores.remove(&n) {
+            if matches!(response, Err(Error::Timeout(_) | Error::Unreachable(_))) {
+                op.avoid.insert(owner.id);
+            }
+            self.finish_client_op(io, op, response);
+        }
+    }
+
+    fn finish_client_op(&mut self, io: &mut dyn KvIo, op: ClientOp, result: Result<Response>) {
+        match result {
+            Err(e) if e.is_retryable() => self.retry_client_op(io, op, e),
+            other => io.respond(op.conn, op.id, other),
+        }
+    }
+
+    pub(super) fn retry_client_op(&mut self, io: &mut dyn KvIo, op: ClientOp, error: Error) {
+        let at = io.now() + self.opts.retry_delay;
+        if at >= op.deadline {
+            return io.respond(op.conn, op.id, Err(error));
+        }
+        let n = io.next_op();
+        self.retries.insert((at, n), op);
+    }
+
+    /// Deliver the outcome of a coordinated request.
+    pub(super) fn answer(
+        &mut self,
+        io: &mut dyn KvIo,
+        responder: Responder,
+        result: Result<Response>,
+    ) {
+        match responder {
+            Responder::Conn { conn, id } => io.respond(conn, id, result),
+            Responder::Local(op) => self.finish_client_op(io, op, result),
+        }
+    }
+
+    // ---------------------------------------------------------------- quorum writes
+
+    /// How many replicas (besides us) a request must hear from. A quorum the client asked for
+    /// is kept as asked (an error if it cannot be met: too few nodes); the default quorum shrinks
+    /// to the copies that exist, so a ring smaller than N (a single node, say) still works.
+    fn replicas_needed(&self, asked: Option<u8>, default: usize, targets: usize) -> Result<usize> {
+        match asked {
+            Some(q) if usize::from(q) > 1 + targets => Err(Error::Unavailable(format!(
+                "{q} copies were asked for and only {} nodes are reachable",
+                1 + targets
+            ))),
+            Some(q) => Ok(usize::from(q).max(1) - 1),
+            None => Ok(default.clamp(1, 1 + targets) - 1),
+        }
+    }
+
+    /// Coordinate a write as the owner: store our new version, replicate it, answer at `W`.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn coordinate_write(
+        &mut self,
+        ring: &Ring,
+        io: &mut dyn KvIo,
+        responder: Responder,
+        key: Vec<u8>,
+        value: Option<Vec<u8>>,
+        context: VersionVector,
+        write_id: WriteId,
+        w: Option<u8>,
+    ) {
+        if self
+            .writes
+            .values()
+            .any(|w| w.write_id == Some(write_id) && !w.done)
+        {
+            let e = Error::Unavailable("this write is still being replicated; retry".into());
+            return self.answer(io, responder, Err(e));
+        }
+        // Refuse before applying anything: a write that cannot get the copies it asks for.
+        let targets = self.replica_targets(ring);
+        let needed = match self.replicas_needed(w, self.opts.write_quorum, targets.len()) {
+            Ok(n) => n,
+            Err(e) => return self.answer(io, responder, Err(e)),
+        };
+        // A retry of a write already applied here is not applied again: its version is
+        // replicated once more and the first answer returned.
+        let response = match self.applied.get(&write_id) {
+            Some(first) => first.clone(),
+            None => match self.write_version(io, &key, value, &context, write_id) {
+                Ok(r) => {
+                    self.remember_applied(write_id, r.clone());
+                    r
+                }
+                Err(e) => return self.answer(io, responder, Err(e)),
+            },
+        };
+        let state = match self.read_versions(&key) {
+            Ok(state) => state.encode(),
+            Err(e) => return self.answer(io, responder, Err(e)),
+        };
+        let op = WriteOp {
+            responder,
+            write_id: Some(write_id),
+            response,
+            on_failure: None,
+            needed,
+            acks: 0,
+            outstanding: targets.len(),
+            done: false,
+        };
+        self.replicate(io, op, targets, vec![(key, state)]);
+    }
+
+    /// Send `items` to `targets` and answer `w`'s responder once `w.needed` of them stored them
+    /// (at once if none is needed).
+    pub(super) fn replicate(
+        &mut self,
+        io: &mut dyn KvIo,
+        mut w: WriteOp,
+        targets: Vec<NodeRef>,
+        items: Vec<(Vec<u8>, Vec<u8>)>,
+    ) {
+        let op = io.next_op();
+        if w.needed == 0 {
+            w.done = true;
+            self.answer(io, w.responder.clone(), Ok(w.response.clone()));
+        }
+        if !targets.is_empty() {
+            self.writes.insert(op, w);
+        }
+        let keys: Vec<Vec<u8>> = items.iter().map(|(k, _)| k.clone()).collect();
+        for t in targets {
+            let purpose = Purpose::ReplicaWrite {
+                op,
+                to: t,
+                keys: keys.clone(),
+            };
+            let items = items.clone();
+            self.send(io, t, Request::Replicate { items }, purpose);
+        }
+    }
+
+    pub(super) fn on_replica_write_answer(
+        &mut self,
+        io: &mut dyn KvIo,
+        op: u64,
+        to: NodeRef,
+        keys: Vec<Vec<u8>>,
+        response: Result<Response>,
+    ) {
+        let stored = matches!(response, Ok(Response::Ack));
+        if !stored {
+            // Hinted handoff: remember that this replica lacks the keys, and hand them over
+            // when the replica answers again.
+            for key in keys {
+                self.add_hint(to, key);
+            }
+        }
+        let Some(w) = self.writes.get_mut(&op) else {
+            return;
+        };
+        w.outstanding -= 1;
+        if stored {
+            w.acks += 1;
+        }
+        let mut finish = None;
+        if !w.done && w.acks >= w.needed {
+            w.done = true;
+            finish = Some((w.responder.clone(), Ok(w.response.clone())));
+        } else if !w.done && w.acks + w.outstanding < w.needed {
+            w.done = true;
+            let result = w.on_failure.clone().ok_or_else(|| {
+                Error::Unavailable(format!(
+                    "the write reached {} of the {} copies required; it may still become visible",
+                    1 + w.acks,
+                    1 + w.needed
+                ))
+            });
+            finish = Some((w.responder.clone(), result));
+        }
+        let w = self.writes.get(&op).expect("present");
+        if w.outstanding == 0 {
+            self.writes.remove(&op);
+        }
+        if let Some((responder, result)) = finish {
+            self.answer(io, responder, result);
+        }
+    }
+
+    /// A replica's side of [`Request::Replicate`] (and of repairs): merge and store.
+    pub(super) fn on_replicate(&mut self, items: Vec<(Vec<u8>, Vec<u8>)>) -> Result<Response> {
+        for (key, bytes) in items {
+            let incoming = Versioned::decode(&bytes)?;
+            self.merge_into_storage(&key, &incoming)?;
+        }
+        Ok(Response::Ack)
+    }
+
+    // ---------------------------------------------------------------- quorum reads
+
+    /// Coordinate a read as the owner: our copy merged with `R − 1` replicas' copies.
+    pub(super) fn coordinate_read(
+        &mut self,
+        ring: &Ring,
+        io: &mut dyn KvIo,
+        responder: Responder,
+        key: Vec<u8>,
+        r: Option<u8>,
+    ) {
+        let merged = match self.read_versions(&key) {
+            Ok(state) => state,
+            Err(e) => return self.answer(io, responder, Err(e)),
+        };
+        let targets = self.replica_targets(ring);
+        let needed = match self.replicas_needed(r, self.opts.read_quorum, targets.len()) {
+            Ok(n) => n,
+            Err(e) => return self.answer(io, responder, Err(e)),
+        };
+        let mut r = ReadOp {
+            responder,
+            copies: vec![(self.me, merged.digest())],
+            key: key.clone(),
+            merged,
+            needed,
+            answered: 0,
+            outstanding: targets.len(),
+            done: false,
+        };
+        if needed == 0 {
+            r.done = true;
+            self.answer(io, r.responder.clone(), Ok(read_reply(&r.merged)));
+            if targets.is_empty() {
+                return;
+            }
+        }
+        let op = io.next_op();
+        self.reads.insert(op, r);
+        for t in targets {
+            let req = Request::ReplicaRead { key: key.clone() };
+            self.send(io, t, req, Purpose::ReplicaRead { op, from: t });
+        }
+    }
+
+    pub(super) fn on_replica_read_answer(
+        &mut self,
+        io: &mut dyn KvIo,
+        op: u64,
+        from: NodeRef,
+        response: Result<Response>,
+    ) {
+        let Some(r) = self.reads.get_mut(&op) else {
+            return;
+        };
+        r.outstanding -= 1;
+        if let Ok(Response::State(state)) = response {
+            let state = match state.map(|b| Versioned::decode(&b)).transpose() {
+                Ok(s) => s.unwrap_or_default(),
+                Err(_) => Versioned::empty(), // a corrupt copy counts as empty; repair fixes it
+            };
+            r.copies.push((from, state.digest()));
+            r.merged.merge(&state);
+            r.answered += 1;
+        }
+        let mut finish = None;
+        if !r.done && r.answered >= r.needed {
+            r.done = true;
+            finish = Some((r.responder.clone(), Ok(read_reply(&r.merged))));
+        } else if !r.done && r.answered + r.outstanding < r.needed {
+            r.done = true;
+            let e = Error::Unavailable(format!(
+                "the read reached {} of the {} copies required",
+                1 + r.answered,
+                1 + r.needed
+            ));
+            finish = Some((r.responder.clone(), Err(e)));
+        }
+        if let Some((responder, result)) = finish {
+            self.answer(io, responder, result);
+        }
+        let r = self.reads.get(&op).expect("present");
+        if r.outstanding == 0 {
+            let r = self.reads.remove(&op).expect("present");
+            self.read_repair(io, r);
+        }
+    }
+
+    /// Bring every copy a read saw up to the merged state.
+    fn read_repair(&mut self, io: &mut dyn KvIo, r: ReadOp) {
+        let digest = r.merged.digest();
+        let encoded = r.merged.encode();
+        for (node, d) in r.copies {
+            if d == digest {
+                continue;
+            }
+            io.report(Event::Repaired {
+                with: node,
+                keys: 1,
+            });
+            if node.id == self.me.id {
+                if let Err(error) = self.merge_into_storage(&r.key, &r.merged) {
+                    io.report(Event::StorageError { error });
+                }
+            } else {
+                let items = vec![(r.key.clone(), encoded.clone())];
+                self.send(io, node, Request::Replicate { items }, Purpose::Repair);
+            }
+        }
+    }
+
+    /// A replica's side of [`Request::ReplicaRead`].
+    pub(super) fn on_replica_read(&self, key: &[u8]) -> Result<Response> {
+        Ok(Response::State(self.storage.get(key)?))
+    }
+
+    // ---------------------------------------------------------------- versions and dots
+
+    /// Remember a write's answer so a retry is not applied twice (bounded, oldest forgotten).
+    fn remember_applied(&mut self, id: WriteId, response: Response) {
+        if self.applied.insert(id, response).is_none() {
+            self.applied_order.push_back(id);
+        }
+        while self.applied_order.len() > MAX_APPLIED {
+            if let Some(old) = self.applied_order.pop_front() {
+                self.applied.remove(&old);
+            }
+        }
+    }
+
+    /// Make a new version of `key` as its owner: our dot, superseding what `context` covers.
+    fn write_version(
+        &mut self,
+        io: &mut dyn KvIo,
+        key: &[u8],
+        value: Option<Vec<u8>>,
+        context: &VersionVector,
+        write_id: WriteId,
+    ) -> Result<Response> {
+        let mut state = self.read_versions(key)?;
+        let existed = !state.is_deleted();
+        if let Some(dot) = state.applied_dot(&write_id) {
+            // A retry of a write applied before, perhaps by the previous owner: same answer.
+            return Ok(Response::Written { dot, existed });
+        }
+        state.raise_dot_floor(self.dot_floor()?);
+        let outcome = state.write_checked(self.me.id, context, value, &self.opts.versions)?;
+        self.issued_dot(outcome.dot.counter)?;
+        state.record_applied(write_id, outcome.dot);
+        if outcome.warn {
+            io.report(Event::ManySiblings {
+                key: key.to_vec(),
+                siblings: outcome.siblings,
+            });
+        }
+        self.storage.put(key, &state.encode())?;
+        Ok(Response::Written {
+            dot: outcome.dot,
+            existed,
+        })
+    }
+
+    /// The floor above which this node numbers its next dot, for any key: the largest counter
+    /// it ever issued, in this run or an earlier one. So a dot is never issued twice, even for
+    /// a key whose state this node no longer holds (moved away, collected as a stray, or reaped
+    /// as a tombstone) while contexts elsewhere still cover its old dots. Across restarts the
+    /// floor comes from a lease in the storage meta ([`Kv::issued_dot`]).
+    fn dot_floor(&mut self) -> Result<u64> {
+        if self.dot_lease.is_none() {
+            // Everything issued before this run is at or below the persisted lease.
+            let stored = match self.storage.get_meta(DOT_LEASE_META)? {
+                Some(bytes) => u64::from_be_bytes(bytes.as_slice().try_into().map_err(|_| {
+                    Error::InvalidData("the dot lease in the data directory is corrupt".into())
+                })?),
+                None => 0,
+            };
+            self.dot_floor = self.dot_floor.max(stored);
+            self.dot_lease = Some(stored);
+        }
+        Ok(self.dot_floor)
+    }
+
+    /// Record that this node is about to issue a dot with `counter`, before the version is
+    /// stored: every counter issued stays at or below the persisted lease, renewed
+    /// [`DOT_LEASE`] counters ahead when a counter passes it, so a write persists nothing
+    /// extra except once per lease. A key last written through a busier node carries that
+    /// node's floor, so a counter can jump well past ours.
+    fn issued_dot(&mut self, counter: u64) -> Result<()> {
+        self.dot_floor = self.dot_floor.max(counter);
+        if self.dot_lease.is_none_or(|lease| counter > lease) {
+            let renewed = counter.saturating_add(DOT_LEASE);
+            self.storage
+                .set_meta(DOT_LEASE_META, &renewed.to_be_bytes())?;
+            self.dot_lease = Some(renewed);
+        }
+        Ok(())
+    }
+}
+
+/// What a read answers: the live values and the context to write back.
+fn read_reply(state: &Versioned) -> Response {
+    Response::Read(ReadReply {
+        values: state.values().into_iter().map(<[u8]>::to_vec).collect(),
+        context: state.context().clone(),
+    })
+}

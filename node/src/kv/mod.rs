@@ -1,0 +1,655 @@
+//! The key-value layer as a pure state machine: what is stored, and how the copies agree.
+//!
+//! It owns the node's [`Storage`] and everything about values; the ring ([`crate::ring`]) below
+//! it decides who owns what. It asks the ring for routes ([`Ring::lookup`]) and for the node's
+//! range and successors, reacts to the ring's [`Notice`]s, and tells the ring when a hand-over
+//! it asked for is done. It holds no finger or stabilization state.
+//!
+//! REPLICATION
+//!
+//! A key lives on its owner and the owner's next `N − 1` successors (Dynamo's preference list,
+//! SOSP 2007 §4.3, with Chord's successor list as the list). Any node accepts a client request:
+//! it looks the owner up and forwards a `StoreGet`/`StoreWrite`; an owner that no longer owns
+//! the key answers `WrongOwner` and the request is retried (with the same write id) until its
+//! deadline. The owner coordinates every request for its keys (`kv/coordinator.rs`):
+//! - *write*: it makes the new version (its own dot, [`crate::version`]), stores it, sends it to
+//!   its `N − 1` replicas ([`Request::Replicate`]) and answers once `W` copies, its own included,
+//!   are stored and flushed. Fewer than `W` answers is an error for the client, though the
+//!   version may survive where it was stored: an unacknowledged write is "maybe".
+//! - *read*: it asks its replicas ([`Request::ReplicaRead`]), merges the first `R − 1` answers
+//!   with its own copy and answers; any copy found stale is repaired with the merge (read repair).
+//!
+//! Every copy merges by version vectors, never by time, so the order in which copies meet does
+//! not matter. Each key's state remembers the write ids recently applied to it, so a retried
+//! write is applied once even if it reaches a different owner; dots are numbered above a
+//! node-wide floor leased in the storage meta, so none is issued twice.
+//!
+//! KEYS ON JOIN AND LEAVE
+//!
+//! When the ring reports a newcomer `m` before us ([`Notice::Newcomer`]), we hand over every key
+//! in `(n, m]` (all we hold outside our new range `(m, n]`) in rounds (`kv/transfer.rs`), and tell the
+//! ring to adopt `m` only when a whole round finds nothing left to send. Until then we keep
+//! serving those keys, so reads never see a gap. A round sends what changed since the last
+//! acknowledged round, including deletes, and we remove our copies only after `m` acknowledged
+//! storing them: an interrupted move loses nothing. A round whose answer was lost leaves its
+//! keys marked "maybe held", so a retry to the same node resends or deletes them and nothing
+//! stale stays visible. We keep our copies after a join hand-over, being one of `m`'s replicas.
+//!
+//! A graceful leave hands all keys to the successor the same way, then the ring tells both
+//! neighbours. If the successor has meanwhile adopted a newer predecessor it answers
+//! `Redirect`, and the leaver hands everything to that node instead. Hand-overs merge versions,
+//! so they never replace a newer version with an older one.
+//!
+//! ANTI-ENTROPY, HINTS AND COLLECTION
+//!
+//! Replicas that missed writes are repaired by hinted handoff and by anti-entropy (`kv/sync.rs`);
+//! copies left where they do not belong, and tombstones that have done their work, are
+//! collected (`kv/collect.rs`). Each module's essay says how.
+//!
+//! CAVEATS
+//!
+//! In a ring with fewer than `N` nodes a key has fewer copies; the default quorums shrink to what
+//! exists and the node says so ([`crate::message::NodeStatus::replicas`]). Each side of a
+//! partition forms a ring of its own and cannot tell that from a small ring: its owners
+//! acknowledge writes with the copies their side has, which merge back after the heal but are
+//! fewer than W until then. (A node cut off alone keeps only the range it owned before, so it
+//! refuses writes for other keys until its request deadline.) A client that needs W copies
+//! whatever happens passes `w` (and `r`) explicitly: an explicit quorum is never shrunk, and a
+//! request that cannot meet it fails. Values are compared across transfer rounds by a 64-bit
+//! hash.
+//!
+//! # Call contract
+//!
+//! [`Kv`] owns no sockets, clocks or threads; its driver is the node ([`crate::node::Node`]),
+//! which implements [`KvIo`] for it and hands it the [`Ring`] with every input:
+//! [`Kv::handle_request`] for data and client requests, `Kv::on_answer` for the answers to its
+//! requests (after the ring has [observed](Ring::observe) them), [`Kv::on_notice`] for each of
+//! the ring's notices, [`Kv::tick`] after the ring's tick, and [`Kv::leave`] after
+//! [`Ring::leave`]. A response that acknowledges a write must not reach the network before the
+//! driver has made the write durable ([`Storage::flush`]).
+
+use crate::error::{Error, Result};
+use crate::id::{Id, in_half_open};
+use crate::message::{NodeRef, Request, RequestId, Response, WriteId};
+use crate::ring::{Notice, Ring, RingIo};
+use crate::rpc::{Calls, ConnId, Pending, timer_phase};
+use crate::storage::Storage;
+use crate::version::{VersionLimits, Versioned};
+use coordinator::{ClientOp, ReadOp, Responder, WriteOp};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::hash::{DefaultHasher, Hash, Hasher};
+
+mod collect;
+mod coordinator;
+mod sync;
+mod transfer;
+
+/// The data layer's tunables. Tests pin them; the node binary exposes the main ones as flags.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Copies of every key, N: the owner and its next N − 1 successors.
+    pub replicas: usize,
+    /// Copies that must be stored before a write is acknowledged, W (1..=N).
+    pub write_quorum: usize,
+    /// Copies a read merges before it answers, R (1..=N).
+    pub read_quorum: usize,
+    /// How long a client request may take in all, retries included, in ms.
+    pub request_timeout: u64,
+    /// Pause before retrying a request that met a changing ring, in ms.
+    pub retry_delay: u64,
+    /// Most key/value pairs in one transfer message.
+    pub transfer_batch: usize,
+    /// Most bytes of values in one transfer message.
+    pub transfer_bytes: usize,
+    /// How often an owner compares its range with one replica (anti-entropy), in ms.
+    pub sync_interval: u64,
+    /// How often an owner hands hinted writes to replicas that may be back, in ms (the node
+    /// binary ties it to the heartbeat interval).
+    pub hint_interval: u64,
+    /// How long, in ms, a key's owner must have seen the same tombstone-only state before it
+    /// collects it from every replica; `None` keeps tombstones forever. It must be longer than
+    /// any node stays down or cut off and then comes back with its data: such a node may still
+    /// hold a value the collected tombstone had replaced, and would bring it back (Cassandra's
+    /// `gc_grace_seconds` rule).
+    pub tombstone_grace: Option<u64>,
+    /// Bounds on siblings and clock size per key.
+    pub versions: VersionLimits,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            replicas: 3,
+            write_quorum: 2,
+            read_quorum: 2,
+            request_timeout: 10_000,
+            retry_delay: 100,
+            transfer_batch: 512,
+            transfer_bytes: 2 << 20,
+            sync_interval: 1_000,
+            hint_interval: crate::ring::detector::DetectorOptions::default().interval,
+            tombstone_grace: Some(3_600_000),
+            versions: VersionLimits::default(),
+        }
+    }
+}
+
+/// What the data layer asks of its driver, beyond what the ring asks: reporting its events.
+pub trait KvIo: RingIo {
+    /// Something worth logging or counting happened to the data.
+    fn report(&mut self, event: Event);
+}
+
+/// Things the data layer reports for logs, metrics and tests.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Event {
+    /// The number of copies our keys can have changed (fewer than wanted while the ring has
+    /// fewer than N nodes).
+    Copies {
+        /// Copies now, ourselves included.
+        available: usize,
+        /// Copies wanted (N).
+        wanted: usize,
+    },
+    /// A key transfer to `to` finished; `keys` keys moved.
+    TransferDone {
+        /// The receiver.
+        to: NodeRef,
+        /// How many keys it received in all rounds.
+        keys: u64,
+    },
+    /// A write left a key with more siblings than the warning bound: clients should read and
+    /// resolve them.
+    ManySiblings {
+        /// The key.
+        key: Vec<u8>,
+        /// How many siblings it has.
+        siblings: usize,
+    },
+    /// Read repair or anti-entropy pushed `keys` merged states to `with`.
+    Repaired {
+        /// The replica repaired.
+        with: NodeRef,
+        /// How many keys were pushed.
+        keys: u64,
+    },
+    /// Copies collected: stray copies handed off to `with` (their owner) and deleted, or
+    /// tombstones every replica held, deleted here and on the replicas (`with`: ourselves).
+    Collected {
+        /// The owner the strays went to, or this node.
+        with: NodeRef,
+        /// How many keys were deleted here.
+        keys: u64,
+        /// Tombstones (true) or stray copies (false).
+        tombstones: bool,
+    },
+    /// A storage operation failed.
+    StorageError {
+        /// The failure.
+        error: Error,
+    },
+}
+
+/// Why the data layer sent a request, so its answer can be routed.
+#[derive(Clone, Debug)]
+pub(crate) enum Purpose {
+    /// A client operation forwarded to the key's owner.
+    Store { op: u64, owner: NodeRef },
+    /// A round of a key transfer.
+    Transfer,
+    /// A replica's answer to a write's `Replicate`.
+    ReplicaWrite {
+        op: u64,
+        to: NodeRef,
+        keys: Vec<Vec<u8>>,
+    },
+    /// The owner's answer to our hand-off of stray copies, with the digests of what we sent.
+    Handoff {
+        to: NodeRef,
+        from: Id,
+        until: Id,
+        sent: Vec<(Vec<u8>, u64)>,
+    },
+    /// A replica's answer to a tombstone-collection check.
+    Reap,
+    /// A replica's answer to the hand-over of hinted writes.
+    Hints { to: NodeRef, keys: Vec<Vec<u8>> },
+    /// A replica's answer to a quorum read.
+    ReplicaRead { op: u64, from: NodeRef },
+    /// A replica's answer to an anti-entropy digest.
+    Sync {
+        to: NodeRef,
+        from: Id,
+        until: Id,
+        foreign: bool,
+    },
+    /// A replica's answer to an anti-entropy fetch; then go on from `resume`, if set.
+    SyncFetch {
+        to: NodeRef,
+        until: Id,
+        foreign: bool,
+        resume: Option<Id>,
+    },
+    /// A repair push; the answer carries nothing.
+    Repair,
+}
+
+/// What a lookup this layer asked the ring for is for.
+#[derive(Clone, Debug)]
+enum Routed {
+    /// A client request, to forward to the owner.
+    Client(ClientOp),
+    /// Anti-entropy for copies outside our range: the owner of the range starting after `from`.
+    SyncForeign { from: Id },
+}
+
+/// One node's data: its storage, and every exchange about values in flight. See the [module
+/// documentation](self) for the call contract.
+pub struct Kv<S: Storage> {
+    me: NodeRef,
+    opts: Options,
+    storage: S,
+    /// This run of the node, part of every write id it coordinates.
+    incarnation: u64,
+    /// How many copies our keys had at the last tick, to report changes.
+    copies: usize,
+    /// The hand-over of part of our range to a newcomer, or of everything on a leave.
+    transfer: Option<transfer::Transfer>,
+    /// What an interrupted join hand-over left its receiver possibly holding, by receiver id.
+    /// Bounded by [`transfer::MAX_ABORTED`]; an entry goes when its receiver is adopted.
+    aborted: BTreeMap<Id, BTreeMap<Vec<u8>, u64>>,
+    /// Lookups asked of the ring, by the number it gave them.
+    routed: BTreeMap<u64, Routed>,
+    /// Client operations waiting for a retry, by when.
+    retries: BTreeMap<(u64, u64), ClientOp>,
+    /// Client operations forwarded to their owner, waiting for its answer.
+    stores: BTreeMap<u64, ClientOp>,
+    /// Writes and reads this node coordinates as owner, waiting for replicas.
+    writes: BTreeMap<u64, WriteOp>,
+    reads: BTreeMap<u64, ReadOp>,
+    /// Anti-entropy: the next replica to compare with, whether a round is in flight, when next.
+    sync_next: usize,
+    syncing: bool,
+    /// Exchanges chained since the last tick: one with more to do goes on at once, up to
+    /// [`sync::MAX_SYNC_CHAIN`] more per interval.
+    sync_chain: u32,
+    /// Hinted handoff: keys whose replication to a replica failed, by replica, to hand over
+    /// when it answers again.
+    hints: BTreeMap<Id, (NodeRef, BTreeSet<Vec<u8>>)>,
+    next_hints: u64,
+    /// Where the scan for copies outside our range resumes (None: from ourselves).
+    sync_cursor: Option<Id>,
+    /// Tombstone collection: the tombstone-only keys of our range, with the digest of their
+    /// state and when we first saw it; where the next scan resumes; the round in flight.
+    tombs: BTreeMap<Vec<u8>, (u64, u64)>,
+    reap_cursor: Option<Id>,
+    /// Our range's start and replicas when the grace periods in `tombs` started.
+    reap_view: Option<(Id, Vec<Id>)>,
+    reaping: Option<collect::ReapOp>,
+    next_sync: u64,
+    /// Answers to writes applied here, by write id, so retries are applied at most once.
+    applied: BTreeMap<WriteId, Response>,
+    applied_order: VecDeque<WriteId>,
+    /// The largest dot counter this node has issued, for any key; the next write is numbered
+    /// above it (see [`Kv::dot_floor`]).
+    dot_floor: u64,
+    /// The counter up to which dots may be issued without persisting a new lease; `None`
+    /// until the persisted lease is read.
+    dot_lease: Option<u64>,
+    calls: Calls<Purpose>,
+}
+
+impl<S: Storage> Kv<S> {
+    /// The data layer of node `me` over `storage`.
+    pub fn new(me: NodeRef, opts: Options, storage: S, seed: u64, now: u64) -> Self {
+        let phase = timer_phase(me.id, seed);
+        // Distinct per run of the node: seeded by the driver and the start time.
+        let mut h = DefaultHasher::new();
+        (me.id, seed, now, "incarnation").hash(&mut h);
+        let incarnation = h.finish();
+        Kv {
+            next_sync: now + phase % opts.sync_interval.max(1),
+            next_hints: now,
+            me,
+            storage,
+            incarnation,
+            copies: 0,
+            transfer: None,
+            aborted: BTreeMap::new(),
+            routed: BTreeMap::new(),
+            retries: BTreeMap::new(),
+            stores: BTreeMap::new(),
+            writes: BTreeMap::new(),
+            reads: BTreeMap::new(),
+            sync_next: 0,
+            syncing: false,
+            sync_chain: 0,
+            hints: BTreeMap::new(),
+            sync_cursor: None,
+            tombs: BTreeMap::new(),
+            reap_cursor: None,
+            reap_view: None,
+            reaping: None,
+            applied: BTreeMap::new(),
+            applied_order: VecDeque::new(),
+            dot_floor: 0,
+            dot_lease: None,
+            calls: Calls::default(),
+            opts,
+        }
+    }
+
+    /// The data layer's tunables.
+    pub fn options(&self) -> &Options {
+        &self.opts
+    }
+
+    /// The storage engine.
+    pub fn storage(&self) -> &S {
+        &self.storage
+    }
+
+    /// The storage engine, mutably (for the driver's flush and for tests that seed data).
+    pub fn storage_mut(&mut self) -> &mut S {
+        &mut self.storage
+    }
+
+    /// Take the storage engine back, as a crash or shutdown does.
+    pub fn into_storage(self) -> S {
+        self.storage
+    }
+
+    /// The other nodes that hold copies of our keys: our first `N − 1` successors.
+    pub fn replica_targets(&self, ring: &Ring) -> Vec<NodeRef> {
+        ring.successors()
+            .iter()
+            .filter(|s| s.id != self.me.id)
+            .take(self.opts.replicas.saturating_sub(1))
+            .copied()
+            .collect()
+    }
+
+    /// How many copies our keys have right now (ourselves included), at most `N`.
+    pub fn replicas_available(&self, ring: &Ring) -> usize {
+        1 + self.replica_targets(ring).len()
+    }
+
+    /// How many stored keys lie in the range this node owns.
+    pub fn keys_owned(&self, ring: &Ring) -> u64 {
+        match ring.range_start() {
+            Some(p) => self
+                .storage
+                .scan_range(p.id, self.me.id, usize::MAX)
+                .map_or(0, |e| e.len() as u64),
+            None => self.storage.len().unwrap_or(0),
+        }
+    }
+
+    /// Take the data layer's request `id` out of its table, if it is one.
+    pub(crate) fn take_call(&mut self, id: RequestId) -> Option<Pending<Purpose>> {
+        self.calls.take(id)
+    }
+
+    /// The data layer's requests whose deadline has come.
+    pub(crate) fn expired_calls(&self, now: u64) -> impl Iterator<Item = RequestId> + '_ {
+        self.calls.expired(now)
+    }
+
+    // ---------------------------------------------------------------- inputs
+
+    /// Time passed (after the ring's tick): retry client requests that are due, then, while the
+    /// node is in the ring, report a change in copies and run anti-entropy, tombstone
+    /// collection and hinted handoff when they are due.
+    pub fn tick(&mut self, ring: &mut Ring, io: &mut dyn KvIo) {
+        let now = io.now();
+        let due: Vec<(u64, u64)> = self
+            .retries
+            .range(..(now + 1, 0))
+            .map(|(k, _)| *k)
+            .collect();
+        for k in due {
+            if let Some(op) = self.retries.remove(&k) {
+                self.start_client_op(ring, io, op);
+            }
+        }
+        if !ring.is_joined() || ring.is_leaving() {
+            return;
+        }
+        let copies = self.replicas_available(ring);
+        if copies != self.copies {
+            self.copies = copies;
+            io.report(Event::Copies {
+                available: copies,
+                wanted: self.opts.replicas,
+            });
+        }
+        if now >= self.next_sync {
+            self.next_sync = now + self.opts.sync_interval;
+            self.sync_tick(ring, io);
+            self.reap_tick(ring, io);
+        }
+        if now >= self.next_hints {
+            self.next_hints = now + self.opts.hint_interval;
+            if !self.hints.is_empty() {
+                self.deliver_hints(ring, io);
+            }
+        }
+    }
+
+    /// A data or client request arrived. Returns the answer, or `None` if it comes later.
+    pub fn handle_request(
+        &mut self,
+        ring: &mut Ring,
+        io: &mut dyn KvIo,
+        conn: ConnId,
+        id: RequestId,
+        request: Request,
+    ) -> Option<Result<Response>> {
+        let response = match request {
+            Request::Transfer {
+                from,
+                items,
+                deletes,
+                leaving,
+            } => self.on_transfer(ring, from, items, deletes, leaving),
+            Request::StoreGet { key, r } => match self.check_serving(ring, &key) {
+                Ok(()) => {
+                    self.coordinate_read(ring, io, Responder::Conn { conn, id }, key, r);
+                    return None;
+                }
+                Err(e) => Err(e),
+            },
+            Request::StoreWrite {
+                key,
+                value,
+                context,
+                write_id,
+                w,
+            } => match self.check_serving(ring, &key) {
+                Ok(()) => {
+                    let responder = Responder::Conn { conn, id };
+                    self.coordinate_write(ring, io, responder, key, value, context, write_id, w);
+                    return None;
+                }
+                Err(e) => Err(e),
+            },
+            Request::Replicate { items } => self.on_replicate(items),
+            Request::ReplicaRead { key } => self.on_replica_read(&key),
+            Request::SyncDigest {
+                asker,
+                from,
+                to,
+                digests,
+            } => self.on_sync_digest(ring, asker, from, to, digests),
+            Request::SyncFetch { keys } => self.on_sync_fetch(keys),
+            Request::Handoff { from, items } => {
+                self.on_handoff(ring, io, Responder::Conn { conn, id }, from, items);
+                return None;
+            }
+            Request::Reap { items, commit } => self.on_reap(ring, items, commit),
+            Request::Get { r: Some(q), .. }
+            | Request::Put { w: Some(q), .. }
+            | Request::Delete { w: Some(q), .. }
+                if q == 0 || usize::from(q) > self.opts.replicas =>
+            {
+                Err(Error::InvalidInput(format!(
+                    "a quorum of {q} is outside 1..={}: there are {} copies of each key",
+                    self.opts.replicas, self.opts.replicas
+                )))
+            }
+            Request::Get { .. } | Request::Put { .. } | Request::Delete { .. } => {
+                if !ring.is_joined() {
+                    Err(Error::Unavailable("node is still joining the ring".into()))
+                } else if ring.is_leaving() {
+                    Err(Error::Unavailable("node is leaving the ring".into()))
+                } else {
+                    let deadline = io.now() + self.opts.request_timeout;
+                    let write_id = WriteId {
+                        coordinator: self.me.id,
+                        incarnation: self.incarnation,
+                        seq: io.next_op(),
+                    };
+                    let op = ClientOp::new(conn, id, request, deadline, write_id);
+                    self.start_client_op(ring, io, op);
+                    return None;
+                }
+            }
+            _ => return None,
+        };
+        Some(response)
+    }
+
+    /// The answer to one of this layer's requests (after the ring observed it).
+    pub(crate) fn on_answer(
+        &mut self,
+        ring: &mut Ring,
+        io: &mut dyn KvIo,
+        purpose: Purpose,
+        response: Result<Response>,
+    ) {
+        match purpose {
+            Purpose::Store { op, owner } => self.on_store_answer(io, op, owner, response),
+            Purpose::Transfer => self.on_transfer_answer(ring, io, response),
+            Purpose::ReplicaWrite { op, to, keys } => {
+                self.on_replica_write_answer(io, op, to, keys, response)
+            }
+            Purpose::Handoff {
+                to,
+                from,
+                until,
+                sent,
+            } => self.on_handoff_answer(ring, io, to, from, until, sent, response),
+            Purpose::Reap => self.on_reap_answer(ring, io, response),
+            Purpose::Hints { to, keys } => self.on_hints_answer(ring, io, to, keys, response),
+            Purpose::ReplicaRead { op, from } => {
+                self.on_replica_read_answer(io, op, from, response)
+            }
+            Purpose::Sync {
+                to,
+                from,
+                until,
+                foreign,
+            } => self.on_sync_answer(ring, io, to, from, until, foreign, response),
+            Purpose::SyncFetch {
+                to,
+                until,
+                foreign,
+                resume,
+            } => self.on_sync_fetch_answer(io, to, until, foreign, resume, response),
+            Purpose::Repair => {}
+        }
+    }
+
+    /// React to what the ring reported.
+    pub fn on_notice(&mut self, ring: &mut Ring, io: &mut dyn KvIo, notice: Notice) {
+        match notice {
+            Notice::Newcomer(node) => self.on_newcomer(ring, io, node),
+            Notice::Found { lookup, owner } => match self.routed.remove(&lookup) {
+                Some(Routed::Client(op)) => self.forward_to_owner(ring, io, op, owner),
+                Some(Routed::SyncForeign { from }) => self.on_foreign_owner(io, from, owner),
+                None => {}
+            },
+            Notice::NotFound { lookup, error } => match self.routed.remove(&lookup) {
+                Some(Routed::Client(op)) => self.retry_client_op(io, op, error),
+                Some(Routed::SyncForeign { .. }) => self.syncing = false,
+                None => {}
+            },
+            Notice::PeerBack(peer) => {
+                // It is back: hand it the writes it missed.
+                if self.hints.contains_key(&peer.id) {
+                    self.deliver_hints(ring, io);
+                }
+            }
+        }
+    }
+
+    /// The node leaves (after [`Ring::leave`]): abandon a hand-over to a newcomer (we keep
+    /// nothing anyway) and hand everything to the successor.
+    pub fn leave(&mut self, ring: &mut Ring, io: &mut dyn KvIo) {
+        self.transfer = None;
+        self.begin_leave_transfer(ring, io);
+    }
+
+    // ---------------------------------------------------------------- shared helpers
+
+    /// Whether we may coordinate a request for `key` as its owner.
+    fn check_serving(&self, ring: &Ring, key: &[u8]) -> Result<()> {
+        if !ring.is_joined() || ring.is_leaving() {
+            return Err(Error::Unavailable("node is not serving data".into()));
+        }
+        if !ring.owns(Id::hash(key)) {
+            return Err(Error::WrongOwner);
+        }
+        Ok(())
+    }
+
+    /// Whether a transfer (to a newcomer, or our leave) is moving keys: a transfer round tells
+    /// its receiver to delete the keys it sent that vanished here since, so nothing is
+    /// collected meanwhile.
+    fn moving_keys(&self, ring: &Ring) -> bool {
+        ring.is_leaving() || self.transfer.is_some()
+    }
+
+    /// Whether `node` is one of the nodes that keep copies of our keys (ourselves or one of
+    /// our `N − 1` replicas), or may be: while we have fewer than `N − 1` replicas (a small
+    /// ring, or a view still repairing) every node counts, and no copy is collected.
+    fn keeps_copies(&self, ring: &Ring, node: &NodeRef) -> bool {
+        let targets = self.replica_targets(ring);
+        node.id == self.me.id
+            || targets.len() + 1 < self.opts.replicas
+            || targets.iter().any(|t| t.id == node.id)
+    }
+
+    /// Whether `id` lies in the range we own and have been handed.
+    fn in_own_range(&self, ring: &Ring, id: Id) -> bool {
+        ring.is_installed()
+            && ring
+                .range_start()
+                .is_some_and(|s| in_half_open(s.id, self.me.id, id))
+    }
+
+    /// The versions of `key` in our storage (empty if absent).
+    fn read_versions(&self, key: &[u8]) -> Result<Versioned> {
+        match self.storage.get(key)? {
+            Some(bytes) => Versioned::decode(&bytes),
+            None => Ok(Versioned::empty()),
+        }
+    }
+
+    /// Merge `incoming` into our copy of `key`, writing only if something changed.
+    /// Returns whether it did.
+    fn merge_into_storage(&mut self, key: &[u8], incoming: &Versioned) -> Result<bool> {
+        let mut state = self.read_versions(key)?;
+        let before = state.digest();
+        state.merge(incoming);
+        let changed = state.digest() != before;
+        if changed {
+            self.storage.put(key, &state.encode())?;
+        }
+        Ok(changed)
+    }
+
+    fn send(&mut self, io: &mut dyn KvIo, to: NodeRef, request: Request, purpose: Purpose) {
+        self.calls.send(io, to, request, purpose);
+    }
+}

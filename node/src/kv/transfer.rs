@@ -1,0 +1,290 @@
+//! Handing keys over when the ring changes: part of our range to a newcomer before the ring
+//! adopts it, or everything to our successor when we leave (see the [data layer essay](super)
+//! under KEYS ON JOIN AND LEAVE).
+
+use super::{Event, Kv, KvIo, Purpose};
+use crate::error::{Error, Result};
+use crate::id::{Id, distance, in_open};
+use crate::message::{NodeRef, Request, Response};
+use crate::ring::Ring;
+use crate::storage::Storage;
+use crate::version::Versioned;
+use std::collections::{BTreeMap, BTreeSet};
+use std::hash::{DefaultHasher, Hash, Hasher};
+
+/// Most interrupted hand-overs whose receivers' possible holdings are remembered.
+pub(super) const MAX_ABORTED: usize = 16;
+
+/// The hash recorded for a key the receiver may or may not hold (its round was not acknowledged).
+/// [`value_hash`] never returns it, so such a key is always sent again, or deleted.
+const MAYBE_HELD: u64 = 0;
+
+#[derive(Clone, Debug)]
+enum TransferGoal {
+    /// Hand `(self, to]` to a newcomer that notified us, then have the ring adopt it.
+    Join,
+    /// Hand everything to the successor, then leave.
+    Leave,
+}
+
+/// What one transfer message carried: keys with the hash of the value sent, and deleted keys.
+#[derive(Clone, Debug)]
+struct Round {
+    items: Vec<(Vec<u8>, u64)>,
+    deletes: Vec<Vec<u8>>,
+}
+
+/// A hand-over in progress.
+#[derive(Clone, Debug)]
+pub(super) struct Transfer {
+    to: NodeRef,
+    goal: TransferGoal,
+    /// Keys the receiver has acknowledged, with a hash of the value it holds.
+    sent: BTreeMap<Vec<u8>, u64>,
+    /// The round in flight, so its acknowledgement can record what the receiver now holds.
+    in_flight: Option<Round>,
+}
+
+impl<S: Storage> Kv<S> {
+    /// The ring would adopt `node` as our predecessor: hand it `(self, node]` first, one
+    /// hand-over at a time (the newcomer notifies again next round).
+    pub(super) fn on_newcomer(&mut self, ring: &mut Ring, io: &mut dyn KvIo, node: NodeRef) {
+        if self.transfer.is_some() {
+            return;
+        }
+        // Resume what an interrupted hand-over to this same node left it holding.
+        let sent = self.aborted.remove(&node.id).unwrap_or_default();
+        self.transfer = Some(Transfer {
+            to: node,
+            goal: TransferGoal::Join,
+            sent,
+            in_flight: None,
+        });
+        self.transfer_round(ring, io);
+    }
+
+    /// The receiver's side of [`Request::Transfer`].
+    pub(super) fn on_transfer(
+        &mut self,
+        ring: &Ring,
+        from: NodeRef,
+        items: Vec<(Vec<u8>, Vec<u8>)>,
+        deletes: Vec<Vec<u8>>,
+        leaving: bool,
+    ) -> Result<Response> {
+        if ring.is_leaving() {
+            // Whatever we took now would leave with us.
+            return Err(Error::Unavailable("node is leaving the ring".into()));
+        }
+        if leaving {
+            // A leaver's keys belong to its successor. If we adopted a newer predecessor between
+            // it and us, that node is the leaver's successor now: storing here would strand keys
+            // outside our range.
+            if let Some(p) = ring
+                .predecessor()
+                .filter(|p| in_open(from.id, self.me.id, p.id))
+            {
+                return Ok(Response::Redirect { to: p });
+            }
+        }
+        // Versions merge: a hand-over never replaces a newer version with an older one, and
+        // concurrent ones stay as siblings.
+        for (k, v) in &items {
+            let mut state = self.read_versions(k)?;
+            state.merge(&Versioned::decode(v)?);
+            self.storage.put(k, &state.encode())?;
+        }
+        for k in &deletes {
+            self.storage.delete(k)?;
+        }
+        Ok(Response::Ack)
+    }
+
+    pub(super) fn begin_leave_transfer(&mut self, ring: &mut Ring, io: &mut dyn KvIo) {
+        match ring.successors().first().copied() {
+            Some(succ) => {
+                self.transfer = Some(Transfer {
+                    to: succ,
+                    goal: TransferGoal::Leave,
+                    sent: BTreeMap::new(),
+                    in_flight: None,
+                });
+                self.transfer_round(ring, io);
+            }
+            None => {
+                let handed_over = self.storage.is_empty().unwrap_or(false);
+                ring.leave_alone(io, handed_over);
+            }
+        }
+    }
+
+    /// The ring arc a transfer hands over: `(self, to]` for a newcomer, everything for a leave.
+    fn transfer_range(&self, t: &Transfer) -> (Id, Id) {
+        match t.goal {
+            TransferGoal::Join => (self.me.id, t.to.id),
+            TransferGoal::Leave => (self.me.id, self.me.id),
+        }
+    }
+
+    /// Send what changed since the last acknowledged round, or finish when nothing did.
+    fn transfer_round(&mut self, ring: &mut Ring, io: &mut dyn KvIo) {
+        let Some(t) = self.transfer.as_ref() else {
+            return;
+        };
+        let (from, to) = self.transfer_range(t);
+        let entries = match self.storage.scan_range(from, to, usize::MAX) {
+            Ok(entries) => entries,
+            Err(error) => {
+                io.report(Event::StorageError { error });
+                self.transfer = None;
+                return;
+            }
+        };
+        let mut items = Vec::new();
+        let mut hashes = Vec::new();
+        let mut bytes = 0;
+        let mut present = BTreeSet::new();
+        for (k, v) in entries {
+            let h = value_hash(&v);
+            if t.sent.get(&k) != Some(&h)
+                && items.len() < self.opts.transfer_batch
+                && (items.is_empty() || bytes + v.len() <= self.opts.transfer_bytes)
+            {
+                bytes += v.len() + k.len();
+                hashes.push((k.clone(), h));
+                items.push((k.clone(), v));
+            }
+            present.insert(k);
+        }
+        let deletes: Vec<Vec<u8>> = t
+            .sent
+            .keys()
+            .filter(|k| !present.contains(*k))
+            .cloned()
+            .collect();
+        if items.is_empty() && deletes.is_empty() {
+            return self.finish_transfer(ring, io);
+        }
+        let to = t.to;
+        let leaving = matches!(t.goal, TransferGoal::Leave);
+        if let Some(t) = self.transfer.as_mut() {
+            t.in_flight = Some(Round {
+                items: hashes,
+                deletes: deletes.clone(),
+            });
+        }
+        let request = Request::Transfer {
+            from: self.me,
+            items,
+            deletes,
+            leaving,
+        };
+        self.send(io, to, request, Purpose::Transfer);
+    }
+
+    pub(super) fn on_transfer_answer(
+        &mut self,
+        ring: &mut Ring,
+        io: &mut dyn KvIo,
+        response: Result<Response>,
+    ) {
+        let Some(t) = self.transfer.as_mut() else {
+            return;
+        };
+        let Some(Round { items, deletes }) = t.in_flight.take() else {
+            return;
+        };
+        match response {
+            Ok(Response::Ack) => {
+                t.sent.extend(items);
+                for k in deletes {
+                    t.sent.remove(&k);
+                }
+                self.transfer_round(ring, io);
+            }
+            Ok(Response::Redirect { to })
+                if matches!(t.goal, TransferGoal::Leave) && in_open(self.me.id, t.to.id, to.id) =>
+            {
+                // A node joined between us and our successor: it is our successor now. Whatever
+                // the old successor already took went on to the newcomer in its own hand-over;
+                // we start over with the newcomer, sending everything again.
+                self.transfer = None;
+                ring.adopt_successor(io, to);
+                self.begin_leave_transfer(ring, io);
+            }
+            _ => {
+                let mut t = self.transfer.take().expect("present");
+                // The lost round may or may not have been stored: remember its keys as "maybe
+                // held" (a hash no value has), so a retry to the same node resends or deletes them.
+                t.sent
+                    .extend(items.into_iter().map(|(k, _)| (k, MAYBE_HELD)));
+                t.sent.extend(deletes.into_iter().map(|k| (k, MAYBE_HELD)));
+                match t.goal {
+                    // A successor still trusted (one lost message) gets the same hand-over again;
+                    // one found dead (dropped by the ring's suspicion) is replaced by the next
+                    // successor, which now owns the keys.
+                    TransferGoal::Leave if ring.successors().first() == Some(&t.to) => {
+                        self.transfer = Some(t);
+                        self.transfer_round(ring, io);
+                    }
+                    TransferGoal::Leave => self.begin_leave_transfer(ring, io),
+                    // A newcomer that failed mid-transfer notifies again if it is alive; we kept
+                    // every key, so nothing was lost, and what it may hold is remembered.
+                    TransferGoal::Join => {
+                        if self.aborted.len() >= MAX_ABORTED {
+                            // Forget the farthest receiver: the nearest are the likeliest to be
+                            // adopted next. What it may hold stays invisible unless it becomes
+                            // the owner without notifying us again.
+                            let far = self
+                                .aborted
+                                .keys()
+                                .max_by_key(|id| distance(**id, self.me.id))
+                                .copied();
+                            if let Some(far) = far {
+                                self.aborted.remove(&far);
+                            }
+                        }
+                        self.aborted.insert(t.to.id, t.sent);
+                    }
+                }
+            }
+        }
+    }
+
+    fn finish_transfer(&mut self, ring: &mut Ring, io: &mut dyn KvIo) {
+        let Some(t) = self.transfer.take() else {
+            return;
+        };
+        let (from, to) = self.transfer_range(&t);
+        // Everything in the arc is now acknowledged by the receiver, unchanged since. A node
+        // that hands a newcomer its range stays one of the newcomer's replicas and keeps copies.
+        let keep = matches!(t.goal, TransferGoal::Join) && self.opts.replicas > 1;
+        if !keep {
+            match self.storage.scan_range(from, to, usize::MAX) {
+                Ok(entries) => {
+                    for (k, _) in entries {
+                        if let Err(error) = self.storage.delete(&k) {
+                            io.report(Event::StorageError { error });
+                        }
+                    }
+                }
+                Err(error) => io.report(Event::StorageError { error }),
+            }
+        }
+        io.report(Event::TransferDone {
+            to: t.to,
+            keys: t.sent.len() as u64,
+        });
+        match t.goal {
+            TransferGoal::Join => ring.adopt_predecessor(io, t.to),
+            TransferGoal::Leave => ring.announce_leave(io, t.to),
+        }
+    }
+}
+
+/// A hash of a value, to tell whether the receiver already holds exactly this value.
+fn value_hash(v: &[u8]) -> u64 {
+    let mut h = DefaultHasher::new();
+    v.hash(&mut h);
+    h.finish().max(1)
+}

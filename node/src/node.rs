@@ -1,0 +1,329 @@
+//! One chordkv node: the ring ([`crate::ring`]) and the data layer ([`crate::kv`]) composed
+//! into the single state machine that the tokio [`crate::server`] and the simulator drive.
+//!
+//! The node routes each input to the layer it concerns and keeps the order between them: the
+//! ring hears every answer first (it is the heartbeat that counts), then the layer that asked
+//! handles it; after each step of the ring, its [notices](ring::Notice) go to the data layer at once. Both
+//! layers write into one output queue through [`Io`], so outputs come out in the order the
+//! layers made them, and request ids and operation numbers are unique node-wide.
+//!
+//! # Call contract
+//!
+//! [`Node`] owns no sockets, clocks, threads or global randomness. The driver feeds it inputs,
+//! each stamped with the current time in milliseconds (any monotonic origin):
+//! - [`Node::start`]: form a ring of one, or join through a bootstrap address.
+//! - [`Node::handle_request`]: a request that arrived on connection `conn` (an opaque number the
+//!   driver chose), from a peer or a client.
+//! - [`Node::handle_response`]: the answer, or the transport's error, for a request the node
+//!   asked to send. Every [`Output::Send`] must eventually get exactly one; the node also times
+//!   requests out itself, and ignores answers that arrive afterwards.
+//! - [`Node::tick`]: time passed. Call it often (every 10–50 ms); intervals live in [`Options`].
+//! - [`Node::leave`]: begin a graceful leave.
+//!
+//! After every input, drain [`Node::poll_output`] until it returns `None`: messages to send,
+//! responses to deliver, and [`Event`]s to log or count. A response that acknowledges a write must
+//! not reach the network before the driver has made the write durable ([`Storage::flush`]).
+
+use crate::error::{Error, Result};
+use crate::kv::{self, Kv, KvIo};
+use crate::message::{NodeRef, NodeStatus, Request, RequestId, Response};
+use crate::ring::{self, Ring, RingIo};
+use crate::rpc::{ConnId, Io};
+use crate::storage::Storage;
+use std::collections::VecDeque;
+use std::fmt;
+use std::net::SocketAddr;
+
+/// Every tunable of a node: the ring's and the data layer's. Tests pin them; the node binary
+/// exposes the main ones as flags.
+#[derive(Clone, Debug, Default)]
+pub struct Options {
+    /// The ring: successor list, stabilization, fingers, failure detection, timeouts.
+    pub ring: ring::Options,
+    /// The data: replicas and quorums, hand-over, anti-entropy, collection, versions.
+    pub kv: kv::Options,
+    /// Seed for the timer phases, so that nodes started together do not act in lockstep, and
+    /// for the node's incarnation number.
+    pub seed: u64,
+}
+
+/// What the node asks its driver to do, or tells it.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Output {
+    /// Send `request` to the node at `to`; feed its answer to [`Node::handle_response`] with `id`.
+    Send {
+        /// Where to send it.
+        to: SocketAddr,
+        /// The id to answer with.
+        id: RequestId,
+        /// What to send.
+        request: Request,
+    },
+    /// Answer the request `id` that arrived on connection `conn`.
+    Respond {
+        /// The connection the request came on.
+        conn: ConnId,
+        /// The request's id.
+        id: RequestId,
+        /// The answer.
+        response: Result<Response>,
+    },
+    /// Something worth logging or counting happened.
+    Event(Event),
+}
+
+/// Things the node reports for logs, metrics and tests: the ring's and the data layer's.
+#[derive(Clone, PartialEq)]
+pub enum Event {
+    /// On the ring (joins, successors, lookups, suspicions, the end of a leave).
+    Ring(ring::Event),
+    /// To the data (copies, hand-overs, repairs, collection, storage errors).
+    Kv(kv::Event),
+}
+
+impl fmt::Debug for Event {
+    /// As the layer's own event: which layer it came from shows in its name.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Event::Ring(e) => fmt::Debug::fmt(e, f),
+            Event::Kv(e) => fmt::Debug::fmt(e, f),
+        }
+    }
+}
+
+/// Where both layers' outputs go, and the numbers they draw, node-wide.
+struct NodeIo {
+    now: u64,
+    rpc_timeout: u64,
+    next_id: RequestId,
+    next_op: u64,
+    outbox: VecDeque<Output>,
+}
+
+impl Io for NodeIo {
+    fn now(&self) -> u64 {
+        self.now
+    }
+
+    fn rpc_timeout(&self) -> u64 {
+        self.rpc_timeout
+    }
+
+    fn next_op(&mut self) -> u64 {
+        let op = self.next_op;
+        self.next_op += 1;
+        op
+    }
+
+    fn send(&mut self, to: SocketAddr, request: Request) -> RequestId {
+        let id = self.next_id;
+        self.next_id += 1;
+        self.outbox.push_back(Output::Send { to, id, request });
+        id
+    }
+
+    fn respond(&mut self, conn: ConnId, id: RequestId, response: Result<Response>) {
+        self.outbox
+            .push_back(Output::Respond { conn, id, response });
+    }
+}
+
+impl RingIo for NodeIo {
+    fn emit(&mut self, event: ring::Event) {
+        self.outbox.push_back(Output::Event(Event::Ring(event)));
+    }
+}
+
+impl KvIo for NodeIo {
+    fn report(&mut self, event: kv::Event) {
+        self.outbox.push_back(Output::Event(Event::Kv(event)));
+    }
+}
+
+/// Whose request an answer belongs to.
+enum Asker {
+    Ring(ring::Purpose),
+    Kv(kv::Purpose),
+}
+
+/// One node: its view of the ring and its data. See the [module documentation](self) for the
+/// call contract.
+pub struct Node<S: Storage> {
+    io: NodeIo,
+    ring: Ring,
+    kv: Kv<S>,
+}
+
+impl<S: Storage> Node<S> {
+    /// A node that is not yet part of any ring. Call [`Node::start`] next.
+    pub fn new(me: NodeRef, opts: Options, storage: S, now: u64) -> Self {
+        Node {
+            io: NodeIo {
+                now,
+                rpc_timeout: opts.ring.rpc_timeout,
+                next_id: 1,
+                next_op: 1,
+                outbox: VecDeque::new(),
+            },
+            ring: Ring::new(me, opts.ring, opts.seed, now),
+            kv: Kv::new(me, opts.kv, storage, opts.seed, now),
+        }
+    }
+
+    /// Form a ring of one (`bootstrap` is `None` or our own address) or join the ring that the node
+    /// at `bootstrap` belongs to. Joining retries until it succeeds.
+    pub fn start(&mut self, bootstrap: Option<SocketAddr>, now: u64) {
+        self.io.now = now;
+        self.ring.start(&mut self.io, bootstrap);
+        self.pass_notices();
+    }
+
+    /// Begin a graceful leave: hand every key to the successor, tell the neighbours, then emit
+    /// [`ring::Event::Left`]. Client requests are refused from now on.
+    pub fn leave(&mut self, now: u64) {
+        self.io.now = now;
+        if self.ring.is_leaving() {
+            return;
+        }
+        self.ring.leave();
+        self.kv.leave(&mut self.ring, &mut self.io);
+        self.pass_notices();
+    }
+
+    /// This node.
+    pub fn me(&self) -> NodeRef {
+        self.ring.me()
+    }
+
+    /// Whether the node has joined a ring.
+    pub fn is_joined(&self) -> bool {
+        self.ring.is_joined()
+    }
+
+    /// The node's view of the ring.
+    pub fn ring(&self) -> &Ring {
+        &self.ring
+    }
+
+    /// The node's data layer.
+    pub fn kv(&self) -> &Kv<S> {
+        &self.kv
+    }
+
+    /// The storage engine (for status and tests).
+    pub fn storage(&self) -> &S {
+        self.kv.storage()
+    }
+
+    /// The storage engine, mutably (for the driver's flush and for tests that seed data).
+    pub fn storage_mut(&mut self) -> &mut S {
+        self.kv.storage_mut()
+    }
+
+    /// Take the storage engine back, as a crash or shutdown does (the simulator restarts nodes
+    /// on it).
+    pub fn into_storage(self) -> S {
+        self.kv.into_storage()
+    }
+
+    /// The node's view of itself, as answered to [`Request::Status`].
+    pub fn status(&self) -> NodeStatus {
+        let ring = &self.ring;
+        NodeStatus {
+            node: ring.me(),
+            joined: ring.is_joined(),
+            pred: ring.predecessor(),
+            succs: ring.successors().to_vec(),
+            fingers: ring.distinct_fingers(),
+            keys: self.kv.storage().len().unwrap_or(0),
+            successors_wanted: ring.options().successors as u32,
+            owned: self.kv.keys_owned(ring),
+            replicas: self.kv.replicas_available(ring) as u32,
+            replicas_wanted: self.kv.options().replicas as u32,
+        }
+    }
+
+    /// The next output to carry out, if any. Drain after every input.
+    pub fn poll_output(&mut self) -> Option<Output> {
+        self.io.outbox.pop_front()
+    }
+
+    // ---------------------------------------------------------------- inputs
+
+    /// Time passed: expire requests past their deadline, then run the ring's timers and the
+    /// data layer's.
+    pub fn tick(&mut self, now: u64) {
+        self.io.now = now;
+        let mut expired: Vec<RequestId> = self.ring.expired_calls(now).collect();
+        expired.extend(self.kv.expired_calls(now));
+        expired.sort_unstable();
+        for id in expired {
+            let timeout = Err(Error::Timeout("peer did not answer".into()));
+            self.handle_response(id, timeout, now);
+        }
+        self.ring.tick(&mut self.io);
+        self.pass_notices();
+        self.kv.tick(&mut self.ring, &mut self.io);
+        self.pass_notices();
+    }
+
+    /// A request arrived on connection `conn`.
+    pub fn handle_request(&mut self, conn: ConnId, id: RequestId, request: Request, now: u64) {
+        self.io.now = now;
+        let response = match request {
+            Request::Status => Some(Ok(Response::Status(self.status()))),
+            // Fault injection is the transport's business; the server answers it.
+            Request::Block { .. } => Some(Err(Error::InvalidInput(
+                "fault injection is handled by the server".into(),
+            ))),
+            Request::Ping
+            | Request::FindSuccessor { .. }
+            | Request::GetNeighbors
+            | Request::Notify { .. }
+            | Request::Leaving { .. }
+            | Request::FailureNotice { .. }
+            | Request::Adopted { .. }
+            | Request::Lookup { .. } => self.ring.handle_request(&mut self.io, conn, id, request),
+            _ => self
+                .kv
+                .handle_request(&mut self.ring, &mut self.io, conn, id, request),
+        };
+        // What the request set off (a hand-over to a notifying newcomer) comes before its answer.
+        self.pass_notices();
+        if let Some(response) = response {
+            self.io.respond(conn, id, response);
+        }
+    }
+
+    /// The answer (or transport error) for a request this node sent.
+    pub fn handle_response(&mut self, id: RequestId, response: Result<Response>, now: u64) {
+        self.io.now = now;
+        let (to, asker) = match self.ring.take_call(id) {
+            Some(p) => (p.to, Asker::Ring(p.purpose)),
+            None => match self.kv.take_call(id) {
+                Some(p) => (p.to, Asker::Kv(p.purpose)),
+                None => return, // late answer to a request that already timed out
+            },
+        };
+        if let Some(peer) = to {
+            let probe = matches!(&asker, Asker::Ring(p) if p.is_probe());
+            self.ring.observe(&mut self.io, peer, &response, probe);
+            self.pass_notices();
+        }
+        match asker {
+            Asker::Ring(purpose) => self.ring.on_answer(&mut self.io, purpose, to, response),
+            Asker::Kv(purpose) => {
+                self.kv
+                    .on_answer(&mut self.ring, &mut self.io, purpose, response)
+            }
+        }
+        self.pass_notices();
+    }
+
+    /// Hand the ring's notices to the data layer, in order.
+    fn pass_notices(&mut self) {
+        while let Some(notice) = self.ring.poll_notice() {
+            self.kv.on_notice(&mut self.ring, &mut self.io, notice);
+        }
+    }
+}
