@@ -7,3 +7,4 @@
 
 pub mod history;
 pub mod sim;
+pub mod zave;

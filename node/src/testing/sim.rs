@@ -10,6 +10,7 @@
 //! [`Node::poll_output`] returns. Nothing here decides protocol behaviour.
 
 use super::history::{self, History};
+use super::zave::RingCheck;
 use crate::error::{Error, Result};
 use crate::id::{BITS, Id};
 use crate::message::{NodeRef, Request, RequestId, Response};
@@ -109,11 +110,21 @@ pub struct Sim {
     /// Digest of every output so far, with [`SimOptions::trace`].
     trace: DefaultHasher,
     outputs: u64,
+    /// Zave's invariant over the running members' successor lists, checked after every step.
+    ring_check: RingCheck,
+    /// Each node's successor list as `ring_check` last saw it (`None`: not a member).
+    checked_lists: Vec<Option<Vec<Id>>>,
+    /// Nodes asked to leave: no longer counted as members.
+    departing: BTreeSet<usize>,
+    by_id: BTreeMap<Id, usize>,
 }
 
 impl Sim {
     /// An empty simulation.
     pub fn new(opts: SimOptions) -> Sim {
+        let successors = opts.node.ring.successors;
+        let mut ring_check = RingCheck::new(successors);
+        ring_check.set_reliable(opts.drop_rate == 0.0);
         Sim {
             rng: StdRng::seed_from_u64(opts.seed),
             opts,
@@ -131,6 +142,10 @@ impl Sim {
             delivered: 0,
             trace: DefaultHasher::new(),
             outputs: 0,
+            ring_check,
+            checked_lists: Vec::new(),
+            departing: BTreeSet::new(),
+            by_id: BTreeMap::new(),
         }
     }
 
@@ -182,6 +197,8 @@ impl Sim {
         let addr = Sim::addr(i);
         self.addrs.push(addr);
         self.by_addr.insert(addr, i);
+        self.by_id.insert(self.node_ref(i).id, i);
+        self.checked_lists.push(None);
         self.slots.push(Slot::Down(MemoryStorage::new()));
         self.boot(i, bootstrap);
         i
@@ -200,13 +217,31 @@ impl Sim {
         let mut node = Node::new(self.node_ref(i), opts, storage, self.now);
         node.start(bootstrap.map(|b| self.addrs[b]), self.now);
         self.slots[i] = Slot::Up(Box::new(node));
+        self.departing.remove(&i);
         self.drain(i);
+        self.check_ring(i);
     }
 
     /// Crash node `i`: it stops at once; its storage is kept for a restart.
     pub fn crash(&mut self, i: usize) {
         if let Slot::Up(node) = std::mem::replace(&mut self.slots[i], Slot::Gone) {
             self.slots[i] = Slot::Down(node.into_storage());
+        }
+        // The principals the crash took are the test's doing; a member left with no live
+        // successor is outside the model the protocol is proven in: say so.
+        self.watch_ring(i);
+        self.ring_check.lowered();
+        let (slots, by_id) = (&self.slots, &self.by_id);
+        let live = |id: Id| {
+            by_id
+                .get(&id)
+                .is_some_and(|&j| matches!(slots[j], Slot::Up(_)))
+        };
+        if let Err(e) = self.ring_check.check_all(live) {
+            panic!(
+                "seed {}, {} ms: crashing n{i} broke Zave's invariant: {e}",
+                self.opts.seed, self.now
+            );
         }
     }
 
@@ -221,6 +256,10 @@ impl Sim {
         if let Some(c) = self.node_mut(i) {
             c.leave(now);
         }
+        // A leaving node is no longer a member: the principal it was is the test's doing.
+        self.departing.insert(i);
+        self.watch_ring(i);
+        self.ring_check.lowered();
         self.drain(i);
     }
 
@@ -252,16 +291,20 @@ impl Sim {
                 self.cut.insert((y, x));
             }
         }
+        self.ring_check.set_reliable(false);
     }
 
     /// Change the probability that a message is lost, from now on.
     pub fn set_drop_rate(&mut self, p: f64) {
         self.opts.drop_rate = p;
+        self.ring_check
+            .set_reliable(p == 0.0 && self.cut.is_empty());
     }
 
     /// Restore every link.
     pub fn heal(&mut self) {
         self.cut.clear();
+        self.ring_check.set_reliable(self.opts.drop_rate == 0.0);
     }
 
     /// Events every node reported, with the time and node index, since the last call (only
@@ -347,6 +390,7 @@ impl Sim {
             if let Some(c) = self.node_mut(i) {
                 c.tick(now);
                 self.drain(i);
+                self.check_ring(i);
             }
         }
     }
@@ -366,6 +410,7 @@ impl Sim {
                     Some((t, c)) => {
                         c.handle_request(from as ConnId, id, request, now);
                         self.drain(t);
+                        self.check_ring(t);
                     }
                     None => {
                         // Nothing listens there: connection refused, answered at once.
@@ -386,6 +431,7 @@ impl Sim {
                 if let Some(c) = self.node_mut(to) {
                     c.handle_response(id, response, now);
                     self.drain(to);
+                    self.check_ring(to);
                 }
             }
         }
@@ -428,6 +474,50 @@ impl Sim {
                     }
                 }
             }
+        }
+    }
+
+    /// Tell the ring check what node `i`'s successor list is now, if it changed.
+    fn watch_ring(&mut self, i: usize) {
+        let member = self
+            .node(i)
+            .filter(|n| n.is_joined() && !self.departing.contains(&i));
+        let same = match (member, &self.checked_lists[i]) {
+            (None, None) => true,
+            (Some(n), Some(seen)) => n
+                .ring()
+                .successors()
+                .iter()
+                .map(|s| s.id)
+                .eq(seen.iter().copied()),
+            _ => false,
+        };
+        if same {
+            return;
+        }
+        let list: Option<Vec<Id>> =
+            member.map(|n| n.ring().successors().iter().map(|s| s.id).collect());
+        self.checked_lists[i] = list.clone();
+        let id = self.node_ref(i).id;
+        self.ring_check.set(id, list);
+    }
+
+    /// After a step at node `i`: Zave's invariant still holds ([`RingCheck`]), or the
+    /// simulation stops with the seed and the time.
+    fn check_ring(&mut self, i: usize) {
+        self.watch_ring(i);
+        let id = self.node_ref(i).id;
+        let (slots, by_id) = (&self.slots, &self.by_id);
+        let live = |id: Id| {
+            by_id
+                .get(&id)
+                .is_some_and(|&j| matches!(slots[j], Slot::Up(_)))
+        };
+        if let Err(e) = self.ring_check.check(id, live) {
+            panic!(
+                "seed {}, {} ms: Zave's invariant broken after a step at n{i}: {e}",
+                self.opts.seed, self.now
+            );
         }
     }
 
@@ -651,8 +741,10 @@ impl Sim {
 impl Drop for Sim {
     fn drop(&mut self) {
         if self.opts.trace {
+            let (checked, enforced) = self.ring_check.steps();
             eprintln!(
-                "sim trace: seed {} nodes {} outputs {} digest {:016x}",
+                "sim trace: seed {} nodes {} outputs {} digest {:016x} ring checks {checked} \
+                 ({enforced} with r + 1 principals)",
                 self.opts.seed,
                 self.slots.len(),
                 self.outputs,
