@@ -4,11 +4,12 @@
 //! quiet period for repair, every acknowledged write must be in the data (as a value or a
 //! sibling, or superseded by a write that saw it), and the owner of every key and its next
 //! N − 1 successors must hold identical states. The seed is printed on failure;
-//! `CHORDKV_SEEDS=200` runs more.
+//! `CHORDKV_SEEDS=200` runs more, `CHORDKV_SEED_FROM` picks the first ([`run_seeds`]).
 
 use chordkv_node::message::{Request, Response};
 use chordkv_node::node::Options;
 use chordkv_node::testing::history::History;
+use chordkv_node::testing::seeds::run_seeds;
 use chordkv_node::testing::sim::{Sim, SimOptions};
 use chordkv_node::version::VersionVector;
 use chordkv_node::{kv, ring};
@@ -125,13 +126,7 @@ fn run(seed: u64) {
 
 #[test]
 fn crashes_and_restarts_lose_no_acknowledged_write_and_replicas_converge() {
-    let seeds: u64 = std::env::var("CHORDKV_SEEDS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(10);
-    for seed in 1..=seeds {
-        run(seed);
-    }
+    run_seeds(10, run);
 }
 
 fn run_partition(seed: u64) {
@@ -193,13 +188,7 @@ fn run_partition(seed: u64) {
 
 #[test]
 fn a_healed_partition_merges_back_into_one_ring_and_keeps_every_acknowledged_write() {
-    let seeds: u64 = std::env::var("CHORDKV_SEEDS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(10);
-    for seed in 1..=seeds {
-        run_partition(seed);
-    }
+    run_seeds(10, run_partition);
 }
 
 /// A write that the key's owner stored but could not replicate before it crashed is applied a

@@ -7,6 +7,7 @@
 use chordkv_node::message::{Request, Response};
 use chordkv_node::node::Options;
 use chordkv_node::testing::history::History;
+use chordkv_node::testing::seeds::run_seeds;
 use chordkv_node::testing::sim::{Sim, SimOptions};
 use chordkv_node::version::VersionVector;
 use chordkv_node::{kv, ring};
@@ -110,11 +111,5 @@ fn run(seed: u64) {
 
 #[test]
 fn moves_lose_no_acknowledged_write_under_message_loss() {
-    let seeds: u64 = std::env::var("CHORDKV_SEEDS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(12);
-    for seed in 1..=seeds {
-        run(seed);
-    }
+    run_seeds(12, run);
 }

@@ -6,5 +6,6 @@
 //! be shared between them.
 
 pub mod history;
+pub mod seeds;
 pub mod sim;
 pub mod zave;
