@@ -93,7 +93,7 @@
 //!   write resolves or prunes them.
 //! - Tombstones are never removed here. Collecting a deleted key needs every replica to hold
 //!   the same tombstone first, which is the replication layer's business
-//!   (COLLECTION in `chord/replica.rs`).
+//!   (COLLECTION in `kv/collect.rs`).
 
 use crate::id::Id;
 use crate::{Error, Result};
