@@ -8,7 +8,7 @@
 //! §IV.E.3 for routing through the successor list).
 
 use super::{Event, Notice, Purpose, Ring, RingIo};
-use crate::error::Error;
+use crate::error::{Error, Result};
 use crate::id::{BITS, Id, distance, in_half_open, in_open};
 use crate::message::{LookupInfo, NodeRef, Request, RequestId, Response, Route};
 use crate::rpc::ConnId;
@@ -185,7 +185,7 @@ impl Ring {
         io: &mut dyn RingIo,
         op: u64,
         asked: Option<NodeRef>,
-        response: crate::Result<Response>,
+        response: Result<Response>,
     ) {
         let Some(l) = self.lookups.get_mut(&op) else {
             return;
@@ -246,7 +246,7 @@ impl Ring {
         io: &mut dyn RingIo,
         op: u64,
         owner: NodeRef,
-        response: crate::Result<Response>,
+        response: Result<Response>,
     ) {
         match response {
             Ok(Response::Pong { node }) if node.id == owner.id => self.finish_lookup(io, op, owner),

@@ -5,7 +5,7 @@
 use super::detector::{Cause, Verdict};
 use super::lookup::Then;
 use super::{Event, MAX_LOST, Notice, Purpose, Ring, RingIo};
-use crate::Result;
+use crate::error::Result;
 use crate::id::{Id, in_open};
 use crate::message::{NodeRef, Request, Response};
 use std::collections::BTreeSet;

@@ -97,7 +97,7 @@
 use crate::error::{Error, Result};
 use crate::id::{BITS, Id, distance, in_half_open};
 use crate::message::{NodeRef, Request, RequestId, Response};
-use crate::rpc::{Calls, ConnId, Io, timer_phase};
+use crate::rpc::{Calls, ConnId, Io, Pending, timer_phase};
 use detector::{Detector, DetectorOptions};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::SocketAddr;
@@ -459,7 +459,7 @@ impl Ring {
     }
 
     /// Take the ring's request `id` out of its table, if it is one.
-    pub(crate) fn take_call(&mut self, id: RequestId) -> Option<crate::rpc::Pending<Purpose>> {
+    pub(crate) fn take_call(&mut self, id: RequestId) -> Option<Pending<Purpose>> {
         self.calls.take(id)
     }
 
