@@ -124,7 +124,7 @@ impl Sim {
     pub fn new(opts: SimOptions) -> Sim {
         let successors = opts.node.ring.successors;
         let mut ring_check = RingCheck::new(successors);
-        ring_check.set_reliable(opts.drop_rate == 0.0);
+        ring_check.set_reliable(opts.drop_rate == 0.0, 0);
         Sim {
             rng: StdRng::seed_from_u64(opts.seed),
             opts,
@@ -237,7 +237,7 @@ impl Sim {
                 .get(&id)
                 .is_some_and(|&j| matches!(slots[j], Slot::Up(_)))
         };
-        if let Err(e) = self.ring_check.check_all(live) {
+        if let Err(e) = self.ring_check.check_all(self.now, live) {
             panic!(
                 "seed {}, {} ms: crashing n{i} broke Zave's invariant: {e}",
                 self.opts.seed, self.now
@@ -291,20 +291,31 @@ impl Sim {
                 self.cut.insert((y, x));
             }
         }
-        self.ring_check.set_reliable(false);
+        self.ring_check.set_reliable(false, self.now);
     }
 
     /// Change the probability that a message is lost, from now on.
     pub fn set_drop_rate(&mut self, p: f64) {
         self.opts.drop_rate = p;
+        let quiet = self.quiet_until();
         self.ring_check
-            .set_reliable(p == 0.0 && self.cut.is_empty());
+            .set_reliable(p == 0.0 && self.cut.is_empty(), quiet);
+    }
+
+    /// By when every message lost so far has been given up on (a probe stays pending for the
+    /// detector's longest timeout, a request for the RPC timeout) and a ring that lost a member
+    /// to a false suspicion has had a stabilization round to take it back.
+    fn quiet_until(&self) -> u64 {
+        let ring = &self.opts.node.ring;
+        self.now + ring.detector.max_timeout.max(ring.rpc_timeout) + ring.stabilize_interval
     }
 
     /// Restore every link.
     pub fn heal(&mut self) {
         self.cut.clear();
-        self.ring_check.set_reliable(self.opts.drop_rate == 0.0);
+        let quiet = self.quiet_until();
+        self.ring_check
+            .set_reliable(self.opts.drop_rate == 0.0, quiet);
     }
 
     /// Events every node reported, with the time and node index, since the last call (only
@@ -513,7 +524,7 @@ impl Sim {
                 .get(&id)
                 .is_some_and(|&j| matches!(slots[j], Slot::Up(_)))
         };
-        if let Err(e) = self.ring_check.check(id, live) {
+        if let Err(e) = self.ring_check.check(id, self.now, live) {
             panic!(
                 "seed {}, {} ms: Zave's invariant broken after a step at n{i}: {e}",
                 self.opts.seed, self.now

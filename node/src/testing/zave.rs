@@ -44,6 +44,9 @@ pub struct RingCheck {
     floor: usize,
     /// Links lose messages or a partition is in force: only OneLiveSuccessor is enforced.
     unreliable: bool,
+    /// Until when a message lost before the links became reliable may still be timing out (a
+    /// false suspicion then is the loss's doing, not the protocol's): no floor forms before.
+    quiet_until: u64,
     /// Steps checked, and of those, steps at which a floor of `r + 1` principals was enforced.
     checked: u64,
     enforced: u64,
@@ -130,11 +133,13 @@ impl RingCheck {
 
     /// Whether links are reliable (no message loss, no partition): while they are not, only
     /// OneLiveSuccessor is enforced, and once they are again the floor of principals forms anew
-    /// when the ring has settled.
-    pub fn set_reliable(&mut self, reliable: bool) {
+    /// when the ring has settled after `quiet_until`, by when whatever was lost before has
+    /// timed out.
+    pub fn set_reliable(&mut self, reliable: bool, quiet_until: u64) {
         if self.unreliable == reliable {
             self.unreliable = !reliable;
             self.floor = 0;
+            self.quiet_until = quiet_until;
         }
     }
 
@@ -144,7 +149,7 @@ impl RingCheck {
     ///
     /// # Errors
     /// What is broken, in words.
-    pub fn check(&mut self, at: Id, live: impl Fn(Id) -> bool) -> Result<(), String> {
+    pub fn check(&mut self, at: Id, now: u64, live: impl Fn(Id) -> bool) -> Result<(), String> {
         self.checked += 1;
         if let Some(list) = self.lists.get(&at) {
             if !list.is_empty() && !list.iter().any(|s| live(*s)) {
@@ -180,7 +185,10 @@ impl RingCheck {
         }
         // The stable base forms once a ring of more than `r` members has settled: every member
         // a principal.
-        if self.principals > self.r && self.principals == self.lists.len() {
+        if self.principals > self.r
+            && self.principals == self.lists.len()
+            && now >= self.quiet_until
+        {
             self.floor = self.r + 1;
         }
         Ok(())
@@ -204,10 +212,10 @@ impl RingCheck {
     ///
     /// # Errors
     /// The first member with no live successor.
-    pub fn check_all(&mut self, live: impl Fn(Id) -> bool) -> Result<(), String> {
+    pub fn check_all(&mut self, now: u64, live: impl Fn(Id) -> bool) -> Result<(), String> {
         let members: Vec<Id> = self.lists.keys().copied().collect();
         for m in members {
-            self.check(m, &live)?;
+            self.check(m, now, &live)?;
         }
         Ok(())
     }
@@ -256,17 +264,17 @@ mod tests {
     fn a_correct_ring_has_every_member_a_principal_and_passes() {
         let mut c = ring(8, 3);
         assert_eq!((c.members(), c.principals()), (8, 8));
-        assert_eq!(c.check(id(10), |_| true), Ok(()));
+        assert_eq!(c.check(id(10), 0, |_| true), Ok(()));
     }
 
     #[test]
     fn a_newcomer_is_skipped_until_the_lists_include_it_and_that_is_allowed() {
         let mut c = ring(8, 3);
-        assert_eq!(c.check(id(10), |_| true), Ok(()));
+        assert_eq!(c.check(id(10), 0, |_| true), Ok(()));
         // 15 joins between 10 and 20: it copies 20's list; the lists before it still skip it.
         c.set(id(15), Some(vec![id(20), id(30), id(40)]));
         assert_eq!(c.principals(), 8);
-        assert_eq!(c.check(id(15), |_| true), Ok(()));
+        assert_eq!(c.check(id(15), 0, |_| true), Ok(()));
         c.set(id(10), Some(vec![id(15), id(20), id(30)]));
         c.set(id(80), Some(vec![id(10), id(15), id(20)]));
         c.set(id(70), Some(vec![id(80), id(10), id(15)]));
@@ -277,14 +285,14 @@ mod tests {
     fn a_list_that_skips_principals_below_the_floor_is_a_violation() {
         let mut c = ring(5, 3);
         assert_eq!(
-            c.check(id(10), |_| true),
+            c.check(id(10), 0, |_| true),
             Ok(()),
             "floor formed: 4 principals"
         );
         // 10 drops two live successors: 20 and 30 are skipped, 3 principals are left.
         c.set(id(10), Some(vec![id(40), id(50)]));
         let e = c
-            .check(id(10), |_| true)
+            .check(id(10), 0, |_| true)
             .expect_err("fewer than r + 1 principals");
         assert!(e.contains("SufficientPrincipals"), "{e}");
     }
@@ -292,10 +300,10 @@ mod tests {
     #[test]
     fn an_empty_list_in_a_ring_of_many_skips_everyone_else() {
         let mut c = ring(6, 3);
-        assert_eq!(c.check(id(10), |_| true), Ok(()));
+        assert_eq!(c.check(id(10), 0, |_| true), Ok(()));
         c.set(id(30), Some(Vec::new()));
         assert_eq!(c.principals(), 1);
-        assert!(c.check(id(30), |_| true).is_err());
+        assert!(c.check(id(30), 0, |_| true).is_err());
     }
 
     #[test]
@@ -303,38 +311,57 @@ mod tests {
         let mut c = ring(6, 2);
         let dead = [id(20), id(30)];
         let e = c
-            .check_all(|s| !dead.contains(&s))
+            .check_all(0, |s| !dead.contains(&s))
             .expect_err("10's list is [20, 30]");
         assert!(e.contains("OneLiveSuccessor"), "{e}");
     }
 
     #[test]
+    fn no_floor_forms_until_what_was_lost_before_the_links_healed_has_timed_out() {
+        let mut c = RingCheck::new(3);
+        c.set_reliable(false, 0);
+        let mut c2 = ring(5, 3);
+        std::mem::swap(&mut c.lists, &mut c2.lists);
+        std::mem::swap(&mut c.skips, &mut c2.skips);
+        c.principals = c2.principals;
+        c.set_reliable(true, 1_000);
+        assert_eq!(c.check(id(10), 500, |_| true), Ok(()));
+        // A suspicion from a message lost before the links healed drops a principal.
+        c.set(id(10), Some(vec![id(40), id(50)]));
+        assert_eq!(c.check(id(10), 900, |_| true), Ok(()), "still within the horizon");
+        c.set(id(10), Some(vec![id(20), id(30), id(40)]));
+        assert_eq!(c.check(id(10), 1_000, |_| true), Ok(()), "settled after it: floor forms");
+        c.set(id(10), Some(vec![id(40), id(50)]));
+        assert!(c.check(id(10), 1_100, |_| true).is_err());
+    }
+
+    #[test]
     fn crashes_lower_the_floor_and_unreliable_links_suspend_the_principals() {
         let mut c = ring(5, 3);
-        assert_eq!(c.check(id(10), |_| true), Ok(()));
+        assert_eq!(c.check(id(10), 0, |_| true), Ok(()));
         c.set(id(20), None);
         c.lowered();
         assert_eq!(
-            c.check(id(10), |_| true),
+            c.check(id(10), 0, |_| true),
             Ok(()),
             "4 principals after a crash"
         );
-        c.set_reliable(false);
+        c.set_reliable(false, 0);
         c.set(id(10), Some(Vec::new()));
-        assert_eq!(c.check(id(10), |_| true), Ok(()));
+        assert_eq!(c.check(id(10), 0, |_| true), Ok(()));
         c.set(id(10), Some(vec![id(30)]));
         assert!(
-            c.check(id(10), |s| s != id(30)).is_err(),
+            c.check(id(10), 0, |s| s != id(30)).is_err(),
             "still one live successor"
         );
-        c.set_reliable(true);
+        c.set_reliable(true, 0);
         assert_eq!(
-            c.check(id(10), |_| true),
+            c.check(id(10), 0, |_| true),
             Ok(()),
             "floor forms again after the heal"
         );
         c.set(id(10), Some(vec![id(30), id(40), id(50)]));
-        assert_eq!(c.check(id(10), |_| true), Ok(()));
+        assert_eq!(c.check(id(10), 0, |_| true), Ok(()));
         assert_eq!(c.principals(), 4);
     }
 }
