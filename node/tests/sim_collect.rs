@@ -268,3 +268,79 @@ fn a_counter_past_the_dot_lease_is_not_issued_again_after_a_restart() {
         "after the restart a new key got counter {next}, not above {jumped} issued before"
     );
 }
+
+/// A join hand-over gives the newcomer the keys of its own range and nothing else. It used to
+/// hand over every copy the successor held outside the range it kept (replicas of its
+/// predecessors' keys, and any strays of older rings), and that multiplied stray copies: each
+/// must reach its owner before a tombstone may be collected, and one that does not within the
+/// grace period brings the deleted value back. That is how `sim_moves` seed 330 resurrected a
+/// delete: the first node kept a stale stray of a key it had stopped replicating, handed it to
+/// two newcomers in turn, and the second handed it to the owner just after the owner had
+/// collected the key's tombstone. With anti-entropy off, only the hand-over moves data here.
+#[test]
+fn a_newcomer_receives_only_the_keys_of_its_own_range() {
+    let mut sim = Sim::new(SimOptions {
+        seed: 5,
+        node: Options {
+            ring: ring::Options {
+                successors: 4,
+                ..ring::Options::default()
+            },
+            kv: kv::Options {
+                sync_interval: u64::MAX / 4,
+                ..kv::Options::default()
+            },
+            ..Options::default()
+        },
+        ..SimOptions::default()
+    });
+    sim.grow(NODES, 200);
+    assert!(sim.settle(60_000), "ring did not form");
+    let mut h = History::new();
+    let keys: Vec<Vec<u8>> = (0..60).map(|i| format!("k{i}").into_bytes()).collect();
+    for (i, key) in keys.iter().enumerate() {
+        let value = format!("v{i}");
+        write(
+            &mut sim,
+            &mut h,
+            i % NODES,
+            key,
+            Some(&value),
+            VersionVector::new(),
+        );
+    }
+    let newcomer = sim.add_node(Some(0));
+    assert!(sim.settle(60_000), "the newcomer did not settle in");
+    sim.run_for(2_000);
+    let me = sim.node_ref(newcomer);
+    let pred = sim
+        .node(newcomer)
+        .and_then(|n| n.ring().predecessor())
+        .expect("the newcomer has a predecessor");
+    assert!(sim.node(newcomer).is_some_and(|n| n.ring().is_installed()));
+    let (mut own, mut other) = (0, Vec::new());
+    for key in &keys {
+        let mine = chordkv_node::id::in_half_open(pred.id, me.id, Id::hash(key));
+        let held = sim.holders(key).contains(&newcomer);
+        assert!(
+            held || !mine,
+            "{:?} is in the newcomer's range and was not handed to it",
+            String::from_utf8_lossy(key)
+        );
+        if held && mine {
+            own += 1;
+        }
+        if held && !mine {
+            other.push(String::from_utf8_lossy(key).into_owned());
+        }
+    }
+    assert!(
+        own > 0,
+        "no key fell in the newcomer's range: pick another seed"
+    );
+    assert_eq!(
+        other,
+        Vec::<String>::new(),
+        "copies outside its range reached the newcomer"
+    );
+}

@@ -20,8 +20,10 @@
 //!   replica that misses the delete keeps its tombstone, which anti-entropy brings back and a
 //!   later round collects: a tombstone coming back is harmless, a value would not be.
 //!
-//! Neither happens while the node is leaving or handing a range to a newcomer: a transfer
-//! round tells its receiver to delete the keys it sent earlier that have vanished since.
+//! Neither touches a key a transfer of ours may be moving (every key while we leave; the
+//! newcomer's part of our range during a join hand-over): a transfer round tells its receiver
+//! to delete the keys it sent earlier that have vanished since. Strays of other ranges are never
+//! in a join hand-over, so they are handed off meanwhile.
 //!
 //! What makes collection safe is the grace period: a node that was down or cut off for longer
 //! (or a stray not handed off within it) may still hold a value whose tombstone is gone, and
@@ -72,13 +74,13 @@ impl<S: Storage> Kv<S> {
         from: Id,
         until: Id,
     ) {
-        if self.moving_keys(ring) {
-            return;
-        }
         let mut items = match self.storage.scan_range(from, until, SYNC_BATCH) {
             Ok(items) => items,
             Err(error) => return io.report(Event::StorageError { error }),
         };
+        // A transfer round tells its receiver to delete the keys it sent that vanished here
+        // since: none of those is collected meanwhile.
+        items.retain(|(k, _)| !self.moving_key(ring, Id::hash(k)));
         // Within the byte budget of a transfer round too (one item at least).
         let mut bytes = 0;
         let fits = items
@@ -186,12 +188,11 @@ impl<S: Storage> Kv<S> {
         let Ok(Response::HandedOff { keys, states }) = response else {
             return;
         };
-        // A transfer in flight tells its receiver to delete what vanished here: keep all.
-        let confirmed: BTreeSet<Vec<u8>> = if self.moving_keys(ring) {
-            BTreeSet::new()
-        } else {
-            keys.into_iter().collect()
-        };
+        // A transfer in flight tells its receiver to delete what vanished here: keep those.
+        let confirmed: BTreeSet<Vec<u8>> = keys
+            .into_iter()
+            .filter(|k| !self.moving_key(ring, Id::hash(k)))
+            .collect();
         let sent: BTreeMap<Vec<u8>, u64> = sent.into_iter().collect();
         let mut collected = 0;
         for (key, digest) in &sent {
@@ -339,10 +340,10 @@ impl<S: Storage> Kv<S> {
         commit: bool,
     ) -> Result<Response> {
         let mut keys = Vec::new();
-        if self.moving_keys(ring) {
-            return Ok(Response::Reaped { keys });
-        }
         for (key, digest) in items {
+            if self.moving_key(ring, Id::hash(&key)) {
+                continue;
+            }
             match self.storage.get(&key)? {
                 Some(v) if state_digest(&v) == digest => {
                     if commit {

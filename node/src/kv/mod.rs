@@ -26,14 +26,18 @@
 //!
 //! KEYS ON JOIN AND LEAVE
 //!
-//! When the ring reports a newcomer `m` before us ([`Notice::Newcomer`]), we hand over every key
-//! in `(n, m]` (all we hold outside our new range `(m, n]`) in rounds (`kv/transfer.rs`), and tell the
-//! ring to adopt `m` only when a whole round finds nothing left to send. Until then we keep
-//! serving those keys, so reads never see a gap. A round sends what changed since the last
-//! acknowledged round, including deletes, and we remove our copies only after `m` acknowledged
-//! storing them: an interrupted move loses nothing. A round whose answer was lost leaves its
-//! keys marked "maybe held", so a retry to the same node resends or deletes them and nothing
-//! stale stays visible. We keep our copies after a join hand-over, being one of `m`'s replicas.
+//! When the ring reports a newcomer `m` between our predecessor `p` and us
+//! ([`Notice::Newcomer`]), we hand over the keys of `(p, m]`, the part of our range it takes,
+//! in rounds (`kv/transfer.rs`), and tell the ring to adopt `m` only when a whole round finds
+//! nothing left to send. Until then we keep serving those keys, so reads never see a gap. A
+//! round sends what changed since the last acknowledged round, including deletes, and we remove
+//! our copies only after `m` acknowledged storing them: an interrupted move loses nothing. A
+//! round whose answer was lost leaves its keys marked "maybe held", so a retry to the same node
+//! resends or deletes them and nothing stale stays visible. We keep our copies after a join
+//! hand-over, being one of `m`'s replicas. Nothing else goes to `m`: the copies it should hold as
+//! a replica of its predecessors' keys come from their owners (writes, then anti-entropy), and
+//! the strays we may hold of older rings stay ours to hand to their owners. Handing those over
+//! too would multiply strays, and every stray must reach its owner before a tombstone may go.
 //!
 //! A graceful leave hands all keys to the successor the same way, then the ring tells both
 //! neighbours. If the successor has meanwhile adopted a newer predecessor it answers
@@ -608,6 +612,13 @@ impl<S: Storage> Kv<S> {
     /// collected meanwhile.
     fn moving_keys(&self, ring: &Ring) -> bool {
         ring.is_leaving() || self.transfer.is_some()
+    }
+
+    /// Whether a transfer may be moving the key with id `id`: all of them while we leave, those
+    /// in the newcomer's part of our range during a join hand-over. Such a copy is not collected
+    /// meanwhile; the others (strays of other ranges, copies we keep as a replica) may be.
+    fn moving_key(&self, ring: &Ring, id: Id) -> bool {
+        ring.is_leaving() || self.transfer.as_ref().is_some_and(|t| t.covers(id))
     }
 
     /// Whether `node` is one of the nodes that keep copies of our keys (ourselves or one of

@@ -4,7 +4,7 @@
 
 use super::{Event, Kv, KvIo, Purpose};
 use crate::error::{Error, Result};
-use crate::id::{Id, distance, in_open};
+use crate::id::{Id, distance, in_half_open, in_open};
 use crate::message::{NodeRef, Request, Response};
 use crate::ring::Ring;
 use crate::storage::Storage;
@@ -21,8 +21,9 @@ const MAYBE_HELD: u64 = 0;
 
 #[derive(Clone, Debug)]
 enum TransferGoal {
-    /// Hand `(self, to]` to a newcomer that notified us, then have the ring adopt it.
-    Join,
+    /// Hand the newcomer `to` the part of our range it takes over, `(from, to]` (`from` is
+    /// where our range started), then have the ring adopt it.
+    Join { from: Id },
     /// Hand everything to the successor, then leave.
     Leave,
 }
@@ -45,6 +46,16 @@ pub(super) struct Transfer {
     in_flight: Option<Round>,
 }
 
+impl Transfer {
+    /// Whether this transfer hands over the key with id `id`.
+    pub(super) fn covers(&self, id: Id) -> bool {
+        match self.goal {
+            TransferGoal::Join { from } => in_half_open(from, self.to.id, id),
+            TransferGoal::Leave => true,
+        }
+    }
+}
+
 impl<S: Storage> Kv<S> {
     /// The ring would adopt `node` as our predecessor: hand it `(self, node]` first, one
     /// hand-over at a time (the newcomer notifies again next round).
@@ -54,9 +65,20 @@ impl<S: Storage> Kv<S> {
         }
         // Resume what an interrupted hand-over to this same node left it holding.
         let sent = self.aborted.remove(&node.id).unwrap_or_default();
+        // Only what the newcomer will own: copies we hold of other ranges (replicas of our
+        // predecessors' keys, strays of older rings) are not its business. Its owners'
+        // anti-entropy fills it as a replica, and strays must not multiply: each copy of a
+        // stray is one more that must reach its owner before a tombstone may be collected.
+        // A node that never had a predecessor (or a newcomer outside the range it had) hands
+        // over everything but what it keeps, `(self, newcomer]`.
+        let from = ring
+            .range_start()
+            .map(|p| p.id)
+            .filter(|start| in_open(*start, self.me.id, node.id))
+            .unwrap_or(self.me.id);
         self.transfer = Some(Transfer {
             to: node,
-            goal: TransferGoal::Join,
+            goal: TransferGoal::Join { from },
             sent,
             in_flight: None,
         });
@@ -118,10 +140,11 @@ impl<S: Storage> Kv<S> {
         }
     }
 
-    /// The ring arc a transfer hands over: `(self, to]` for a newcomer, everything for a leave.
+    /// The ring arc a transfer hands over: the newcomer's part of our range for a join,
+    /// everything for a leave.
     fn transfer_range(&self, t: &Transfer) -> (Id, Id) {
         match t.goal {
-            TransferGoal::Join => (self.me.id, t.to.id),
+            TransferGoal::Join { from } => (from, t.to.id),
             TransferGoal::Leave => (self.me.id, self.me.id),
         }
     }
@@ -230,7 +253,7 @@ impl<S: Storage> Kv<S> {
                     TransferGoal::Leave => self.begin_leave_transfer(ring, io),
                     // A newcomer that failed mid-transfer notifies again if it is alive; we kept
                     // every key, so nothing was lost, and what it may hold is remembered.
-                    TransferGoal::Join => {
+                    TransferGoal::Join { .. } => {
                         if self.aborted.len() >= MAX_ABORTED {
                             // Forget the farthest receiver: the nearest are the likeliest to be
                             // adopted next. What it may hold stays invisible unless it becomes
@@ -258,7 +281,7 @@ impl<S: Storage> Kv<S> {
         let (from, to) = self.transfer_range(&t);
         // Everything in the arc is now acknowledged by the receiver, unchanged since. A node
         // that hands a newcomer its range stays one of the newcomer's replicas and keeps copies.
-        let keep = matches!(t.goal, TransferGoal::Join) && self.opts.replicas > 1;
+        let keep = matches!(t.goal, TransferGoal::Join { .. }) && self.opts.replicas > 1;
         if !keep {
             match self.storage.scan_range(from, to, usize::MAX) {
                 Ok(entries) => {
@@ -276,7 +299,7 @@ impl<S: Storage> Kv<S> {
             keys: t.sent.len() as u64,
         });
         match t.goal {
-            TransferGoal::Join => ring.adopt_predecessor(io, t.to),
+            TransferGoal::Join { .. } => ring.adopt_predecessor(io, t.to),
             TransferGoal::Leave => ring.announce_leave(io, t.to),
         }
     }

@@ -189,7 +189,7 @@ impl Ring {
         }
     }
 
-    /// The keys of `(self, newcomer]` were handed to `newcomer`: adopt it as predecessor and
+    /// The keys of its part of our range were handed to `newcomer`: adopt it as predecessor and
     /// tell it that its range, from our previous predecessor on, is its own now.
     pub fn adopt_predecessor(&mut self, io: &mut dyn RingIo, newcomer: NodeRef) {
         let start = self.range_start();

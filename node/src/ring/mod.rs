@@ -44,8 +44,8 @@
 //!
 //! OWNERSHIP AND HAND-OVER
 //!
-//! Adopting a newcomer `m` as predecessor moves the range `(n, m]` from `n` to `m`, and the keys
-//! in it must move first. So a notify that would make `n` adopt `m` does not: the ring tells the
+//! Adopting a newcomer `m` as predecessor moves the range `(p, m]` (`p`: the predecessor `n` had)
+//! from `n` to `m`, and the keys in it must move first. So a notify that would make `n` adopt `m` does not: the ring tells the
 //! layer above ([`Notice::Newcomer`]), which hands the keys over and then calls
 //! [`Ring::adopt_predecessor`]. Until then `n` keeps its predecessor and its range, so reads never
 //! see a gap. On adoption `n` tells `m` so (`Adopted`, naming where `m`'s range starts). Only then
@@ -215,8 +215,9 @@ pub enum Event {
 /// [`Ring::poll_notice`] after every input).
 #[derive(Clone, Debug, PartialEq)]
 pub enum Notice {
-    /// A newcomer between our predecessor and us asked to be adopted (Chord's notify). Its range
-    /// `(self, newcomer]` must be handed to it first; then call [`Ring::adopt_predecessor`].
+    /// A newcomer between our predecessor and us asked to be adopted (Chord's notify). The part
+    /// of our range it takes, from our predecessor to it, must be handed to it first; then call
+    /// [`Ring::adopt_predecessor`].
     Newcomer(NodeRef),
     /// A lookup started with [`Ring::lookup`] found the owner.
     Found {

@@ -328,9 +328,17 @@ mod tests {
         assert_eq!(c.check(id(10), 500, |_| true), Ok(()));
         // A suspicion from a message lost before the links healed drops a principal.
         c.set(id(10), Some(vec![id(40), id(50)]));
-        assert_eq!(c.check(id(10), 900, |_| true), Ok(()), "still within the horizon");
+        assert_eq!(
+            c.check(id(10), 900, |_| true),
+            Ok(()),
+            "still within the horizon"
+        );
         c.set(id(10), Some(vec![id(20), id(30), id(40)]));
-        assert_eq!(c.check(id(10), 1_000, |_| true), Ok(()), "settled after it: floor forms");
+        assert_eq!(
+            c.check(id(10), 1_000, |_| true),
+            Ok(()),
+            "settled after it: floor forms"
+        );
         c.set(id(10), Some(vec![id(40), id(50)]));
         assert!(c.check(id(10), 1_100, |_| true).is_err());
     }
