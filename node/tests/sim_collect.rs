@@ -4,7 +4,7 @@
 //! grace period cannot bring a deleted value back (and one away for longer does, the documented
 //! limit); and a node never issues a dot counter twice, across restarts.
 
-use chordkv_node::id::Id;
+use chordkv_node::id::{Id, in_half_open};
 use chordkv_node::message::{Request, Response};
 use chordkv_node::node::Options;
 use chordkv_node::testing::history::History;
@@ -50,6 +50,17 @@ fn write(
 
 /// A settled ring of [`NODES`] nodes that collect tombstones after `grace` ms.
 fn ring(seed: u64, grace: u64) -> Sim {
+    ring_with(
+        seed,
+        kv::Options {
+            tombstone_grace: Some(grace),
+            ..kv::Options::default()
+        },
+    )
+}
+
+/// A settled ring of [`NODES`] nodes with these data-layer options.
+fn ring_with(seed: u64, kv: kv::Options) -> Sim {
     let mut sim = Sim::new(SimOptions {
         seed,
         node: Options {
@@ -57,10 +68,7 @@ fn ring(seed: u64, grace: u64) -> Sim {
                 successors: 4,
                 ..ring::Options::default()
             },
-            kv: kv::Options {
-                tombstone_grace: Some(grace),
-                ..kv::Options::default()
-            },
+            kv,
             ..Options::default()
         },
         ..SimOptions::default()
@@ -279,23 +287,13 @@ fn a_counter_past_the_dot_lease_is_not_issued_again_after_a_restart() {
 /// collected the key's tombstone. With anti-entropy off, only the hand-over moves data here.
 #[test]
 fn a_newcomer_receives_only_the_keys_of_its_own_range() {
-    let mut sim = Sim::new(SimOptions {
-        seed: 5,
-        node: Options {
-            ring: ring::Options {
-                successors: 4,
-                ..ring::Options::default()
-            },
-            kv: kv::Options {
-                sync_interval: u64::MAX / 4,
-                ..kv::Options::default()
-            },
-            ..Options::default()
+    let mut sim = ring_with(
+        5,
+        kv::Options {
+            sync_interval: u64::MAX / 4,
+            ..kv::Options::default()
         },
-        ..SimOptions::default()
-    });
-    sim.grow(NODES, 200);
-    assert!(sim.settle(60_000), "ring did not form");
+    );
     let mut h = History::new();
     let keys: Vec<Vec<u8>> = (0..60).map(|i| format!("k{i}").into_bytes()).collect();
     for (i, key) in keys.iter().enumerate() {
@@ -320,7 +318,7 @@ fn a_newcomer_receives_only_the_keys_of_its_own_range() {
     assert!(sim.node(newcomer).is_some_and(|n| n.ring().is_installed()));
     let (mut own, mut other) = (0, Vec::new());
     for key in &keys {
-        let mine = chordkv_node::id::in_half_open(pred.id, me.id, Id::hash(key));
+        let mine = in_half_open(pred.id, me.id, Id::hash(key));
         let held = sim.holders(key).contains(&newcomer);
         assert!(
             held || !mine,
