@@ -69,13 +69,7 @@ impl<S: Storage> Kv<S> {
         // predecessors' keys, strays of older rings) are not its business. Its owners'
         // anti-entropy fills it as a replica, and strays must not multiply: each copy of a
         // stray is one more that must reach its owner before a tombstone may be collected.
-        // A node that never had a predecessor (or a newcomer outside the range it had) hands
-        // over everything but what it keeps, `(self, newcomer]`.
-        let from = ring
-            .range_start()
-            .map(|p| p.id)
-            .filter(|start| in_open(*start, self.me.id, node.id))
-            .unwrap_or(self.me.id);
+        let from = self.join_arc_start(ring, node);
         self.transfer = Some(Transfer {
             to: node,
             goal: TransferGoal::Join { from },
@@ -83,6 +77,17 @@ impl<S: Storage> Kv<S> {
             in_flight: None,
         });
         self.transfer_round(ring, io);
+    }
+
+    /// Where the part of our range that `newcomer` takes starts: where our range starts now
+    /// (a predecessor that left meanwhile makes it start earlier). A node that never had a
+    /// predecessor, or a newcomer outside the range it had, hands over everything but what it
+    /// keeps, `(self, newcomer]`.
+    fn join_arc_start(&self, ring: &Ring, newcomer: NodeRef) -> Id {
+        ring.range_start()
+            .map(|p| p.id)
+            .filter(|start| in_open(*start, self.me.id, newcomer.id))
+            .unwrap_or(self.me.id)
     }
 
     /// The receiver's side of [`Request::Transfer`].
@@ -151,6 +156,18 @@ impl<S: Storage> Kv<S> {
 
     /// Send what changed since the last acknowledged round, or finish when nothing did.
     fn transfer_round(&mut self, ring: &mut Ring, io: &mut dyn KvIo) {
+        // Every round covers the newcomer's part of our range as it is now.
+        let start = match self.transfer.as_ref() {
+            Some(t) => self.join_arc_start(ring, t.to),
+            None => return,
+        };
+        if let Some(Transfer {
+            goal: TransferGoal::Join { from },
+            ..
+        }) = self.transfer.as_mut()
+        {
+            *from = start;
+        }
         let Some(t) = self.transfer.as_ref() else {
             return;
         };
