@@ -57,8 +57,8 @@ impl Transfer {
 }
 
 impl<S: Storage> Kv<S> {
-    /// The ring would adopt `node` as our predecessor: hand it `(self, node]` first, one
-    /// hand-over at a time (the newcomer notifies again next round).
+    /// The ring would adopt `node` as our predecessor: hand it the part of our range it takes
+    /// first, one hand-over at a time (the newcomer notifies again next round).
     pub(super) fn on_newcomer(&mut self, ring: &mut Ring, io: &mut dyn KvIo, node: NodeRef) {
         if self.transfer.is_some() {
             return;
