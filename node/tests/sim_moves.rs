@@ -2,7 +2,8 @@
 //! of reads and writes — some with the context of a read, some blind (concurrent). Afterwards
 //! every key's owner and its next N − 1 successors hold the same state, and the history checker
 //! finds every acknowledged write in it, either surviving or superseded by a write that saw it
-//! (no silent loss, no resurrected delete, no phantom).
+//! (no silent loss, no resurrected delete, no phantom). `CHORDKV_SEEDS=N` runs more seeds,
+//! `CHORDKV_SEED_FROM` picks the first ([`run_seeds`]).
 
 use chordkv_node::message::{Request, Response};
 use chordkv_node::node::Options;
