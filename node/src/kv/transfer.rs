@@ -22,8 +22,9 @@ const MAYBE_HELD: u64 = 0;
 #[derive(Clone, Debug)]
 enum TransferGoal {
     /// Hand the newcomer `to` the part of our range it takes over, `(from, to]` (`from` is
-    /// where our range started), then have the ring adopt it.
-    Join { from: Id },
+    /// where our range starts; `None` when the newcomer lies outside the range we own, so
+    /// nothing of ours is its), then have the ring adopt it.
+    Join { from: Option<Id> },
     /// Hand everything to the successor, then leave.
     Leave,
 }
@@ -50,7 +51,7 @@ impl Transfer {
     /// Whether this transfer hands over the key with id `id`.
     pub(super) fn covers(&self, id: Id) -> bool {
         match self.goal {
-            TransferGoal::Join { from } => in_half_open(from, self.to.id, id),
+            TransferGoal::Join { from } => from.is_some_and(|f| in_half_open(f, self.to.id, id)),
             TransferGoal::Leave => true,
         }
     }
@@ -81,13 +82,14 @@ impl<S: Storage> Kv<S> {
 
     /// Where the part of our range that `newcomer` takes starts: where our range starts now
     /// (a predecessor that left meanwhile makes it start earlier). A node that never had a
-    /// predecessor, or a newcomer outside the range it had, hands over everything but what it
-    /// keeps, `(self, newcomer]`.
-    fn join_arc_start(&self, ring: &Ring, newcomer: NodeRef) -> Id {
-        ring.range_start()
-            .map(|p| p.id)
-            .filter(|start| in_open(*start, self.me.id, newcomer.id))
-            .unwrap_or(self.me.id)
+    /// predecessor owns everything but what it keeps, so it hands over `(self, newcomer]`; a
+    /// newcomer outside the range we own (our own predecessor notifying again after we
+    /// suspected it, say) takes nothing of ours: `None`.
+    fn join_arc_start(&self, ring: &Ring, newcomer: NodeRef) -> Option<Id> {
+        match ring.range_start() {
+            None => Some(self.me.id),
+            Some(start) => in_open(start.id, self.me.id, newcomer.id).then_some(start.id),
+        }
     }
 
     /// The receiver's side of [`Request::Transfer`].
@@ -145,12 +147,12 @@ impl<S: Storage> Kv<S> {
         }
     }
 
-    /// The ring arc a transfer hands over: the newcomer's part of our range for a join,
-    /// everything for a leave.
-    fn transfer_range(&self, t: &Transfer) -> (Id, Id) {
+    /// The ring arc a transfer hands over: the newcomer's part of our range for a join (none
+    /// if it takes nothing of ours), everything for a leave.
+    fn transfer_range(&self, t: &Transfer) -> Option<(Id, Id)> {
         match t.goal {
-            TransferGoal::Join { from } => (from, t.to.id),
-            TransferGoal::Leave => (self.me.id, self.me.id),
+            TransferGoal::Join { from } => from.map(|f| (f, t.to.id)),
+            TransferGoal::Leave => Some((self.me.id, self.me.id)),
         }
     }
 
@@ -171,8 +173,11 @@ impl<S: Storage> Kv<S> {
         let Some(t) = self.transfer.as_ref() else {
             return;
         };
-        let (from, to) = self.transfer_range(t);
-        let entries = match self.storage.scan_range(from, to, usize::MAX) {
+        let scanned = match self.transfer_range(t) {
+            Some((from, to)) => self.storage.scan_range(from, to, usize::MAX),
+            None => Ok(Vec::new()),
+        };
+        let entries = match scanned {
             Ok(entries) => entries,
             Err(error) => {
                 io.report(Event::StorageError { error });
@@ -295,11 +300,10 @@ impl<S: Storage> Kv<S> {
         let Some(t) = self.transfer.take() else {
             return;
         };
-        let (from, to) = self.transfer_range(&t);
         // Everything in the arc is now acknowledged by the receiver, unchanged since. A node
         // that hands a newcomer its range stays one of the newcomer's replicas and keeps copies.
         let keep = matches!(t.goal, TransferGoal::Join { .. }) && self.opts.replicas > 1;
-        if !keep {
+        if let Some((from, to)) = self.transfer_range(&t).filter(|_| !keep) {
             match self.storage.scan_range(from, to, usize::MAX) {
                 Ok(entries) => {
                     for (k, _) in entries {
