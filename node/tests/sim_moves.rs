@@ -117,11 +117,13 @@ fn moves_lose_no_acknowledged_write_under_message_loss() {
 
 /// Seeds that once brought a deleted value back: 330 before the ring/data split (issue 13), 396
 /// and 1891 after it (the split kept every output but ordered a tick's timers ring first, which
-/// moved the failure to other seeds). In each, a stale stray copy of a deleted key outlived the
-/// tombstone's grace period, spread by join hand-overs that gave newcomers every copy their
-/// successor held; it reached the owner after the tombstone was collected. A hand-over now gives
-/// a newcomer only its own range (`sim_collect::a_newcomer_receives_only_the_keys_of_its_own_range`
-/// fails without that), and stray copies are handed off even while a join hand-over runs.
+/// moved the failure to other seeds). In each, a stale stray copy of a deleted key was spread by
+/// join hand-overs that gave newcomers every copy their successor held, and a copy reached the
+/// owner after the tombstone was collected. A hand-over now gives a newcomer only its own range
+/// (`sim_collect::a_newcomer_receives_only_the_keys_of_its_own_range` fails without that). Not
+/// yet ruled out: a stray kept by the node that held it (a replica that left the key's
+/// preference list before the delete) can still outlive the grace period; 5,000 seeds found two
+/// such runs (issue 13's note).
 #[test]
 fn seeds_that_once_resurrected_a_delete_stay_deleted() {
     for seed in [330, 396, 1891] {
