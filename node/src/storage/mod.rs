@@ -365,6 +365,19 @@ mod tests {
     }
 
     #[test]
+    fn sled_reopens_at_once_after_a_drop() -> Result<()> {
+        // sled's background writers can keep the lock for a moment after a drop (CI once failed
+        // on it, rarely reproducible alone); open waits it out.
+        let dir = TempDir::new()?;
+        for round in 0..50u8 {
+            let mut s = SledStorage::open(dir.path())?;
+            assert_eq!(s.len()?, u64::from(round));
+            s.put(&[round], b"v")?;
+        }
+        Ok(())
+    }
+
+    #[test]
     fn sled_refuses_a_locked_dir_and_names_it() -> Result<()> {
         let (held, dir) = sled();
         let err = SledStorage::open(dir.path()).expect_err("the dir is locked by `held`");

@@ -20,15 +20,23 @@
 //!
 //! sled's on-disk format is not stable across sled versions: a directory written by 0.34 must be
 //! read by 0.34. sled holds an exclusive `flock` on its files, so a second open of the same
-//! directory (from this process or another) fails instead of corrupting it.
+//! directory (from this process or another) fails instead of corrupting it. Dropping a database
+//! does not always release that lock at once: sled's background I/O jobs can still hold the files
+//! for a moment, so a reopen from the same process right after a drop can find the directory
+//! locked (CI saw it once).
+//! [`SledStorage::open`] therefore waits up to `LOCK_WAIT` for a lock to go before it fails.
 
 use std::fmt;
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use super::{Storage, id_spans};
 use crate::id::Id;
 use crate::{Error, Result};
+
+/// How long [`SledStorage::open`] waits for another handle's lock on the directory to be released.
+const LOCK_WAIT: Duration = Duration::from_secs(2);
 
 /// Width of the id prefix of every key in the `data` tree.
 const ID_LEN: usize = 20;
@@ -52,16 +60,30 @@ impl SledStorage {
     ///
     /// # Errors
     /// [`Error::Io`] naming `dir` if sled cannot open it, e.g. because another process (or another
-    /// `SledStorage` in this one) holds its lock; [`Error::InvalidData`] if a stored key is
-    /// malformed.
+    /// `SledStorage` in this one) holds its lock for longer than two seconds;
+    /// [`Error::InvalidData`] if a stored key is malformed.
     pub fn open(dir: &Path) -> Result<SledStorage> {
-        // sled's default page cache may grow to 1 GiB per database; a node keeps a small one so
-        // that several nodes (and test rings) share a host comfortably.
-        let db = sled::Config::new()
-            .path(dir)
-            .cache_capacity(64 << 20)
-            .open()
-            .map_err(|e| Error::Io(format!("opening sled database in {}: {e}", dir.display())))?;
+        let deadline = Instant::now() + LOCK_WAIT;
+        let db = loop {
+            // sled's default page cache may grow to 1 GiB per database; a node keeps a small one
+            // so that several nodes (and test rings) share a host comfortably.
+            match sled::Config::new()
+                .path(dir)
+                .cache_capacity(64 << 20)
+                .open()
+            {
+                Ok(db) => break db,
+                Err(sled::Error::Io(e)) if is_lock_contention(&e) && Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                Err(e) => {
+                    return Err(Error::Io(format!(
+                        "opening sled database in {}: {e}",
+                        dir.display()
+                    )));
+                }
+            }
+        };
         let data = db.open_tree("data")?;
         let meta = db.open_tree("meta")?;
         let mut len = 0u64;
@@ -92,6 +114,12 @@ impl fmt::Debug for SledStorage {
             .field("len", &self.len)
             .finish_non_exhaustive()
     }
+}
+
+/// Whether sled failed to open because another handle holds the directory's lock. sled 0.34
+/// reports it as an `Other` error whose message says so (the `flock` error inside is only text).
+fn is_lock_contention(e: &std::io::Error) -> bool {
+    e.kind() == std::io::ErrorKind::WouldBlock || e.to_string().contains("could not acquire lock")
 }
 
 /// The `data` tree key for `key`: its ring id, then its bytes.
