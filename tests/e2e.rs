@@ -352,9 +352,29 @@ fn a_lone_node_is_a_consistent_ring() {
 }
 
 #[test]
+fn a_lone_node_on_the_defaults_refuses_writes_and_says_why() {
+    // N = 3, W = 2: one node holds one copy, and W is never shrunk to fit.
+    let mut cluster = Cluster::new();
+    let node = cluster.start_node(None, &["--request-timeout-ms", "1000"]);
+    let out = cluster.kvctl(node, &["put", "solo", "one copy"]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert_one_error_line(&out);
+    let err = stderr(&out);
+    assert!(
+        err.contains("needs 2 copies") && err.contains("only 1"),
+        "{err}"
+    );
+    // The request asked for one copy: that the client may choose.
+    assert_prints(
+        &cluster.kvctl(node, &["--r", "1", "--w", "1", "put", "solo", "one copy"]),
+        b"ok\n",
+    );
+}
+
+#[test]
 fn lone_node_restarted_alone_serves_its_data() {
     let mut cluster = Cluster::new();
-    let node = cluster.start_node(None, &[]);
+    let node = cluster.start_node(None, &["--replicas", "1"]);
     assert_prints(
         &cluster.kvctl(node, &["put", "solo", "still here"]),
         b"ok\n",
@@ -432,7 +452,8 @@ fn assert_serving(cluster: &Cluster, i: usize, after: &str) {
 #[test]
 fn bad_input_leaves_the_node_serving() {
     let mut cluster = Cluster::new();
-    let node = cluster.start_node(None, &["--max-value-bytes", "1024"]);
+    // Alone, a node keeps one copy only when told to (`--replicas 1`).
+    let node = cluster.start_node(None, &["--max-value-bytes", "1024", "--replicas", "1"]);
     let addr = cluster.addr(node);
     assert_serving(&cluster, node, "start");
     let hello = wire::encode_hello(Role::Client);

@@ -14,6 +14,7 @@
 #[allow(dead_code)]
 mod common;
 
+use chordkv_node::id::in_half_open;
 use chordkv_node::message::{Request, Response};
 use chordkv_node::version::Versioned;
 use common::{CLIENT_TIMEOUT, CONVERGE, Cluster, put_all, wait_until};
@@ -635,6 +636,88 @@ fn two_adjacent_nodes_killed_reads_are_served_by_the_third_replica() {
     let survivors = without(&all, &[a, b]);
     cluster.wait_for_ring(&survivors);
     assert_exact(&cluster, &survivors, &data);
+}
+
+#[test]
+fn a_write_that_cannot_reach_w_copies_is_refused_never_acknowledged_with_fewer() {
+    // W = 2 of N = 3. With two nodes dead the survivor holds the only reachable copy: from the
+    // kill, through the failure detector emptying its successor list, to the ring of one after,
+    // no write may be acknowledged (blind writes, so no read stands in the way).
+    let mut cluster = Cluster::start_with(
+        3,
+        &[&DETECTOR[..], &["--request-timeout-ms", "1500"]].concat(),
+    );
+    let all = cluster.all();
+    cluster.wait_for_ring(&all);
+    let client = cluster.client(0);
+    let blind = VersionVector::new();
+    cluster
+        .block_on(client.write(b"before", b"two copies", &blind))
+        .expect("a write while all three nodes run");
+    // Keys in the survivor's own range. (It goes on owning only that range: it cannot tell its
+    // dead predecessor from a cut-off one, so other keys get `WrongOwner`, not a write either.)
+    let status = cluster.status(0).expect("node 0 answers");
+    let pred = status.pred.expect("a ring of three has predecessors").id;
+    let mut own_keys = (0..)
+        .map(|i| format!("after-the-kill-{i}"))
+        .filter(|k| in_half_open(pred, status.node.id, Id::hash(k.as_bytes())));
+
+    let clock = Instant::now();
+    cluster.kill_node(1);
+    cluster.kill_node(2);
+    let mut refused: BTreeMap<String, usize> = BTreeMap::new();
+    let mut alone_since = None;
+    let mut last = None;
+    for i in 0.. {
+        let key = own_keys.next().expect("endless");
+        match cluster.block_on(client.write(key.as_bytes(), b"one copy?", &blind)) {
+            Ok(w) => panic!(
+                "{key} acknowledged ({:?}) {:.2?} after two of the three nodes died",
+                w.dot,
+                clock.elapsed()
+            ),
+            Err(e) => {
+                *refused.entry(error_kind(&e)).or_default() += 1;
+                last = Some(e);
+            }
+        }
+        if alone_since.is_none() && cluster.converged(&[0]).is_ok() {
+            alone_since = Some(i);
+        }
+        // A few more once the survivor knows it is alone: the steady state, not the transition.
+        if alone_since.is_some_and(|since| i >= since + 3) {
+            break;
+        }
+        assert!(
+            clock.elapsed() < CONVERGE,
+            "the survivor never saw itself alone"
+        );
+    }
+    println!(
+        "refused while and after the ring shrank to one ({:.2?}): {refused:?}",
+        clock.elapsed()
+    );
+    let last = last.expect("at least one write was tried");
+    let message = last.to_string();
+    assert!(
+        matches!(last, Error::Unavailable(_))
+            && message.contains("needs 2 copies")
+            && message.contains("only 1 can be reached"),
+        "the steady-state refusal says what is missing: {message}"
+    );
+    // What was acknowledged before is still there, and a write succeeds once a replica is back.
+    cluster.restart_node(1, Some(0));
+    cluster.wait_for_ring(&[0, 1]);
+    assert_eq!(
+        cluster
+            .block_on(client.read(b"before"))
+            .expect("read")
+            .values,
+        [b"two copies".to_vec()]
+    );
+    cluster
+        .block_on(client.write(b"after-the-restart", b"two copies", &blind))
+        .expect("a write with two nodes up");
 }
 
 #[test]

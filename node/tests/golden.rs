@@ -6,7 +6,9 @@
 //! files, to be reviewed as a diff.
 //!
 //! Commands (nodes are named `n0`, `n1`, … in the order they were added):
-//! - `options successors=R seed=S drop=P` — before the first node: simulator settings.
+//! - `options successors=R seed=S drop=P w=W r=R` — before the first node: simulator settings
+//!   and quorums (a script that writes to a node alone sets `w=1 r=1`: the default quorum of two
+//!   is a floor, so a lone node refuses writes).
 //! - `node` — a node that starts a ring of its own.
 //! - `join [via]` — a node joining through `via` (default `n0`), without running time.
 //! - `ring N` — N more nodes joining through `n0` one after another, then `settle`.
@@ -68,6 +70,8 @@ impl Runner {
                         "successors" => self.opts.node.ring.successors = v.parse().expect("number"),
                         "seed" => self.opts.seed = v.parse().expect("number"),
                         "drop" => self.opts.drop_rate = v.parse().expect("probability"),
+                        "w" => self.opts.node.kv.write_quorum = v.parse().expect("number"),
+                        "r" => self.opts.node.kv.read_quorum = v.parse().expect("number"),
                         other => panic!("unknown option {other}"),
                     }
                 }

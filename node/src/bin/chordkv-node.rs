@@ -71,12 +71,14 @@ struct Args {
     /// Copies of every key (N).
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..=16))]
     replicas: u16,
-    /// Copies stored before a write is acknowledged (W), 1..=N.
-    #[arg(long, default_value_t = 2)]
-    write_quorum: u16,
-    /// Copies merged before a read answers (R), 1..=N.
-    #[arg(long, default_value_t = 2)]
-    read_quorum: u16,
+    /// Copies stored before a write is acknowledged (W), 1..=N; default a majority of N (2 of
+    /// 3). A floor: a write that cannot reach W copies fails, it is never acknowledged with fewer.
+    /// So a node alone refuses writes unless run with `--replicas 1`.
+    #[arg(long)]
+    write_quorum: Option<u16>,
+    /// Copies merged before a read answers (R), 1..=N; default a majority of N. A floor, like W.
+    #[arg(long)]
+    read_quorum: Option<u16>,
     /// How long to wait for a peer's answer, ms.
     #[arg(long, default_value_t = 1000)]
     rpc_timeout_ms: u64,
@@ -125,18 +127,6 @@ fn main() -> ExitCode {
 
 fn run(args: Args) -> Result<(), String> {
     let advertise = args.advertise.unwrap_or(args.listen);
-    for (name, q) in [
-        ("--write-quorum", args.write_quorum),
-        ("--read-quorum", args.read_quorum),
-    ] {
-        if q == 0 || q > args.replicas {
-            return Err(format!(
-                "{name} {q} is outside 1..={}: a quorum counts copies of a key, of which there are \
-                 --replicas",
-                args.replicas
-            ));
-        }
-    }
     if advertise.ip().is_unspecified() {
         return Err(format!(
             "cannot advertise {advertise}: peers need a reachable address; pass --advertise HOST:PORT"
@@ -157,6 +147,8 @@ fn run(args: Args) -> Result<(), String> {
         _ => Durability::Group,
     };
     let heartbeat_ms = args.heartbeat_ms.max(1);
+    let replicas = usize::from(args.replicas);
+    let majority = kv::Options::majority(replicas);
     config.node = Options {
         ring: ring::Options {
             successors: usize::from(args.successors),
@@ -177,14 +169,15 @@ fn run(args: Args) -> Result<(), String> {
             // Hinted writes go out at the pace of the heartbeats that notice a replica is back.
             hint_interval: heartbeat_ms,
             tombstone_grace: (args.tombstone_grace_ms > 0).then_some(args.tombstone_grace_ms),
-            replicas: usize::from(args.replicas),
-            write_quorum: usize::from(args.write_quorum),
-            read_quorum: usize::from(args.read_quorum),
+            replicas,
+            write_quorum: args.write_quorum.map_or(majority, usize::from),
+            read_quorum: args.read_quorum.map_or(majority, usize::from),
             request_timeout: args.request_timeout_ms.max(1),
             ..kv::Options::default()
         },
         seed: rand_seed(),
     };
+    config.node.kv.validate().map_err(|e| e.to_string())?;
     // A frame must carry the largest key and value plus the message around them.
     let max_frame = (args.max_key_bytes + args.max_value_bytes + (64 << 10))
         .clamp(Limits::default().max_frame, HARD_MAX_FRAME);

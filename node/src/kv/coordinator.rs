@@ -33,12 +33,15 @@ const MAX_APPLIED: usize = 1 << 16;
 pub(super) struct ClientOp {
     conn: ConnId,
     id: RequestId,
-    request: Request,
+    request: Box<Request>,
     deadline: u64,
     /// Owners that did not answer: later lookups for this request route around them.
     avoid: BTreeSet<Id>,
     /// Kept across retries so the owner applies the write at most once.
     write_id: WriteId,
+    /// Why the last attempt failed: what the client hears if the deadline passes before a
+    /// retry (a bare "timed out" would hide it).
+    last_error: Option<Box<Error>>,
 }
 
 impl ClientOp {
@@ -53,10 +56,11 @@ impl ClientOp {
         ClientOp {
             conn,
             id,
-            request,
+            request: Box::new(request),
             deadline,
             avoid: BTreeSet::new(),
             write_id,
+            last_error: None,
         }
     }
 }
@@ -105,10 +109,13 @@ impl<S: Storage> Kv<S> {
 
     pub(super) fn start_client_op(&mut self, ring: &mut Ring, io: &mut dyn KvIo, op: ClientOp) {
         if io.now() >= op.deadline {
-            let e = Error::Timeout("the ring did not settle in time; retry".into());
+            let e = op.last_error.map_or_else(
+                || Error::Timeout("the ring did not settle in time; retry".into()),
+                |e| *e,
+            );
             return io.respond(op.conn, op.id, Err(e));
         }
-        let key = match &op.request {
+        let key = match &*op.request {
             Request::Get { key, .. } | Request::Put { key, .. } | Request::Delete { key, .. } => {
                 key
             }
@@ -130,7 +137,7 @@ impl<S: Storage> Kv<S> {
         op: ClientOp,
         owner: NodeRef,
     ) {
-        let store = match op.request.clone() {
+        let store = match (*op.request).clone() {
             Request::Get { key, r } => Request::StoreGet { key, r },
             Request::Put {
                 key,
@@ -207,11 +214,12 @@ impl<S: Storage> Kv<S> {
         }
     }
 
-    pub(super) fn retry_client_op(&mut self, io: &mut dyn KvIo, op: ClientOp, error: Error) {
+    pub(super) fn retry_client_op(&mut self, io: &mut dyn KvIo, mut op: ClientOp, error: Error) {
         let at = io.now() + self.opts.retry_delay;
         if at >= op.deadline {
             return io.respond(op.conn, op.id, Err(error));
         }
+        op.last_error = Some(Box::new(error));
         let n = io.next_op();
         self.retries.insert((at, n), op);
     }
@@ -231,18 +239,34 @@ impl<S: Storage> Kv<S> {
 
     // ---------------------------------------------------------------- quorum writes
 
-    /// How many replicas (besides us) a request must hear from. A quorum the client asked for
-    /// is kept as asked (an error if it cannot be met: too few nodes); the default quorum shrinks
-    /// to the copies that exist, so a ring smaller than N (a single node, say) still works.
-    fn replicas_needed(&self, asked: Option<u8>, default: usize, targets: usize) -> Result<usize> {
-        match asked {
-            Some(q) if usize::from(q) > 1 + targets => Err(Error::Unavailable(format!(
-                "{q} copies were asked for and only {} nodes are reachable",
+    /// How many replicas (besides us) a request must hear from: the quorum the client asked
+    /// for, or the configured one, minus our own copy. Either is a floor, never shrunk to what
+    /// is reachable: a request whose quorum exceeds the copies it can reach right now (this node
+    /// and its live successors, at most `N`) is refused before anything is applied, with an
+    /// error that says how many it could reach. A partition, a false suspicion or a ring smaller
+    /// than the quorum therefore makes writes unavailable rather than less durable than promised.
+    fn replicas_needed(
+        &self,
+        what: &str,
+        asked: Option<u8>,
+        configured: usize,
+        targets: usize,
+    ) -> Result<usize> {
+        let quorum = asked.map_or(configured, usize::from).max(1);
+        if quorum > 1 + targets {
+            let why = if asked.is_some() {
+                "asked for"
+            } else {
+                "configured"
+            };
+            return Err(Error::Unavailable(format!(
+                "this {what} needs {quorum} copies ({why}) and only {} can be reached right \
+                 now (this node and its live successors); retry when the ring has repaired, or \
+                 use a smaller quorum",
                 1 + targets
-            ))),
-            Some(q) => Ok(usize::from(q).max(1) - 1),
-            None => Ok(default.clamp(1, 1 + targets) - 1),
+            )));
         }
+        Ok(quorum - 1)
     }
 
     /// Coordinate a write as the owner: store our new version, replicate it, answer at `W`.
@@ -268,7 +292,7 @@ impl<S: Storage> Kv<S> {
         }
         // Refuse before applying anything: a write that cannot get the copies it asks for.
         let targets = self.replica_targets(ring);
-        let needed = match self.replicas_needed(w, self.opts.write_quorum, targets.len()) {
+        let needed = match self.replicas_needed("write", w, self.opts.write_quorum, targets.len()) {
             Ok(n) => n,
             Err(e) => return self.answer(io, responder, Err(e)),
         };
@@ -402,7 +426,7 @@ impl<S: Storage> Kv<S> {
             Err(e) => return self.answer(io, responder, Err(e)),
         };
         let targets = self.replica_targets(ring);
-        let needed = match self.replicas_needed(r, self.opts.read_quorum, targets.len()) {
+        let needed = match self.replicas_needed("read", r, self.opts.read_quorum, targets.len()) {
             Ok(n) => n,
             Err(e) => return self.answer(io, responder, Err(e)),
         };

@@ -52,15 +52,17 @@
 //!
 //! CAVEATS
 //!
-//! In a ring with fewer than `N` nodes a key has fewer copies; the default quorums shrink to what
-//! exists and the node says so ([`crate::message::NodeStatus::replicas`]). Each side of a
-//! partition forms a ring of its own and cannot tell that from a small ring: its owners
-//! acknowledge writes with the copies their side has, which merge back after the heal but are
-//! fewer than W until then. (A node cut off alone keeps only the range it owned before, so it
-//! refuses writes for other keys until its request deadline.) A client that needs W copies
-//! whatever happens passes `w` (and `r`) explicitly: an explicit quorum is never shrunk, and a
-//! request that cannot meet it fails. Values are compared across transfer rounds by a 64-bit
-//! hash.
+//! W and R are floors. A key's copies are its owner and the owner's first `N − 1` live
+//! successors (a suspected successor is skipped and the next one stands in, Dynamo's sloppy
+//! quorum in ring form), and a request whose quorum exceeds the copies it can reach is refused
+//! before anything is applied, never acknowledged with fewer: a ring smaller than W, a partition
+//! that leaves a side too small, or a node that suspects all its successors makes writes
+//! unavailable there rather than less durable. A ring with fewer than `N` nodes (but at least W)
+//! keeps fewer copies and says so ([`crate::message::NodeStatus::replicas`]). Each side of a
+//! partition that is large enough forms a ring of its own and keeps accepting writes, which
+//! merge as siblings after the heal; a node cut off alone reaches one copy and refuses writes
+//! (with W > 1). A client may pass `w` (and `r`) for one request; it is kept the same way. Values
+//! are compared across transfer rounds by a 64-bit hash.
 //!
 //! # Call contract
 //!
@@ -93,9 +95,10 @@ mod transfer;
 pub struct Options {
     /// Copies of every key, N: the owner and its next N − 1 successors.
     pub replicas: usize,
-    /// Copies that must be stored before a write is acknowledged, W (1..=N).
+    /// Copies that must be stored before a write is acknowledged, W (1..=N). A floor: a write
+    /// that cannot reach W copies is refused, never acknowledged with fewer.
     pub write_quorum: usize,
-    /// Copies a read merges before it answers, R (1..=N).
+    /// Copies a read merges before it answers, R (1..=N). A floor, like W.
     pub read_quorum: usize,
     /// How long a client request may take in all, retries included, in ms.
     pub request_timeout: u64,
@@ -118,6 +121,35 @@ pub struct Options {
     pub tombstone_grace: Option<u64>,
     /// Bounds on siblings and clock size per key.
     pub versions: VersionLimits,
+}
+
+impl Options {
+    /// A majority of `replicas`: the default W and R, so that `R + W > N`.
+    pub fn majority(replicas: usize) -> usize {
+        replicas / 2 + 1
+    }
+
+    /// Checks that the quorums fit the replication factor.
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] naming the first quorum outside `1..=N`.
+    pub fn validate(&self) -> Result<()> {
+        if self.replicas == 0 {
+            return Err(Error::InvalidInput(
+                "replicas (N) must be at least 1".into(),
+            ));
+        }
+        for (name, q) in [("write", self.write_quorum), ("read", self.read_quorum)] {
+            if q == 0 || q > self.replicas {
+                return Err(Error::InvalidInput(format!(
+                    "the {name} quorum {q} is outside 1..={}: a quorum counts copies of a key, of \
+                     which there are N = {}",
+                    self.replicas, self.replicas
+                )));
+            }
+        }
+        Ok(())
+    }
 }
 
 impl Default for Options {
