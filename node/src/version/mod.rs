@@ -328,12 +328,30 @@ pub struct Versioned {
     pruned: u64,
     /// Recent client writes applied to the key and the dots they got, so that a coordinator's
     /// retry is not applied twice even when it reaches another owner (which holds this state as
-    /// a replica). At most [`APPLIED_PER_ACTOR`] per actor, the highest counters.
-    applied: BTreeMap<WriteId, Dot>,
+    /// a replica). At most [`APPLIED_PER_COORDINATOR`] per coordinator, the newest.
+    applied: BTreeMap<WriteId, Applied>,
 }
 
-/// How many applied write ids a key remembers per actor (see [`Versioned::applied_dot`]).
-pub const APPLIED_PER_ACTOR: usize = 4;
+/// The dots one client write got: the one a state keeps, and the others it got where a retry
+/// reached another owner, which merges recognised as the same write and dropped.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+struct Applied {
+    dot: Dot,
+    /// Sorted, without `dot`; at most [`MAX_FORMS`] − 1.
+    also: Vec<Dot>,
+}
+
+/// Most dots one write id's [`Applied`] remembers (a write retried at that many owners).
+const MAX_FORMS: usize = 4;
+
+impl Applied {
+    fn forms(&self) -> impl Iterator<Item = Dot> + '_ {
+        std::iter::once(self.dot).chain(self.also.iter().copied())
+    }
+}
+
+/// How many applied write ids a key remembers per coordinator (see [`Versioned::applied_dot`]).
+pub const APPLIED_PER_COORDINATOR: usize = 4;
 
 /// Identifies one client write across its coordinator's retries.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -353,7 +371,7 @@ struct VersionedRepr {
     context: VersionVector,
     siblings: Vec<Sibling>,
     pruned: u64,
-    applied: BTreeMap<WriteId, Dot>,
+    applied: BTreeMap<WriteId, Applied>,
 }
 
 impl TryFrom<VersionedRepr> for Versioned {
@@ -421,7 +439,15 @@ impl Versioned {
     /// `u64::MAX` (possible only from a forged context) saturates.
     pub fn write(&mut self, actor: Id, ctx: &VersionVector, value: Option<Vec<u8>>) -> Dot {
         let dot = Dot::new(actor, self.next_counter(&actor, ctx).unwrap_or(u64::MAX));
-        self.siblings.retain(|s| !ctx.covers(&s.dot));
+        // A write applied under several dots is replaced under all if the context saw one.
+        let mut replaced: BTreeSet<Dot> = BTreeSet::new();
+        for a in self.applied.values().filter(|a| !a.also.is_empty()) {
+            if a.forms().any(|d| ctx.covers(&d)) {
+                replaced.extend(a.forms());
+            }
+        }
+        self.siblings
+            .retain(|s| !ctx.covers(&s.dot) && !replaced.contains(&s.dot));
         let new = Sibling { dot, value };
         if let Err(at) = self.siblings.binary_search(&new) {
             self.siblings.insert(at, new);
@@ -475,40 +501,83 @@ impl Versioned {
     /// Synchronize with another replica's state of the same key: keep the siblings both hold,
     /// and those one holds that the other's context does not cover; join the contexts.
     /// Commutative, associative and idempotent.
+    ///
+    /// One client write applied twice (its first owner failed before answering, and the retry
+    /// reached another owner) has two dots, its *forms*, which the applied maps name. A merge
+    /// judges the write as one version. A side has replaced it if it holds none of the forms it
+    /// knows of (its own write replaced them), or if its context covers a form it neither holds
+    /// nor knows of: that coverage came from a client's context, so a write that saw the write
+    /// under one dot replaced it under every dot. Otherwise the write survives if either side
+    /// holds it, as its smallest held form, and the merged map remembers every form, so that a
+    /// later merge can tell that dropped form from a replaced one. (A duplicate is recognised
+    /// while either state remembers its write id: see [`APPLIED_PER_COORDINATOR`].)
     pub fn merge(&mut self, other: &Versioned) {
         let mine: BTreeSet<Dot> = self.dots().collect();
         let theirs: BTreeSet<Dot> = other.dots().collect();
+        // Every form of each write either side knows under more than one dot.
+        let mut forms: BTreeMap<WriteId, BTreeSet<Dot>> = BTreeMap::new();
+        for (id, a) in self.applied.iter().chain(&other.applied) {
+            forms.entry(*id).or_default().extend(a.forms());
+        }
+        forms.retain(|_, f| f.len() > 1);
+        let mut multi: BTreeSet<Dot> = BTreeSet::new();
+        for f in forms.values() {
+            multi.extend(f.iter().copied());
+        }
+        // Plain siblings: kept unless the other side's context covers them and it lacks them.
         let mut siblings = std::mem::take(&mut self.siblings);
-        siblings.retain(|s| theirs.contains(&s.dot) || !other.context.covers(&s.dot));
+        siblings.retain(|s| {
+            multi.contains(&s.dot) || theirs.contains(&s.dot) || !other.context.covers(&s.dot)
+        });
         let kept_mine = siblings.len();
         for s in &other.siblings {
-            let survives = mine.contains(&s.dot) || !self.context.covers(&s.dot);
+            let survives =
+                multi.contains(&s.dot) || mine.contains(&s.dot) || !self.context.covers(&s.dot);
             if survives && siblings[..kept_mine].binary_search(s).is_err() {
                 siblings.push(s.clone());
             }
+        }
+        // Writes with several forms: one verdict each, and at most one form kept.
+        for (id, f) in &forms {
+            let replaced_by = |state: &Versioned, held: &BTreeSet<Dot>| {
+                let known: BTreeSet<Dot> = state
+                    .applied
+                    .get(id)
+                    .map(|a| a.forms().collect())
+                    .unwrap_or_default();
+                let holds = f.iter().any(|d| held.contains(d));
+                // Coverage of a form the state does not know of came from a client's context,
+                // unless the state trimmed its entry for the write (then it came from a merge).
+                let trimmed = known.is_empty() && state.may_have_forgotten(id);
+                (!known.is_empty() && !holds)
+                    || (!trimmed
+                        && f.iter().any(|d| {
+                            !known.contains(d) && !held.contains(d) && state.context.covers(d)
+                        }))
+            };
+            let keep = if replaced_by(self, &mine) || replaced_by(other, &theirs) {
+                None
+            } else {
+                f.iter()
+                    .find(|d| mine.contains(d) || theirs.contains(d))
+                    .copied()
+            };
+            siblings.retain(|s| !f.contains(&s.dot) || Some(s.dot) == keep);
+            let dot = keep.unwrap_or_else(|| *f.first().expect("several forms"));
+            let also = f
+                .iter()
+                .copied()
+                .filter(|d| *d != dot)
+                .take(MAX_FORMS - 1)
+                .collect();
+            self.applied.insert(*id, Applied { dot, also });
         }
         siblings.sort();
         self.siblings = siblings;
         self.context.merge(&other.context);
         self.pruned = self.pruned.max(other.pruned);
-        // One client write applied twice (its first owner failed before answering, and the retry
-        // reached another owner) has two dots: keep the smaller, in both maps and siblings, so
-        // the write stays one version whichever way replicas merge.
-        let mut twice: BTreeSet<Dot> = BTreeSet::new();
-        for (id, dot) in &other.applied {
-            match self.applied.get(id).copied() {
-                Some(mine) if mine != *dot => {
-                    twice.insert(mine.max(*dot));
-                    self.applied.insert(*id, mine.min(*dot));
-                }
-                Some(_) => {}
-                None => {
-                    self.applied.insert(*id, *dot);
-                }
-            }
-        }
-        if !twice.is_empty() {
-            self.siblings.retain(|s| !twice.contains(&s.dot));
+        for (id, a) in &other.applied {
+            self.applied.entry(*id).or_insert_with(|| a.clone());
         }
         self.trim_applied();
     }
@@ -516,32 +585,58 @@ impl Versioned {
     /// The dot a client write got when it was applied here (or on a replica this state merged),
     /// if the key still remembers it: a retry of that write must not be applied again.
     pub fn applied_dot(&self, id: &WriteId) -> Option<Dot> {
-        self.applied.get(id).copied()
+        self.applied.get(id).map(|a| a.dot)
     }
 
     /// Remember that client write `id` was applied as `dot`.
     pub fn record_applied(&mut self, id: WriteId, dot: Dot) {
-        self.applied.insert(id, dot);
+        self.applied.insert(
+            id,
+            Applied {
+                dot,
+                also: Vec::new(),
+            },
+        );
         self.trim_applied();
     }
 
-    /// Keep the [`APPLIED_PER_ACTOR`] highest dots of each actor. Per actor, so that a busy
-    /// coordinator cannot push out another's recent writes; by a total order on dots, so that
+    /// Whether this state may once have remembered write `id` and trimmed it: it remembers a
+    /// full [`APPLIED_PER_COORDINATOR`] of `id`'s coordinator, all newer.
+    fn may_have_forgotten(&self, id: &WriteId) -> bool {
+        let newer = self
+            .applied
+            .keys()
+            .filter(|k| {
+                k.coordinator == id.coordinator && (k.incarnation, k.seq) > (id.incarnation, id.seq)
+            })
+            .count();
+        newer >= APPLIED_PER_COORDINATOR
+    }
+
+    /// Keep the [`APPLIED_PER_COORDINATOR`] newest write ids of each coordinator, newest by
+    /// `(incarnation, seq)`. Per coordinator, so that a busy coordinator cannot push out
+    /// another's recent writes; by the ids alone (not the dots, which merges change), so that
     /// trimming commutes with merging.
     fn trim_applied(&mut self) {
-        let mut per_actor: BTreeMap<Id, Vec<u64>> = BTreeMap::new();
-        for dot in self.applied.values() {
-            per_actor.entry(dot.actor).or_default().push(dot.counter);
+        let mut per_coordinator: BTreeMap<Id, Vec<(u64, u64)>> = BTreeMap::new();
+        for id in self.applied.keys() {
+            per_coordinator
+                .entry(id.coordinator)
+                .or_default()
+                .push((id.incarnation, id.seq));
         }
-        let mut floor: BTreeMap<Id, u64> = BTreeMap::new();
-        for (actor, mut counters) in per_actor {
-            if counters.len() > APPLIED_PER_ACTOR {
-                counters.sort_unstable_by(|a, b| b.cmp(a));
-                floor.insert(actor, counters[APPLIED_PER_ACTOR - 1]);
+        let mut floor: BTreeMap<Id, (u64, u64)> = BTreeMap::new();
+        for (coordinator, mut ids) in per_coordinator {
+            if ids.len() > APPLIED_PER_COORDINATOR {
+                ids.sort_unstable_by(|a, b| b.cmp(a));
+                floor.insert(coordinator, ids[APPLIED_PER_COORDINATOR - 1]);
             }
         }
-        self.applied
-            .retain(|_, dot| floor.get(&dot.actor).is_none_or(|&f| dot.counter >= f));
+        self.applied.retain(|id, _| {
+            floor
+                .get(&id.coordinator)
+                .is_none_or(|&f| (id.incarnation, id.seq) >= f)
+        });
     }
 
     /// Number every later dot above `floor` (for all actors), as if counters up to it had been
@@ -612,6 +707,14 @@ impl Versioned {
             }
             if !self.context.covers(&s.dot) {
                 return Err(format!("sibling dot {} not covered by the context", s.dot));
+            }
+        }
+        for a in self.applied.values() {
+            if a.also.len() >= MAX_FORMS
+                || a.also.windows(2).any(|p| p[0] >= p[1])
+                || a.also.contains(&a.dot)
+            {
+                return Err(format!("applied write {} has malformed other dots", a.dot));
             }
         }
         Ok(())

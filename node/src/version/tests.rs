@@ -214,6 +214,45 @@ fn a_write_applied_by_two_owners_merges_into_one_version() {
 }
 
 #[test]
+fn a_write_that_saw_one_form_of_a_duplicate_replaces_both() {
+    let id = WriteId {
+        coordinator: n(9),
+        incarnation: 1,
+        seq: 1,
+    };
+    // Applied by owner 1 (the smaller dot), then retried at owner 2.
+    let (mut a, mut b) = (Versioned::empty(), Versioned::empty());
+    let da = a.write(n(1), &VersionVector::new(), Some(b"old".to_vec()));
+    a.record_applied(id, da);
+    let db = b.write(n(2), &VersionVector::new(), Some(b"old".to_vec()));
+    b.record_applied(id, db);
+    assert!(da < db);
+    // A client reads it from owner 2 and replaces it there: its context covers `db` only.
+    let ctx = b.context().clone();
+    b.write(n(2), &ctx, Some(b"new".to_vec()));
+    for (x, y) in [(&a, &b), (&b, &a)] {
+        assert_eq!(
+            values(&merged(x, y)),
+            ["new"],
+            "the replaced value came back"
+        );
+    }
+    // Same through a state that merged both forms first, whichever side wrote.
+    let mut c = merged(&Versioned::empty(), &a);
+    c.merge(&{
+        let mut fresh = Versioned::empty();
+        let d = fresh.write(n(2), &VersionVector::new(), Some(b"old".to_vec()));
+        fresh.record_applied(id, d);
+        fresh
+    });
+    assert_eq!(values(&c), ["old"], "one version of the duplicate");
+    let ctx = c.context().clone();
+    c.write(n(3), &ctx, Some(b"newer".to_vec()));
+    assert_eq!(values(&merged(&c, &a)), ["newer"]);
+    assert_eq!(values(&merged(&a, &c)), ["newer"]);
+}
+
+#[test]
 fn applied_write_ids_survive_merges_and_are_bounded_per_actor() {
     let id = |c: u8, seq: u64| WriteId {
         coordinator: n(c),
@@ -240,7 +279,7 @@ fn applied_write_ids_survive_merges_and_are_bounded_per_actor() {
     let of_actor_2 = (2..20)
         .filter(|&s| b.applied_dot(&id(8, s)).is_some())
         .count();
-    assert_eq!(of_actor_2, APPLIED_PER_ACTOR);
+    assert_eq!(of_actor_2, APPLIED_PER_COORDINATOR);
     assert!(b.applied_dot(&id(8, 19)).is_some(), "the newest is kept");
     assert_eq!(b.applied_dot(&id(9, 1)), Some(d), "actor 1's id survives");
     // Trimming commutes with merging.
@@ -513,6 +552,11 @@ enum Op {
     /// In a pruning run, a replica prunes its context between writes (as a compaction
     /// might), which can drop the replica's own actor's entry.
     Prune { replica: usize },
+    /// The write `write` (modulo the writes so far) is retried at `replica`, as a coordinator
+    /// does when the first owner did not answer: same write id, context and value, applied
+    /// unless the replica's state already names the write id, and only while no later write
+    /// has replaced it.
+    Retry { replica: usize, write: usize },
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -536,12 +580,41 @@ fn op() -> impl Strategy<Value = Op> {
     ]
 }
 
-/// One write as issued: its dot, its context and its value.
+/// [`op`]s and retries of earlier writes at other replicas.
+fn op_or_retry() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        4 => op(),
+        1 => (0..REPLICAS, 0..64usize).prop_map(|(replica, write)| Op::Retry { replica, write }),
+    ]
+}
+
+/// One write as issued: its dot, its context and its value; `retried`, the dots its retries
+/// got at other replicas (the same write, one version).
 #[derive(Debug, Clone)]
 struct Issued {
     dot: Dot,
     ctx: VersionVector,
     value: Option<Vec<u8>>,
+    /// The write id its coordinator gave it (one coordinator per client).
+    id: WriteId,
+    retried: Vec<Dot>,
+}
+
+impl Issued {
+    /// The write's dots: its first application's and its retries'.
+    fn dots(&self) -> impl Iterator<Item = Dot> + '_ {
+        std::iter::once(self.dot).chain(self.retried.iter().copied())
+    }
+}
+
+/// The write id of write `seq` of `client` in a [`run`]: each client's writes go through a
+/// coordinator of their own.
+fn write_id(client: usize, seq: usize) -> WriteId {
+    WriteId {
+        coordinator: n(100 + client as u8),
+        incarnation: 1,
+        seq: seq as u64,
+    }
 }
 
 /// How a run prunes: to `bound` entries, at explicit `Op::Prune`s and, if `on_write`, after
@@ -589,10 +662,14 @@ fn run(ops: &[Op], pruning: Option<Pruning>) -> Run {
                 let out = replicas[replica]
                     .write_checked(n(replica as u8 + 1), &ctx, value.clone(), &limits)
                     .unwrap();
+                let id = write_id(client, writes.len());
+                replicas[replica].record_applied(id, out.dot);
                 writes.push(Issued {
                     dot: out.dot,
                     ctx,
                     value,
+                    id,
+                    retried: Vec::new(),
                 });
                 if keep_reply {
                     clients[client] = replicas[replica].context().clone();
@@ -606,6 +683,25 @@ fn run(ops: &[Op], pruning: Option<Pruning>) -> Run {
             Op::Prune { replica } => {
                 if let Some(p) = pruning {
                     replicas[replica].prune(p.bound);
+                }
+            }
+            Op::Retry { replica, write } => {
+                if !writes.is_empty() {
+                    let i = write % writes.len();
+                    // A coordinator retries while the client waits for the first answer: before
+                    // the write has been replaced (a retry after that is a new concurrent write).
+                    let replaced = writes[i + 1..]
+                        .iter()
+                        .any(|l| writes[i].dots().any(|d| l.ctx.covers(&d)));
+                    let state = &mut replicas[replica];
+                    if !replaced && state.applied_dot(&writes[i].id).is_none() {
+                        let w: &mut Issued = &mut writes[i];
+                        let out = state
+                            .write_checked(n(replica as u8 + 1), &w.ctx, w.value.clone(), &limits)
+                            .unwrap();
+                        state.record_applied(w.id, out.dot);
+                        w.retried.push(out.dot);
+                    }
                 }
             }
         }
@@ -692,6 +788,57 @@ proptest! {
                 for c in &pool {
                     prop_assert_eq!(merged(&ab, c), merged(a, &merged(b, c)));
                 }
+            }
+        }
+    }
+
+    /// A write applied twice (a retry at another owner) is one version: merging stays
+    /// commutative, associative and idempotent; in the converged state it survives under at
+    /// most one dot; it is gone exactly when a later write's context covered either of its
+    /// dots (knowingly replaced), and otherwise survives.
+    #[test]
+    fn a_write_applied_twice_is_one_version(
+        ops in proptest::collection::vec(op_or_retry(), 0..50),
+    ) {
+        let r = run(&ops, None);
+        let last = r.states.last().cloned().unwrap_or_default();
+        // A duplicate is recognised only while the states remember its write id (each keeps
+        // the newest few per coordinator): once an id may be trimmed, a write can keep both
+        // forms, or merges can judge them apart, but it is never lost.
+        let mut per_coordinator: BTreeMap<Id, usize> = BTreeMap::new();
+        for w in &r.writes {
+            *per_coordinator.entry(w.id.coordinator).or_default() += 1;
+        }
+        let remembered = per_coordinator.values().all(|&k| k <= APPLIED_PER_COORDINATOR);
+        for a in last.iter().filter(|_| remembered) {
+            prop_assert_eq!(merged(a, a), a.clone(), "idempotent");
+            for b in &last {
+                let ab = merged(a, b);
+                prop_assert_eq!(&ab, &merged(b, a), "commutative");
+                for c in &last {
+                    prop_assert_eq!(merged(&ab, c), merged(a, &merged(b, c)), "associative");
+                }
+            }
+        }
+        let all = converge(&last);
+        for (i, w) in r.writes.iter().enumerate() {
+            let alive = all
+                .siblings()
+                .iter()
+                .filter(|s| w.dots().any(|d| d == s.dot))
+                .count();
+            let replaced = r.writes[i + 1..]
+                .iter()
+                .any(|l| w.dots().any(|d| l.ctx.covers(&d)));
+            prop_assert!(alive > 0 || replaced, "write {} lost: {:?}", i, all);
+            if remembered {
+                prop_assert!(alive <= 1, "write {} survives as {} versions: {:?}", i, alive, all);
+                prop_assert_eq!(
+                    alive == 0,
+                    replaced,
+                    "write {} ({:?}, retried as {:?}): replaced {}, alive {}: {:?}",
+                    i, w.dot, w.retried, replaced, alive, all
+                );
             }
         }
     }
