@@ -222,6 +222,22 @@ pub async fn run(
 ) -> Result<()> {
     config.limits.validate()?;
     let (storage, id) = open_storage(&config)?;
+    serve(config, listener, storage, id, shutdown).await
+}
+
+/// [`run`] over a storage the caller opened, as node `id` (see [`open_storage`]): how tests run
+/// a server on an engine of their choosing. `config.data_dir` is only logged.
+///
+/// # Errors
+/// [`Error::Io`] if the storage or the listener fails.
+pub async fn serve<S: Storage>(
+    config: Config,
+    listener: TcpListener,
+    storage: S,
+    id: Id,
+    shutdown: impl Future<Output = ()>,
+) -> Result<()> {
+    config.limits.validate()?;
     let me = NodeRef {
         id,
         addr: config.advertise,
