@@ -14,10 +14,26 @@
 //! GROUP COMMIT
 //!
 //! The core takes every input that is ready (up to a batch), lets the state machine act on them,
-//! and if any of them wrote to storage it flushes once before releasing the batch's outputs. So an
-//! acknowledgement never leaves before its write is on disk, and concurrent writers share a flush.
-//! [`Durability`] selects this, a flush per write (for comparison), or acknowledging before the
-//! flush (faster, with a window of loss on a crash of the process).
+//! and if anything was written since the last successful flush it flushes once before releasing
+//! the batch's outputs. So an acknowledgement never leaves before its write is on disk, and
+//! concurrent writers share a flush. [`Durability`] selects this, a flush per write (for
+//! comparison), or acknowledging before the flush (faster, with a window of loss on a crash of
+//! the process).
+//!
+//! FLUSH FAILURES
+//!
+//! A failed flush stops the node (fail-stop): the batch's answers become errors, none of its
+//! messages is sent, an error is logged, every connection closes and [`run`] returns
+//! [`Error::Io`] (the binary exits with code 2). Turning only the batch's own answers into errors
+//! is not enough: a write's acknowledgement may leave in any later batch (the owner of a W=2
+//! write answers when its replica does), and nothing would tell that answer apart. Staying up and
+//! refusing every acknowledgement until a flush succeeds would be correct too, but sled makes a
+//! failed log write sticky: it fails every later flush until the database is reopened. Such a
+//! node would keep answering heartbeats and owning its range while refusing every write to it,
+//! and the ring would never route around it. Stopping turns a failing disk into the crash the
+//! rest of the design handles: the failure detector notices, the successors take over the range
+//! with their copies, and a restart on the data directory recovers what was flushed. Writes the
+//! failed flush covered were never acknowledged by this node: for their clients they are "maybe".
 //!
 //! BOUNDS
 //!
@@ -43,7 +59,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Mutex, Semaphore, mpsc};
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 /// How a node is run: addresses, data directory and bounds. Protocol tunables are in `node`.
 #[derive(Clone, Debug)]
@@ -308,15 +324,28 @@ pub async fn serve<S: Storage>(
         if outputs.is_empty() {
             continue;
         }
-        // Group commit: one flush covers every write this batch made, before any answer leaves.
-        let flushed = if node.storage().dirty && config.durability != Durability::Relaxed {
-            node.storage_mut().dirty = false;
+        // Group commit: one flush covers every write so far, before any output leaves. `dirty`
+        // is cleared only once a flush has succeeded.
+        if node.storage().dirty && config.durability != Durability::Relaxed {
             let result = tokio::task::block_in_place(|| node.storage().flush());
             metrics::counter!("chordkv_flushes_total").increment(1);
-            result
-        } else {
-            Ok(())
-        };
+            if let Err(e) = result {
+                // Fail-stop: see FLUSH FAILURES in the module doc.
+                metrics::counter!("chordkv_flush_failures_total").increment(1);
+                error!(
+                    node = %id.short(),
+                    error = %e,
+                    "flush failed: stopping now, so that no write it covered is acknowledged; \
+                     restart the node on its data directory to recover what was flushed"
+                );
+                refuse_batch(&me, &conns, outputs.drain(..), &e);
+                accept.abort();
+                return Err(Error::Io(format!(
+                    "flush failed, node stopped without acknowledging the writes it covered: {e}"
+                )));
+            }
+            node.storage_mut().dirty = false;
+        }
         for out in outputs.drain(..) {
             match out {
                 Output::Send { to, id, request } => {
@@ -325,10 +354,6 @@ pub async fn serve<S: Storage>(
                     peers.send(to, id, request);
                 }
                 Output::Respond { conn, id, response } => {
-                    let response = match (&flushed, response) {
-                        (Err(e), Ok(_)) => Err(Error::Io(format!("write not made durable: {e}"))),
-                        (_, r) => r,
-                    };
                     if let Some(tx) = conns.get(&conn) {
                         // A full or closed writer means the client is gone or not reading.
                         let _ = tx.try_send(Envelope::Response { id, body: response });
@@ -341,15 +366,42 @@ pub async fn serve<S: Storage>(
                 }
             }
         }
-        if let Err(e) = &flushed {
-            warn!(error = %e, "flush failed; writes in this batch were refused");
-        }
         metrics::gauge!("chordkv_keys").set(node.storage().len().unwrap_or(0) as f64);
     }
     accept.abort();
     node.storage().flush()?;
     info!("stopped");
     Ok(())
+}
+
+/// The outputs of a batch whose flush failed, as the node stops: every answer becomes an error
+/// (none may acknowledge a write the flush covered, nor show a value it may lose), no message is
+/// sent, and events are still logged.
+fn refuse_batch(
+    me: &NodeRef,
+    conns: &HashMap<ConnId, mpsc::Sender<Envelope>>,
+    outputs: impl Iterator<Item = Output>,
+    error: &Error,
+) {
+    for out in outputs {
+        match out {
+            Output::Send { .. } => {}
+            Output::Respond { conn, id, response } => {
+                let body = match response {
+                    Ok(_) => Err(Error::Io(format!(
+                        "not made durable, the node is stopping: {error}"
+                    ))),
+                    Err(e) => Err(e),
+                };
+                if let Some(tx) = conns.get(&conn) {
+                    let _ = tx.try_send(Envelope::Response { id, body });
+                }
+            }
+            Output::Event(event) => {
+                record_event(me, &event);
+            }
+        }
+    }
 }
 
 /// Feed one input to the state machine.
@@ -678,7 +730,12 @@ async fn serve_connection(
     }
     let mut reader = FrameReader::new(rd, max_frame);
     loop {
-        match reader.read_frame().await {
+        let frame = tokio::select! {
+            frame = reader.read_frame() => frame,
+            // The core stopped (a failed flush, or the end of `run`): close, as a crash would.
+            () = inputs.closed() => break,
+        };
+        match frame {
             Ok(None) => break,
             Ok(Some(Envelope::Request {
                 id,
@@ -735,3 +792,6 @@ async fn serve_connection(
     drop(tx);
     let _ = writer.await;
 }
+
+#[cfg(test)]
+mod tests;
