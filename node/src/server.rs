@@ -39,7 +39,12 @@
 //!
 //! Connections are limited by a semaphore (a connection over the limit is told so and closed);
 //! frames, keys and values by [`Limits`] (an oversized request gets an error answer; a frame that
-//! cannot be parsed gets an error notice and its connection closes). The input channel is bounded,
+//! cannot be parsed gets an error notice and its connection closes). A response too large for a
+//! frame is replaced by an [`Error::TooLarge`] answer on the live connection (counted in
+//! `chordkv_oversized_responses_total`, logged as a warning): closing the connection instead
+//! would fail every call multiplexed on it, and a peer would take it for a crash. A request of
+//! ours too large for a frame is never sent; the state machine gets the error as its answer,
+//! which is no sign of the peer being down. The input channel is bounded,
 //! so a flood of requests slows its readers instead of growing memory.
 
 use crate::error::{Error, Result};
@@ -567,10 +572,20 @@ impl Peers {
     }
 
     /// Send `request` to `to` in the background; its answer returns to the core as an input.
+    /// A request too large for a frame is never sent: its error is the answer, and the
+    /// connection to `to` stays up.
     fn send(&self, to: SocketAddr, id: RequestId, request: Request) {
         let peers = self.clone();
         tokio::spawn(async move {
+            let kind = request.kind();
             let response = peers.call(to, request).await;
+            if let Err(e @ Error::TooLarge { what, .. }) = &response {
+                if what == "request" {
+                    metrics::counter!("chordkv_oversized_requests_total", "kind" => kind)
+                        .increment(1);
+                    warn!(peer = %to, kind, error = %e, "a request did not fit in a frame; not sent");
+                }
+            }
             let _ = peers.inputs.send(Input::Response { id, response }).await;
         });
     }
@@ -653,6 +668,27 @@ async fn accept_loop(
     }
 }
 
+/// Buffer one answer for a connection. One that does not fit a frame goes as an error answer to
+/// its request instead ([`wire::encode_answer`]), counted and logged: the connection stays up,
+/// so the other calls multiplexed on it, and the peer's view of us, are not lost with it.
+///
+/// # Errors
+/// As [`FrameWriter::feed_answer`]: the connection is unusable then.
+async fn feed_answer<W: tokio::io::AsyncWrite + Unpin>(
+    writer: &mut FrameWriter<W>,
+    envelope: &Envelope,
+    peer: SocketAddr,
+) -> Result<()> {
+    if let Some(e) = writer.feed_answer(envelope).await? {
+        metrics::counter!("chordkv_oversized_responses_total").increment(1);
+        let id = match envelope {
+            Envelope::Response { id, .. } | Envelope::Request { id, .. } => *id,
+        };
+        warn!(%peer, id, error = %e, "a response did not fit in a frame; answered with an error");
+    }
+    Ok(())
+}
+
 /// Tell a connection we are at our limit, then close it.
 async fn refuse(mut stream: TcpStream, limits: Limits, why: &str) {
     metrics::counter!("chordkv_connections_refused_total").increment(1);
@@ -706,10 +742,10 @@ async fn serve_connection(
     let writer = tokio::spawn(async move {
         let mut writer = FrameWriter::new(wr, max_frame);
         while let Some(env) = rx.recv().await {
-            let mut result = writer.feed_frame(&env).await;
+            let mut result = feed_answer(&mut writer, &env, peer).await;
             // Batch whatever else is ready into the same flush.
             while let (Ok(()), Ok(more)) = (&result, rx.try_recv()) {
-                result = writer.feed_frame(&more).await;
+                result = feed_answer(&mut writer, &more, peer).await;
             }
             if let Err(e) = result.and(writer.flush().await) {
                 debug!(%peer, error = %e, "write failed");

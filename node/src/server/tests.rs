@@ -191,3 +191,68 @@ async fn a_replica_answer_after_a_failed_flush_does_not_acknowledge_the_write() 
     drop(b);
     let _ = replica.shut_down().await;
 }
+
+/// Serves one connection on a real socket, with the test as the core: each `Get` is answered
+/// with a value of as many bytes as its key names (in decimal).
+async fn serve_sized_answers(limits: Limits) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let (inputs, mut core) = mpsc::channel::<Input>(16);
+    tokio::spawn(async move {
+        let (stream, peer) = listener.accept().await.expect("accept");
+        serve_connection(stream, peer, 1, inputs, limits, None).await;
+    });
+    tokio::spawn(async move {
+        let mut answers = None;
+        while let Some(input) = core.recv().await {
+            match input {
+                Input::Open { tx, .. } => answers = Some(tx),
+                Input::Request {
+                    id,
+                    request: Request::Get { key, .. },
+                    ..
+                } => {
+                    let size: usize = String::from_utf8_lossy(&key).parse().expect("a size");
+                    let body = Ok(Response::State(Some(vec![7; size])));
+                    if let Some(tx) = &answers {
+                        let _ = tx.send(Envelope::Response { id, body }).await;
+                    }
+                }
+                _ => {}
+            }
+        }
+    });
+    addr
+}
+
+fn get_sized(size: usize) -> Request {
+    Request::Get {
+        key: size.to_string().into_bytes(),
+        r: None,
+    }
+}
+
+#[tokio::test]
+async fn an_oversized_response_is_an_error_answer_on_a_live_connection() {
+    let limits = Limits {
+        max_frame: 64 << 10,
+        max_key: 64,
+        max_value: 32 << 10,
+    };
+    limits.validate().expect("valid limits");
+    let addr = serve_sized_answers(limits).await;
+    let c = client(addr).await;
+    // Calls in flight together on the one connection: only the oversized one fails.
+    let (small, big) = tokio::join!(c.call(get_sized(10), T), c.call(get_sized(100 << 10), T));
+    assert_eq!(small, Ok(Response::State(Some(vec![7; 10]))));
+    match big {
+        Err(Error::TooLarge { what, size, limit }) => {
+            assert_eq!((what.as_str(), limit), ("response", 64 << 10));
+            assert!(size > 100 << 10, "names the response's size: {size}");
+        }
+        other => panic!("expected an error answer naming the size, got {other:?}"),
+    }
+    assert!(!c.is_closed(), "the connection stays up");
+    let next = c.call(get_sized(1000), T).await;
+    assert_eq!(next, Ok(Response::State(Some(vec![7; 1000]))));
+}
