@@ -44,8 +44,8 @@
 //! `chordkv_oversized_responses_total`, logged as a warning): closing the connection instead
 //! would fail every call multiplexed on it, and a peer would take it for a crash. A request of
 //! ours too large for a frame is never sent; the state machine gets the error as its answer,
-//! which is no sign of the peer being down. The input channel is bounded,
-//! so a flood of requests slows its readers instead of growing memory.
+//! which is no sign of the peer being down. The input channel is bounded, so a flood of requests
+//! slows its readers instead of growing memory.
 
 use crate::error::{Error, Result};
 use crate::id::Id;

@@ -44,10 +44,11 @@
 //! a request that does not fit is [`Error::TooLarge`] (`what: "request"`) to its caller, and a
 //! response that does not fit is replaced by an error answer to its request ([`encode_answer`]:
 //! `what: "response"`, naming its size and the bound), so the asker gets an answer and the
-//! connection stays up for the calls multiplexed on it. Keys and values are checked by [`Limits::check_request`]: by [`Channel::call`] before
-//! sending, and by the server on every request it receives. [`HARD_MAX_FRAME`] (64 MiB) caps any
-//! configured frame bound and is also bincode's decode limit, so a length field inside a body (a
-//! `Vec`'s length) cannot claim more memory than that either.
+//! connection stays up for the calls multiplexed on it. Keys and values are checked by
+//! [`Limits::check_request`]: by [`Channel::call`] before sending, and by the server on every
+//! request it receives. [`HARD_MAX_FRAME`] (64 MiB) caps any configured frame bound and is also
+//! bincode's decode limit, so a length field inside a body (a `Vec`'s length) cannot claim more
+//! memory than that either.
 //!
 //! MULTIPLEXING
 //!
@@ -436,19 +437,25 @@ pub fn encode_answer(envelope: &Envelope, max_frame: usize) -> Result<(Vec<u8>, 
         (Err(e), Envelope::Request { .. }) => return Err(e),
         (Err(e), Envelope::Response { id, .. }) => (*id, e),
     };
-    let replaced = match e {
-        Error::TooLarge { size, limit, .. } => Error::TooLarge {
-            what: "response".into(),
-            size,
-            limit,
-        },
-        other => other,
-    };
+    let replaced = said_of("response", e);
     let refusal = Envelope::Response {
         id,
         body: Err(replaced.clone()),
     };
     Ok((encode_frame(&refusal, max_frame)?, Some(replaced)))
+}
+
+/// A frame's [`Error::TooLarge`] as said of what the frame carried (`"request"`, `"response"`);
+/// any other error as it is.
+fn said_of(what: &str, e: Error) -> Error {
+    match e {
+        Error::TooLarge { size, limit, .. } => Error::TooLarge {
+            what: what.into(),
+            size,
+            limit,
+        },
+        other => other,
+    }
 }
 
 /// Encodes `envelope` as one frame, prefix included.
@@ -817,8 +824,9 @@ impl Channel {
     /// # Errors
     /// The error the node answered with; the errors of [`Limits::check_request`] and
     /// [`encode_frame`] before anything is sent (a request too large for a frame is
-    /// [`Error::TooLarge`] with `what: "request"`, and the channel stays usable); [`Error::Timeout`] if no answer comes in time;
-    /// [`Error::Unreachable`] if the connection is or becomes closed.
+    /// [`Error::TooLarge`] with `what: "request"`, and the channel stays usable);
+    /// [`Error::Timeout`] if no answer comes in time; [`Error::Unreachable`] if the connection is
+    /// or becomes closed.
     pub async fn call(&self, req: Request, timeout: Duration) -> Result<Response> {
         self.inner.limits.check_request(&req)?;
         match tokio::time::timeout(timeout, self.call_untimed(req)).await {
@@ -839,16 +847,9 @@ impl Channel {
             .await
             .map_err(|_| shared.lost("channel shut down"))?;
         let id = inner.next_id.fetch_add(1, Ordering::Relaxed);
+        // Said of the request, so that no caller takes it for an answer from the peer.
         let frame = encode_frame(&Envelope::Request { id, body: req }, inner.limits.max_frame)
-            .map_err(|e| match e {
-                // Said of the request, so that no caller takes it for an answer from the peer.
-                Error::TooLarge { size, limit, .. } => Error::TooLarge {
-                    what: "request".into(),
-                    size,
-                    limit,
-                },
-                other => other,
-            })?;
+            .map_err(|e| said_of("request", e))?;
         let (answer, answered) = oneshot::channel();
         {
             let mut state = shared.state();
