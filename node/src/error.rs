@@ -18,7 +18,8 @@ pub enum Error {
     /// A key, value or frame exceeds its configured bound.
     #[error("{what} is {size} bytes, the limit is {limit}")]
     TooLarge {
-        /// What was too large: "key", "value", "frame".
+        /// What was too large: "key", "value", "frame" (on receipt), "request" or "response" (a
+        /// message that would not fit a frame, refused before sending).
         what: String,
         /// Its size in bytes.
         size: u64,

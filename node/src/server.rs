@@ -14,17 +14,38 @@
 //! GROUP COMMIT
 //!
 //! The core takes every input that is ready (up to a batch), lets the state machine act on them,
-//! and if any of them wrote to storage it flushes once before releasing the batch's outputs. So an
-//! acknowledgement never leaves before its write is on disk, and concurrent writers share a flush.
-//! [`Durability`] selects this, a flush per write (for comparison), or acknowledging before the
-//! flush (faster, with a window of loss on a crash of the process).
+//! and if anything was written since the last successful flush it flushes once before releasing
+//! the batch's outputs. So an acknowledgement never leaves before its write is on disk, and
+//! concurrent writers share a flush. [`Durability`] selects this, a flush per write (for
+//! comparison), or acknowledging before the flush (faster, with a window of loss on a crash of
+//! the process).
+//!
+//! FLUSH FAILURES
+//!
+//! A failed flush stops the node (fail-stop): the batch's answers become errors, none of its
+//! messages is sent, an error is logged, every connection closes and [`run`] returns
+//! [`Error::Io`] (the binary exits with code 2). Turning only the batch's own answers into errors
+//! is not enough: a write's acknowledgement may leave in any later batch (the owner of a W=2
+//! write answers when its replica does), and nothing would tell that answer apart. Staying up and
+//! refusing every acknowledgement until a flush succeeds would be correct too, but sled makes a
+//! failed log write sticky: it fails every later flush until the database is reopened. Such a
+//! node would keep answering heartbeats and owning its range while refusing every write to it,
+//! and the ring would never route around it. Stopping turns a failing disk into the crash the
+//! rest of the design handles: the failure detector notices, the successors take over the range
+//! with their copies, and a restart on the data directory recovers what was flushed. Writes the
+//! failed flush covered were never acknowledged by this node: for their clients they are "maybe".
 //!
 //! BOUNDS
 //!
 //! Connections are limited by a semaphore (a connection over the limit is told so and closed);
 //! frames, keys and values by [`Limits`] (an oversized request gets an error answer; a frame that
-//! cannot be parsed gets an error notice and its connection closes). The input channel is bounded,
-//! so a flood of requests slows its readers instead of growing memory.
+//! cannot be parsed gets an error notice and its connection closes). A response too large for a
+//! frame is replaced by an [`Error::TooLarge`] answer on the live connection (counted in
+//! `chordkv_oversized_responses_total`, logged as a warning): closing the connection instead
+//! would fail every call multiplexed on it, and a peer would take it for a crash. A request of
+//! ours too large for a frame is never sent; the state machine gets the error as its answer,
+//! which is no sign of the peer being down. The input channel is bounded, so a flood of requests
+//! slows its readers instead of growing memory.
 
 use crate::error::{Error, Result};
 use crate::id::Id;
@@ -43,7 +64,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Mutex, Semaphore, mpsc};
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 /// How a node is run: addresses, data directory and bounds. Protocol tunables are in `node`.
 #[derive(Clone, Debug)]
@@ -222,6 +243,22 @@ pub async fn run(
 ) -> Result<()> {
     config.limits.validate()?;
     let (storage, id) = open_storage(&config)?;
+    serve(config, listener, storage, id, shutdown).await
+}
+
+/// [`run`] over a storage the caller opened, as node `id` (see [`open_storage`]): how tests run
+/// a server on an engine of their choosing. `config.data_dir` is only logged.
+///
+/// # Errors
+/// [`Error::Io`] if the storage or the listener fails.
+pub async fn serve<S: Storage>(
+    config: Config,
+    listener: TcpListener,
+    storage: S,
+    id: Id,
+    shutdown: impl Future<Output = ()>,
+) -> Result<()> {
+    config.limits.validate()?;
     let me = NodeRef {
         id,
         addr: config.advertise,
@@ -292,15 +329,28 @@ pub async fn run(
         if outputs.is_empty() {
             continue;
         }
-        // Group commit: one flush covers every write this batch made, before any answer leaves.
-        let flushed = if node.storage().dirty && config.durability != Durability::Relaxed {
-            node.storage_mut().dirty = false;
+        // Group commit: one flush covers every write so far, before any output leaves. `dirty`
+        // is cleared only once a flush has succeeded.
+        if node.storage().dirty && config.durability != Durability::Relaxed {
             let result = tokio::task::block_in_place(|| node.storage().flush());
             metrics::counter!("chordkv_flushes_total").increment(1);
-            result
-        } else {
-            Ok(())
-        };
+            if let Err(e) = result {
+                // Fail-stop: see FLUSH FAILURES in the module doc.
+                metrics::counter!("chordkv_flush_failures_total").increment(1);
+                error!(
+                    node = %id.short(),
+                    error = %e,
+                    "flush failed: stopping now, so that no write it covered is acknowledged; \
+                     restart the node on its data directory to recover what was flushed"
+                );
+                refuse_batch(&me, &conns, outputs.drain(..), &e);
+                accept.abort();
+                return Err(Error::Io(format!(
+                    "flush failed, node stopped without acknowledging the writes it covered: {e}"
+                )));
+            }
+            node.storage_mut().dirty = false;
+        }
         for out in outputs.drain(..) {
             match out {
                 Output::Send { to, id, request } => {
@@ -309,10 +359,6 @@ pub async fn run(
                     peers.send(to, id, request);
                 }
                 Output::Respond { conn, id, response } => {
-                    let response = match (&flushed, response) {
-                        (Err(e), Ok(_)) => Err(Error::Io(format!("write not made durable: {e}"))),
-                        (_, r) => r,
-                    };
                     if let Some(tx) = conns.get(&conn) {
                         // A full or closed writer means the client is gone or not reading.
                         let _ = tx.try_send(Envelope::Response { id, body: response });
@@ -325,15 +371,42 @@ pub async fn run(
                 }
             }
         }
-        if let Err(e) = &flushed {
-            warn!(error = %e, "flush failed; writes in this batch were refused");
-        }
         metrics::gauge!("chordkv_keys").set(node.storage().len().unwrap_or(0) as f64);
     }
     accept.abort();
     node.storage().flush()?;
     info!("stopped");
     Ok(())
+}
+
+/// The outputs of a batch whose flush failed, as the node stops: every answer becomes an error
+/// (none may acknowledge a write the flush covered, nor show a value it may lose), no message is
+/// sent, and events are still logged.
+fn refuse_batch(
+    me: &NodeRef,
+    conns: &HashMap<ConnId, mpsc::Sender<Envelope>>,
+    outputs: impl Iterator<Item = Output>,
+    error: &Error,
+) {
+    for out in outputs {
+        match out {
+            Output::Send { .. } => {}
+            Output::Respond { conn, id, response } => {
+                let body = match response {
+                    Ok(_) => Err(Error::Io(format!(
+                        "not made durable, the node is stopping: {error}"
+                    ))),
+                    Err(e) => Err(e),
+                };
+                if let Some(tx) = conns.get(&conn) {
+                    let _ = tx.try_send(Envelope::Response { id, body });
+                }
+            }
+            Output::Event(event) => {
+                record_event(me, &event);
+            }
+        }
+    }
 }
 
 /// Feed one input to the state machine.
@@ -499,10 +572,20 @@ impl Peers {
     }
 
     /// Send `request` to `to` in the background; its answer returns to the core as an input.
+    /// A request too large for a frame is never sent: its error is the answer, and the
+    /// connection to `to` stays up.
     fn send(&self, to: SocketAddr, id: RequestId, request: Request) {
         let peers = self.clone();
         tokio::spawn(async move {
+            let kind = request.kind();
             let response = peers.call(to, request).await;
+            if let Err(e @ Error::TooLarge { what, .. }) = &response {
+                if what == "request" {
+                    metrics::counter!("chordkv_oversized_requests_total", "kind" => kind)
+                        .increment(1);
+                    warn!(peer = %to, kind, error = %e, "a request did not fit in a frame; not sent");
+                }
+            }
             let _ = peers.inputs.send(Input::Response { id, response }).await;
         });
     }
@@ -585,6 +668,27 @@ async fn accept_loop(
     }
 }
 
+/// Buffer one answer for a connection. One that does not fit a frame goes as an error answer to
+/// its request instead ([`wire::encode_answer`]), counted and logged: the connection stays up,
+/// so the other calls multiplexed on it, and the peer's view of us, are not lost with it.
+///
+/// # Errors
+/// As [`FrameWriter::feed_answer`]: the connection is unusable then.
+async fn feed_answer<W: tokio::io::AsyncWrite + Unpin>(
+    writer: &mut FrameWriter<W>,
+    envelope: &Envelope,
+    peer: SocketAddr,
+) -> Result<()> {
+    if let Some(e) = writer.feed_answer(envelope).await? {
+        metrics::counter!("chordkv_oversized_responses_total").increment(1);
+        let id = match envelope {
+            Envelope::Response { id, .. } | Envelope::Request { id, .. } => *id,
+        };
+        warn!(%peer, id, error = %e, "a response did not fit in a frame; answered with an error");
+    }
+    Ok(())
+}
+
 /// Tell a connection we are at our limit, then close it.
 async fn refuse(mut stream: TcpStream, limits: Limits, why: &str) {
     metrics::counter!("chordkv_connections_refused_total").increment(1);
@@ -638,10 +742,10 @@ async fn serve_connection(
     let writer = tokio::spawn(async move {
         let mut writer = FrameWriter::new(wr, max_frame);
         while let Some(env) = rx.recv().await {
-            let mut result = writer.feed_frame(&env).await;
+            let mut result = feed_answer(&mut writer, &env, peer).await;
             // Batch whatever else is ready into the same flush.
             while let (Ok(()), Ok(more)) = (&result, rx.try_recv()) {
-                result = writer.feed_frame(&more).await;
+                result = feed_answer(&mut writer, &more, peer).await;
             }
             if let Err(e) = result.and(writer.flush().await) {
                 debug!(%peer, error = %e, "write failed");
@@ -662,7 +766,12 @@ async fn serve_connection(
     }
     let mut reader = FrameReader::new(rd, max_frame);
     loop {
-        match reader.read_frame().await {
+        let frame = tokio::select! {
+            frame = reader.read_frame() => frame,
+            // The core stopped (a failed flush, or the end of `run`): close, as a crash would.
+            () = inputs.closed() => break,
+        };
+        match frame {
             Ok(None) => break,
             Ok(Some(Envelope::Request {
                 id,
@@ -719,3 +828,6 @@ async fn serve_connection(
     drop(tx);
     let _ = writer.await;
 }
+
+#[cfg(test)]
+mod tests;

@@ -90,6 +90,10 @@ mod coordinator;
 mod sync;
 mod transfer;
 
+/// The storage meta name of the count of runs that issued write ids (see
+/// [`Kv::settle_incarnation`]).
+pub const INCARNATION_META: &str = "incarnation";
+
 /// The data layer's tunables. Tests pin them; the node binary exposes the main ones as flags.
 #[derive(Clone, Debug)]
 pub struct Options {
@@ -285,8 +289,11 @@ pub struct Kv<S: Storage> {
     me: NodeRef,
     opts: Options,
     storage: S,
-    /// This run of the node, part of every write id it coordinates.
-    incarnation: u64,
+    /// This run of the node, part of every write id it coordinates; `None` until the first
+    /// write id is issued (see [`Kv::settle_incarnation`]).
+    incarnation: Option<u64>,
+    /// The driver's part of the incarnation: a hash of the id, seed and start time.
+    incarnation_salt: u64,
     /// How many copies our keys had at the last tick, to report changes.
     copies: usize,
     /// The hand-over of part of our range to a newcomer, or of everything on a leave.
@@ -339,16 +346,18 @@ impl<S: Storage> Kv<S> {
     /// The data layer of node `me` over `storage`.
     pub fn new(me: NodeRef, opts: Options, storage: S, seed: u64, now: u64) -> Self {
         let phase = timer_phase(me.id, seed);
-        // Distinct per run of the node: seeded by the driver and the start time.
+        // Only the salt of the incarnation: the driver may pass the same seed and time on every
+        // run; the persisted counter is what keeps runs apart.
         let mut h = DefaultHasher::new();
         (me.id, seed, now, "incarnation").hash(&mut h);
-        let incarnation = h.finish();
+        let incarnation_salt = h.finish();
         Kv {
             next_sync: now + phase % opts.sync_interval.max(1),
             next_hints: now,
             me,
             storage,
-            incarnation,
+            incarnation: None,
+            incarnation_salt,
             copies: 0,
             transfer: None,
             aborted: BTreeMap::new(),
@@ -373,6 +382,41 @@ impl<S: Storage> Kv<S> {
             calls: Calls::default(),
             opts,
         }
+    }
+
+    /// This run's incarnation, once the first write id settled it ([`Kv::settle_incarnation`]).
+    pub fn incarnation(&self) -> Option<u64> {
+        self.incarnation
+    }
+
+    /// This run's incarnation, the middle part of every write id it coordinates (its sequence
+    /// numbers start again at every run). Settled before the first write id is issued: a counter
+    /// kept in the storage meta ([`INCARNATION_META`]) is raised by one and persisted, and makes
+    /// the low 32 bits, so no two runs on one data directory share an incarnation whatever seed
+    /// and clock the driver passes (for 2^32 runs); the high 32 bits are the driver's salt,
+    /// which keeps runs apart when a directory is wiped and the node id kept.
+    ///
+    /// # Errors
+    /// [`Error::Io`] if the meta cannot be read or persisted; [`Error::InvalidData`] if the
+    /// stored counter is corrupt. Nothing is issued then; the next request tries again.
+    fn settle_incarnation(&mut self) -> Result<u64> {
+        if let Some(incarnation) = self.incarnation {
+            return Ok(incarnation);
+        }
+        let runs = match self.storage.get_meta(INCARNATION_META)? {
+            Some(bytes) => u64::from_be_bytes(bytes.as_slice().try_into().map_err(|_| {
+                Error::InvalidData(
+                    "the incarnation counter in the data directory is corrupt".into(),
+                )
+            })?),
+            None => 0,
+        };
+        let run = runs.wrapping_add(1);
+        self.storage
+            .set_meta(INCARNATION_META, &run.to_be_bytes())?;
+        let incarnation = (self.incarnation_salt << 32) | (run & 0xFFFF_FFFF);
+        self.incarnation = Some(incarnation);
+        Ok(incarnation)
     }
 
     /// The data layer's tunables.
@@ -539,15 +583,20 @@ impl<S: Storage> Kv<S> {
                 } else if ring.is_leaving() {
                     Err(Error::Unavailable("node is leaving the ring".into()))
                 } else {
-                    let deadline = io.now() + self.opts.request_timeout;
-                    let write_id = WriteId {
-                        coordinator: self.me.id,
-                        incarnation: self.incarnation,
-                        seq: io.next_op(),
-                    };
-                    let op = ClientOp::new(conn, id, request, deadline, write_id);
-                    self.start_client_op(ring, io, op);
-                    return None;
+                    match self.settle_incarnation() {
+                        Err(e) => Err(e),
+                        Ok(incarnation) => {
+                            let deadline = io.now() + self.opts.request_timeout;
+                            let write_id = WriteId {
+                                coordinator: self.me.id,
+                                incarnation,
+                                seq: io.next_op(),
+                            };
+                            let op = ClientOp::new(conn, id, request, deadline, write_id);
+                            self.start_client_op(ring, io, op);
+                            return None;
+                        }
+                    }
                 }
             }
             _ => return None,

@@ -39,12 +39,16 @@
 //!
 //! [`Limits`] bounds a frame's body (default 8 MiB), a key (4 KiB) and a value (4 MiB); a
 //! maximal `Put` fits in a default frame with room to spare ([`Limits::validate`] checks that a
-//! configuration keeps this true). Both ends check the frame bound: the sender before writing
-//! ([`Error::TooLarge`] to its caller, the connection stays usable) and the receiver from the
-//! prefix. Keys and values are checked by [`Limits::check_request`]: by [`Channel::call`] before
-//! sending, and by the server on every request it receives. [`HARD_MAX_FRAME`] (64 MiB) caps any
-//! configured frame bound and is also bincode's decode limit, so a length field inside a body (a
-//! `Vec`'s length) cannot claim more memory than that either.
+//! configuration keeps this true). Both ends check the frame bound, the receiver from the prefix
+//! and the sender before writing, and a sender's failure to encode never closes the connection:
+//! a request that does not fit is [`Error::TooLarge`] (`what: "request"`) to its caller, and a
+//! response that does not fit is replaced by an error answer to its request ([`encode_answer`]:
+//! `what: "response"`, naming its size and the bound), so the asker gets an answer and the
+//! connection stays up for the calls multiplexed on it. Keys and values are checked by
+//! [`Limits::check_request`]: by [`Channel::call`] before sending, and by the server on every
+//! request it receives. [`HARD_MAX_FRAME`] (64 MiB) caps any configured frame bound and is also
+//! bincode's decode limit, so a length field inside a body (a `Vec`'s length) cannot claim more
+//! memory than that either.
 //!
 //! MULTIPLEXING
 //!
@@ -418,6 +422,42 @@ pub fn parse_frame(buf: &[u8], max_frame: usize) -> Result<Option<(Envelope, usi
     Ok(Some((envelope, total)))
 }
 
+/// Encodes an answer as one frame, like [`encode_frame`]; but a response that cannot be encoded
+/// within `max_frame` is replaced by an error answer to the same request, so that the connection
+/// stays usable: [`Error::TooLarge`] (`what: "response"`, its size and the bound) for one too
+/// large, the encoding error itself otherwise. Returns the frame and, if the response was
+/// replaced, the error that replaced it. A request is never replaced: its caller gets the error.
+///
+/// # Errors
+/// As [`encode_frame`], for a request, or if even the error answer does not fit (a frame bound
+/// too small to carry an error message; [`Limits::validate`] never allows one).
+pub fn encode_answer(envelope: &Envelope, max_frame: usize) -> Result<(Vec<u8>, Option<Error>)> {
+    let (id, e) = match (encode_frame(envelope, max_frame), envelope) {
+        (Ok(frame), _) => return Ok((frame, None)),
+        (Err(e), Envelope::Request { .. }) => return Err(e),
+        (Err(e), Envelope::Response { id, .. }) => (*id, e),
+    };
+    let replaced = said_of("response", e);
+    let refusal = Envelope::Response {
+        id,
+        body: Err(replaced.clone()),
+    };
+    Ok((encode_frame(&refusal, max_frame)?, Some(replaced)))
+}
+
+/// A frame's [`Error::TooLarge`] as said of what the frame carried (`"request"`, `"response"`);
+/// any other error as it is.
+fn said_of(what: &str, e: Error) -> Error {
+    match e {
+        Error::TooLarge { size, limit, .. } => Error::TooLarge {
+            what: what.into(),
+            size,
+            limit,
+        },
+        other => other,
+    }
+}
+
 /// Encodes `envelope` as one frame, prefix included.
 ///
 /// # Errors
@@ -525,6 +565,17 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
         let frame = encode_frame(envelope, self.max_frame)?;
         self.inner.write_all(&frame).await?;
         Ok(())
+    }
+
+    /// Buffers one answer without flushing, as [`encode_answer`] makes it: a response too large
+    /// for a frame goes as an error answer to its request instead, and that error is returned.
+    ///
+    /// # Errors
+    /// As [`encode_answer`], in which case nothing was written; [`Error::Io`] if writing fails.
+    pub async fn feed_answer(&mut self, envelope: &Envelope) -> Result<Option<Error>> {
+        let (frame, replaced) = encode_answer(envelope, self.max_frame)?;
+        self.inner.write_all(&frame).await?;
+        Ok(replaced)
     }
 
     /// Flushes buffered frames to the stream.
@@ -772,8 +823,10 @@ impl Channel {
     ///
     /// # Errors
     /// The error the node answered with; the errors of [`Limits::check_request`] and
-    /// [`encode_frame`] before anything is sent; [`Error::Timeout`] if no answer comes in time;
-    /// [`Error::Unreachable`] if the connection is or becomes closed.
+    /// [`encode_frame`] before anything is sent (a request too large for a frame is
+    /// [`Error::TooLarge`] with `what: "request"`, and the channel stays usable);
+    /// [`Error::Timeout`] if no answer comes in time; [`Error::Unreachable`] if the connection is
+    /// or becomes closed.
     pub async fn call(&self, req: Request, timeout: Duration) -> Result<Response> {
         self.inner.limits.check_request(&req)?;
         match tokio::time::timeout(timeout, self.call_untimed(req)).await {
@@ -794,7 +847,9 @@ impl Channel {
             .await
             .map_err(|_| shared.lost("channel shut down"))?;
         let id = inner.next_id.fetch_add(1, Ordering::Relaxed);
-        let frame = encode_frame(&Envelope::Request { id, body: req }, inner.limits.max_frame)?;
+        // Said of the request, so that no caller takes it for an answer from the peer.
+        let frame = encode_frame(&Envelope::Request { id, body: req }, inner.limits.max_frame)
+            .map_err(|e| said_of("request", e))?;
         let (answer, answered) = oneshot::channel();
         {
             let mut state = shared.state();

@@ -561,6 +561,80 @@ async fn channel_checks_limits_before_sending() {
     assert!(!channel.is_closed());
 }
 
+#[test]
+fn encode_answer_replaces_only_a_response_that_does_not_fit() {
+    let answer = |size: usize| Envelope::Response {
+        id: 9,
+        body: Ok(Response::State(Some(vec![1; size]))),
+    };
+    let (frame, replaced) = encode_answer(&answer(10), 1024).expect("fits");
+    assert_eq!(replaced, None);
+    assert_eq!(frame, encode_frame(&answer(10), 1024).expect("fits"));
+
+    let (frame, replaced) = encode_answer(&answer(2000), 1024).expect("an error answer fits");
+    let Some(Error::TooLarge { what, size, limit }) = replaced.clone() else {
+        panic!("expected TooLarge, got {replaced:?}");
+    };
+    assert_eq!((what.as_str(), limit), ("response", 1024));
+    assert!(size > 2000, "{size}");
+    let parsed = parse_frame(&frame, 1024).expect("parses").map(|(e, _)| e);
+    let want = Envelope::Response {
+        id: 9,
+        body: Err(replaced.expect("replaced")),
+    };
+    assert_eq!(parsed, Some(want), "an error answer to the same request");
+
+    let request = Envelope::Request {
+        id: 9,
+        body: Request::Replicate {
+            items: vec![(b"k".to_vec(), vec![0; 2000])],
+        },
+    };
+    assert!(matches!(
+        encode_answer(&request, 1024),
+        Err(Error::TooLarge { .. })
+    ));
+}
+
+#[tokio::test]
+async fn channel_refuses_an_oversized_request_locally_and_stays_usable() {
+    let (listener, addr) = listen().await;
+    let server = tokio::spawn(async move {
+        let (mut rd, mut wr) = accept(&listener).await;
+        while let Ok(Some(Envelope::Request { id, body })) = rd.read_frame().await {
+            let answer = Envelope::Response {
+                id,
+                body: answer(body),
+            };
+            wr.write_frame(&answer).await.expect("write");
+        }
+    });
+    let limits = Limits {
+        max_frame: 4096,
+        max_key: 2048,
+        max_value: 1024,
+    };
+    let channel = Channel::connect(addr, Role::Client, limits, T)
+        .await
+        .expect("connect");
+    let got = channel.call(get(&[b'k'; 2048]), T).await;
+    assert_eq!(got, Ok(Response::State(Some(vec![b'k'; 2048]))));
+    let big = Request::Replicate {
+        items: vec![(b"k".to_vec(), vec![0; 8192])],
+    };
+    match channel.call(big, T).await {
+        Err(Error::TooLarge { what, limit, .. }) => {
+            assert_eq!((what.as_str(), limit), ("request", 4096));
+        }
+        other => panic!("expected the request refused locally, got {other:?}"),
+    }
+    assert!(!channel.is_closed());
+    let got = channel.call(Request::Ping, T).await;
+    assert_eq!(got, Ok(Response::Pong { node: node_ref() }));
+    drop(channel);
+    server.await.expect("server");
+}
+
 #[tokio::test]
 async fn channel_bounds_calls_in_flight() {
     const BOUND: usize = 2;

@@ -1,0 +1,258 @@
+//! Server tests over real loopback sockets, with storages chosen by the test ([`serve`]).
+
+use super::*;
+use crate::id::in_half_open;
+use crate::storage::MemoryStorage;
+use crate::testing::faulty::{Faults, FaultyStorage};
+use crate::version::VersionVector;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+/// How long a test waits for anything: a ring to form, an answer, a node to stop.
+const T: Duration = Duration::from_secs(20);
+
+/// A server running in this process.
+struct Running {
+    addr: SocketAddr,
+    task: JoinHandle<Result<()>>,
+    stop: oneshot::Sender<()>,
+}
+
+impl Running {
+    /// Waits for the server to return by itself (without being told to stop).
+    async fn stopped(self) -> Result<()> {
+        let Running { task, stop, .. } = self;
+        let result = tokio::time::timeout(T, task).await;
+        drop(stop);
+        result
+            .expect("the node stops by itself")
+            .expect("the server task does not panic")
+    }
+
+    /// Tells the server to leave and waits for it.
+    async fn shut_down(self) -> Result<()> {
+        let _ = self.stop.send(());
+        tokio::time::timeout(T, self.task)
+            .await
+            .expect("the node shuts down in time")
+            .expect("the server task does not panic")
+    }
+}
+
+/// Quick timers, N = 2, W = 2, so a two-node ring forms and replicates in well under a second.
+fn options() -> Options {
+    let mut opts = Options::default();
+    opts.ring.stabilize_interval = 50;
+    opts.ring.fix_fingers_interval = 50;
+    opts.ring.detector.interval = 100;
+    opts.kv.replicas = 2;
+    opts.kv.write_quorum = 2;
+    opts.kv.read_quorum = 1;
+    opts
+}
+
+/// Starts node `id` on `storage`, joining through `bootstrap`.
+async fn start<S: Storage + 'static>(
+    id: Id,
+    storage: S,
+    bootstrap: Option<SocketAddr>,
+    limits: Limits,
+) -> Running {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let mut config = Config::new(addr, PathBuf::from("(in memory)"));
+    config.bootstrap = bootstrap;
+    config.node = options();
+    config.limits = limits;
+    config.tick = Duration::from_millis(10);
+    let (stop, stopped) = oneshot::channel::<()>();
+    let shutdown = async move {
+        let _ = stopped.await;
+    };
+    let task = tokio::spawn(serve(config, listener, storage, id, shutdown));
+    Running { addr, task, stop }
+}
+
+async fn client(addr: SocketAddr) -> Channel {
+    Channel::connect(addr, Role::Client, Limits::client(), T)
+        .await
+        .expect("connect")
+}
+
+async fn status(channel: &Channel) -> Option<crate::message::NodeStatus> {
+    match channel.call(Request::Status, T).await {
+        Ok(Response::Status(s)) => Some(s),
+        _ => None,
+    }
+}
+
+/// Polls until `done` holds for the status of every node, or panics after [`T`].
+async fn wait_for(
+    channels: &[&Channel],
+    what: &str,
+    done: impl Fn(&crate::message::NodeStatus) -> bool,
+) {
+    let deadline = Instant::now() + T;
+    loop {
+        let mut all = true;
+        for c in channels {
+            all &= status(c).await.is_some_and(|s| done(&s));
+        }
+        if all {
+            return;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn put(key: &[u8], w: u8) -> Request {
+    Request::Put {
+        key: key.to_vec(),
+        value: b"value".to_vec(),
+        context: VersionVector::new(),
+        w: Some(w),
+    }
+}
+
+fn id(byte: u8) -> Id {
+    Id([byte; 20])
+}
+
+/// A faulty memory storage, with the switch to make its flushes fail.
+fn faulty() -> (FaultyStorage<MemoryStorage>, Faults) {
+    FaultyStorage::new(MemoryStorage::new())
+}
+
+fn assert_stopped_on_the_flush(result: Result<()>) {
+    match result {
+        Err(Error::Io(msg)) => assert!(msg.contains("flush failed"), "{msg}"),
+        other => panic!("expected the node to stop on its failed flush, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_flush_stops_the_node_before_it_acknowledges_the_write() {
+    let (storage, faults) = faulty();
+    let node = start(id(0x80), storage, None, Limits::default()).await;
+    let c = client(node.addr).await;
+    wait_for(&[&c], "a ring of one", |s| s.joined).await;
+    let first = c.call(put(b"before", 1), T).await;
+    assert!(first.is_ok(), "{first:?}");
+
+    faults.fail_flushes(true);
+    let got = c.call(put(b"during", 1), T).await;
+    assert!(
+        got.is_err(),
+        "a write whose flush failed was acknowledged: {got:?}"
+    );
+    assert!(faults.failed_flushes() >= 1);
+    assert_stopped_on_the_flush(node.stopped().await);
+    assert!(
+        c.call(Request::Status, T).await.is_err(),
+        "connections close"
+    );
+}
+
+/// The owner of a W = 2 write acknowledges it in a later batch than the one that stored it
+/// (when its replica answers): a failed flush of the first batch must stop that answer too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_answer_after_a_failed_flush_does_not_acknowledge_the_write() {
+    let (owner_id, replica_id) = (id(0x80), id(0x40));
+    let (storage, faults) = faulty();
+    let owner = start(owner_id, storage, None, Limits::default()).await;
+    let replica = start(
+        replica_id,
+        MemoryStorage::new(),
+        Some(owner.addr),
+        Limits::default(),
+    )
+    .await;
+    let (a, b) = (client(owner.addr).await, client(replica.addr).await);
+    wait_for(&[&a, &b], "a ring of two, each the other's replica", |s| {
+        s.joined && s.pred.is_some() && s.replicas == 2
+    })
+    .await;
+    // A key of the owner's range (replica, owner].
+    let key = (0..)
+        .map(|i: u32| format!("key{i}").into_bytes())
+        .find(|k| in_half_open(replica_id, owner_id, Id::hash(k)))
+        .expect("some key falls in the owner's range");
+    let first = a.call(put(&key, 2), T).await;
+    assert!(first.is_ok(), "{first:?}");
+
+    faults.fail_flushes(true);
+    let got = a.call(put(&key, 2), T).await;
+    assert!(
+        got.is_err(),
+        "a write whose flush failed was acknowledged: {got:?}"
+    );
+    assert_stopped_on_the_flush(owner.stopped().await);
+    drop(b);
+    let _ = replica.shut_down().await;
+}
+
+/// Serves one connection on a real socket, with the test as the core: each `Get` is answered
+/// with a value of as many bytes as its key names (in decimal).
+async fn serve_sized_answers(limits: Limits) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let (inputs, mut core) = mpsc::channel::<Input>(16);
+    tokio::spawn(async move {
+        let (stream, peer) = listener.accept().await.expect("accept");
+        serve_connection(stream, peer, 1, inputs, limits, None).await;
+    });
+    tokio::spawn(async move {
+        let mut answers = None;
+        while let Some(input) = core.recv().await {
+            match input {
+                Input::Open { tx, .. } => answers = Some(tx),
+                Input::Request {
+                    id,
+                    request: Request::Get { key, .. },
+                    ..
+                } => {
+                    let size: usize = String::from_utf8_lossy(&key).parse().expect("a size");
+                    let body = Ok(Response::State(Some(vec![7; size])));
+                    if let Some(tx) = &answers {
+                        let _ = tx.send(Envelope::Response { id, body }).await;
+                    }
+                }
+                _ => {}
+            }
+        }
+    });
+    addr
+}
+
+fn get_sized(size: usize) -> Request {
+    Request::Get {
+        key: size.to_string().into_bytes(),
+        r: None,
+    }
+}
+
+#[tokio::test]
+async fn an_oversized_response_is_an_error_answer_on_a_live_connection() {
+    let limits = Limits {
+        max_frame: 64 << 10,
+        max_key: 64,
+        max_value: 32 << 10,
+    };
+    limits.validate().expect("valid limits");
+    let addr = serve_sized_answers(limits).await;
+    let c = client(addr).await;
+    // Calls in flight together on the one connection: only the oversized one fails.
+    let (small, big) = tokio::join!(c.call(get_sized(10), T), c.call(get_sized(100 << 10), T));
+    assert_eq!(small, Ok(Response::State(Some(vec![7; 10]))));
+    match big {
+        Err(Error::TooLarge { what, size, limit }) => {
+            assert_eq!((what.as_str(), limit), ("response", 64 << 10));
+            assert!(size > 100 << 10, "names the response's size: {size}");
+        }
+        other => panic!("expected an error answer naming the size, got {other:?}"),
+    }
+    assert!(!c.is_closed(), "the connection stays up");
+    let next = c.call(get_sized(1000), T).await;
+    assert_eq!(next, Ok(Response::State(Some(vec![7; 1000]))));
+}
