@@ -336,14 +336,24 @@ mod tests {
     use crate::storage::{MemoryStorage, SledStorage};
     use crate::version::VersionVector;
 
-    /// A ring of one on `storage`, started as an embedding that passes seed 0 and a clock at 0
-    /// would start it, every time.
+    /// A ring of one (keeping one copy) on `storage`, started as an embedding that passes seed
+    /// 0 and a clock at 0 would start it, every time.
     fn boot<S: Storage>(storage: S) -> Node<S> {
         let me = NodeRef {
             id: Id::hash(b"embedded"),
             addr: "127.0.0.1:7000".parse().expect("addr"),
         };
-        let mut node = Node::new(me, Options::default(), storage, 0);
+        // One copy: a lone node on the default N = 3, W = 2 refuses writes.
+        let opts = Options {
+            kv: kv::Options {
+                replicas: 1,
+                write_quorum: 1,
+                read_quorum: 1,
+                ..kv::Options::default()
+            },
+            ..Options::default()
+        };
+        let mut node = Node::new(me, opts, storage, 0);
         node.start(None, 0);
         while node.poll_output().is_some() {}
         node

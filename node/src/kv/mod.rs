@@ -392,8 +392,9 @@ impl<S: Storage> Kv<S> {
     /// This run's incarnation, the middle part of every write id it coordinates (its sequence
     /// numbers start again at every run). Settled before the first write id is issued: a counter
     /// kept in the storage meta ([`INCARNATION_META`]) is raised by one and persisted, and makes
-    /// the low 32 bits, so no two runs on one data directory share an incarnation whatever seed
-    /// and clock the driver passes (for 2^32 runs); the high 32 bits are the driver's salt,
+    /// the high 32 bits, so no two runs on one data directory share an incarnation whatever seed
+    /// and clock the driver passes (for 2^32 runs), and a later run's ids are newer (keys keep
+    /// the newest applied ids, by `(incarnation, seq)`); the low 32 bits are the driver's salt,
     /// which keeps runs apart when a directory is wiped and the node id kept.
     ///
     /// # Errors
@@ -414,7 +415,7 @@ impl<S: Storage> Kv<S> {
         let run = runs.wrapping_add(1);
         self.storage
             .set_meta(INCARNATION_META, &run.to_be_bytes())?;
-        let incarnation = (self.incarnation_salt << 32) | (run & 0xFFFF_FFFF);
+        let incarnation = ((run & 0xFFFF_FFFF) << 32) | (self.incarnation_salt & 0xFFFF_FFFF);
         self.incarnation = Some(incarnation);
         Ok(incarnation)
     }
