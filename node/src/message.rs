@@ -186,7 +186,8 @@ pub enum Request {
         /// Keys and their encoded [`crate::version::Versioned`] states.
         items: Vec<(Vec<u8>, Vec<u8>)>,
     },
-    /// Tombstone collection, sent by a key's owner to its replicas. With `commit` false: which
+    /// Tombstone collection, sent by a key's owner to its replicas (and to its former replicas
+    /// for a while after they left the preference list). With `commit` false: which
     /// of these keys do you hold with exactly this state digest? With `commit` true: delete
     /// those you still hold with exactly this digest. Answered with [`Response::Reaped`].
     Reap {
@@ -311,10 +312,13 @@ pub enum Response {
         /// Keys and the owner's encoded [`crate::version::Versioned`] states.
         states: Vec<(Vec<u8>, Vec<u8>)>,
     },
-    /// Answer to [`Request::Reap`]: the keys held with the given digest (or deleted).
+    /// Answer to [`Request::Reap`]: the keys held with the given digest (or deleted), and those
+    /// not held at all.
     Reaped {
-        /// The keys.
+        /// The keys held with the digest asked about.
         keys: Vec<Vec<u8>>,
+        /// The keys held in no state at all.
+        absent: Vec<Vec<u8>>,
     },
     /// Answer to [`Request::Lookup`].
     Lookup(LookupInfo),

@@ -48,6 +48,9 @@ const REAP_SCAN: usize = 1024;
 /// Most tombstones whose age is tracked; beyond that, the rest wait for a later pass.
 const MAX_TOMBS: usize = 100_000;
 
+/// Most former replicas remembered for tombstone collection.
+const MAX_FORMERS: usize = 16;
+
 /// A tombstone collection waiting for the replicas' checks.
 #[derive(Clone, Debug)]
 pub(super) struct ReapOp {
@@ -55,9 +58,13 @@ pub(super) struct ReapOp {
     candidates: Vec<(Vec<u8>, u64)>,
     /// How many replicas hold each with the same digest.
     votes: BTreeMap<Vec<u8>, usize>,
+    /// How many former replicas hold each with the same digest or not at all.
+    former_votes: BTreeMap<Vec<u8>, usize>,
     /// The replicas asked, and our range and replicas when they were.
     targets: Vec<NodeRef>,
     view: Option<(Id, Vec<Id>)>,
+    /// The former replicas asked.
+    formers: Vec<NodeRef>,
     outstanding: usize,
 }
 
@@ -255,12 +262,30 @@ impl<S: Storage> Kv<S> {
             return;
         }
         // Any change of our range or replicas may have left stray copies behind, stale ones
-        // among them, that collection has not handed off yet: grace periods start again.
+        // among them, that collection has not handed off yet: grace periods start again, and
+        // the replicas that left are asked too for two of them. A former replica may keep a
+        // value a tombstone replaced for longer than a grace period (its hand-off of strays
+        // can be slow); collecting the tombstone before that copy is gone would let it back.
+        let now = io.now();
         let view = (start, targets.iter().map(|t| t.id).collect::<Vec<Id>>());
         if self.reap_view.as_ref() != Some(&view) {
             self.tombs.clear();
             self.reap_view = Some(view);
+            let until = now.saturating_add(grace.saturating_mul(2));
+            for old in std::mem::replace(&mut self.reap_targets, targets.clone()) {
+                if !targets.contains(&old) {
+                    self.formers.retain(|(f, _)| f.id != old.id);
+                    self.formers.push((old, until));
+                }
+            }
+            if self.formers.len() > MAX_FORMERS {
+                let excess = self.formers.len() - MAX_FORMERS;
+                self.formers.drain(..excess);
+            }
         }
+        let me = self.me.id;
+        self.formers
+            .retain(|(f, until)| *until > now && f.id != me && !targets.contains(f));
         let from = match self.reap_cursor {
             Some(c) if in_half_open(start, self.me.id, c) && c != self.me.id => c,
             _ => start,
@@ -273,13 +298,11 @@ impl<S: Storage> Kv<S> {
             Some((k, _)) if entries.len() == REAP_SCAN => Some(Id::hash(k)),
             _ => {
                 // A whole pass: forget tombstones no longer in our range.
-                let me = self.me.id;
                 self.tombs
                     .retain(|k, _| in_half_open(start, me, Id::hash(k)));
                 None
             }
         };
-        let now = io.now();
         let mut candidates = Vec::new();
         for (key, bytes) in entries {
             let Ok(state) = Versioned::decode(&bytes) else {
@@ -309,19 +332,22 @@ impl<S: Storage> Kv<S> {
         if candidates.is_empty() {
             return;
         }
-        for t in &targets {
+        let formers: Vec<NodeRef> = self.formers.iter().map(|(f, _)| *f).collect();
+        for t in targets.iter().chain(&formers) {
             let req = Request::Reap {
                 items: candidates.clone(),
                 commit: false,
             };
-            self.send(io, *t, req, Purpose::Reap);
+            self.send(io, *t, req, Purpose::Reap { from: *t });
         }
         let op = ReapOp {
             candidates,
             votes: BTreeMap::new(),
-            outstanding: targets.len(),
+            former_votes: BTreeMap::new(),
+            outstanding: targets.len() + formers.len(),
             view: self.reap_view.clone(),
             targets,
+            formers,
         };
         if op.outstanding == 0 {
             // No replicas (N = 1): ours is the only copy.
@@ -331,15 +357,16 @@ impl<S: Storage> Kv<S> {
     }
 
     /// A replica's side of [`Request::Reap`]: which of the keys we hold with exactly the given
-    /// digest, and with `commit`, delete those. None while a transfer of ours is moving keys: it
-    /// would tell its receiver to delete them too.
+    /// digest (with `commit`, deleting those), and which we hold not at all. None of either
+    /// while a transfer of ours may be moving the key: it would tell its receiver to delete it
+    /// too, or may be carrying it elsewhere.
     pub(super) fn on_reap(
         &mut self,
         ring: &Ring,
         items: Vec<(Vec<u8>, u64)>,
         commit: bool,
     ) -> Result<Response> {
-        let mut keys = Vec::new();
+        let (mut keys, mut absent) = (Vec::new(), Vec::new());
         for (key, digest) in items {
             if self.moving_key(ring, Id::hash(&key)) {
                 continue;
@@ -351,28 +378,64 @@ impl<S: Storage> Kv<S> {
                     }
                     keys.push(key);
                 }
-                _ => {}
+                Some(_) => {}
+                None => absent.push(key),
             }
         }
-        Ok(Response::Reaped { keys })
+        Ok(Response::Reaped { keys, absent })
     }
 
-    /// A replica answered a tombstone check; once all have, [`Kv::finish_reap`].
+    /// A replica answered a tombstone check; once all have, [`Kv::finish_reap`]. A former
+    /// replica votes for the keys it holds exactly as we do or not at all; one that holds
+    /// another state (a value the tombstone replaced, say) gets our state, so that the next
+    /// round finds the tombstone there.
     pub(super) fn on_reap_answer(
         &mut self,
         ring: &Ring,
         io: &mut dyn KvIo,
+        from: NodeRef,
         response: Result<Response>,
     ) {
         let Some(r) = self.reaping.as_mut() else {
             return;
         };
         r.outstanding -= 1;
-        if let Ok(Response::Reaped { keys }) = response {
-            for k in keys {
-                *r.votes.entry(k).or_default() += 1;
+        let former = r.formers.contains(&from);
+        let mut stale = Vec::new();
+        if let Ok(Response::Reaped { keys, absent }) = response {
+            if former {
+                let voted: BTreeSet<Vec<u8>> = keys.into_iter().chain(absent).collect();
+                for (k, _) in &r.candidates {
+                    if voted.contains(k) {
+                        *r.former_votes.entry(k.clone()).or_default() += 1;
+                    } else {
+                        stale.push(k.clone());
+                    }
+                }
+            } else {
+                for k in keys {
+                    *r.votes.entry(k).or_default() += 1;
+                }
             }
         }
+        let mut items = Vec::new();
+        for key in stale {
+            match self.storage.get(&key) {
+                Ok(Some(state)) => items.push((key, state)),
+                Ok(None) => {}
+                Err(error) => io.report(Event::StorageError { error }),
+            }
+        }
+        if !items.is_empty() {
+            io.report(Event::Repaired {
+                with: from,
+                keys: items.len() as u64,
+            });
+            self.send(io, from, Request::Replicate { items }, Purpose::Repair);
+        }
+        let Some(r) = self.reaping.as_mut() else {
+            return;
+        };
         if r.outstanding == 0 {
             let r = self.reaping.take().expect("present");
             self.finish_reap(ring, io, r);
@@ -390,7 +453,9 @@ impl<S: Storage> Kv<S> {
         }
         let mut reaped = Vec::new();
         for (key, digest) in r.candidates {
-            if r.votes.get(&key).copied().unwrap_or(0) != r.targets.len() {
+            if r.votes.get(&key).copied().unwrap_or(0) != r.targets.len()
+                || r.former_votes.get(&key).copied().unwrap_or(0) != r.formers.len()
+            {
                 continue;
             }
             // Unchanged here too (no write arrived while the replicas answered)?
@@ -415,7 +480,7 @@ impl<S: Storage> Kv<S> {
             keys: reaped.len() as u64,
             tombstones: true,
         });
-        for t in r.targets {
+        for t in r.targets.into_iter().chain(r.formers) {
             let req = Request::Reap {
                 items: reaped.clone(),
                 commit: true,

@@ -250,8 +250,8 @@ pub(crate) enum Purpose {
         until: Id,
         sent: Vec<(Vec<u8>, u64)>,
     },
-    /// A replica's answer to a tombstone-collection check.
-    Reap,
+    /// A replica's (or former replica's) answer to a tombstone-collection check.
+    Reap { from: NodeRef },
     /// A replica's answer to the hand-over of hinted writes.
     Hints { to: NodeRef, keys: Vec<Vec<u8>> },
     /// A replica's answer to a quorum read.
@@ -326,8 +326,13 @@ pub struct Kv<S: Storage> {
     /// state and when we first saw it; where the next scan resumes; the round in flight.
     tombs: BTreeMap<Vec<u8>, (u64, u64)>,
     reap_cursor: Option<Id>,
-    /// Our range's start and replicas when the grace periods in `tombs` started.
+    /// Our range's start and replicas when the grace periods in `tombs` started, and those
+    /// replicas.
     reap_view: Option<(Id, Vec<Id>)>,
+    reap_targets: Vec<NodeRef>,
+    /// Nodes that were our replicas before the view last changed, and until when tombstone
+    /// collection asks them too: they may still hold copies of values our tombstones replaced.
+    formers: Vec<(NodeRef, u64)>,
     reaping: Option<collect::ReapOp>,
     next_sync: u64,
     /// Answers to writes applied here, by write id, so retries are applied at most once.
@@ -374,6 +379,8 @@ impl<S: Storage> Kv<S> {
             tombs: BTreeMap::new(),
             reap_cursor: None,
             reap_view: None,
+            reap_targets: Vec::new(),
+            formers: Vec::new(),
             reaping: None,
             applied: BTreeMap::new(),
             applied_order: VecDeque::new(),
@@ -625,7 +632,7 @@ impl<S: Storage> Kv<S> {
                 until,
                 sent,
             } => self.on_handoff_answer(ring, io, to, from, until, sent, response),
-            Purpose::Reap => self.on_reap_answer(ring, io, response),
+            Purpose::Reap { from } => self.on_reap_answer(ring, io, from, response),
             Purpose::Hints { to, keys } => self.on_hints_answer(ring, io, to, keys, response),
             Purpose::ReplicaRead { op, from } => {
                 self.on_replica_read_answer(io, op, from, response)
