@@ -87,7 +87,7 @@ impl<S: Storage> Kv<S> {
             .iter()
             .take_while(|(k, v)| {
                 bytes += k.len() + v.len();
-                bytes <= self.opts.transfer_bytes
+                bytes <= self.opts.batch_bytes
             })
             .count();
         items.truncate(fits.max(1));

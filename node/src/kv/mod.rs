@@ -103,8 +103,10 @@ pub struct Options {
     pub retry_delay: u64,
     /// Most key/value pairs in one transfer message.
     pub transfer_batch: usize,
-    /// Most bytes of values in one transfer message.
-    pub transfer_bytes: usize,
+    /// Most bytes of keys and states in one message that carries them (a transfer round, a
+    /// digest answer's key list, a stray hand-off), one item at least: the byte budget those
+    /// messages share, well under the frame bound.
+    pub batch_bytes: usize,
     /// How often an owner compares its range with one replica (anti-entropy), in ms.
     pub sync_interval: u64,
     /// How often an owner hands hinted writes to replicas that may be back, in ms (the node
@@ -129,7 +131,7 @@ impl Default for Options {
             request_timeout: 10_000,
             retry_delay: 100,
             transfer_batch: 512,
-            transfer_bytes: 2 << 20,
+            batch_bytes: 2 << 20,
             sync_interval: 1_000,
             hint_interval: crate::ring::detector::DetectorOptions::default().interval,
             tombstone_grace: Some(3_600_000),

@@ -229,7 +229,7 @@ impl<S: Storage> Kv<S> {
                 if !buckets.contains(&Id::hash(&k).0[0]) {
                     continue;
                 }
-                if bytes >= self.opts.transfer_bytes {
+                if bytes >= self.opts.batch_bytes {
                     complete = false;
                     break;
                 }

@@ -193,7 +193,7 @@ impl<S: Storage> Kv<S> {
             let h = value_hash(&v);
             if t.sent.get(&k) != Some(&h)
                 && items.len() < self.opts.transfer_batch
-                && (items.is_empty() || bytes + v.len() <= self.opts.transfer_bytes)
+                && (items.is_empty() || bytes + v.len() <= self.opts.batch_bytes)
             {
                 bytes += v.len() + k.len();
                 hashes.push((k.clone(), h));
