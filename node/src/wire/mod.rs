@@ -343,7 +343,7 @@ impl Limits {
                 items.iter().try_for_each(|(key, _)| self.check_key(key))
             }
             Request::ReplicaRead { key } => self.check_key(key),
-            Request::SyncFetch { keys } => keys.iter().try_for_each(|key| self.check_key(key)),
+            Request::SyncFetch { keys, .. } => keys.iter().try_for_each(|key| self.check_key(key)),
             Request::Handoff { items, .. } => {
                 items.iter().try_for_each(|(key, _)| self.check_key(key))
             }
