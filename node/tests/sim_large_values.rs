@@ -1,10 +1,10 @@
 //! Large values, in simulation, with the wire's frame bound enforced on every message (issue 7,
-//! defect 2): every message that carries states (transfer rounds, anti-entropy pushes and fetch
-//! answers, hint deliveries, hand-offs, and their answers) stays within the data layer's byte
-//! budget ([`kv::Options::batch_bytes`]) however large the values, and every key reaches its N
-//! copies. Before the budget covered them
-//! all, an anti-entropy push of 256 such states was 10 MB, over the 8 MiB frame: it failed, and
-//! the newcomers never got their copies.
+//! defects 2 and 3). Every message that carries states (transfer rounds, anti-entropy pushes
+//! and fetch answers, hint deliveries, hand-offs, and their answers) stays within the data
+//! layer's byte budget ([`kv::Options::batch_bytes`]) however large the values, and every key
+//! reaches its N copies. Before the budget covered them all, an anti-entropy push of 256 states
+//! of 40 KB was 10 MB, over the 8 MiB frame: it failed, and the newcomers never got their
+//! copies. And a key's state stays within its bound, so it can always be read and moved.
 //!
 //! Two ways copies go missing are covered: a ring that grows from one node full of data (key
 //! transfers, then anti-entropy pushes to the new replicas), and a replica that was down while
@@ -14,6 +14,7 @@
 //! Each run takes a seed and names it on failure; `CHORDKV_SEEDS` and `CHORDKV_SEED_FROM` run
 //! others ([`run_seeds`]).
 
+use chordkv_node::Error;
 use chordkv_node::kv;
 use chordkv_node::message::{Envelope, Request, Response};
 use chordkv_node::node::Event;
@@ -197,4 +198,70 @@ fn a_fetch_answer_stops_at_the_byte_budget_and_says_where_it_stopped() {
             "answered out of the order asked"
         );
     }
+}
+
+/// Issue 7, defect 3: three 3 MB blind writes to one key would make a state of 9 MB, over the
+/// frame, which could then be neither read nor moved. The third is refused, saying why and
+/// what to do; the key stays readable, and a write with the read's context resolves it.
+#[test]
+fn a_write_that_would_leave_a_state_over_the_bound_is_refused_and_the_key_stays_resolvable() {
+    let mut sim = sim(1);
+    sim.grow(N, 200);
+    assert!(sim.settle(30_000), "the ring did not form");
+    let big = |tag: u8| vec![tag; 3_000_000];
+    let key = b"contended".to_vec();
+    for tag in [b'a', b'b'] {
+        let put = Request::write(key.clone(), Some(big(tag)), VersionVector::new(), None);
+        let written = sim.request(0, put, 10_000);
+        assert!(
+            matches!(written, Ok(Response::Written { .. })),
+            "{written:?}"
+        );
+    }
+    let put = Request::write(key.clone(), Some(big(b'c')), VersionVector::new(), None);
+    match sim.request(1, put, 10_000) {
+        Err(Error::TooLarge { what, size, limit }) => {
+            assert!(
+                what.contains("state") && what.contains("context") && what.contains("delete"),
+                "the refusal says which bound and what to do: {what}"
+            );
+            assert!(size > limit && limit == Limits::default().max_state() as u64);
+        }
+        other => panic!("a third 3 MB sibling was not refused: {other:?}"),
+    }
+    let get = Request::Get {
+        key: key.clone(),
+        r: None,
+    };
+    let Ok(Response::Read(read)) = sim.request(2, get.clone(), 10_000) else {
+        panic!("the key is not readable");
+    };
+    let mut values = read.values.clone();
+    values.sort();
+    assert_eq!(values, [big(b'a'), big(b'b')]);
+    let resolve = Request::write(key.clone(), Some(big(b'c')), read.context, None);
+    let written = sim.request(2, resolve, 10_000);
+    assert!(
+        matches!(written, Ok(Response::Written { .. })),
+        "{written:?}"
+    );
+    let Ok(Response::Read(read)) = sim.request(0, get, 10_000) else {
+        panic!("the key is not readable after the resolving write");
+    };
+    assert_eq!(read.values, [big(b'c')]);
+    // Every copy gets there, and nothing was too large to send.
+    let settled = sim.run_until(10_000, |s| {
+        (0..N).all(|n| {
+            s.stored_state(n, &key)
+                .is_ok_and(|st| st.values() == [big(b'c').as_slice()])
+        })
+    });
+    assert!(settled, "not every replica holds the resolved value");
+    let largest = sim.largest_messages();
+    assert!(
+        largest
+            .values()
+            .all(|&size| size <= Limits::default().max_frame),
+        "{largest:?}"
+    );
 }

@@ -62,6 +62,16 @@
 //! request that cannot meet it fails. Values are compared across transfer rounds by a 64-bit
 //! hash.
 //!
+//! A key's encoded state is bounded so that it fits one message
+//! ([`VersionLimits::max_state_bytes`], the frame bound less 64 KiB): the owner refuses a write
+//! that would leave it larger, unless the write makes it smaller, as one with a read's context
+//! covering the siblings does. Merges are never refused (replicas must converge), so writes
+//! that two owners accepted during a partition or a ring change can merge into a state over
+//! the bound, up to the sum of both sides. Such a state is stored and travels alone in its
+//! messages; while it fits a frame it is read and resolved as usual. One beyond the frame
+//! cannot be sent: its replication and repairs fail (reported as [`Event::RepairFailed`]) and
+//! a read of it cannot be answered, so it cannot be resolved through a read's context: a known gap.
+//!
 //! # Call contract
 //!
 //! [`Kv`] owns no sockets, clocks or threads; its driver is the node ([`crate::node::Node`]),
