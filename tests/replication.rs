@@ -789,3 +789,55 @@ fn a_ring_grown_from_one_node_of_700_keys_of_40_kb_reaches_three_copies_of_every
         (two - written).as_secs_f64(),
     );
 }
+
+/// Issue 7, defect 3, on real nodes: three 3 MB blind writes to one key would leave a 9 MB
+/// state, over the 8 MiB frame, that could no longer be read (so its siblings could never be
+/// resolved) nor moved. The third is refused, saying which bound and what to do; every node
+/// still reads both siblings, and a write with the read's context replaces them.
+#[test]
+fn a_third_3_mb_blind_write_to_one_key_is_refused_and_the_key_stays_readable_and_resolvable() {
+    let cluster = Cluster::start_with(N, &DETECTOR);
+    let key = b"contended";
+    let big = |tag: u8| vec![tag; 3_000_000];
+    let blind = VersionVector::new();
+    let client = cluster.client(0);
+    for tag in [b'a', b'b'] {
+        cluster
+            .block_on(client.write(key, &big(tag), &blind))
+            .unwrap_or_else(|e| panic!("blind write {}: {e}", tag as char));
+    }
+    let refused = cluster.block_on(cluster.client(1).write(key, &big(b'c'), &blind));
+    match &refused {
+        Err(e @ Error::TooLarge { .. }) => {
+            let message = e.to_string();
+            assert!(
+                message.contains("state") && message.contains("context"),
+                "the refusal says which bound and what to do: {message}"
+            );
+            println!("the third write was refused: {message}");
+        }
+        other => panic!("a third 3 MB sibling was not refused: {other:?}"),
+    }
+    let mut context = VersionVector::new();
+    for i in cluster.all() {
+        let read = cluster
+            .block_on(cluster.client(i).read(key))
+            .unwrap_or_else(|e| panic!("read through node {i}: {e}"));
+        let mut values = read.values.clone();
+        values.sort();
+        assert!(
+            values == [big(b'a'), big(b'b')],
+            "siblings through node {i}"
+        );
+        context = read.context;
+    }
+    cluster
+        .block_on(cluster.client(2).write(key, &big(b'c'), &context))
+        .expect("the resolving write");
+    for i in cluster.all() {
+        let read = cluster
+            .block_on(cluster.client(i).read(key))
+            .unwrap_or_else(|e| panic!("read through node {i}: {e}"));
+        assert!(read.values == [big(b'c')], "one value through node {i}");
+    }
+}
