@@ -36,14 +36,15 @@
 //!
 //! Every message that carries states (a push, a fetch answer, a hint delivery, like a transfer
 //! round or a hand-off) holds at most [`SYNC_BATCH`] of them and at most the byte budget, one
-//! state at least (a state larger than the budget travels alone): whatever the values' size, a
+//! state at least (a state larger than the budget travels alone, and fits a frame by the state
+//! bound, [`crate::version::VersionLimits::max_state_bytes`]): whatever the values' size, a
 //! batch stays well under the frame bound (the default budget is a quarter of the default
-//! frame). The asker of a fetch names its budget, and the answer
-//! stops where the next state would not fit, saying so; the exchange then goes on from the
-//! same place. A message that fails anyway (the peer's frame is smaller, or it timed out) is
-//! reported ([`Event::RepairFailed`]) and halves the budget for the next ones, which grows
-//! back with every success; the exchange is retried with the smaller batch: a fetch at once,
-//! the rest in their next round.
+//! frame). The asker of a fetch names its budget, and the answer stops where the next state
+//! would not fit, saying so; the exchange then goes on from the same place. A message that
+//! fails anyway (the peer's frame is smaller, or it timed out) is reported
+//! ([`Event::RepairFailed`]) and halves the budget for the next ones, which doubles back with
+//! every success; the exchange is retried with the smaller batch: a fetch at once, the rest in
+//! their next round.
 
 use super::{Batch, Event, FetchOp, Kv, KvIo, Purpose, Routed};
 use crate::error::{Error, Result};
