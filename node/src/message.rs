@@ -171,10 +171,14 @@ pub enum Request {
         /// (bucket, digest) for every bucket the owner holds keys in.
         digests: Vec<(u8, u64)>,
     },
-    /// Anti-entropy: send me your states of these keys ([`Response::SyncItems`]).
+    /// Anti-entropy: send me your states of these keys ([`Response::SyncItems`]), in this
+    /// order, within `max_bytes`.
     SyncFetch {
         /// The keys.
         keys: Vec<Vec<u8>>,
+        /// Most bytes of keys and states the answer may carry (it carries one state at least,
+        /// whatever its size); the answerer's own budget bounds it too.
+        max_bytes: u64,
     },
     /// Collection of stray copies: the sender holds these copies of keys the receiver owns and
     /// is not one of their replicas. The receiver merges them, replicates the merged states to
@@ -302,6 +306,9 @@ pub enum Response {
     SyncItems {
         /// Keys and their encoded [`crate::version::Versioned`] states.
         items: Vec<(Vec<u8>, Vec<u8>)>,
+        /// Whether every key asked for was considered; if not, the answer stopped at its byte
+        /// budget and the keys asked for after the last one answered were left out.
+        complete: bool,
     },
     /// Answer to [`Request::Handoff`]: the keys whose copies the sender may delete, because the
     /// owner and all its replicas now store states that include them, and the owner's merged

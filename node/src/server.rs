@@ -523,6 +523,26 @@ fn record_kv_event(me: &NodeRef, event: &kv::Event) {
             }
         }
         Event::StorageError { error } => warn!(node, %error, "storage error"),
+        Event::RepairFailed {
+            with,
+            what,
+            keys,
+            bytes,
+            error,
+            batch_bytes,
+        } => {
+            metrics::counter!("chordkv_repair_failures_total", "what" => *what).increment(1);
+            warn!(
+                node,
+                peer = %with,
+                what,
+                keys,
+                bytes,
+                %error,
+                batch_bytes,
+                "a message carrying states failed; retrying with smaller batches"
+            );
+        }
         Event::Repaired { with, keys } => {
             metrics::counter!("chordkv_repaired_keys_total").increment(*keys);
             debug!(node, replica = %with, keys, "repaired a replica");

@@ -88,7 +88,11 @@ struct Args {
     /// Largest key, bytes.
     #[arg(long, default_value_t = 4 << 10)]
     max_key_bytes: usize,
-    /// Largest value, bytes.
+    /// Largest value, bytes. A message carries at most 8 MiB, or the largest key and value
+    /// plus 64 KiB if that is more (the frame bound), and a key's whole state (its concurrent
+    /// versions, siblings, with their version vectors) at most the frame bound less 64 KiB: a
+    /// write that would leave the state larger is refused. Resolve the siblings by writing with
+    /// the context of a read (`kvctl put --context`), or delete the key.
     #[arg(long, default_value_t = 4 << 20)]
     max_value_bytes: usize,
     /// Most open connections.
@@ -187,6 +191,9 @@ fn run(args: Args) -> Result<(), String> {
         max_frame,
     };
     config.limits.validate().map_err(|e| e.to_string())?;
+    // Every state fits a frame, and batches of them stay well under it.
+    config.node.kv.versions.max_state_bytes = config.limits.max_state();
+    config.node.kv.batch_bytes = max_frame / 4;
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -34,7 +34,7 @@
 use super::coordinator::{Responder, WriteOp};
 use super::sync::{SYNC_BATCH, state_digest};
 use super::{Event, Kv, KvIo, Purpose};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::id::{Id, in_half_open};
 use crate::message::{NodeRef, Request, Response};
 use crate::ring::Ring;
@@ -81,26 +81,23 @@ impl<S: Storage> Kv<S> {
         from: Id,
         until: Id,
     ) {
-        let mut items = match self.storage.scan_range(from, until, SYNC_BATCH) {
-            Ok(items) => items,
+        let entries = match self.storage.scan_range(from, until, SYNC_BATCH) {
+            Ok(entries) => entries,
             Err(error) => return io.report(Event::StorageError { error }),
         };
-        // A transfer round tells its receiver to delete the keys it sent that vanished here
-        // since: none of those is collected meanwhile.
-        items.retain(|(k, _)| !self.moving_key(ring, Id::hash(k)));
-        // Within the byte budget of a transfer round too (one item at least).
-        let mut bytes = 0;
-        let fits = items
-            .iter()
-            .take_while(|(k, v)| {
-                bytes += k.len() + v.len();
-                bytes <= self.opts.transfer_bytes
-            })
-            .count();
-        items.truncate(fits.max(1));
-        if items.is_empty() {
+        let mut batch = self.batch(SYNC_BATCH);
+        for (k, v) in entries {
+            // A transfer round tells its receiver to delete the keys it sent that vanished
+            // here since: none of those is collected meanwhile.
+            if !self.moving_key(ring, Id::hash(&k)) && !batch.push(k, v) {
+                break;
+            }
+        }
+        if batch.is_empty() {
             return;
         }
+        let bytes = batch.bytes() as u64;
+        let items = batch.into_items();
         let sent = items
             .iter()
             .map(|(k, v)| (k.clone(), state_digest(v)))
@@ -115,6 +112,7 @@ impl<S: Storage> Kv<S> {
             from,
             until,
             sent,
+            bytes,
         };
         // The owner answers only once all its replicas did: give it their round trip too.
         let deadline = io.now() + 2 * io.rpc_timeout();
@@ -126,7 +124,10 @@ impl<S: Storage> Kv<S> {
     /// merged states are stored on all `N − 1` replicas, tell the sender which it may delete.
     /// Nothing may be deleted if the sender keeps copies of our keys after all, or if we are
     /// leaving (what we store now leaves with us). Either way the answer carries our merged
-    /// states, so the sender's copies no longer hold values we have seen replaced.
+    /// states, so the sender's copies no longer hold values we have seen replaced. The merged
+    /// states are one batch within our byte budget: a copy whose merged state does not fit is
+    /// merged here but neither confirmed nor answered, and the sender keeps it for its next
+    /// hand-off.
     pub(super) fn on_handoff(
         &mut self,
         ring: &Ring,
@@ -135,7 +136,7 @@ impl<S: Storage> Kv<S> {
         from: NodeRef,
         items: Vec<(Vec<u8>, Vec<u8>)>,
     ) {
-        let mut merged = Vec::new();
+        let mut merged = self.batch(usize::MAX);
         for (key, bytes) in items {
             let owned = self.in_own_range(ring, Id::hash(&key));
             // A copy that does not decode is left where it is; the rest go on.
@@ -149,11 +150,15 @@ impl<S: Storage> Kv<S> {
                 .merge_into_storage(&key, &incoming)
                 .and_then(|_| self.storage.get(&key));
             match result {
-                Ok(Some(state)) => merged.push((key, state)),
+                Ok(Some(state)) if !merged.fits(&key, &state) => break,
+                Ok(Some(state)) => {
+                    merged.push(key, state);
+                }
                 Ok(None) => {}
                 Err(e) => return self.answer(io, responder, Err(e)),
             }
         }
+        let merged = merged.into_items();
         let keep = Response::HandedOff {
             keys: Vec::new(),
             states: merged.clone(),
@@ -180,6 +185,8 @@ impl<S: Storage> Kv<S> {
 
     /// The owner answered a hand-off: delete the copies it confirmed, unless they changed
     /// since we sent them, and bring the others up to date with its states.
+    /// A failed hand-off is reported, and the next one (in a later foreign round of
+    /// anti-entropy) sends a smaller batch.
     #[allow(clippy::too_many_arguments)]
     pub(super) fn on_handoff_answer(
         &mut self,
@@ -189,12 +196,20 @@ impl<S: Storage> Kv<S> {
         from: Id,
         until: Id,
         sent: Vec<(Vec<u8>, u64)>,
+        bytes: u64,
         response: Result<Response>,
     ) {
         self.syncing = false;
-        let Ok(Response::HandedOff { keys, states }) = response else {
-            return;
+        let n = sent.len() as u64;
+        let (keys, states) = match response {
+            Ok(Response::HandedOff { keys, states }) => (keys, states),
+            Ok(other) => {
+                let e = Error::InvalidData(format!("a hand-off was answered {other:?}"));
+                return self.after_batch(io, to, "hand-off", n, bytes, Some(e));
+            }
+            Err(e) => return self.after_batch(io, to, "hand-off", n, bytes, Some(e)),
         };
+        self.after_batch(io, to, "hand-off", n, bytes, None);
         // A transfer in flight tells its receiver to delete what vanished here: keep those.
         let confirmed: BTreeSet<Vec<u8>> = keys
             .into_iter()

@@ -541,6 +541,10 @@ impl<S: Storage> Kv<S> {
     }
 
     /// Make a new version of `key` as its owner: our dot, superseding what `context` covers.
+    ///
+    /// # Errors
+    /// As [`Versioned::write_checked`]; [`Error::TooLarge`] if the key's state would grow over
+    /// [`crate::version::VersionLimits::max_state_bytes`]; storage failures.
     fn write_version(
         &mut self,
         io: &mut dyn KvIo,
@@ -565,7 +569,20 @@ impl<S: Storage> Kv<S> {
                 siblings: outcome.siblings,
             });
         }
-        self.storage.put(key, &state.encode())?;
+        // A state must fit a message: refuse a write that would leave it over the bound,
+        // unless it leaves it smaller than it was (how an oversized merge is resolved).
+        let encoded = state.encode();
+        let bound = self.opts.versions.max_state_bytes;
+        if encoded.len() > bound
+            && self
+                .storage
+                .get(key)?
+                .is_none_or(|b| encoded.len() > b.len())
+        {
+            let siblings = state.siblings().len();
+            return Err(self.opts.versions.state_too_large(encoded.len(), siblings));
+        }
+        self.storage.put(key, &encoded)?;
         Ok(Response::Written {
             dot: outcome.dot,
             existed,

@@ -64,6 +64,16 @@
 //! (with W > 1). A client may pass `w` (and `r`) for one request; it is kept the same way. Values
 //! are compared across transfer rounds by a 64-bit hash.
 //!
+//! A key's encoded state is bounded so that it fits one message
+//! ([`VersionLimits::max_state_bytes`], the frame bound less 64 KiB): the owner refuses a write
+//! that would leave it larger, unless the write makes it smaller, as one with a read's context
+//! covering the siblings does. Merges are never refused (replicas must converge), so writes
+//! that two owners accepted during a partition or a ring change can merge into a state over
+//! the bound, up to the sum of both sides. Such a state is stored and travels alone in its
+//! messages; while it fits a frame it is read and resolved as usual. One beyond the frame
+//! cannot be sent: its replication and repairs fail (reported as [`Event::RepairFailed`]) and
+//! a read of it cannot be answered, so it cannot be resolved through a read's context: a known gap.
+//!
 //! # Call contract
 //!
 //! [`Kv`] owns no sockets, clocks or threads; its driver is the node ([`crate::node::Node`]),
@@ -110,8 +120,12 @@ pub struct Options {
     pub retry_delay: u64,
     /// Most key/value pairs in one transfer message.
     pub transfer_batch: usize,
-    /// Most bytes of values in one transfer message.
-    pub transfer_bytes: usize,
+    /// Most bytes of keys and states in one message that carries them, one item at least: a
+    /// transfer round, an anti-entropy push or fetch answer, a digest answer's key list, a hint
+    /// delivery, a stray hand-off and its answer. Keep it well under the frame bound
+    /// ([`crate::wire::Limits::max_frame`]); the default is a quarter of the default frame.
+    /// Failed sends shrink it for a while (see `kv/sync.rs`, BATCHES).
+    pub batch_bytes: usize,
     /// How often an owner compares its range with one replica (anti-entropy), in ms.
     pub sync_interval: u64,
     /// How often an owner hands hinted writes to replicas that may be back, in ms (the node
@@ -165,7 +179,7 @@ impl Default for Options {
             request_timeout: 10_000,
             retry_delay: 100,
             transfer_batch: 512,
-            transfer_bytes: 2 << 20,
+            batch_bytes: crate::wire::Limits::default().max_frame / 4,
             sync_interval: 1_000,
             hint_interval: crate::ring::detector::DetectorOptions::default().interval,
             tombstone_grace: Some(3_600_000),
@@ -223,6 +237,25 @@ pub enum Event {
         /// Tombstones (true) or stray copies (false).
         tombstones: bool,
     },
+    /// A message carrying states to `with` failed (it did not fit a frame, or went
+    /// unanswered): the states stay where they are, and the exchange is retried with a batch of
+    /// at most `batch_bytes` bytes (halved after every failure, back to
+    /// [`Options::batch_bytes`] after successes).
+    RepairFailed {
+        /// The peer the states were for.
+        with: NodeRef,
+        /// What the message was: "push" (anti-entropy), "fetch" (its answer), "hints",
+        /// "hand-off" or "transfer".
+        what: &'static str,
+        /// How many keys it carried (for a fetch, how many were asked for).
+        keys: u64,
+        /// How many bytes of keys and states it carried (for a fetch, the budget asked for).
+        bytes: u64,
+        /// Why it failed.
+        error: Error,
+        /// The byte budget of the next state-carrying messages.
+        batch_bytes: u64,
+    },
     /// A storage operation failed.
     StorageError {
         /// The failure.
@@ -243,17 +276,23 @@ pub(crate) enum Purpose {
         to: NodeRef,
         keys: Vec<Vec<u8>>,
     },
-    /// The owner's answer to our hand-off of stray copies, with the digests of what we sent.
+    /// The owner's answer to our hand-off of stray copies, with the digests of what we sent
+    /// and how many bytes it took.
     Handoff {
         to: NodeRef,
         from: Id,
         until: Id,
         sent: Vec<(Vec<u8>, u64)>,
+        bytes: u64,
     },
     /// A replica's (or former replica's) answer to a tombstone-collection check.
     Reap { from: NodeRef },
-    /// A replica's answer to the hand-over of hinted writes.
-    Hints { to: NodeRef, keys: Vec<Vec<u8>> },
+    /// A replica's answer to the hand-over of hinted writes (`bytes` of states).
+    Hints {
+        to: NodeRef,
+        keys: Vec<Vec<u8>>,
+        bytes: u64,
+    },
     /// A replica's answer to a quorum read.
     ReplicaRead { op: u64, from: NodeRef },
     /// A replica's answer to an anti-entropy digest.
@@ -263,15 +302,99 @@ pub(crate) enum Purpose {
         until: Id,
         foreign: bool,
     },
-    /// A replica's answer to an anti-entropy fetch; then go on from `resume`, if set.
-    SyncFetch {
-        to: NodeRef,
-        until: Id,
-        foreign: bool,
-        resume: Option<Id>,
-    },
-    /// A repair push; the answer carries nothing.
+    /// A replica's answer to an anti-entropy fetch.
+    SyncFetch(FetchOp),
+    /// An anti-entropy push of `keys` states (`bytes` bytes) to `to`; the answer carries
+    /// nothing, but a failure is reported and shrinks the batches.
+    Push { to: NodeRef, keys: u64, bytes: u64 },
+    /// A repair that needs no answer (read repair, a tombstone-collection commit).
     Repair,
+}
+
+/// Bytes a `(key, state)` item takes in a message beyond the key and the state: bincode's
+/// length prefixes (at most 9 bytes each) with room to spare.
+const ITEM_OVERHEAD: usize = 32;
+
+/// The smallest byte budget failures shrink batches to; a batch carries one item at least
+/// whatever its budget.
+const MIN_BATCH_BYTES: usize = 64 << 10;
+
+/// The bytes an item `(key, state)` adds to a message.
+pub(crate) fn item_bytes(key: &[u8], state: &[u8]) -> usize {
+    key.len() + state.len() + ITEM_OVERHEAD
+}
+
+/// The items of one message that carries states, within a byte budget and a count: an item
+/// that would take it over either is left out, except that an empty batch takes any one item,
+/// so a state larger than the budget still travels, alone.
+#[derive(Debug)]
+pub(crate) struct Batch {
+    items: Vec<(Vec<u8>, Vec<u8>)>,
+    bytes: usize,
+    max_bytes: usize,
+    max_items: usize,
+}
+
+impl Batch {
+    /// An empty batch of at most `max_items` items and `max_bytes` bytes.
+    pub(crate) fn new(max_bytes: usize, max_items: usize) -> Batch {
+        Batch {
+            items: Vec::new(),
+            bytes: 0,
+            max_bytes,
+            max_items,
+        }
+    }
+
+    /// Whether `(key, state)` would fit.
+    pub(crate) fn fits(&self, key: &[u8], state: &[u8]) -> bool {
+        self.items.is_empty()
+            || (self.items.len() < self.max_items
+                && self.bytes + item_bytes(key, state) <= self.max_bytes)
+    }
+
+    /// Add `(key, state)` if it fits; returns whether it did.
+    pub(crate) fn push(&mut self, key: Vec<u8>, state: Vec<u8>) -> bool {
+        if !self.fits(&key, &state) {
+            return false;
+        }
+        self.bytes += item_bytes(&key, &state);
+        self.items.push((key, state));
+        true
+    }
+
+    /// Whether no item was added.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+
+    /// How many items were added.
+    pub(crate) fn len(&self) -> usize {
+        self.items.len()
+    }
+
+    /// The bytes the items take.
+    pub(crate) fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// The items, in the order they were added.
+    pub(crate) fn into_items(self) -> Vec<(Vec<u8>, Vec<u8>)> {
+        self.items
+    }
+}
+
+/// An anti-entropy fetch from `to` in the exchange over `(from, until]`: `keys` keys asked
+/// for within `max_bytes`; then go on from `resume`, if set.
+#[derive(Clone, Debug)]
+pub(crate) struct FetchOp {
+    to: NodeRef,
+    from: Id,
+    until: Id,
+    foreign: bool,
+    resume: Option<Id>,
+    keys: u64,
+    max_bytes: u64,
 }
 
 /// What a lookup this layer asked the ring for is for.
@@ -345,6 +468,10 @@ pub struct Kv<S: Storage> {
     /// until the persisted lease is read.
     dot_lease: Option<u64>,
     calls: Calls<Purpose>,
+    /// The byte budget of the next message that carries states: [`Options::batch_bytes`],
+    /// halved after each failed send (down to [`MIN_BATCH_BYTES`]), doubled back after each
+    /// one that succeeded.
+    batch_bytes: usize,
 }
 
 impl<S: Storage> Kv<S> {
@@ -387,6 +514,7 @@ impl<S: Storage> Kv<S> {
             dot_floor: 0,
             dot_lease: None,
             calls: Calls::default(),
+            batch_bytes: opts.batch_bytes,
             opts,
         }
     }
@@ -569,7 +697,7 @@ impl<S: Storage> Kv<S> {
                 to,
                 digests,
             } => self.on_sync_digest(ring, asker, from, to, digests),
-            Request::SyncFetch { keys } => self.on_sync_fetch(keys),
+            Request::SyncFetch { keys, max_bytes } => self.on_sync_fetch(keys, max_bytes),
             Request::Handoff { from, items } => {
                 self.on_handoff(ring, io, Responder::Conn { conn, id }, from, items);
                 return None;
@@ -631,9 +759,12 @@ impl<S: Storage> Kv<S> {
                 from,
                 until,
                 sent,
-            } => self.on_handoff_answer(ring, io, to, from, until, sent, response),
+                bytes,
+            } => self.on_handoff_answer(ring, io, to, from, until, sent, bytes, response),
             Purpose::Reap { from } => self.on_reap_answer(ring, io, from, response),
-            Purpose::Hints { to, keys } => self.on_hints_answer(ring, io, to, keys, response),
+            Purpose::Hints { to, keys, bytes } => {
+                self.on_hints_answer(ring, io, to, keys, bytes, response)
+            }
             Purpose::ReplicaRead { op, from } => {
                 self.on_replica_read_answer(io, op, from, response)
             }
@@ -643,12 +774,10 @@ impl<S: Storage> Kv<S> {
                 until,
                 foreign,
             } => self.on_sync_answer(ring, io, to, from, until, foreign, response),
-            Purpose::SyncFetch {
-                to,
-                until,
-                foreign,
-                resume,
-            } => self.on_sync_fetch_answer(io, to, until, foreign, resume, response),
+            Purpose::SyncFetch(fetch) => self.on_sync_fetch_answer(io, fetch, response),
+            Purpose::Push { to, keys, bytes } => {
+                self.after_batch(io, to, "push", keys, bytes, response.err())
+            }
             Purpose::Repair => {}
         }
     }
@@ -747,6 +876,41 @@ impl<S: Storage> Kv<S> {
             self.storage.put(key, &state.encode())?;
         }
         Ok(changed)
+    }
+
+    /// An empty batch for a message that carries states, within the current byte budget.
+    fn batch(&self, max_items: usize) -> Batch {
+        Batch::new(self.batch_bytes, max_items)
+    }
+
+    /// The outcome of a message that carried states (`keys` of them, `bytes` bytes) to `to`:
+    /// after a success the budget grows back toward [`Options::batch_bytes`]; a failure is
+    /// reported and halves it, so the retry (the next round of the exchange) sends less.
+    fn after_batch(
+        &mut self,
+        io: &mut dyn KvIo,
+        to: NodeRef,
+        what: &'static str,
+        keys: u64,
+        bytes: u64,
+        error: Option<Error>,
+    ) {
+        let Some(error) = error else {
+            self.batch_bytes = self
+                .batch_bytes
+                .saturating_mul(2)
+                .min(self.opts.batch_bytes);
+            return;
+        };
+        self.batch_bytes = (self.batch_bytes / 2).max(MIN_BATCH_BYTES.min(self.opts.batch_bytes));
+        io.report(Event::RepairFailed {
+            with: to,
+            what,
+            keys,
+            bytes,
+            error,
+            batch_bytes: self.batch_bytes as u64,
+        });
     }
 
     fn send(&mut self, io: &mut dyn KvIo, to: NodeRef, request: Request, purpose: Purpose) {

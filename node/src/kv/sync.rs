@@ -31,9 +31,23 @@
 //! more to do (more keys differ than a batch, or the key list hit its size bound) goes on at
 //! once, up to [`MAX_SYNC_CHAIN`] more per interval, so a big repair finishes in seconds and
 //! still cannot starve client traffic.
+//!
+//! BATCHES
+//!
+//! Every message that carries states (a push, a fetch answer, a hint delivery, like a transfer
+//! round or a hand-off) holds at most [`SYNC_BATCH`] of them and at most the byte budget, one
+//! state at least (a state larger than the budget travels alone, and fits a frame by the state
+//! bound, [`crate::version::VersionLimits::max_state_bytes`]): whatever the values' size, a
+//! batch stays well under the frame bound (the default budget is a quarter of the default
+//! frame). The asker of a fetch names its budget, and the answer stops where the next state
+//! would not fit, saying so; the exchange then goes on from the same place. A message that
+//! fails anyway (the peer's frame is smaller, or it timed out) is reported
+//! ([`Event::RepairFailed`]) and halves the budget for the next ones, which doubles back with
+//! every success; the exchange is retried with the smaller batch: a fetch at once, the rest in
+//! their next round.
 
-use super::{Event, Kv, KvIo, Purpose, Routed};
-use crate::error::Result;
+use super::{Batch, Event, FetchOp, Kv, KvIo, Purpose, Routed};
+use crate::error::{Error, Result};
 use crate::id::{Id, in_half_open};
 use crate::message::{NodeRef, Request, Response};
 use crate::ring::{Lookup, Ring};
@@ -68,7 +82,7 @@ impl<S: Storage> Kv<S> {
     }
 
     /// Hand hinted writes to replicas that may be back: one batch per replica per round, the
-    /// current state of each key (so later writes ride along).
+    /// current state of each key (so later writes ride along), within the byte budget.
     pub(super) fn deliver_hints(&mut self, ring: &Ring, io: &mut dyn KvIo) {
         let due: Vec<(NodeRef, Vec<Vec<u8>>)> = self
             .hints
@@ -77,15 +91,27 @@ impl<S: Storage> Kv<S> {
             .map(|(node, keys)| (*node, keys.iter().take(SYNC_BATCH).cloned().collect()))
             .collect();
         for (to, keys) in due {
-            let mut items = Vec::new();
-            for k in &keys {
-                match self.storage.get(k) {
-                    Ok(Some(v)) => items.push((k.clone(), v)),
-                    Ok(None) => {}
+            let mut batch = self.batch(SYNC_BATCH);
+            // The keys this delivery settles: those sent, and those gone here since.
+            let mut settled = Vec::new();
+            for k in keys {
+                match self.storage.get(&k) {
+                    Ok(Some(v)) if !batch.fits(&k, &v) => break,
+                    Ok(Some(v)) => {
+                        batch.push(k.clone(), v);
+                        settled.push(k);
+                    }
+                    Ok(None) => settled.push(k),
                     Err(error) => return io.report(Event::StorageError { error }),
                 }
             }
-            let purpose = Purpose::Hints { to, keys };
+            let bytes = batch.bytes() as u64;
+            let purpose = Purpose::Hints {
+                to,
+                keys: settled,
+                bytes,
+            };
+            let items = batch.into_items();
             self.send(io, to, Request::Replicate { items }, purpose);
         }
     }
@@ -96,20 +122,29 @@ impl<S: Storage> Kv<S> {
         io: &mut dyn KvIo,
         to: NodeRef,
         keys: Vec<Vec<u8>>,
+        bytes: u64,
         response: Result<Response>,
     ) {
-        if !matches!(response, Ok(Response::Ack)) {
-            // Still away: try again next round, unless it is no longer one of our replicas (its
-            // keys' copies are elsewhere now, and anti-entropy keeps those).
+        let n = keys.len() as u64;
+        let error = match response {
+            Ok(Response::Ack) => None,
+            Ok(other) => Some(Error::InvalidData(format!(
+                "a hint delivery was answered {other:?}"
+            ))),
+            Err(e) => Some(e),
+        };
+        if let Some(error) = error {
+            // Still away (or the batch was too much for it): try again next round, with a
+            // smaller batch, unless it is no longer one of our replicas (its keys' copies are
+            // elsewhere now, and anti-entropy keeps those).
+            self.after_batch(io, to, "hints", n, bytes, Some(error));
             if !ring.successors().iter().any(|s| s.id == to.id) {
                 self.hints.remove(&to.id);
             }
             return;
         }
-        io.report(Event::Repaired {
-            with: to,
-            keys: keys.len() as u64,
-        });
+        self.after_batch(io, to, "hints", n, bytes, None);
+        io.report(Event::Repaired { with: to, keys: n });
         if let Some((_, pending)) = self.hints.get_mut(&to.id) {
             for k in &keys {
                 pending.remove(k);
@@ -203,7 +238,7 @@ impl<S: Storage> Kv<S> {
     }
 
     /// A replica's side of [`Request::SyncDigest`]: our keys in the buckets that differ, each
-    /// with its state's digest, within the byte budget of a transfer round.
+    /// with its state's digest, within the byte budget.
     pub(super) fn on_sync_digest(
         &self,
         ring: &Ring,
@@ -229,7 +264,7 @@ impl<S: Storage> Kv<S> {
                 if !buckets.contains(&Id::hash(&k).0[0]) {
                     continue;
                 }
-                if bytes >= self.opts.transfer_bytes {
+                if bytes >= self.opts.batch_bytes {
                     complete = false;
                     break;
                 }
@@ -245,15 +280,24 @@ impl<S: Storage> Kv<S> {
         })
     }
 
-    /// A replica's side of [`Request::SyncFetch`]: our states of those keys.
-    pub(super) fn on_sync_fetch(&self, keys: Vec<Vec<u8>>) -> Result<Response> {
-        let mut items = Vec::new();
+    /// A replica's side of [`Request::SyncFetch`]: our states of those keys, in the order asked,
+    /// within the asker's byte budget and ours; `complete` says whether all fitted.
+    pub(super) fn on_sync_fetch(&self, keys: Vec<Vec<u8>>, max_bytes: u64) -> Result<Response> {
+        let max_bytes = usize::try_from(max_bytes).unwrap_or(usize::MAX);
+        let mut batch = Batch::new(max_bytes.min(self.opts.batch_bytes), usize::MAX);
+        let mut complete = true;
         for k in keys {
             if let Some(v) = self.storage.get(&k)? {
-                items.push((k, v));
+                if !batch.push(k, v) {
+                    complete = false;
+                    break;
+                }
             }
         }
-        Ok(Response::SyncItems { items })
+        Ok(Response::SyncItems {
+            items: batch.into_items(),
+            complete,
+        })
     }
 
     /// The asker's side of a digest exchange over `(from, until]`: compare the replica's keys
@@ -302,7 +346,8 @@ impl<S: Storage> Kv<S> {
             Ok(e) => e,
             Err(error) => return io.report(Event::StorageError { error }),
         };
-        let (mut push, mut fetch, mut differing) = (Vec::new(), Vec::new(), 0);
+        // Both batches are bounded; `more` records that a differing key did not fit one.
+        let (mut push, mut fetch, mut more) = (self.batch(SYNC_BATCH), Vec::new(), false);
         for (k, v) in entries {
             if !buckets.contains(&Id::hash(&k).0[0]) {
                 continue;
@@ -310,12 +355,15 @@ impl<S: Storage> Kv<S> {
             match theirs.remove(&k) {
                 Some(d) if d == state_digest(&v) => {}
                 held => {
-                    differing += 1;
-                    if held.is_some() && fetch.len() < SYNC_BATCH {
-                        fetch.push(k.clone());
+                    if held.is_some() {
+                        if fetch.len() < SYNC_BATCH {
+                            fetch.push(k.clone());
+                        } else {
+                            more = true;
+                        }
                     }
-                    if push.len() < SYNC_BATCH {
-                        push.push((k, v));
+                    if !push.push(k, v) {
+                        more = true;
                     }
                 }
             }
@@ -323,9 +371,10 @@ impl<S: Storage> Kv<S> {
         // The keys only the replica holds are ours to take, in our own range.
         if !foreign {
             for k in theirs.into_keys() {
-                differing += 1;
                 if fetch.len() < SYNC_BATCH {
                     fetch.push(k);
+                } else {
+                    more = true;
                 }
             }
         }
@@ -334,10 +383,16 @@ impl<S: Storage> Kv<S> {
             keys: push.len() as u64,
         });
         if !push.is_empty() {
-            self.send(io, to, Request::Replicate { items: push }, Purpose::Repair);
+            let purpose = Purpose::Push {
+                to,
+                keys: push.len() as u64,
+                bytes: push.bytes() as u64,
+            };
+            let items = push.into_items();
+            self.send(io, to, Request::Replicate { items }, purpose);
         }
-        // More than a batch differed: the same range again; cut short: the rest of it.
-        let resume = if differing > SYNC_BATCH {
+        // More differed than a batch holds: the same range again; cut short: the rest of it.
+        let resume = if more {
             Some(from)
         } else {
             (!complete).then_some(horizon)
@@ -346,29 +401,57 @@ impl<S: Storage> Kv<S> {
             return self.resume_sync(io, to, until, resume);
         }
         self.syncing = true;
-        let purpose = Purpose::SyncFetch {
+        let purpose = Purpose::SyncFetch(FetchOp {
             to,
+            from,
             until,
             foreign,
             resume,
+            keys: fetch.len() as u64,
+            max_bytes: self.batch_bytes as u64,
+        });
+        let req = Request::SyncFetch {
+            keys: fetch,
+            max_bytes: self.batch_bytes as u64,
         };
-        self.send(io, to, Request::SyncFetch { keys: fetch }, purpose);
+        self.send(io, to, req, purpose);
     }
 
     /// The replica's states we fetched: merge them (outside our range, only into copies we
-    /// hold), then go on if the exchange had more to do.
+    /// hold), then go on if the exchange had more to do: the same range again if the answer
+    /// was cut short, or failed (with a smaller budget).
     pub(super) fn on_sync_fetch_answer(
         &mut self,
         io: &mut dyn KvIo,
-        to: NodeRef,
-        until: Id,
-        foreign: bool,
-        resume: Option<Id>,
+        fetch: FetchOp,
         response: Result<Response>,
     ) {
         self.syncing = false;
-        let Ok(Response::SyncItems { items }) = response else {
-            return;
+        let FetchOp {
+            to,
+            from,
+            until,
+            foreign,
+            mut resume,
+            keys,
+            max_bytes,
+        } = fetch;
+        let items = match response {
+            Ok(Response::SyncItems { items, complete }) => {
+                self.after_batch(io, to, "fetch", keys, max_bytes, None);
+                if !complete {
+                    resume = Some(from);
+                }
+                items
+            }
+            Ok(other) => {
+                let e = Error::InvalidData(format!("a fetch was answered {other:?}"));
+                return self.after_batch(io, to, "fetch", keys, max_bytes, Some(e));
+            }
+            Err(e) => {
+                self.after_batch(io, to, "fetch", keys, max_bytes, Some(e));
+                return self.resume_sync(io, to, until, Some(from));
+            }
         };
         for (k, v) in &items {
             if foreign && !matches!(self.storage.get(k), Ok(Some(_))) {

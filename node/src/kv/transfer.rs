@@ -34,6 +34,8 @@ enum TransferGoal {
 struct Round {
     items: Vec<(Vec<u8>, u64)>,
     deletes: Vec<Vec<u8>>,
+    /// The bytes of keys and values it carried.
+    bytes: u64,
 }
 
 /// A hand-over in progress.
@@ -185,19 +187,13 @@ impl<S: Storage> Kv<S> {
                 return;
             }
         };
-        let mut items = Vec::new();
+        let mut batch = self.batch(self.opts.transfer_batch);
         let mut hashes = Vec::new();
-        let mut bytes = 0;
         let mut present = BTreeSet::new();
         for (k, v) in entries {
             let h = value_hash(&v);
-            if t.sent.get(&k) != Some(&h)
-                && items.len() < self.opts.transfer_batch
-                && (items.is_empty() || bytes + v.len() <= self.opts.transfer_bytes)
-            {
-                bytes += v.len() + k.len();
+            if t.sent.get(&k) != Some(&h) && batch.push(k.clone(), v) {
                 hashes.push((k.clone(), h));
-                items.push((k.clone(), v));
             }
             present.insert(k);
         }
@@ -207,15 +203,18 @@ impl<S: Storage> Kv<S> {
             .filter(|k| !present.contains(*k))
             .cloned()
             .collect();
-        if items.is_empty() && deletes.is_empty() {
+        if batch.is_empty() && deletes.is_empty() {
             return self.finish_transfer(ring, io);
         }
+        let bytes = batch.bytes() as u64;
+        let items = batch.into_items();
         let to = t.to;
         let leaving = matches!(t.goal, TransferGoal::Leave);
         if let Some(t) = self.transfer.as_mut() {
             t.in_flight = Some(Round {
                 items: hashes,
                 deletes: deletes.clone(),
+                bytes,
             });
         }
         let request = Request::Transfer {
@@ -236,11 +235,22 @@ impl<S: Storage> Kv<S> {
         let Some(t) = self.transfer.as_mut() else {
             return;
         };
-        let Some(Round { items, deletes }) = t.in_flight.take() else {
+        let Some(Round {
+            items,
+            deletes,
+            bytes,
+        }) = t.in_flight.take()
+        else {
             return;
         };
+        let to = t.to;
+        let keys = items.len() as u64;
         match response {
             Ok(Response::Ack) => {
+                self.after_batch(io, to, "transfer", keys, bytes, None);
+                let Some(t) = self.transfer.as_mut() else {
+                    return;
+                };
                 t.sent.extend(items);
                 for k in deletes {
                     t.sent.remove(&k);
@@ -257,8 +267,13 @@ impl<S: Storage> Kv<S> {
                 ring.adopt_successor(io, to);
                 self.begin_leave_transfer(ring, io);
             }
-            _ => {
-                let mut t = self.transfer.take().expect("present");
+            other => {
+                if let Err(error) = other {
+                    self.after_batch(io, to, "transfer", keys, bytes, Some(error));
+                }
+                let Some(mut t) = self.transfer.take() else {
+                    return;
+                };
                 // The lost round may or may not have been stored: remember its keys as "maybe
                 // held" (a hash no value has), so a retry to the same node resends or deletes them.
                 t.sent

@@ -8,17 +8,23 @@
 //! The simulator drives exactly the code the tokio server drives: it calls
 //! [`Node::handle_request`], [`Node::handle_response`] and [`Node::tick`] and carries out what
 //! [`Node::poll_output`] returns. Nothing here decides protocol behaviour.
+//!
+//! With [`SimOptions::max_frame`] set, every message is also encoded as the wire would encode
+//! it, its size recorded ([`Sim::largest_messages`]), and one over the bound is not delivered:
+//! as on a real connection, the sender of an oversized request gets [`Error::TooLarge`] at
+//! once, and the asker of an oversized answer gets [`Error::TooLarge`] in its place.
 
 use super::history::{self, History};
 use super::zave::RingCheck;
 use crate::error::{Error, Result};
 use crate::id::{BITS, Id};
-use crate::message::{NodeRef, Request, RequestId, Response};
+use crate::message::{Envelope, NodeRef, Request, RequestId, Response};
 use crate::node::{Event, Node, Options, Output};
 use crate::ring;
 use crate::rpc::ConnId;
 use crate::storage::{MemoryStorage, Storage};
 use crate::version::Versioned;
+use crate::wire;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use std::cmp::Reverse;
@@ -51,6 +57,9 @@ pub struct SimOptions {
     /// builds whose runs print the same digests behaved identically, message for message, which
     /// is how a refactor shows it changed no behaviour.
     pub trace: bool,
+    /// Encode every message, record its size, and refuse one whose body exceeds this many
+    /// bytes (see the module docs); `None` skips the encoding, which costs time.
+    pub max_frame: Option<usize>,
 }
 
 impl Default for SimOptions {
@@ -64,6 +73,7 @@ impl Default for SimOptions {
             node: Options::default(),
             record_events: false,
             trace: std::env::var_os("CHORDKV_TRACE").is_some(),
+            max_frame: None,
         }
     }
 }
@@ -117,6 +127,10 @@ pub struct Sim {
     /// Nodes asked to leave: no longer counted as members.
     departing: BTreeSet<usize>,
     by_id: BTreeMap<Id, usize>,
+    /// With [`SimOptions::max_frame`]: the largest body seen per message kind, and the kind of
+    /// request each pending answer is for, by answering node, connection and request id.
+    largest: BTreeMap<String, usize>,
+    asked: BTreeMap<(usize, ConnId, RequestId), &'static str>,
 }
 
 impl Sim {
@@ -146,7 +160,33 @@ impl Sim {
             checked_lists: Vec::new(),
             departing: BTreeSet::new(),
             by_id: BTreeMap::new(),
+            largest: BTreeMap::new(),
+            asked: BTreeMap::new(),
         }
+    }
+
+    /// With [`SimOptions::max_frame`]: the largest encoded body of every kind of message sent
+    /// so far, in bytes, requests by [`Request::kind`] and answers as "`kind` answer" (refused
+    /// ones included).
+    pub fn largest_messages(&self) -> &BTreeMap<String, usize> {
+        &self.largest
+    }
+
+    /// With [`SimOptions::max_frame`]: record the size of `envelope`, a message of `kind`, and
+    /// the refusal a real connection would give if it exceeds the bound.
+    fn check_frame(&mut self, kind: String, envelope: &Envelope) -> Option<Error> {
+        let max_frame = self.opts.max_frame?;
+        let size = match wire::encode_frame(envelope, wire::HARD_MAX_FRAME) {
+            Ok(frame) => frame.len() - wire::PREFIX_LEN,
+            Err(e) => return Some(e),
+        };
+        let largest = self.largest.entry(kind).or_default();
+        *largest = (*largest).max(size);
+        (size > max_frame).then(|| Error::TooLarge {
+            what: "frame".into(),
+            size: size as u64,
+            limit: max_frame as u64,
+        })
     }
 
     /// A digest of every output every node produced so far, with the time and the node (only
@@ -417,6 +457,9 @@ impl Sim {
                 request,
             } => {
                 let target = self.by_addr.get(&to).copied();
+                if let (Some(t), Some(_)) = (target, self.opts.max_frame) {
+                    self.asked.insert((t, from as ConnId, id), request.kind());
+                }
                 match target.and_then(|t| self.node_mut(t).map(|c| (t, c))) {
                     Some((t, c)) => {
                         c.handle_request(from as ConnId, id, request, now);
@@ -448,6 +491,29 @@ impl Sim {
         }
     }
 
+    /// With [`SimOptions::max_frame`]: node `i`'s answer on `conn` to request `id`, or the
+    /// error the asker gets in its place if it is too large for a frame.
+    fn check_answer(
+        &mut self,
+        i: usize,
+        conn: ConnId,
+        id: RequestId,
+        response: Result<Response>,
+    ) -> Result<Response> {
+        let Some(kind) = self.asked.remove(&(i, conn, id)) else {
+            return response;
+        };
+        let envelope = Envelope::Response { id, body: response };
+        let refused = self.check_frame(format!("{kind} answer"), &envelope);
+        let Envelope::Response { body, .. } = envelope else {
+            unreachable!("built as a response above")
+        };
+        match refused {
+            Some(e) => Err(e),
+            None => body,
+        }
+    }
+
     /// Carry out node `i`'s outputs.
     fn drain(&mut self, i: usize) {
         while let Some(out) = self.node_mut(i).and_then(|c| c.poll_output()) {
@@ -457,6 +523,27 @@ impl Sim {
             }
             match out {
                 Output::Send { to, id, request } => {
+                    let kind = request.kind().to_string();
+                    let envelope = Envelope::Request { id, body: request };
+                    let refused = self.check_frame(kind, &envelope);
+                    let Envelope::Request { body: request, .. } = envelope else {
+                        unreachable!("built as a request above")
+                    };
+                    if let Some(e) = refused {
+                        // The sender's channel refuses it before writing anything.
+                        let addr = self.addrs[i];
+                        let response = Err(e);
+                        self.post(
+                            i,
+                            addr,
+                            Msg::Response {
+                                to: i,
+                                id,
+                                response,
+                            },
+                        );
+                        continue;
+                    }
                     let msg = Msg::Request {
                         from: i,
                         to,
@@ -471,6 +558,7 @@ impl Sim {
                     } else {
                         let to = conn as usize;
                         let addr = self.addrs[to];
+                        let response = self.check_answer(i, conn, id, response);
                         self.post(i, addr, Msg::Response { to, id, response });
                     }
                 }

@@ -43,7 +43,9 @@
 //! Concurrent writes thus become siblings instead of one overwriting the other; a client that
 //! reads several values reconciles them and writes the result back with the context it read,
 //! which replaces them all. Siblings are bounded ([`VersionLimits`], Riak's defaults: warn above
-//! 25, refuse a write that would leave more than 100): a refused write says how to resolve them.
+//! 25, refuse a write that would leave more than 100), and so is the encoded size of the whole
+//! state, so that it always fits one message ([`VersionLimits::max_state_bytes`]): a refused
+//! write says how to resolve them.
 //!
 //! TOMBSTONES
 //!
@@ -89,8 +91,9 @@
 //!   context at all; handing back the client's context joined with the new dot would let its next
 //!   write replace siblings it has never seen.
 //! - Bounds are enforced on writes only: a merge never refuses (refusing would keep replicas
-//!   apart), so a merge may leave more siblings or clock entries than the limits, until the next
-//!   write resolves or prunes them.
+//!   apart), so a merge may leave more siblings, clock entries or bytes than the limits, until
+//!   the next write resolves or prunes them. A write that makes a state smaller is never
+//!   refused for its size, so a state over the size bound can still be resolved.
 //! - Tombstones are never removed here. Collecting a deleted key needs every replica to hold
 //!   the same tombstone first, which is the replication layer's business
 //!   (COLLECTION in `kv/collect.rs`).
@@ -286,6 +289,31 @@ pub struct VersionLimits {
     pub max_siblings: usize,
     /// After a write, the context is pruned to this many entries (see [`Versioned::prune`]).
     pub max_clock_entries: usize,
+    /// A write that would leave the encoded state ([`Versioned::encode`]) larger than this
+    /// many bytes is refused, unless it makes the state smaller: the bound keeps every state
+    /// within one frame with room for the message around it. The default is the default frame
+    /// bound less [`STATE_HEADROOM`]; a node derives it from its frame bound.
+    pub max_state_bytes: usize,
+}
+
+/// Room a state bound leaves in a frame for the message around one state (the key, ids, tags
+/// and length prefixes), and for what a write adds beside its value (a dot, context entries,
+/// a write id).
+pub const STATE_HEADROOM: usize = 64 << 10;
+
+impl VersionLimits {
+    /// The refusal of a write that would leave a state of `size` encoded bytes with `siblings`
+    /// siblings, over [`VersionLimits::max_state_bytes`].
+    pub fn state_too_large(&self, size: usize, siblings: usize) -> Error {
+        Error::TooLarge {
+            what: format!(
+                "the key's state after this write ({siblings} siblings, over the state bound: \
+                 resolve them by writing with the context of a read, or delete the key)"
+            ),
+            size: size as u64,
+            limit: self.max_state_bytes as u64,
+        }
+    }
 }
 
 impl Default for VersionLimits {
@@ -294,6 +322,8 @@ impl Default for VersionLimits {
             warn_siblings: 25,
             max_siblings: 100,
             max_clock_entries: 64,
+            // The default frame bound, `wire::Limits::default().max_frame`.
+            max_state_bytes: (8 << 20) - STATE_HEADROOM,
         }
     }
 }

@@ -309,7 +309,7 @@ fn write_checked_warns_refuses_and_resolves() {
     let limits = VersionLimits {
         warn_siblings: 2,
         max_siblings: 3,
-        max_clock_entries: 64,
+        ..VersionLimits::default()
     };
     let mut s = Versioned::empty();
     let blind = VersionVector::new();
@@ -636,6 +636,7 @@ fn run(ops: &[Op], pruning: Option<Pruning>) -> Run {
     let limits = VersionLimits {
         warn_siblings: usize::MAX,
         max_siblings: usize::MAX,
+        max_state_bytes: usize::MAX,
         max_clock_entries: match pruning {
             Some(p) if p.on_write => p.bound,
             _ => usize::MAX,

@@ -263,6 +263,14 @@ impl Limits {
         }
     }
 
+    /// The largest state of one key that fits a frame with room for the message around it:
+    /// the frame bound less [`crate::version::STATE_HEADROOM`], for
+    /// [`crate::version::VersionLimits::max_state_bytes`].
+    pub fn max_state(&self) -> usize {
+        self.max_frame
+            .saturating_sub(crate::version::STATE_HEADROOM)
+    }
+
     /// Checks that the bounds make sense together: a frame bound within [`HARD_MAX_FRAME`], a
     /// nonzero key bound, and room in a frame for a maximal key and value.
     ///
@@ -347,7 +355,7 @@ impl Limits {
                 items.iter().try_for_each(|(key, _)| self.check_key(key))
             }
             Request::ReplicaRead { key } => self.check_key(key),
-            Request::SyncFetch { keys } => keys.iter().try_for_each(|key| self.check_key(key)),
+            Request::SyncFetch { keys, .. } => keys.iter().try_for_each(|key| self.check_key(key)),
             Request::Handoff { items, .. } => {
                 items.iter().try_for_each(|(key, _)| self.check_key(key))
             }

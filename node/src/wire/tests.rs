@@ -234,6 +234,58 @@ fn check_request_table() {
 }
 
 #[test]
+fn a_state_at_the_default_state_bound_fits_a_default_frame_in_every_message_that_carries_it() {
+    use crate::version::{VersionLimits, Versioned};
+    let limits = Limits::default();
+    assert_eq!(limits.max_state(), VersionLimits::default().max_state_bytes);
+    // A state of exactly the bound, with a maximal key.
+    let mut state = Versioned::empty();
+    let value = vec![7u8; limits.max_state()];
+    state.write(Id::hash(b"n"), &VersionVector::new(), Some(value));
+    let mut bytes = state.encode();
+    bytes.truncate(limits.max_state());
+    let key = vec![b'k'; limits.max_key];
+    let item = vec![(key.clone(), bytes.clone())];
+    let messages = [
+        Envelope::Request {
+            id: u64::MAX,
+            body: Request::Replicate {
+                items: item.clone(),
+            },
+        },
+        Envelope::Request {
+            id: u64::MAX,
+            body: Request::Handoff {
+                from: node_ref(),
+                items: item.clone(),
+            },
+        },
+        Envelope::Response {
+            id: u64::MAX,
+            body: Ok(Response::SyncItems {
+                items: item.clone(),
+                complete: false,
+            }),
+        },
+        Envelope::Response {
+            id: u64::MAX,
+            body: Ok(Response::HandedOff {
+                keys: vec![key.clone()],
+                states: item,
+            }),
+        },
+        Envelope::Response {
+            id: u64::MAX,
+            body: Ok(Response::State(Some(bytes))),
+        },
+    ];
+    for m in &messages {
+        let frame = encode_frame(m, limits.max_frame);
+        assert!(frame.is_ok(), "{:?}", frame.map(|f| f.len()));
+    }
+}
+
+#[test]
 fn default_limits_are_valid_and_validate_catches_bad_ones() {
     Limits::default().validate().expect("defaults are valid");
     let cramped = Limits {
