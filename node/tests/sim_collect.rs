@@ -342,3 +342,75 @@ fn a_newcomer_receives_only_the_keys_of_its_own_range() {
         "copies outside its range reached the newcomer"
     );
 }
+
+/// A replica pushed out of a key's preference list by a join keeps its copy as a stray until it
+/// hands it to the owner. If that hand-off does not get through (here: every hand-off is lost)
+/// and the key is deleted meanwhile, the tombstone must not be collected while the former
+/// replica still holds the value it replaced: collected, the stray's eventual hand-off would
+/// bring the value back. The owner asks its former replicas too, finds the old value there,
+/// and sends them the tombstone; then collects it everywhere. (`sim_moves` seed 4155, at one
+/// point of this code's history, resurrected a delete this way.)
+#[test]
+fn a_former_replica_holding_a_replaced_value_holds_up_collection_and_gets_the_tombstone() {
+    let mut sim = ring(9, GRACE);
+    let mut h = History::new();
+    // The node about to join lands right after `owner` in the ring, so it becomes the second
+    // copy of `owner`'s keys and pushes the third one, `former`, out of their preference list.
+    let newcomer_id = Id::hash(Sim::addr(sim.len()).to_string().as_bytes());
+    let owner = sim
+        .true_successor(newcomer_id)
+        .and_then(|succ| {
+            let ring = sim.true_ring();
+            let at = ring.iter().position(|n| *n == succ)?;
+            sim.index_of(ring[(at + ring.len() - 1) % ring.len()].addr)
+        })
+        .expect("a ring");
+    let key = (0..)
+        .map(|i| format!("key-{i}").into_bytes())
+        .find(|k| sim.owner_of(k) == Some(owner))
+        .expect("some key is the owner's");
+    write(
+        &mut sim,
+        &mut h,
+        owner,
+        &key,
+        Some("old"),
+        VersionVector::new(),
+    );
+    assert!(
+        sim.run_until(20_000, |s| s.holders(&key).len() == 3),
+        "three copies"
+    );
+    let former = sim.preference_list(&key, 3)[2];
+
+    sim.lose_requests("handoff", true);
+    let newcomer = sim.add_node(Some(0));
+    assert!(sim.settle(60_000), "the newcomer did not settle in");
+    assert_eq!(sim.preference_list(&key, 3)[..2], [owner, newcomer]);
+    assert!(
+        sim.holders(&key).contains(&former),
+        "the former replica still holds its copy, now a stray"
+    );
+    let (_, context) = read(&mut sim, owner, &key);
+    write(&mut sim, &mut h, owner, &key, None, context);
+
+    // Several grace periods: the owner must not collect the tombstone while `former` holds
+    // the old value, and must bring the tombstone there.
+    sim.run_for(4 * GRACE);
+    let at_former = sim.stored_state(former, &key).expect("a state");
+    assert!(
+        at_former.values().is_empty(),
+        "the former replica still holds {:?}",
+        at_former.values()
+    );
+    // Hand-offs get through again: nothing comes back, and the tombstone goes everywhere.
+    sim.lose_requests("handoff", false);
+    assert!(
+        sim.run_until(10 * GRACE, |s| s.holders(&key).is_empty()),
+        "the tombstone was not collected: held by {:?}",
+        sim.holders(&key)
+    );
+    let (values, _) = read(&mut sim, newcomer, &key);
+    assert!(values.is_empty(), "the deleted value came back: {values:?}");
+    sim.check_history(&mut h, 3).expect("the history checks");
+}

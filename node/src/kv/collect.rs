@@ -18,7 +18,11 @@
 //!   replicas change) is checked with every replica ([`Request::Reap`]) and, if they all hold
 //!   exactly the same state and our view did not change meanwhile, deleted here and there. A
 //!   replica that misses the delete keeps its tombstone, which anti-entropy brings back and a
-//!   later round collects: a tombstone coming back is harmless, a value would not be.
+//!   later round collects: a tombstone coming back is harmless, a value would not be. The
+//!   replicas that left the preference list in the last two grace periods are asked too: they
+//!   may still hold, as strays not yet handed off, values our tombstones replaced. One that
+//!   holds the key in another state holds the collection up and is sent our state; one that
+//!   holds it identically, or not at all, agrees.
 //!
 //! Neither touches a key a transfer of ours may be moving (every key while we leave; the
 //! newcomer's part of our range during a join hand-over): a transfer round tells its receiver
@@ -26,8 +30,8 @@
 //! in a join hand-over, so they are handed off meanwhile.
 //!
 //! What makes collection safe is the grace period: a node that was down or cut off for longer
-//! (or a stray not handed off within it) may still hold a value whose tombstone is gone, and
-//! would bring it back. Cassandra's `gc_grace_seconds` has the same rule. A node never issues
+//! (or a stray not handed off within two grace periods of leaving the preference list) may
+//! still hold a value whose tombstone is gone, and would bring it back. Cassandra's `gc_grace_seconds` has the same rule. A node never issues
 //! a dot twice ([`super::coordinator`]), so a key written again after collection gets versions
 //! no old context covers.
 

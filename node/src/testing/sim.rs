@@ -112,6 +112,8 @@ pub struct Sim {
     seq: u64,
     /// Pairs of nodes that cannot reach each other.
     cut: BTreeSet<(usize, usize)>,
+    /// Kinds of request ([`Request::kind`]) lost in transit, whoever sends them.
+    lost_kinds: BTreeSet<&'static str>,
     next_client: ConnId,
     responses: BTreeMap<(ConnId, RequestId), Result<Response>>,
     events: Vec<(u64, usize, Event)>,
@@ -150,6 +152,7 @@ impl Sim {
             msgs: BTreeMap::new(),
             seq: 0,
             cut: BTreeSet::new(),
+            lost_kinds: BTreeSet::new(),
             next_client: CLIENT_CONN,
             responses: BTreeMap::new(),
             events: Vec::new(),
@@ -620,8 +623,24 @@ impl Sim {
         }
     }
 
+    /// Lose every request of this kind ([`Request::kind`]) from now on, or (`lost: false`)
+    /// deliver them again: a hand-off that never gets through, say, while the node is
+    /// otherwise reachable.
+    pub fn lose_requests(&mut self, kind: &'static str, lost: bool) {
+        if lost {
+            self.lost_kinds.insert(kind);
+        } else {
+            self.lost_kinds.remove(kind);
+        }
+    }
+
     /// Queue a message from node `from` toward `to_addr` with a random delay, unless it is lost.
     fn post(&mut self, from: usize, to_addr: SocketAddr, msg: Msg) {
+        if let Msg::Request { request, .. } = &msg {
+            if self.lost_kinds.contains(request.kind()) {
+                return;
+            }
+        }
         let to = self.by_addr.get(&to_addr).copied();
         if let Some(t) = to {
             if self.cut.contains(&(from, t)) {
