@@ -130,3 +130,98 @@ fn seeds_that_once_resurrected_a_delete_stay_deleted() {
         run(seed);
     }
 }
+
+/// A node asked to leave while it hands a newcomer its range abandons that hand-over for the
+/// leave's. The join round still in flight used to be answered into the leave's first round
+/// (rounds named neither their receiver nor their number): here the leave's first round is
+/// lost and the newcomer's acknowledgement arrives instead, so the leaver took its keys as
+/// held by its successor, never sent them again, deleted them and left. With one copy of each
+/// key nothing else held them.
+#[test]
+fn a_leave_during_a_join_hand_over_loses_nothing() {
+    let mut sim = Sim::new(SimOptions {
+        seed: 3,
+        node: Options {
+            kv: kv::Options {
+                replicas: 1,
+                write_quorum: 1,
+                read_quorum: 1,
+                // Small rounds, so the hand-overs take several.
+                transfer_batch: 4,
+                ..kv::Options::default()
+            },
+            ..Options::default()
+        },
+        ..SimOptions::default()
+    });
+    sim.grow(4, 200);
+    assert!(sim.settle(60_000), "the ring did not form");
+    let mut history = History::new();
+    let keys: Vec<Vec<u8>> = (0..120).map(|i| format!("k{i}").into_bytes()).collect();
+    for (i, key) in keys.iter().enumerate() {
+        let value = format!("v{i}").into_bytes();
+        let id = history.record_write(key, Some(value.clone()), VersionVector::new());
+        match sim.request(
+            i % 4,
+            Request::write(key.clone(), Some(value), VersionVector::new(), None),
+            10_000,
+        ) {
+            Ok(Response::Written { dot, .. }) => history.record_ack(id, dot),
+            other => panic!("put {i}: {other:?}"),
+        }
+    }
+    let newcomer = sim.add_node(Some(0));
+    let leaver = sim
+        .true_successor(sim.node_ref(newcomer).id)
+        .and_then(|s| sim.index_of(s.addr))
+        .expect("a successor");
+    assert!(
+        sim.run_until(30_000, |s| {
+            s.node(leaver).and_then(|n| n.kv().handing_over_to()) == Some(s.node_ref(newcomer))
+        }),
+        "the newcomer's successor never started its hand-over"
+    );
+    // The join round is on its way; the leave's first round will be lost.
+    sim.lose_requests("transfer", true);
+    sim.leave(leaver);
+    sim.run_for(50);
+    sim.lose_requests("transfer", false);
+    assert!(
+        sim.run_until(60_000, |s| !s.is_up(leaver)),
+        "the leaver never left"
+    );
+    assert!(sim.settle(60_000), "the ring did not settle");
+    sim.run_for(5_000);
+    sim.check_history(&mut history, 1)
+        .expect("nothing acknowledged is lost");
+}
+
+/// A leaving node that has sent its last hand-over round stores nothing more: a copy it took
+/// then would leave with it, though the writer counted it towards W.
+#[test]
+fn a_node_that_has_handed_its_keys_over_refuses_copies() {
+    let mut sim = Sim::new(SimOptions {
+        seed: 4,
+        ..SimOptions::default()
+    });
+    sim.grow(4, 200);
+    assert!(sim.settle(60_000), "the ring did not form");
+    let leaver = 2;
+    sim.leave(leaver);
+    assert!(
+        sim.run_until(30_000, |s| s.node(leaver).is_some_and(|n| {
+            n.ring().is_leaving() && n.kv().handing_over_to().is_none()
+        })),
+        "the leaver never finished its hand-over"
+    );
+    let state = chordkv_node::version::Versioned::empty();
+    let replicate = Request::Replicate {
+        items: vec![(b"late".to_vec(), state.encode())],
+    };
+    let token = sim.submit(leaver, replicate);
+    let answer = sim.response(token);
+    assert!(
+        matches!(answer, Some(Err(chordkv_node::Error::Unavailable(_)))),
+        "a copy offered after the last round: {answer:?}"
+    );
+}

@@ -42,7 +42,11 @@
 //! A graceful leave hands all keys to the successor the same way, then the ring tells both
 //! neighbours. If the successor has meanwhile adopted a newer predecessor it answers
 //! `Redirect`, and the leaver hands everything to that node instead. Hand-overs merge versions,
-//! so they never replace a newer version with an older one.
+//! so they never replace a newer version with an older one. Writes that arrive during a leave
+//! are carried in its later rounds; once the last round is done the leaver refuses copies
+//! (`Replicate`, `Handoff`), which would leave with it. A leave begun during a join hand-over
+//! abandons that hand-over; every round names its receiver and number, so a late answer of the
+//! abandoned one is not taken for the leave's.
 //!
 //! ANTI-ENTROPY, HINTS AND COLLECTION
 //!
@@ -268,8 +272,8 @@ pub enum Event {
 pub(crate) enum Purpose {
     /// A client operation forwarded to the key's owner.
     Store { op: u64, owner: NodeRef },
-    /// A round of a key transfer.
-    Transfer,
+    /// Round `round` of a key transfer to `to`.
+    Transfer { to: Id, round: u64 },
     /// A replica's answer to a write's `Replicate`.
     ReplicaWrite {
         op: u64,
@@ -585,6 +589,12 @@ impl<S: Storage> Kv<S> {
             .collect()
     }
 
+    /// The node a hand-over of ours (to a newcomer, or our leave) is sending keys to, if one
+    /// is in progress.
+    pub fn handing_over_to(&self) -> Option<NodeRef> {
+        self.transfer.as_ref().map(transfer::Transfer::receiver)
+    }
+
     /// How many copies our keys have right now (ourselves included), at most `N`.
     pub fn replicas_available(&self, ring: &Ring) -> usize {
         1 + self.replica_targets(ring).len()
@@ -689,6 +699,9 @@ impl<S: Storage> Kv<S> {
                 }
                 Err(e) => Err(e),
             },
+            Request::Replicate { .. } | Request::Handoff { .. } if self.handed_over(ring) => Err(
+                Error::Unavailable("node is leaving the ring and has handed its keys over".into()),
+            ),
             Request::Replicate { items } => self.on_replicate(items),
             Request::ReplicaRead { key } => self.on_replica_read(&key),
             Request::SyncDigest {
@@ -750,7 +763,9 @@ impl<S: Storage> Kv<S> {
     ) {
         match purpose {
             Purpose::Store { op, owner } => self.on_store_answer(io, op, owner, response),
-            Purpose::Transfer => self.on_transfer_answer(ring, io, response),
+            Purpose::Transfer { to, round } => {
+                self.on_transfer_answer(ring, io, to, round, response)
+            }
             Purpose::ReplicaWrite { op, to, keys } => {
                 self.on_replica_write_answer(io, op, to, keys, response)
             }
@@ -823,6 +838,12 @@ impl<S: Storage> Kv<S> {
             return Err(Error::WrongOwner);
         }
         Ok(())
+    }
+
+    /// Whether we are leaving and the last round of our hand-over is done (or there was none
+    /// to do): a copy stored now would leave with us, so we store none.
+    fn handed_over(&self, ring: &Ring) -> bool {
+        ring.is_leaving() && self.transfer.is_none()
     }
 
     /// Whether a transfer (to a newcomer, or our leave) is moving keys: a transfer round tells

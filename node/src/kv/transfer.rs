@@ -32,6 +32,9 @@ enum TransferGoal {
 /// What one transfer message carried: keys with the hash of the value sent, and deleted keys.
 #[derive(Clone, Debug)]
 struct Round {
+    /// Which round: an answer is credited only to the round it answers ([`Purpose::Transfer`]
+    /// names the receiver and the number), never to a newer transfer's round.
+    n: u64,
     items: Vec<(Vec<u8>, u64)>,
     deletes: Vec<Vec<u8>>,
     /// The bytes of keys and values it carried.
@@ -50,6 +53,11 @@ pub(super) struct Transfer {
 }
 
 impl Transfer {
+    /// The node the keys go to.
+    pub(super) fn receiver(&self) -> NodeRef {
+        self.to
+    }
+
     /// Whether this transfer hands over the key with id `id`.
     pub(super) fn covers(&self, id: Id) -> bool {
         match self.goal {
@@ -210,8 +218,10 @@ impl<S: Storage> Kv<S> {
         let items = batch.into_items();
         let to = t.to;
         let leaving = matches!(t.goal, TransferGoal::Leave);
+        let n = io.next_op();
         if let Some(t) = self.transfer.as_mut() {
             t.in_flight = Some(Round {
+                n,
                 items: hashes,
                 deletes: deletes.clone(),
                 bytes,
@@ -223,22 +233,39 @@ impl<S: Storage> Kv<S> {
             deletes,
             leaving,
         };
-        self.send(io, to, request, Purpose::Transfer);
+        self.send(
+            io,
+            to,
+            request,
+            Purpose::Transfer {
+                to: to.id,
+                round: n,
+            },
+        );
     }
 
+    /// The answer to round `round` sent to `receiver`. One of an abandoned transfer (a join
+    /// hand-over cut short by our leave, say) is dropped: crediting it to the current round
+    /// would mark keys as held by a node that never stored them.
     pub(super) fn on_transfer_answer(
         &mut self,
         ring: &mut Ring,
         io: &mut dyn KvIo,
+        receiver: Id,
+        round: u64,
         response: Result<Response>,
     ) {
         let Some(t) = self.transfer.as_mut() else {
             return;
         };
+        if t.to.id != receiver || t.in_flight.as_ref().is_none_or(|r| r.n != round) {
+            return;
+        }
         let Some(Round {
             items,
             deletes,
             bytes,
+            ..
         }) = t.in_flight.take()
         else {
             return;
