@@ -225,3 +225,69 @@ fn a_node_that_has_handed_its_keys_over_refuses_copies() {
         "a copy offered after the last round: {answer:?}"
     );
 }
+
+/// When an owner crashes, its successor takes the dead node's range over without copying it:
+/// the predecessor that notifies it lies outside the range it owned, so the hand-over before
+/// the ring adopts it moves nothing, and the dead owner's keys are served from the copies the
+/// successor already keeps as a replica. (Once the successor handed that predecessor its whole
+/// range but what it kept, in rounds that each rescanned it: with a million keys, minutes
+/// before the range was served again.)
+#[test]
+fn an_owner_crash_hands_its_range_over_without_copying_it() {
+    let mut sim = Sim::new(SimOptions {
+        seed: 6,
+        record_events: true,
+        ..SimOptions::default()
+    });
+    sim.grow(5, 200);
+    assert!(sim.settle(60_000), "the ring did not form");
+    let mut history = History::new();
+    let keys: Vec<Vec<u8>> = (0..200).map(|i| format!("k{i}").into_bytes()).collect();
+    for (i, key) in keys.iter().enumerate() {
+        let value = format!("v{i}").into_bytes();
+        let id = history.record_write(key, Some(value.clone()), VersionVector::new());
+        let put = Request::write(key.clone(), Some(value), VersionVector::new(), None);
+        match sim.request(i % 5, put, 10_000) {
+            Ok(Response::Written { dot, .. }) => history.record_ack(id, dot),
+            other => panic!("put {i}: {other:?}"),
+        }
+    }
+    assert!(
+        sim.run_until(30_000, |s| keys.iter().all(|k| s.holders(k).len() == 3)),
+        "three copies of every key"
+    );
+    let ring = sim.true_ring();
+    let (pred, dead, succ) = (ring[0], ring[1], ring[2]);
+    let (dead, succ) = (
+        sim.index_of(dead.addr).expect("ours"),
+        sim.index_of(succ.addr).expect("ours"),
+    );
+    let owned = keys
+        .iter()
+        .filter(|k| sim.owner_of(k) == Some(dead))
+        .count();
+    assert!(owned > 0, "the crashed node owns keys");
+    sim.take_events();
+    sim.crash(dead);
+    assert!(sim.settle(60_000), "the ring did not close");
+    let moved: Vec<u64> = sim
+        .take_events()
+        .into_iter()
+        .filter(|(_, at, _)| *at == succ)
+        .filter_map(|(_, _, e)| match e {
+            chordkv_node::node::Event::Kv(kv::Event::TransferDone { to, keys }) if to == pred => {
+                Some(keys)
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        moved,
+        [0],
+        "the successor's hand-over to the dead node's predecessor (the dead node owned {owned} keys)"
+    );
+    // Anti-entropy then makes the third copies again.
+    sim.run_for(20_000);
+    sim.check_history(&mut history, 3)
+        .expect("every acknowledged write is there");
+}
