@@ -273,38 +273,41 @@ impl<S: Storage> Kv<S> {
         let Some(start) = ring.range_start().map(|p| p.id) else {
             return;
         };
-        if !ring.is_installed()
-            || self.reaping.is_some()
+        if !ring.is_installed() {
+            return;
+        }
+        // The replicas that left since the last look (whatever else is going on) are asked
+        // too, for two grace periods: a former replica may keep a value a tombstone replaced
+        // for longer than a grace period, as a stray whose hand-off is slow, and collecting the
+        // tombstone before that copy is gone would let it back.
+        let now = io.now();
+        let until = now.saturating_add(grace.saturating_mul(2));
+        for old in std::mem::replace(&mut self.reap_targets, targets.clone()) {
+            if !targets.contains(&old) {
+                self.formers.retain(|(f, _)| f.id != old.id);
+                self.formers.push((old, until));
+            }
+        }
+        if self.formers.len() > MAX_FORMERS {
+            let excess = self.formers.len() - MAX_FORMERS;
+            self.formers.drain(..excess);
+        }
+        let me = self.me.id;
+        self.formers
+            .retain(|(f, until)| *until > now && f.id != me && !targets.contains(f));
+        if self.reaping.is_some()
             || self.moving_keys(ring)
             || targets.len() + 1 < self.opts.replicas
         {
             return;
         }
         // Any change of our range or replicas may have left stray copies behind, stale ones
-        // among them, that collection has not handed off yet: grace periods start again, and
-        // the replicas that left are asked too for two of them. A former replica may keep a
-        // value a tombstone replaced for longer than a grace period (its hand-off of strays
-        // can be slow); collecting the tombstone before that copy is gone would let it back.
-        let now = io.now();
+        // among them, that collection has not handed off yet: grace periods start again.
         let view = (start, targets.iter().map(|t| t.id).collect::<Vec<Id>>());
         if self.reap_view.as_ref() != Some(&view) {
             self.tombs.clear();
             self.reap_view = Some(view);
-            let until = now.saturating_add(grace.saturating_mul(2));
-            for old in std::mem::replace(&mut self.reap_targets, targets.clone()) {
-                if !targets.contains(&old) {
-                    self.formers.retain(|(f, _)| f.id != old.id);
-                    self.formers.push((old, until));
-                }
-            }
-            if self.formers.len() > MAX_FORMERS {
-                let excess = self.formers.len() - MAX_FORMERS;
-                self.formers.drain(..excess);
-            }
         }
-        let me = self.me.id;
-        self.formers
-            .retain(|(f, until)| *until > now && f.id != me && !targets.contains(f));
         let from = match self.reap_cursor {
             Some(c) if in_half_open(start, self.me.id, c) && c != self.me.id => c,
             _ => start,

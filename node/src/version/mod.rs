@@ -461,6 +461,18 @@ impl Versioned {
         seen.checked_add(1)
     }
 
+    /// The siblings a write with context `ctx` replaces: those it covers, and every form of a
+    /// write applied under several dots of which it covers one.
+    fn replaced_by(&self, ctx: &VersionVector) -> BTreeSet<Dot> {
+        let mut replaced: BTreeSet<Dot> = self.dots().filter(|d| ctx.covers(d)).collect();
+        for a in self.applied.values().filter(|a| !a.also.is_empty()) {
+            if a.forms().any(|d| ctx.covers(&d)) {
+                replaced.extend(a.forms());
+            }
+        }
+        replaced
+    }
+
     /// Apply a write coordinated by `actor` with the client's context `ctx`: the siblings `ctx`
     /// covers are replaced, the others stay as concurrent siblings, and the new version is added
     /// with a fresh dot, which is returned. `value: None` writes a tombstone.
@@ -469,15 +481,8 @@ impl Versioned {
     /// `u64::MAX` (possible only from a forged context) saturates.
     pub fn write(&mut self, actor: Id, ctx: &VersionVector, value: Option<Vec<u8>>) -> Dot {
         let dot = Dot::new(actor, self.next_counter(&actor, ctx).unwrap_or(u64::MAX));
-        // A write applied under several dots is replaced under all if the context saw one.
-        let mut replaced: BTreeSet<Dot> = BTreeSet::new();
-        for a in self.applied.values().filter(|a| !a.also.is_empty()) {
-            if a.forms().any(|d| ctx.covers(&d)) {
-                replaced.extend(a.forms());
-            }
-        }
-        self.siblings
-            .retain(|s| !ctx.covers(&s.dot) && !replaced.contains(&s.dot));
+        let replaced = self.replaced_by(ctx);
+        self.siblings.retain(|s| !replaced.contains(&s.dot));
         let new = Sibling { dot, value };
         if let Err(at) = self.siblings.binary_search(&new) {
             self.siblings.insert(at, new);
@@ -503,7 +508,8 @@ impl Versioned {
         value: Option<Vec<u8>>,
         limits: &VersionLimits,
     ) -> Result<WriteOutcome> {
-        let kept = self.dots().filter(|d| !ctx.covers(d)).count();
+        let replaced = self.replaced_by(ctx);
+        let kept = self.dots().filter(|d| !replaced.contains(d)).count();
         if kept + 1 > limits.max_siblings {
             return Err(Error::InvalidInput(format!(
                 "key has {} siblings, the limit is {}: read it and write back with its context \
@@ -577,8 +583,10 @@ impl Versioned {
                     .unwrap_or_default();
                 let holds = f.iter().any(|d| held.contains(d));
                 // Coverage of a form the state does not know of came from a client's context,
-                // unless the state trimmed its entry for the write (then it came from a merge).
-                let trimmed = known.is_empty() && state.may_have_forgotten(id);
+                // unless the state trimmed its entry for the write, or its list of forms is full
+                // (then it may have come from a merge that knew more forms than fit).
+                let trimmed =
+                    (known.is_empty() && state.may_have_forgotten(id)) || known.len() >= MAX_FORMS;
                 (!known.is_empty() && !holds)
                     || (!trimmed
                         && f.iter().any(|d| {

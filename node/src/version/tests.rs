@@ -253,6 +253,34 @@ fn a_write_that_saw_one_form_of_a_duplicate_replaces_both() {
 }
 
 #[test]
+fn a_write_applied_at_more_owners_than_its_forms_fit_is_not_lost() {
+    let id = WriteId {
+        coordinator: n(9),
+        incarnation: 1,
+        seq: 1,
+    };
+    // Retried at five owners: five dots, one more than a state remembers.
+    let states: Vec<Versioned> = (1..=5)
+        .map(|owner| {
+            let mut s = Versioned::empty();
+            let d = s.write(n(owner), &VersionVector::new(), Some(b"x".to_vec()));
+            s.record_applied(id, d);
+            s
+        })
+        .collect();
+    let mut all = Versioned::empty();
+    for s in &states {
+        all.merge(s);
+    }
+    assert_eq!(values(&all), ["x"], "one version");
+    // Each owner's state meets the merged one again, in both directions: still there.
+    for s in &states {
+        assert_eq!(values(&merged(&all, s)), ["x"]);
+        assert_eq!(values(&merged(s, &all)), ["x"]);
+    }
+}
+
+#[test]
 fn applied_write_ids_survive_merges_and_are_bounded_per_actor() {
     let id = |c: u8, seq: u64| WriteId {
         coordinator: n(c),
