@@ -345,12 +345,7 @@ mod tests {
         };
         // One copy: a lone node on the default N = 3, W = 2 refuses writes.
         let opts = Options {
-            kv: kv::Options {
-                replicas: 1,
-                write_quorum: 1,
-                read_quorum: 1,
-                ..kv::Options::default()
-            },
+            kv: kv::Options::with_replicas(1),
             ..Options::default()
         };
         let mut node = Node::new(me, opts, storage, 0);

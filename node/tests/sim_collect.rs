@@ -221,12 +221,7 @@ fn a_counter_past_the_dot_lease_is_not_issued_again_after_a_restart() {
     let mut sim = Sim::new(SimOptions {
         seed: 3,
         node: Options {
-            kv: kv::Options {
-                replicas: 1,
-                write_quorum: 1,
-                read_quorum: 1,
-                ..kv::Options::default()
-            },
+            kv: kv::Options::with_replicas(1),
             ..Options::default()
         },
         ..SimOptions::default()

@@ -145,6 +145,20 @@ fn seeds_that_once_resurrected_a_delete_stay_deleted() {
     }
 }
 
+/// Blind writes of `v{i}` to each of `keys`, through nodes `0..via` in turn, recorded in
+/// `history`; panics unless each is acknowledged.
+fn put_all(sim: &mut Sim, history: &mut History, keys: &[Vec<u8>], via: usize) {
+    for (i, key) in keys.iter().enumerate() {
+        let value = format!("v{i}").into_bytes();
+        let id = history.record_write(key, Some(value.clone()), VersionVector::new());
+        let put = Request::write(key.clone(), Some(value), VersionVector::new(), None);
+        match sim.request(i % via, put, 10_000) {
+            Ok(Response::Written { dot, .. }) => history.record_ack(id, dot),
+            other => panic!("put {i}: {other:?}"),
+        }
+    }
+}
+
 /// A node asked to leave while it hands a newcomer its range abandons that hand-over for the
 /// leave's. The join round still in flight used to be answered into the leave's first round
 /// (rounds named neither their receiver nor their number): here the leave's first round is
@@ -157,12 +171,9 @@ fn a_leave_during_a_join_hand_over_loses_nothing() {
         seed: 3,
         node: Options {
             kv: kv::Options {
-                replicas: 1,
-                write_quorum: 1,
-                read_quorum: 1,
                 // Small rounds, so the hand-overs take several.
                 transfer_batch: 4,
-                ..kv::Options::default()
+                ..kv::Options::with_replicas(1)
             },
             ..Options::default()
         },
@@ -172,18 +183,7 @@ fn a_leave_during_a_join_hand_over_loses_nothing() {
     assert!(sim.settle(60_000), "the ring did not form");
     let mut history = History::new();
     let keys: Vec<Vec<u8>> = (0..120).map(|i| format!("k{i}").into_bytes()).collect();
-    for (i, key) in keys.iter().enumerate() {
-        let value = format!("v{i}").into_bytes();
-        let id = history.record_write(key, Some(value.clone()), VersionVector::new());
-        match sim.request(
-            i % 4,
-            Request::write(key.clone(), Some(value), VersionVector::new(), None),
-            10_000,
-        ) {
-            Ok(Response::Written { dot, .. }) => history.record_ack(id, dot),
-            other => panic!("put {i}: {other:?}"),
-        }
-    }
+    put_all(&mut sim, &mut history, &keys, 4);
     let newcomer = sim.add_node(Some(0));
     let leaver = sim
         .true_successor(sim.node_ref(newcomer).id)
@@ -257,15 +257,7 @@ fn an_owner_crash_hands_its_range_over_without_copying_it() {
     assert!(sim.settle(60_000), "the ring did not form");
     let mut history = History::new();
     let keys: Vec<Vec<u8>> = (0..200).map(|i| format!("k{i}").into_bytes()).collect();
-    for (i, key) in keys.iter().enumerate() {
-        let value = format!("v{i}").into_bytes();
-        let id = history.record_write(key, Some(value.clone()), VersionVector::new());
-        let put = Request::write(key.clone(), Some(value), VersionVector::new(), None);
-        match sim.request(i % 5, put, 10_000) {
-            Ok(Response::Written { dot, .. }) => history.record_ack(id, dot),
-            other => panic!("put {i}: {other:?}"),
-        }
-    }
+    put_all(&mut sim, &mut history, &keys, 5);
     assert!(
         sim.run_until(30_000, |s| keys.iter().all(|k| s.holders(k).len() == 3)),
         "three copies of every key"

@@ -151,8 +151,7 @@ fn run(args: Args) -> Result<(), String> {
         _ => Durability::Group,
     };
     let heartbeat_ms = args.heartbeat_ms.max(1);
-    let replicas = usize::from(args.replicas);
-    let majority = kv::Options::majority(replicas);
+    let defaults = kv::Options::with_replicas(usize::from(args.replicas));
     config.node = Options {
         ring: ring::Options {
             successors: usize::from(args.successors),
@@ -173,11 +172,10 @@ fn run(args: Args) -> Result<(), String> {
             // Hinted writes go out at the pace of the heartbeats that notice a replica is back.
             hint_interval: heartbeat_ms,
             tombstone_grace: (args.tombstone_grace_ms > 0).then_some(args.tombstone_grace_ms),
-            replicas,
-            write_quorum: args.write_quorum.map_or(majority, usize::from),
-            read_quorum: args.read_quorum.map_or(majority, usize::from),
+            write_quorum: args.write_quorum.map_or(defaults.write_quorum, usize::from),
+            read_quorum: args.read_quorum.map_or(defaults.read_quorum, usize::from),
             request_timeout: args.request_timeout_ms.max(1),
-            ..kv::Options::default()
+            ..defaults
         },
         seed: rand_seed(),
     };

@@ -151,6 +151,18 @@ impl Options {
         replicas / 2 + 1
     }
 
+    /// The defaults with `replicas` copies of every key and majority quorums (so
+    /// `with_replicas(1)` is a node that may run alone).
+    pub fn with_replicas(replicas: usize) -> Options {
+        let majority = Options::majority(replicas);
+        Options {
+            replicas,
+            write_quorum: majority,
+            read_quorum: majority,
+            ..Options::default()
+        }
+    }
+
     /// Checks that the quorums fit the replication factor.
     ///
     /// # Errors
