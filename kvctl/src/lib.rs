@@ -20,6 +20,7 @@
 
 pub use chordkv_node::id::Id;
 pub use chordkv_node::message::{LookupInfo, NodeRef, NodeStatus, ReadReply};
+pub use chordkv_node::session::{Guarantee, Session};
 pub use chordkv_node::version::{Context, Dot, VersionVector};
 pub use chordkv_node::{Error, Result};
 
@@ -28,6 +29,7 @@ use chordkv_node::wire::{Channel, Limits, Role};
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 /// At most this many nodes are visited by [`Client::ring`]; a longer walk is reported as not
@@ -43,6 +45,8 @@ pub struct Client {
     r: Option<u8>,
     /// Copies a write waits for (W), if not the node's default.
     w: Option<u8>,
+    /// The session every request runs in, if any (shared by the clones of this client).
+    session: Option<Arc<Mutex<Session>>>,
 }
 
 impl Client {
@@ -65,6 +69,7 @@ impl Client {
                         timeout,
                         r: None,
                         w: None,
+                        session: None,
                     });
                 }
                 Err(e) => last = Some(e),
@@ -81,6 +86,27 @@ impl Client {
         self.r = r;
         self.w = w;
         self
+    }
+
+    /// This client with every read and write in `session` ([`chordkv_node::session`]): reads
+    /// never go back in time from what the session read and wrote, and writes are ordered after
+    /// them. A request no reachable copy can serve that way fails with
+    /// [`Error::SessionUnmet`]; one that would take the session past a bound fails with
+    /// [`Error::SessionFull`] before anything is sent. Clones of this client share the session.
+    pub fn with_session(mut self, session: Session) -> Client {
+        self.session = Some(Arc::new(Mutex::new(session)));
+        self
+    }
+
+    /// This client in the same session as `other` (a client of another node, say).
+    pub fn sharing_session(mut self, other: &Client) -> Client {
+        self.session = other.session.clone();
+        self
+    }
+
+    /// A copy of the session as it is now, to save; `None` without a session.
+    pub fn session(&self) -> Option<Session> {
+        self.session.as_ref().map(|s| lock(s).clone())
     }
 
     /// The address of the node this client talks to.
@@ -102,13 +128,92 @@ impl Client {
     /// # Errors
     /// As [`Client::call`]; [`Error::InvalidData`] if the node answers something else.
     pub async fn read(&self, key: &[u8]) -> Result<ReadReply> {
+        self.read_with(key, self.r).await
+    }
+
+    async fn read_with(&self, key: &[u8], r: Option<u8>) -> Result<ReadReply> {
+        let floor = match &self.session {
+            Some(s) => {
+                let s = lock(s);
+                s.admit(key)?;
+                Some(Box::new(s.floor(key)))
+            }
+            None => None,
+        };
         let req = Request::Get {
             key: key.to_vec(),
-            r: self.r,
+            r,
+            session: floor,
         };
         match self.call(req).await? {
-            Response::Read(reply) => Ok(reply),
+            Response::Read(reply) => {
+                if let Some(s) = &self.session {
+                    lock(s).observe_read(key, &reply.context, &reply.deps, reply.stable);
+                }
+                Ok(reply)
+            }
             other => Err(unexpected("get", &other)),
+        }
+    }
+
+    /// Sends a write (`value: None` deletes) in the session, if any, and records its dot.
+    async fn send_write(
+        &self,
+        key: &[u8],
+        value: Option<&[u8]>,
+        context: &VersionVector,
+    ) -> Result<Written> {
+        let (context, session) = match &self.session {
+            Some(s) => {
+                self.compact_if_needed(s).await;
+                let s = lock(s);
+                s.admit(key)?;
+                let part = s.for_write(key)?;
+                (s.write_context(key, context), Some(Box::new(part)))
+            }
+            None => (context.clone(), None),
+        };
+        let op = if value.is_some() { "put" } else { "delete" };
+        let mut req = Request::write(key.to_vec(), value.map(<[u8]>::to_vec), context, self.w);
+        if let Request::Put { session: s, .. } | Request::Delete { session: s, .. } = &mut req {
+            *s = session;
+        }
+        match self.call(req).await? {
+            Response::Written {
+                dot,
+                existed,
+                stable,
+            } => {
+                if let Some(s) = &self.session {
+                    lock(s).observe_write(key, dot, stable);
+                }
+                Ok(Written {
+                    dot,
+                    existed,
+                    stable,
+                })
+            }
+            other => Err(unexpected(op, &other)),
+        }
+    }
+
+    /// If the session holds more unstable keys than a write may carry as dependencies, read
+    /// the oldest of them from all N copies (`R = N`) to learn which every copy holds. A probe
+    /// that fails leaves its key unstable; [`Session::for_write`] then refuses the write.
+    async fn compact_if_needed(&self, session: &Arc<Mutex<Session>>) {
+        let candidates = {
+            let s = lock(session);
+            if !s.needs_compaction() {
+                return;
+            }
+            s.compaction_candidates()
+        };
+        let Ok(status) = self.status().await else {
+            return;
+        };
+        let all = u8::try_from(status.replicas_wanted).ok();
+        for key in candidates {
+            let _ = self.read_with(&key, all).await;
         }
     }
 
@@ -125,16 +230,7 @@ impl Client {
         value: &[u8],
         context: &VersionVector,
     ) -> Result<Written> {
-        let req = Request::Put {
-            key: key.to_vec(),
-            value: value.to_vec(),
-            context: context.clone(),
-            w: self.w,
-        };
-        match self.call(req).await? {
-            Response::Written { dot, existed } => Ok(Written { dot, existed }),
-            other => Err(unexpected("put", &other)),
-        }
+        self.send_write(key, Some(value), context).await
     }
 
     /// Deletes the versions of `key` that `context` covers, by writing a tombstone version that
@@ -144,15 +240,7 @@ impl Client {
     /// # Errors
     /// As [`Client::read`].
     pub async fn remove(&self, key: &[u8], context: &VersionVector) -> Result<Written> {
-        let req = Request::Delete {
-            key: key.to_vec(),
-            context: context.clone(),
-            w: self.w,
-        };
-        match self.call(req).await? {
-            Response::Written { dot, existed } => Ok(Written { dot, existed }),
-            other => Err(unexpected("delete", &other)),
-        }
+        self.send_write(key, None, context).await
     }
 
     /// The value stored under `key`: `None` if there is no live value, the value if there is
@@ -272,6 +360,14 @@ pub struct Written {
     pub dot: Dot,
     /// Whether the key had a live value before the write.
     pub existed: bool,
+    /// Every one of the key's N copies had stored it when the node answered.
+    pub stable: bool,
+}
+
+/// The session behind a lock; a panic elsewhere cannot have left it half-updated (every update
+/// is one call), so a poisoned lock is taken as is.
+fn lock(session: &Mutex<Session>) -> MutexGuard<'_, Session> {
+    session.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// The one live value of a read: `None` if it has none.
@@ -764,6 +860,8 @@ mod tests {
         ReadReply {
             values: values.iter().map(|v| v.to_vec()).collect(),
             context: VersionVector::new(),
+            deps: Default::default(),
+            stable: false,
         }
     }
 
@@ -796,6 +894,7 @@ mod tests {
         let written = Response::Written {
             dot: Dot::new(node(1).id, 1),
             existed: false,
+            stable: false,
         };
         assert_eq!(
             unexpected("get", &written),

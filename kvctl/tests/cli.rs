@@ -72,7 +72,11 @@ fn answer(req: Request, me: NodeRef, store: &Store) -> Result<Response> {
         let state = store.entry(key).or_default();
         let existed = !state.is_deleted();
         let dot = state.write(me.id, &context, value);
-        Ok(Response::Written { dot, existed })
+        Ok(Response::Written {
+            dot,
+            existed,
+            stable: false,
+        })
     };
     match req {
         Request::Put {
@@ -87,6 +91,8 @@ fn answer(req: Request, me: NodeRef, store: &Store) -> Result<Response> {
             Ok(Response::Read(ReadReply {
                 values: state.values().into_iter().map(<[u8]>::to_vec).collect(),
                 context: state.context().clone(),
+                deps: Default::default(),
+                stable: false,
             }))
         }
         Request::Lookup { key } => Ok(Response::Lookup(LookupInfo {

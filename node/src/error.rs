@@ -1,6 +1,7 @@
 //! The node crate's error type. It is cloneable and serializable so that it crosses the wire as
 //! the body of a failed response, and tests can compare errors by value.
 
+use crate::session::Guarantee;
 use serde::{Deserialize, Serialize};
 
 /// A `Result` whose error is this crate's [`Error`].
@@ -45,6 +46,22 @@ pub enum Error {
     /// them all and write back with the read's context to resolve them.
     #[error("conflict: {0}")]
     Conflict(String),
+    /// No reachable copy of the key holds a state that meets the session's floor for it: the
+    /// answer would go back in time, breaking `guarantee`. Retryable: the copies that hold
+    /// what the session saw may come back, or catch up. See [`crate::session`].
+    #[error("cannot {op} without going back in time ({guarantee}): {detail}")]
+    SessionUnmet {
+        /// "read" or "write".
+        op: String,
+        /// The guarantee a stale answer would break.
+        guarantee: Guarantee,
+        /// What the node found.
+        detail: String,
+    },
+    /// A client session is at one of its bounds ([`crate::session::MAX_KEYS`],
+    /// [`crate::session::MAX_DEPS`]) and could not be compacted: nothing was sent.
+    #[error("session full: {0}")]
+    SessionFull(String),
     /// The request was sent to a node that does not own the key; look the owner up again.
     #[error("not the owner of this key; the ring is changing, retry")]
     WrongOwner,
@@ -69,6 +86,7 @@ impl Error {
                 | Error::WrongOwner
                 | Error::Timeout(_)
                 | Error::Overloaded(_)
+                | Error::SessionUnmet { .. }
         )
     }
 }

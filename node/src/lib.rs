@@ -15,6 +15,7 @@ pub mod node;
 pub mod ring;
 pub mod rpc;
 pub mod server;
+pub mod session;
 pub mod storage;
 pub mod testing;
 pub mod version;

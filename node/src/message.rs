@@ -11,6 +11,7 @@
 
 use crate::Error;
 use crate::id::Id;
+use crate::session::{Deps, Floor, SessionWrite};
 pub use crate::version::WriteId;
 use crate::version::{Dot, VersionVector};
 use serde::{Deserialize, Serialize};
@@ -126,6 +127,8 @@ pub enum Request {
         key: Vec<u8>,
         /// Copies to merge before answering (R), if not the node's default.
         r: Option<u8>,
+        /// The client's session floor for the key, as in [`Request::Get`].
+        session: Option<Box<Floor>>,
     },
     /// Write a new version of `key` as its owner: [`Response::Written`]. The owner makes the
     /// event (its dot), superseding the versions `context` covers. [`Error::WrongOwner`] if it
@@ -142,6 +145,8 @@ pub enum Request {
         write_id: WriteId,
         /// Copies to store before acknowledging (W), if not the node's default.
         w: Option<u8>,
+        /// The client's session part, as in [`Request::Put`].
+        session: Option<Box<SessionWrite>>,
     },
 
     /// Replication: merge these versioned states (key, encoded state) into your copies.
@@ -209,6 +214,10 @@ pub enum Request {
         key: Vec<u8>,
         /// Copies to merge before answering (R, 1..=N), if not the node's default.
         r: Option<u8>,
+        /// A session read ([`crate::session`]): the answer comes only from a state that meets
+        /// this floor, else [`Error::SessionUnmet`], and carries the versions' dependencies.
+        /// `None`: plain eventual consistency.
+        session: Option<Box<Floor>>,
     },
     /// Write a key wherever it lives: [`Response::Written`]. The write replaces the versions
     /// `context` covers (pass the context of a read to overwrite what it returned); versions it
@@ -222,6 +231,10 @@ pub enum Request {
         context: VersionVector,
         /// Copies to store before acknowledging (W, 1..=N), if not the node's default.
         w: Option<u8>,
+        /// A session write ([`crate::session`]): applied only on a state that meets the floor,
+        /// else [`Error::SessionUnmet`]; it also replaces the floor's written dots, and its
+        /// dependencies are stored with the version.
+        session: Option<Box<SessionWrite>>,
     },
     /// Delete a key wherever it lives: writes a tombstone version that replaces what `context`
     /// covers. [`Response::Written`].
@@ -232,6 +245,8 @@ pub enum Request {
         context: VersionVector,
         /// Copies to store before acknowledging (W, 1..=N), if not the node's default.
         w: Option<u8>,
+        /// A session delete, as in [`Request::Put`].
+        session: Option<Box<SessionWrite>>,
     },
     /// Find the owner of a key: [`Response::Lookup`].
     Lookup {
@@ -283,6 +298,9 @@ pub enum Response {
         /// Whether the key had a live value before this write (for a delete: whether there was
         /// something to delete).
         existed: bool,
+        /// Every one of the key's N copies had stored it when the answer left: a session need
+        /// not require it any more ([`crate::session`], STABILITY).
+        stable: bool,
     },
     /// Answer to [`Request::ReplicaRead`]: the encoded state, or `None` if the replica has none.
     State(Option<Vec<u8>>),
@@ -341,6 +359,12 @@ pub struct ReadReply {
     pub values: Vec<Vec<u8>>,
     /// The causal context: pass it back with a write to replace exactly these versions.
     pub context: VersionVector,
+    /// For a session read: what the versions' writers depended on, which the reading session
+    /// inherits (empty otherwise).
+    pub deps: Deps,
+    /// For a session read: every one of the key's N copies answered with this state, so a
+    /// session need not require it any more.
+    pub stable: bool,
 }
 
 /// One step of an iterative lookup.
@@ -406,8 +430,14 @@ impl Request {
                 value,
                 context,
                 w,
+                session: None,
             },
-            None => Request::Delete { key, context, w },
+            None => Request::Delete {
+                key,
+                context,
+                w,
+                session: None,
+            },
         }
     }
 

@@ -373,6 +373,7 @@ mod tests {
             value: value.to_vec(),
             context,
             w: None,
+            session: None,
         }
     }
 
@@ -380,6 +381,7 @@ mod tests {
         let get = Request::Get {
             key: key.to_vec(),
             r: None,
+            session: None,
         };
         match call(node, get) {
             Ok(Response::Read(reply)) => reply.values,
@@ -445,6 +447,7 @@ mod tests {
             Request::Get {
                 key: b"k".to_vec(),
                 r: None,
+                session: None,
             },
         ) {
             Ok(Response::Read(reply)) => reply.context,

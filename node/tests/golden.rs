@@ -137,6 +137,7 @@ impl Runner {
                     value: value.as_bytes().to_vec(),
                     context,
                     w: None,
+                    session: None,
                 };
                 out += &answer(self.sim().request(via, req, 30_000));
             }
@@ -147,6 +148,7 @@ impl Runner {
                     value: value.as_bytes().to_vec(),
                     context: VersionVector::new(),
                     w: None,
+                    session: None,
                 };
                 out += &answer(self.sim().request(via, req, 30_000));
             }
@@ -155,6 +157,7 @@ impl Runner {
                 let req = Request::Get {
                     key: key.as_bytes().to_vec(),
                     r: None,
+                    session: None,
                 };
                 out += &answer(self.sim().request(via, req, 30_000));
             }
@@ -165,6 +168,7 @@ impl Runner {
                     key: key.as_bytes().to_vec(),
                     context,
                     w: None,
+                    session: None,
                 };
                 out += &answer(self.sim().request(via, req, 30_000));
             }
@@ -215,6 +219,7 @@ impl Runner {
         let req = Request::Get {
             key: key.as_bytes().to_vec(),
             r: None,
+            session: None,
         };
         match self.sim().request(via, req, 30_000) {
             Ok(Response::Read(r)) => r.context,
@@ -262,7 +267,7 @@ impl Runner {
 
 fn answer(r: chordkv_node::Result<Response>) -> String {
     match r {
-        Ok(Response::Written { dot, existed }) => {
+        Ok(Response::Written { dot, existed, .. }) => {
             format!(
                 "ok, version {}:{}, replaced a value: {existed}\n",
                 dot.actor.short(),

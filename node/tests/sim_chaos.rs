@@ -27,6 +27,7 @@ fn write(sim: &mut Sim, via: usize, key: Vec<u8>, blind: bool, h: &mut History, 
             Request::Get {
                 key: key.clone(),
                 r: None,
+                session: None,
             },
             15_000,
         ) {
@@ -42,6 +43,7 @@ fn write(sim: &mut Sim, via: usize, key: Vec<u8>, blind: bool, h: &mut History, 
         value,
         context,
         w: None,
+        session: None,
     };
     if let Ok(Response::Written { dot, .. }) = sim.request(via, req, 15_000) {
         h.record_ack(id, dot);
@@ -221,6 +223,7 @@ fn a_write_applied_by_a_crashed_owner_and_again_on_retry_reads_as_one_version() 
         value: b"v".to_vec(),
         context: VersionVector::new(),
         w: None,
+        session: None,
     };
     let token = sim.submit(coordinator, put);
     assert!(
@@ -254,6 +257,7 @@ fn a_write_applied_by_a_crashed_owner_and_again_on_retry_reads_as_one_version() 
         Request::Get {
             key: key.clone(),
             r: None,
+            session: None,
         },
         10_000,
     ) {
@@ -281,6 +285,7 @@ fn per_request_write_quorums_are_honoured_and_bounded_by_n() {
         value: value.to_vec(),
         context: VersionVector::new(),
         w,
+        session: None,
     };
     let refused = sim.request(owner, put(Some(4), b"x"), 5_000);
     assert!(
@@ -332,6 +337,7 @@ fn a_write_missed_by_a_cut_off_replica_is_handed_over_when_it_returns() {
         value: b"v".to_vec(),
         context: VersionVector::new(),
         w: None,
+        session: None,
     };
     let acked = sim.request(owner, put, 10_000);
     assert!(matches!(acked, Ok(Response::Written { .. })), "{acked:?}");

@@ -19,6 +19,7 @@ fn read(sim: &mut Sim, via: usize, key: &[u8]) -> (Vec<Vec<u8>>, VersionVector) 
     let get = Request::Get {
         key: key.to_vec(),
         r: None,
+        session: None,
     };
     match sim.request(via, get, 15_000) {
         Ok(Response::Read(r)) => (r.values, r.context),

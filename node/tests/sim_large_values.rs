@@ -234,6 +234,7 @@ fn a_write_that_would_leave_a_state_over_the_bound_is_refused_and_the_key_stays_
     let get = Request::Get {
         key: key.clone(),
         r: None,
+        session: None,
     };
     let Ok(Response::Read(read)) = sim.request(2, get.clone(), 10_000) else {
         panic!("the key is not readable");

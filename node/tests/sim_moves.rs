@@ -28,6 +28,7 @@ fn op(sim: &mut Sim, live: &[usize], history: &mut History, rng: &mut StdRng, se
             Request::Get {
                 key: key.clone(),
                 r: None,
+                session: None,
             },
             20_000,
         ) {

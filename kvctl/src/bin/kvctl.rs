@@ -557,6 +557,8 @@ mod tests {
         ReadReply {
             values: values.iter().map(|v| v.to_vec()).collect(),
             context: VersionVector::new(),
+            deps: Default::default(),
+            stable: false,
         }
     }
 

@@ -15,6 +15,7 @@ use crate::id::Id;
 use crate::message::{NodeRef, ReadReply, Request, RequestId, Response, WriteId};
 use crate::ring::{Lookup, Ring};
 use crate::rpc::ConnId;
+use crate::session::{Floor, SessionWrite};
 use crate::storage::Storage;
 use crate::version::{VersionVector, Versioned};
 use std::collections::BTreeSet;
@@ -42,6 +43,8 @@ pub(super) struct ClientOp {
     /// Why the last attempt failed: what the client hears if the deadline passes before a
     /// retry (a bare "timed out" would hide it).
     last_error: Option<Box<Error>>,
+    /// Retries so far, for the backoff of requests that wait for a session's floor.
+    attempts: u32,
 }
 
 impl ClientOp {
@@ -61,6 +64,7 @@ impl ClientOp {
             avoid: BTreeSet::new(),
             write_id,
             last_error: None,
+            attempts: 0,
         }
     }
 }
@@ -96,12 +100,42 @@ pub(super) struct ReadOp {
     responder: Responder,
     key: Vec<u8>,
     merged: Versioned,
-    /// Digests of the copies seen, for read repair.
-    copies: Vec<(NodeRef, u64)>,
+    /// Digests and contexts of the copies seen, for read repair and stability.
+    copies: Vec<(NodeRef, u64, VersionVector)>,
+    /// A session read: its answer carries the versions' dependencies and their stability.
+    session: bool,
+    /// The session floor the answer must meet (none when enforcement is off).
+    floor: Option<Box<Floor>>,
     needed: usize,
     answered: usize,
     outstanding: usize,
     done: bool,
+}
+
+/// A session write whose owner's state did not meet the session's floor: waiting for the
+/// replicas' states, merged in until it does (see SESSIONS in the [data layer essay](super)).
+#[derive(Clone, Debug)]
+pub(super) struct FloorOp {
+    responder: Responder,
+    key: Vec<u8>,
+    value: Option<Vec<u8>>,
+    context: VersionVector,
+    write_id: WriteId,
+    w: Option<u8>,
+    session: Box<SessionWrite>,
+    outstanding: usize,
+}
+
+/// The refusal of a session request whose floor the copies reached do not meet.
+fn session_unmet(op: &str, guarantee: crate::session::Guarantee, copies: usize) -> Error {
+    Error::SessionUnmet {
+        op: op.into(),
+        guarantee,
+        detail: format!(
+            "the {copies} copies reached hold older states than this session has seen; the \
+             copies that hold what it saw are unreachable or behind; retry, or use no session"
+        ),
+    }
 }
 
 impl<S: Storage> Kv<S> {
@@ -138,25 +172,33 @@ impl<S: Storage> Kv<S> {
         owner: NodeRef,
     ) {
         let store = match (*op.request).clone() {
-            Request::Get { key, r } => Request::StoreGet { key, r },
+            Request::Get { key, r, session } => Request::StoreGet { key, r, session },
             Request::Put {
                 key,
                 value,
                 context,
                 w,
+                session,
             } => Request::StoreWrite {
                 key,
                 value: Some(value),
                 context,
                 write_id: op.write_id,
                 w,
+                session,
             },
-            Request::Delete { key, context, w } => Request::StoreWrite {
+            Request::Delete {
+                key,
+                context,
+                w,
+                session,
+            } => Request::StoreWrite {
                 key,
                 value: None,
                 context,
                 write_id: op.write_id,
                 w,
+                session,
             },
             _ => return,
         };
@@ -171,8 +213,8 @@ impl<S: Storage> Kv<S> {
                 return self.finish_client_op(io, op, Err(e));
             }
             return match store {
-                Request::StoreGet { key, r } => {
-                    self.coordinate_read(ring, io, Responder::Local(op), key, r)
+                Request::StoreGet { key, r, session } => {
+                    self.coordinate_read(ring, io, Responder::Local(op), key, r, session)
                 }
                 Request::StoreWrite {
                     key,
@@ -180,16 +222,40 @@ impl<S: Storage> Kv<S> {
                     context,
                     write_id,
                     w,
+                    session,
                 } => {
                     let responder = Responder::Local(op);
-                    self.coordinate_write(ring, io, responder, key, value, context, write_id, w)
+                    let write = StoreWrite {
+                        key,
+                        value,
+                        context,
+                        write_id,
+                        w,
+                        session,
+                    };
+                    self.coordinate_write(ring, io, responder, write)
                 }
                 _ => {}
             };
         }
         let n = io.next_op();
+        // An owner that waits for its replicas to meet a session's floor takes up to one RPC
+        // timeout of its own before it answers: give it two.
+        let floored = matches!(
+            &store,
+            Request::StoreGet {
+                session: Some(_),
+                ..
+            } | Request::StoreWrite {
+                session: Some(_),
+                ..
+            }
+        );
+        let deadline = io.now() + io.rpc_timeout() * if floored { 2 } else { 1 };
         self.stores.insert(n, op);
-        self.send(io, owner, store, Purpose::Store { op: n, owner });
+        let purpose = Purpose::Store { op: n, owner };
+        self.calls
+            .send_with_deadline(io, owner, store, purpose, deadline);
     }
 
     pub(super) fn on_store_answer(
@@ -215,7 +281,14 @@ impl<S: Storage> Kv<S> {
     }
 
     pub(super) fn retry_client_op(&mut self, io: &mut dyn KvIo, mut op: ClientOp, error: Error) {
-        let at = io.now() + self.opts.retry_delay;
+        // A session's floor waits for copies to catch up or come back: back off, up to 16
+        // times the retry delay. Other retries meet a changing ring, which settles quickly.
+        let delay = match error {
+            Error::SessionUnmet { .. } => self.opts.retry_delay << op.attempts.min(4),
+            _ => self.opts.retry_delay,
+        };
+        op.attempts += 1;
+        let at = io.now() + delay;
         if at >= op.deadline {
             return io.respond(op.conn, op.id, Err(error));
         }
@@ -270,18 +343,23 @@ impl<S: Storage> Kv<S> {
     }
 
     /// Coordinate a write as the owner: store our new version, replicate it, answer at `W`.
-    #[allow(clippy::too_many_arguments)]
+    /// A session write is applied only on a state that meets its floor: if ours does not, the
+    /// replicas' states are fetched and merged in first ([`Kv::on_floor_read_answer`]).
     pub(super) fn coordinate_write(
         &mut self,
         ring: &Ring,
         io: &mut dyn KvIo,
         responder: Responder,
-        key: Vec<u8>,
-        value: Option<Vec<u8>>,
-        context: VersionVector,
-        write_id: WriteId,
-        w: Option<u8>,
+        write: StoreWrite,
     ) {
+        let StoreWrite {
+            key,
+            value,
+            context,
+            write_id,
+            w,
+            session,
+        } = write;
         if self
             .writes
             .values()
@@ -296,11 +374,46 @@ impl<S: Storage> Kv<S> {
             Ok(n) => n,
             Err(e) => return self.answer(io, responder, Err(e)),
         };
+        // A session write is applied only on a state that meets the session's floor (a retry
+        // of a write applied before is not applied again, so it is not held to it).
+        if let Some(s) = session.as_ref().filter(|_| self.opts.enforce_sessions)
+            && !self.applied.contains_key(&write_id)
+        {
+            let state = match self.read_versions(&key) {
+                Ok(state) => state,
+                Err(e) => return self.answer(io, responder, Err(e)),
+            };
+            if state.applied_dot(&write_id).is_none()
+                && let Some(g) = s.floor.unmet_by_write(state.context())
+            {
+                if targets.is_empty() {
+                    return self.answer(io, responder, Err(session_unmet("write", g, 1)));
+                }
+                let op = io.next_op();
+                let outstanding = targets.len();
+                for t in targets {
+                    let req = Request::ReplicaRead { key: key.clone() };
+                    self.send(io, t, req, Purpose::FloorRead { op });
+                }
+                let floor = FloorOp {
+                    responder,
+                    key,
+                    value,
+                    context,
+                    write_id,
+                    w,
+                    session: session.expect("checked"),
+                    outstanding,
+                };
+                self.floors.insert(op, floor);
+                return;
+            }
+        }
         // A retry of a write already applied here is not applied again: its version is
         // replicated once more and the first answer returned.
         let response = match self.applied.get(&write_id) {
             Some(first) => first.clone(),
-            None => match self.write_version(io, &key, value, &context, write_id) {
+            None => match self.write_version(io, &key, value, &context, write_id, session) {
                 Ok(r) => {
                     self.remember_applied(write_id, r.clone());
                     r
@@ -325,6 +438,61 @@ impl<S: Storage> Kv<S> {
         self.replicate(io, op, targets, vec![(key, state)]);
     }
 
+    /// A replica's state for a session write waiting for its floor: merge it into ours; write
+    /// once the floor is met, refuse once every replica answered and it is not.
+    pub(super) fn on_floor_read_answer(
+        &mut self,
+        ring: &Ring,
+        io: &mut dyn KvIo,
+        op: u64,
+        response: Result<Response>,
+    ) {
+        let Some(f) = self.floors.get_mut(&op) else {
+            return;
+        };
+        f.outstanding -= 1;
+        let key = f.key.clone();
+        if let Ok(Response::State(Some(bytes))) = response {
+            // A corrupt copy is left out; repair fixes it.
+            if let Ok(state) = Versioned::decode(&bytes)
+                && let Err(error) = self.merge_into_storage(&key, &state)
+            {
+                io.report(Event::StorageError { error });
+            }
+        }
+        let unmet = match self.read_versions(&key) {
+            Ok(state) => self.floors[&op]
+                .session
+                .floor
+                .unmet_by_write(state.context()),
+            Err(e) => {
+                let f = self.floors.remove(&op).expect("present");
+                return self.answer(io, f.responder, Err(e));
+            }
+        };
+        let f = &self.floors[&op];
+        if unmet.is_none() || f.outstanding == 0 {
+            let f = self.floors.remove(&op).expect("present");
+            match unmet {
+                None => {
+                    let write = StoreWrite {
+                        key: f.key,
+                        value: f.value,
+                        context: f.context,
+                        write_id: f.write_id,
+                        w: f.w,
+                        session: Some(f.session),
+                    };
+                    self.coordinate_write(ring, io, f.responder, write);
+                }
+                Some(g) => {
+                    let copies = 1 + self.replica_targets(ring).len();
+                    self.answer(io, f.responder, Err(session_unmet("write", g, copies)));
+                }
+            }
+        }
+    }
+
     /// Send `items` to `targets` and answer `w`'s responder once `w.needed` of them stored them
     /// (at once if none is needed).
     pub(super) fn replicate(
@@ -337,7 +505,8 @@ impl<S: Storage> Kv<S> {
         let op = io.next_op();
         if w.needed == 0 {
             w.done = true;
-            self.answer(io, w.responder.clone(), Ok(w.response.clone()));
+            let response = stability(w.response.clone(), self.opts.replicas <= 1);
+            self.answer(io, w.responder.clone(), Ok(response));
         }
         if !targets.is_empty() {
             self.writes.insert(op, w);
@@ -380,7 +549,11 @@ impl<S: Storage> Kv<S> {
         let mut finish = None;
         if !w.done && w.acks >= w.needed {
             w.done = true;
-            finish = Some((w.responder.clone(), Ok(w.response.clone())));
+            let stable = 1 + w.acks >= self.opts.replicas;
+            finish = Some((
+                w.responder.clone(),
+                Ok(stability(w.response.clone(), stable)),
+            ));
         } else if !w.done && w.acks + w.outstanding < w.needed {
             w.done = true;
             let result = w.on_failure.clone().ok_or_else(|| {
@@ -412,7 +585,9 @@ impl<S: Storage> Kv<S> {
 
     // ---------------------------------------------------------------- quorum reads
 
-    /// Coordinate a read as the owner: our copy merged with `R − 1` replicas' copies.
+    /// Coordinate a read as the owner: our copy merged with `R − 1` replicas' copies. A
+    /// session read also waits for a merge that meets its floor, from as many replicas as it
+    /// takes; if all of them together do not meet it, it is refused.
     pub(super) fn coordinate_read(
         &mut self,
         ring: &Ring,
@@ -420,6 +595,7 @@ impl<S: Storage> Kv<S> {
         responder: Responder,
         key: Vec<u8>,
         r: Option<u8>,
+        session: Option<Box<Floor>>,
     ) {
         let merged = match self.read_versions(&key) {
             Ok(state) => state,
@@ -432,20 +608,25 @@ impl<S: Storage> Kv<S> {
         };
         let mut r = ReadOp {
             responder,
-            copies: vec![(self.me, merged.digest())],
+            copies: vec![(self.me, merged.digest(), merged.context().clone())],
             key: key.clone(),
             merged,
+            session: session.is_some(),
+            floor: session.filter(|_| self.opts.enforce_sessions),
             needed,
             answered: 0,
             outstanding: targets.len(),
             done: false,
         };
-        if needed == 0 {
+        if needed == 0 && r.unmet().is_none() {
             r.done = true;
-            self.answer(io, r.responder.clone(), Ok(read_reply(&r.merged)));
+            let reply = r.reply(self.opts.replicas);
+            self.answer(io, r.responder.clone(), Ok(reply));
             if targets.is_empty() {
                 return;
             }
+        } else if let (true, Some(g)) = (targets.is_empty(), r.unmet()) {
+            return self.answer(io, r.responder, Err(session_unmet("read", g, 1)));
         }
         let op = io.next_op();
         self.reads.insert(op, r);
@@ -471,14 +652,16 @@ impl<S: Storage> Kv<S> {
                 Ok(s) => s.unwrap_or_default(),
                 Err(_) => Versioned::empty(), // a corrupt copy counts as empty; repair fixes it
             };
-            r.copies.push((from, state.digest()));
+            r.copies
+                .push((from, state.digest(), state.context().clone()));
             r.merged.merge(&state);
             r.answered += 1;
         }
         let mut finish = None;
-        if !r.done && r.answered >= r.needed {
+        let unmet = r.unmet();
+        if !r.done && r.answered >= r.needed && unmet.is_none() {
             r.done = true;
-            finish = Some((r.responder.clone(), Ok(read_reply(&r.merged))));
+            finish = Some((r.responder.clone(), Ok(r.reply(self.opts.replicas))));
         } else if !r.done && r.answered + r.outstanding < r.needed {
             r.done = true;
             let e = Error::Unavailable(format!(
@@ -486,6 +669,10 @@ impl<S: Storage> Kv<S> {
                 1 + r.answered,
                 1 + r.needed
             ));
+            finish = Some((r.responder.clone(), Err(e)));
+        } else if let (false, 0, Some(g)) = (r.done, r.outstanding, unmet) {
+            r.done = true;
+            let e = session_unmet("read", g, 1 + r.answered);
             finish = Some((r.responder.clone(), Err(e)));
         }
         if let Some((responder, result)) = finish {
@@ -502,7 +689,7 @@ impl<S: Storage> Kv<S> {
     fn read_repair(&mut self, io: &mut dyn KvIo, r: ReadOp) {
         let digest = r.merged.digest();
         let encoded = r.merged.encode();
-        for (node, d) in r.copies {
+        for (node, d, _) in r.copies {
             if d == digest {
                 continue;
             }
@@ -552,15 +739,35 @@ impl<S: Storage> Kv<S> {
         value: Option<Vec<u8>>,
         context: &VersionVector,
         write_id: WriteId,
+        session: Option<Box<SessionWrite>>,
     ) -> Result<Response> {
         let mut state = self.read_versions(key)?;
         let existed = !state.is_deleted();
         if let Some(dot) = state.applied_dot(&write_id) {
             // A retry of a write applied before, perhaps by the previous owner: same answer.
-            return Ok(Response::Written { dot, existed });
+            return Ok(Response::Written {
+                dot,
+                existed,
+                stable: false,
+            });
         }
         state.raise_dot_floor(self.dot_floor()?);
-        let outcome = state.write_checked(self.me.id, context, value, &self.opts.versions)?;
+        let (replaces, deps) = match session {
+            Some(s) => {
+                let s = *s;
+                let deps = (!s.deps.is_empty()).then(|| Box::new(s.deps));
+                (s.floor.wrote, deps)
+            }
+            None => (Vec::new(), None),
+        };
+        let outcome = state.write_checked_replacing(
+            self.me.id,
+            context,
+            &replaces,
+            value,
+            deps,
+            &self.opts.versions,
+        )?;
         self.issued_dot(outcome.dot.counter)?;
         state.record_applied(write_id, outcome.dot);
         if outcome.warn {
@@ -586,6 +793,7 @@ impl<S: Storage> Kv<S> {
         Ok(Response::Written {
             dot: outcome.dot,
             existed,
+            stable: false,
         })
     }
 
@@ -626,10 +834,56 @@ impl<S: Storage> Kv<S> {
     }
 }
 
-/// What a read answers: the live values and the context to write back.
-fn read_reply(state: &Versioned) -> Response {
-    Response::Read(ReadReply {
-        values: state.values().into_iter().map(<[u8]>::to_vec).collect(),
-        context: state.context().clone(),
-    })
+/// A write's answer with its `stable` flag set: every one of the key's N copies stored it.
+fn stability(response: Response, stable: bool) -> Response {
+    match response {
+        Response::Written { dot, existed, .. } => Response::Written {
+            dot,
+            existed,
+            stable,
+        },
+        other => other,
+    }
+}
+
+/// The parts of a [`Request::StoreWrite`], as a write is coordinated.
+#[derive(Clone, Debug)]
+pub(super) struct StoreWrite {
+    pub(super) key: Vec<u8>,
+    pub(super) value: Option<Vec<u8>>,
+    pub(super) context: VersionVector,
+    pub(super) write_id: WriteId,
+    pub(super) w: Option<u8>,
+    pub(super) session: Option<Box<SessionWrite>>,
+}
+
+impl ReadOp {
+    /// The guarantee answering from the merge so far would break, if any.
+    fn unmet(&self) -> Option<crate::session::Guarantee> {
+        self.floor
+            .as_ref()
+            .and_then(|f| f.unmet_by_read(self.merged.context()))
+    }
+
+    /// What the read answers: the live values and the context to write back; for a session,
+    /// the dependencies and whether all `replicas` copies answered with the merged state.
+    fn reply(&self, replicas: usize) -> Response {
+        let state = &self.merged;
+        let (deps, stable) = if self.session {
+            let agree = self
+                .copies
+                .iter()
+                .filter(|(_, _, c)| c.dominates(state.context()))
+                .count();
+            (state.deps(), agree >= replicas)
+        } else {
+            (Default::default(), false)
+        };
+        Response::Read(ReadReply {
+            values: state.values().into_iter().map(<[u8]>::to_vec).collect(),
+            context: state.context().clone(),
+            deps,
+            stable,
+        })
+    }
 }

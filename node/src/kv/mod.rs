@@ -95,7 +95,7 @@ use crate::ring::{Notice, Ring, RingIo};
 use crate::rpc::{Calls, ConnId, Pending, timer_phase};
 use crate::storage::Storage;
 use crate::version::{VersionLimits, Versioned};
-use coordinator::{ClientOp, ReadOp, Responder, WriteOp};
+use coordinator::{ClientOp, FloorOp, ReadOp, Responder, StoreWrite, WriteOp};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::hash::{DefaultHasher, Hash, Hasher};
 
@@ -143,6 +143,9 @@ pub struct Options {
     pub tombstone_grace: Option<u64>,
     /// Bounds on siblings and clock size per key.
     pub versions: VersionLimits,
+    /// Whether owners hold session requests to their floors ([`crate::session`]). Only tests
+    /// turn it off, to show that the session checker catches what it prevents.
+    pub enforce_sessions: bool,
 }
 
 impl Options {
@@ -200,6 +203,7 @@ impl Default for Options {
             hint_interval: crate::ring::detector::DetectorOptions::default().interval,
             tombstone_grace: Some(3_600_000),
             versions: VersionLimits::default(),
+            enforce_sessions: true,
         }
     }
 }
@@ -311,6 +315,8 @@ pub(crate) enum Purpose {
     },
     /// A replica's answer to a quorum read.
     ReplicaRead { op: u64, from: NodeRef },
+    /// A replica's state for a session write waiting for its floor.
+    FloorRead { op: u64 },
     /// A replica's answer to an anti-entropy digest.
     Sync {
         to: NodeRef,
@@ -449,6 +455,8 @@ pub struct Kv<S: Storage> {
     /// Writes and reads this node coordinates as owner, waiting for replicas.
     writes: BTreeMap<u64, WriteOp>,
     reads: BTreeMap<u64, ReadOp>,
+    /// Session writes waiting for their replicas' states to meet the session's floor.
+    floors: BTreeMap<u64, FloorOp>,
     /// Anti-entropy: the next replica to compare with, whether a round is in flight, when next.
     sync_next: usize,
     syncing: bool,
@@ -514,6 +522,7 @@ impl<S: Storage> Kv<S> {
             stores: BTreeMap::new(),
             writes: BTreeMap::new(),
             reads: BTreeMap::new(),
+            floors: BTreeMap::new(),
             sync_next: 0,
             syncing: false,
             sync_chain: 0,
@@ -690,9 +699,10 @@ impl<S: Storage> Kv<S> {
                 deletes,
                 leaving,
             } => self.on_transfer(ring, from, items, deletes, leaving),
-            Request::StoreGet { key, r } => match self.check_serving(ring, &key) {
+            Request::StoreGet { key, r, session } => match self.check_serving(ring, &key) {
                 Ok(()) => {
-                    self.coordinate_read(ring, io, Responder::Conn { conn, id }, key, r);
+                    let responder = Responder::Conn { conn, id };
+                    self.coordinate_read(ring, io, responder, key, r, session);
                     return None;
                 }
                 Err(e) => Err(e),
@@ -703,10 +713,22 @@ impl<S: Storage> Kv<S> {
                 context,
                 write_id,
                 w,
-            } => match self.check_serving(ring, &key) {
+                session,
+            } => match self
+                .check_serving(ring, &key)
+                .and_then(|()| session.as_ref().map_or(Ok(()), |s| s.validate()))
+            {
                 Ok(()) => {
                     let responder = Responder::Conn { conn, id };
-                    self.coordinate_write(ring, io, responder, key, value, context, write_id, w);
+                    let write = StoreWrite {
+                        key,
+                        value,
+                        context,
+                        write_id,
+                        w,
+                        session,
+                    };
+                    self.coordinate_write(ring, io, responder, write);
                     return None;
                 }
                 Err(e) => Err(e),
@@ -738,6 +760,18 @@ impl<S: Storage> Kv<S> {
                     self.opts.replicas, self.opts.replicas
                 )))
             }
+            Request::Get {
+                session: Some(ref f),
+                ..
+            } if f.validate().is_err() => f.validate().map(|()| Response::Ack),
+            Request::Put {
+                session: Some(ref s),
+                ..
+            }
+            | Request::Delete {
+                session: Some(ref s),
+                ..
+            } if s.validate().is_err() => s.validate().map(|()| Response::Ack),
             Request::Get { .. } | Request::Put { .. } | Request::Delete { .. } => {
                 if !ring.is_joined() {
                     Err(Error::Unavailable("node is still joining the ring".into()))
@@ -795,6 +829,7 @@ impl<S: Storage> Kv<S> {
             Purpose::ReplicaRead { op, from } => {
                 self.on_replica_read_answer(io, op, from, response)
             }
+            Purpose::FloorRead { op, .. } => self.on_floor_read_answer(ring, io, op, response),
             Purpose::Sync {
                 to,
                 from,

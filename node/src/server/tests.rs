@@ -112,6 +112,7 @@ fn put(key: &[u8], w: u8) -> Request {
         value: b"value".to_vec(),
         context: VersionVector::new(),
         w: Some(w),
+        session: None,
     }
 }
 
@@ -229,6 +230,7 @@ fn get_sized(size: usize) -> Request {
     Request::Get {
         key: size.to_string().into_bytes(),
         r: None,
+        session: None,
     }
 }
 

@@ -515,6 +515,7 @@ mod tests {
         Sibling {
             dot: dot(a, c),
             value: val(v),
+            deps: None,
         }
     }
 
@@ -642,6 +643,7 @@ mod tests {
         let tomb = Sibling {
             dot: dot(2, 2),
             value: None,
+            deps: None,
         };
         h.record_final_read(K, vec![tomb], vv(&[(1, 1), (2, 2)]));
         assert_eq!(check(&h), []);

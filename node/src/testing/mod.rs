@@ -9,5 +9,6 @@
 pub mod faulty;
 pub mod history;
 pub mod seeds;
+pub mod sessions;
 pub mod sim;
 pub mod zave;

@@ -99,6 +99,7 @@
 //!   (COLLECTION in `kv/collect.rs`).
 
 use crate::id::Id;
+use crate::session::Deps;
 use crate::{Error, Result};
 use serde::{Deserialize, Serialize};
 use sha1::{Digest, Sha1};
@@ -141,8 +142,10 @@ pub enum Causality {
 }
 
 /// A version vector: for each actor, the highest event counter seen. Absent actors are at 0,
-/// and zero entries are never stored, so equal histories are equal values.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// and zero entries are never stored, so equal histories are equal values. The derived order
+/// (`Ord`) is lexicographic over the entries, for sorting; the causal order is
+/// [`VersionVector::compare`].
+#[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(from = "BTreeMap<Id, u64>", into = "BTreeMap<Id, u64>")]
 pub struct VersionVector(BTreeMap<Id, u64>);
 
@@ -270,6 +273,9 @@ pub struct Sibling {
     pub dot: Dot,
     /// The value written, `None` if the write was a delete.
     pub value: Option<Vec<u8>>,
+    /// What the write depended on, if a session wrote it ([`crate::session`]): readers that
+    /// see this version inherit them.
+    pub deps: Option<Box<Deps>>,
 }
 
 impl Sibling {
@@ -461,12 +467,23 @@ impl Versioned {
         seen.checked_add(1)
     }
 
-    /// The siblings a write with context `ctx` replaces: those it covers, and every form of a
-    /// write applied under several dots of which it covers one.
-    fn replaced_by(&self, ctx: &VersionVector) -> BTreeSet<Dot> {
-        let mut replaced: BTreeSet<Dot> = self.dots().filter(|d| ctx.covers(d)).collect();
+    /// The dependencies of every sibling, joined: what a reader of this state inherits.
+    pub fn deps(&self) -> Deps {
+        let mut deps = Deps::new();
+        for d in self.siblings.iter().filter_map(|s| s.deps.as_deref()) {
+            deps.merge(d);
+        }
+        deps
+    }
+
+    /// The siblings a write with context `ctx` replaces: those it covers or names in
+    /// `replaces`, and every form of a write applied under several dots of which it replaces
+    /// one.
+    fn replaced_by(&self, ctx: &VersionVector, replaces: &[Dot]) -> BTreeSet<Dot> {
+        let hit = |d: &Dot| ctx.covers(d) || replaces.contains(d);
+        let mut replaced: BTreeSet<Dot> = self.dots().filter(hit).collect();
         for a in self.applied.values().filter(|a| !a.also.is_empty()) {
-            if a.forms().any(|d| ctx.covers(&d)) {
+            if a.forms().any(|d| hit(&d)) {
                 replaced.extend(a.forms());
             }
         }
@@ -480,10 +497,24 @@ impl Versioned {
     /// No bounds are checked: the server should call [`Versioned::write_checked`]. A counter at
     /// `u64::MAX` (possible only from a forged context) saturates.
     pub fn write(&mut self, actor: Id, ctx: &VersionVector, value: Option<Vec<u8>>) -> Dot {
+        self.write_replacing(actor, ctx, &[], value, None)
+    }
+
+    /// [`Versioned::write`] that also replaces the siblings whose dots `replaces` names (a
+    /// session's own earlier writes, [`crate::session`]), and stores `deps` with the new version.
+    /// Naming a dot the state does not hold replaces nothing and adds nothing to the context.
+    pub fn write_replacing(
+        &mut self,
+        actor: Id,
+        ctx: &VersionVector,
+        replaces: &[Dot],
+        value: Option<Vec<u8>>,
+        deps: Option<Box<Deps>>,
+    ) -> Dot {
         let dot = Dot::new(actor, self.next_counter(&actor, ctx).unwrap_or(u64::MAX));
-        let replaced = self.replaced_by(ctx);
+        let replaced = self.replaced_by(ctx, replaces);
         self.siblings.retain(|s| !replaced.contains(&s.dot));
-        let new = Sibling { dot, value };
+        let new = Sibling { dot, value, deps };
         if let Err(at) = self.siblings.binary_search(&new) {
             self.siblings.insert(at, new);
         }
@@ -508,7 +539,24 @@ impl Versioned {
         value: Option<Vec<u8>>,
         limits: &VersionLimits,
     ) -> Result<WriteOutcome> {
-        let replaced = self.replaced_by(ctx);
+        self.write_checked_replacing(actor, ctx, &[], value, None, limits)
+    }
+
+    /// [`Versioned::write_checked`] with [`Versioned::write_replacing`]'s named dots and
+    /// dependencies.
+    ///
+    /// # Errors
+    /// As [`Versioned::write_checked`].
+    pub fn write_checked_replacing(
+        &mut self,
+        actor: Id,
+        ctx: &VersionVector,
+        replaces: &[Dot],
+        value: Option<Vec<u8>>,
+        deps: Option<Box<Deps>>,
+        limits: &VersionLimits,
+    ) -> Result<WriteOutcome> {
+        let replaced = self.replaced_by(ctx, replaces);
         let kept = self.dots().filter(|d| !replaced.contains(d)).count();
         if kept + 1 > limits.max_siblings {
             return Err(Error::InvalidInput(format!(
@@ -524,7 +572,7 @@ impl Versioned {
                 actor.short()
             )));
         }
-        let dot = self.write(actor, ctx, value);
+        let dot = self.write_replacing(actor, ctx, replaces, value, deps);
         let pruned = self.prune(limits.max_clock_entries);
         Ok(WriteOutcome {
             dot,

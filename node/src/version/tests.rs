@@ -481,6 +481,7 @@ fn encode_decode_round_trip_and_validation() {
             siblings: vec![Sibling {
                 dot: dot(1, 1),
                 value: None,
+                deps: None,
             }],
             pruned: 0,
             applied: BTreeMap::new(),
@@ -491,10 +492,12 @@ fn encode_decode_round_trip_and_validation() {
                 Sibling {
                     dot: dot(1, 2),
                     value: None,
+                    deps: None,
                 },
                 Sibling {
                     dot: dot(1, 1),
                     value: None,
+                    deps: None,
                 },
             ],
             pruned: 0,
@@ -505,6 +508,7 @@ fn encode_decode_round_trip_and_validation() {
             siblings: vec![Sibling {
                 dot: dot(1, 0),
                 value: None,
+                deps: None,
             }],
             pruned: 0,
             applied: BTreeMap::new(),
@@ -527,7 +531,7 @@ fn digest_is_stable_and_follows_equality() {
     assert_eq!(merged(&a, &b).digest(), merged(&b, &a).digest());
     assert_ne!(a.digest(), b.digest());
     assert_ne!(a.digest(), Versioned::empty().digest());
-    assert_eq!(merged(&a, &b).digest(), 0xcd32_9b43_639a_89c6);
+    assert_eq!(merged(&a, &b).digest(), 0x71a3_64b8_925a_69ef);
 }
 
 #[test]

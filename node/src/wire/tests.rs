@@ -13,6 +13,7 @@ fn get(key: &[u8]) -> Request {
     Request::Get {
         key: key.to_vec(),
         r: None,
+        session: None,
     }
 }
 
@@ -131,6 +132,7 @@ fn encode_frame_refuses_what_the_peer_would_refuse() {
             value: vec![7; 2000],
             context: VersionVector::new(),
             w: None,
+            session: None,
         },
     };
     match encode_frame(&big, 1024) {
@@ -169,6 +171,7 @@ fn check_request_table() {
         value: v.to_vec(),
         context: VersionVector::new(),
         w: None,
+        session: None,
     };
     let store_write = |k: &[u8], v: Option<Vec<u8>>| Request::StoreWrite {
         key: k.to_vec(),
@@ -180,6 +183,7 @@ fn check_request_table() {
             incarnation: 1,
             seq: 1,
         },
+        session: None,
     };
     let transfer = |items: Vec<(&[u8], &[u8])>, deletes: Vec<&[u8]>| Request::Transfer {
         from: node_ref(),
@@ -199,6 +203,7 @@ fn check_request_table() {
                 key: vec![],
                 context: VersionVector::new(),
                 w: None,
+                session: None,
             },
             Err(empty()),
         ),
@@ -207,6 +212,7 @@ fn check_request_table() {
             Request::StoreGet {
                 key: vec![1; 5],
                 r: None,
+                session: None,
             },
             Err(key_too_large()),
         ),
@@ -310,6 +316,7 @@ fn a_maximal_put_fits_a_default_frame() {
             value: vec![0xff; limits.max_value],
             context: VersionVector::new(),
             w: None,
+            session: None,
         },
     };
     let encoded = encode_frame(&put, limits.max_frame).expect("fits");
@@ -382,6 +389,7 @@ async fn frame_reader_and_writer_round_trip() {
                 value: vec![id as u8; 100 * id as usize],
                 context: VersionVector::new(),
                 w: None,
+                session: None,
             },
         })
         .collect();

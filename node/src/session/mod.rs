@@ -1,0 +1,561 @@
+//! SESSIONS
+//!
+//! A client that talks to one node and then another must never see the store go back in time.
+//! Terry, Demers, Petersen, Spreitzer, Theimer and Welch ("Session Guarantees for Weakly
+//! Consistent Replicated Data", 1994) name four guarantees for a session, a sequence of reads
+//! and writes by one client:
+//!
+//! - *read your writes*: a read sees every earlier write of the session;
+//! - *monotonic reads*: a read never sees an older state than an earlier read of the session saw;
+//! - *monotonic writes*: a write is ordered after the session's earlier writes, everywhere;
+//! - *writes follow reads*: a write is ordered after the writes the session had read, everywhere,
+//!   so whoever sees the new write can also see what it depended on. Across keys this is the
+//!   bulletin-board rule: a reply is never visible without the post it answers.
+//!
+//! A [`Session`] is the client's half. Per key it touched it keeps a [`Floor`]: the join of the
+//! contexts of the states it read (`read`), the dot of its latest acknowledged write (`wrote`),
+//! and the vectors it inherited from the values it read (`deps`, below). Each request carries
+//! the floor of the one key it touches, never the whole session; the key's owner answers a read
+//! only from a merged state whose context dominates that floor, and applies a write only on such
+//! a state (`kv/coordinator.rs`, SESSIONS). A request whose floor no reachable copy meets is
+//! refused with [`crate::Error::SessionUnmet`], naming the guarantee, and retried with backoff
+//! until its deadline; an older state is never returned.
+//!
+//! WRITES
+//!
+//! A session write's context is the caller's context joined with what the session read of the
+//! key, so it replaces what the session saw (writes follow reads, per key), and it names the
+//! dots of the session's latest acknowledged writes of the key, which it replaces exactly
+//! (monotonic writes, per key), even when it is blind. Exact dots, not a vector: a vector that
+//! covers the session's last dot `(a, 7)` also covers `(a, 5)`, a concurrent version the
+//! session may never have seen, which would then be dropped silently. The owner applies the
+//! write only on a state that covers those dots, so the state it makes covers them too. A write
+//! whose answer was lost has no known dot and is not replaced: it may come back as a sibling.
+//!
+//! A write also carries its dependencies ([`Deps`]): for every other key the session holds an
+//! unstable floor of, that floor's joined vector. They are stored with the version and returned
+//! with every read of it; a session that reads the version inherits them, so its later reads of
+//! those keys cannot return states older than what the writer had seen. Dependencies are
+//! resolved lazily, when the inheriting session reads the key, not eagerly when it reads the
+//! version that carries them: eager resolution would make every read of a value with
+//! dependencies ask the owners of other keys, a cost that grows with the dependencies and is
+//! paid even by readers who never read them; lazy resolution costs nothing unless the dependency
+//! is read and its copy lags. The cost is that the inheriting session may learn only later, when
+//! it reads the dependency, that the copies holding it are unreachable: it then gets
+//! `SessionUnmet`, never the older state.
+//!
+//! STABILITY AND BOUNDS
+//!
+//! A floor is stable once every one of the key's `N` copies holds a state that dominates it:
+//! any later owner of the key has it, so no request needs to carry it. The session learns that
+//! from answers: a write acknowledged by all `N` copies, a read whose every copy matched the
+//! merged state ([`crate::message::ReadReply::stable`]; a read with `R = N` gets that answer
+//! whenever the copies agree). A stable floor is kept (it still makes contexts) but is no longer
+//! a dependency. A write carries at most [`MAX_DEPS`] dependencies of at most [`MAX_DEPS_BYTES`]
+//! bytes; a session holds at most [`MAX_KEYS`] keys. At a bound the client compacts (it reads
+//! the oldest unstable keys with `R = N` to learn their stability) or fails with
+//! [`crate::Error::SessionFull`] before sending anything; no requirement is ever dropped
+//! silently.
+//!
+//! A session's saved form ([`Session::to_bytes`]) starts with a magic and a format version, so
+//! a program can keep it in a file and restore it; [`Session::merge`] joins two copies of one
+//! session (two processes sharing a session file), which can only add requirements.
+//!
+//! CAVEATS
+//!
+//! - Tombstone collection removes a key's state once every replica holds the same tombstone
+//!   (`kv/collect.rs`); a session floor on that key older than the tombstone grace then cannot
+//!   be met (the context that dominated it is gone). Such a floor is stable long before (every
+//!   replica held the tombstone), so it matters only to a session that never learned that; it
+//!   gets `SessionUnmet` and can [`Session::forget`] the key.
+//! - Guarantees hold between session clients: a version written without a session carries no
+//!   dependencies, so it passes nothing on to its readers.
+
+use crate::error::{Error, Result};
+use crate::version::{Dot, VersionVector};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::fmt;
+
+/// Most keys a session holds.
+pub const MAX_KEYS: usize = 4096;
+/// Most dependencies one write carries (and so most unstable keys a session holds besides the
+/// one it writes).
+pub const MAX_DEPS: usize = 64;
+/// Most encoded bytes of one write's dependencies.
+pub const MAX_DEPS_BYTES: usize = 32 << 10;
+/// Most written dots a floor names (one per process that shared the session concurrently).
+pub const MAX_WROTE: usize = 8;
+
+/// Magic and format version of [`Session::to_bytes`].
+const MAGIC: &[u8; 4] = b"CKVS";
+const FORMAT: u8 = 1;
+
+/// One of the four session guarantees.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Guarantee {
+    /// A read sees the session's earlier writes.
+    ReadYourWrites,
+    /// A read never sees an older state than the session's earlier reads.
+    MonotonicReads,
+    /// A write is ordered after the session's earlier writes.
+    MonotonicWrites,
+    /// A write is ordered after what the session read; a value is never seen without what its
+    /// writer had read.
+    WritesFollowReads,
+}
+
+impl fmt::Display for Guarantee {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Guarantee::ReadYourWrites => "read your writes",
+            Guarantee::MonotonicReads => "monotonic reads",
+            Guarantee::MonotonicWrites => "monotonic writes",
+            Guarantee::WritesFollowReads => "writes follow reads",
+        })
+    }
+}
+
+/// What a session requires of one key: a state that covers its latest write and dominates what
+/// it read and inherited.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Floor {
+    /// The join of the contexts of the states the session read.
+    pub read: VersionVector,
+    /// The dots of the session's latest acknowledged writes of the key: one, unless several
+    /// processes shared the session (see [`Session::merge`]); at most [`MAX_WROTE`].
+    pub wrote: Vec<Dot>,
+    /// What the values the session read of other keys depended on, for this key.
+    pub deps: VersionVector,
+}
+
+impl Floor {
+    /// Whether nothing is required.
+    pub fn is_empty(&self) -> bool {
+        self.read.is_empty() && self.wrote.is_empty() && self.deps.is_empty()
+    }
+
+    /// The whole requirement as one vector.
+    pub fn vector(&self) -> VersionVector {
+        let mut v = self.read.clone();
+        v.merge(&self.deps);
+        for d in &self.wrote {
+            v.add(d);
+        }
+        v
+    }
+
+    /// The guarantee a read of a state with `context` would break, if any.
+    pub fn unmet_by_read(&self, context: &VersionVector) -> Option<Guarantee> {
+        if self.wrote.iter().any(|d| !context.covers(d)) {
+            Some(Guarantee::ReadYourWrites)
+        } else if !context.dominates(&self.read) {
+            Some(Guarantee::MonotonicReads)
+        } else if !context.dominates(&self.deps) {
+            Some(Guarantee::WritesFollowReads)
+        } else {
+            None
+        }
+    }
+
+    /// The guarantee a write applied on a state with `context` would break, if any.
+    pub fn unmet_by_write(&self, context: &VersionVector) -> Option<Guarantee> {
+        if self.wrote.iter().any(|d| !context.covers(d)) {
+            Some(Guarantee::MonotonicWrites)
+        } else if !context.dominates(&self.read) || !context.dominates(&self.deps) {
+            Some(Guarantee::WritesFollowReads)
+        } else {
+            None
+        }
+    }
+
+    /// Join `other` in. Dots beyond [`MAX_WROTE`] stay required (in `deps`) but are no
+    /// longer replaced by name.
+    fn join(&mut self, other: &Floor) {
+        self.read.merge(&other.read);
+        self.deps.merge(&other.deps);
+        self.wrote.extend(other.wrote.iter().copied());
+        self.wrote.sort();
+        self.wrote.dedup();
+        while self.wrote.len() > MAX_WROTE {
+            let d = self.wrote.remove(0);
+            self.deps.add(&d);
+        }
+    }
+
+    /// Checks the shape of a floor a client sent.
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] with more than [`MAX_WROTE`] dots.
+    pub fn validate(&self) -> Result<()> {
+        if self.wrote.len() > MAX_WROTE {
+            return Err(Error::InvalidInput(format!(
+                "a session floor names {} written dots, the limit is {MAX_WROTE}",
+                self.wrote.len()
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// A session's identity, random: the versions it writes carry it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct SessionId(pub [u8; 16]);
+
+impl fmt::Display for SessionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&hex::encode(&self.0[..4]))
+    }
+}
+
+/// What a write depended on: per other key, the vector a reader must see of it. Sorted by key,
+/// one entry per key.
+#[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Deps(Vec<(Vec<u8>, VersionVector)>);
+
+impl Deps {
+    /// No dependencies.
+    pub fn new() -> Deps {
+        Deps::default()
+    }
+
+    /// Join `vector` into `key`'s entry.
+    pub fn add(&mut self, key: &[u8], vector: &VersionVector) {
+        if vector.is_empty() {
+            return;
+        }
+        match self.0.binary_search_by(|(k, _)| k.as_slice().cmp(key)) {
+            Ok(i) => self.0[i].1.merge(vector),
+            Err(i) => self.0.insert(i, (key.to_vec(), vector.clone())),
+        }
+    }
+
+    /// Join all of `other` in.
+    pub fn merge(&mut self, other: &Deps) {
+        for (k, v) in &other.0 {
+            self.add(k, v);
+        }
+    }
+
+    /// The entries, by key.
+    pub fn iter(&self) -> impl Iterator<Item = (&[u8], &VersionVector)> {
+        self.0.iter().map(|(k, v)| (k.as_slice(), v))
+    }
+
+    /// How many keys.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The bytes they take encoded.
+    pub fn encoded_len(&self) -> usize {
+        bincode::serde::encode_to_vec(self, bincode::config::standard())
+            .map_or(usize::MAX, |b| b.len())
+    }
+
+    /// Checks the bounds and the shape, as a node does before storing dependencies it was sent.
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] over [`MAX_DEPS`] or [`MAX_DEPS_BYTES`], or out of order.
+    pub fn validate(&self) -> Result<()> {
+        if self.0.len() > MAX_DEPS {
+            return Err(Error::InvalidInput(format!(
+                "a write carries {} dependencies, the limit is {MAX_DEPS}",
+                self.0.len()
+            )));
+        }
+        let bytes = self.encoded_len();
+        if bytes > MAX_DEPS_BYTES {
+            return Err(Error::InvalidInput(format!(
+                "a write's dependencies take {bytes} bytes, the limit is {MAX_DEPS_BYTES}"
+            )));
+        }
+        if self.0.windows(2).any(|p| p[0].0 >= p[1].0) {
+            return Err(Error::InvalidInput(
+                "a write's dependencies are not sorted by key".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The session part of a write request: what the written key requires (its `wrote` dots are
+/// the versions the write replaces by name), and what the write depended on.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionWrite {
+    /// What the written key requires.
+    pub floor: Floor,
+    /// The session's unstable floors of other keys, stored with the version.
+    pub deps: Deps,
+}
+
+impl SessionWrite {
+    /// Checks the bounds of what a client sent.
+    ///
+    /// # Errors
+    /// As [`Floor::validate`] and [`Deps::validate`].
+    pub fn validate(&self) -> Result<()> {
+        self.floor.validate()?;
+        self.deps.validate()
+    }
+}
+
+/// What a session knows of one key.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+struct Entry {
+    floor: Floor,
+    /// Every copy is known to hold a state that dominates the floor.
+    stable: bool,
+    /// When the session last touched the key (its operation count then).
+    touched: u64,
+}
+
+/// A client session: what it has read and written, per key. See the module essay.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Session {
+    id: SessionId,
+    entries: BTreeMap<Vec<u8>, Entry>,
+    /// Operations observed, for recency.
+    ops: u64,
+}
+
+impl Session {
+    /// A new session with a random id.
+    pub fn new() -> Session {
+        Session::with_id(SessionId(rand::random()))
+    }
+
+    /// A new session with the given id (simulations pick ids from their seed).
+    pub fn with_id(id: SessionId) -> Session {
+        Session {
+            id,
+            entries: BTreeMap::new(),
+            ops: 0,
+        }
+    }
+
+    /// The session's id.
+    pub fn id(&self) -> SessionId {
+        self.id
+    }
+
+    /// How many keys it holds.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Whether it holds nothing.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// How many keys it holds whose floor is not known stable (what its writes carry).
+    pub fn unstable(&self) -> usize {
+        self.entries.values().filter(|e| !e.stable).count()
+    }
+
+    /// What a request touching `key` must carry: `key`'s floor (empty if the session never
+    /// touched it).
+    pub fn floor(&self, key: &[u8]) -> Floor {
+        self.entries
+            .get(key)
+            .map(|e| e.floor.clone())
+            .unwrap_or_default()
+    }
+
+    /// The context a write of `key` with the caller's `context` is sent with: joined with what
+    /// the session read of the key.
+    pub fn write_context(&self, key: &[u8], context: &VersionVector) -> VersionVector {
+        let mut c = context.clone();
+        if let Some(e) = self.entries.get(key) {
+            c.merge(&e.floor.read);
+        }
+        c
+    }
+
+    /// The session part of a write of `key`: its floor and the dependencies.
+    ///
+    /// # Errors
+    /// [`Error::SessionFull`] if the dependencies would exceed [`MAX_DEPS`] or
+    /// [`MAX_DEPS_BYTES`]: compact ([`Session::compaction_candidates`]) and retry.
+    pub fn for_write(&self, key: &[u8]) -> Result<SessionWrite> {
+        let mut deps = Deps::new();
+        for (k, e) in &self.entries {
+            if !e.stable && k.as_slice() != key {
+                deps.add(k, &e.floor.vector());
+            }
+        }
+        if deps.len() > MAX_DEPS || deps.encoded_len() > MAX_DEPS_BYTES {
+            return Err(Error::SessionFull(format!(
+                "a write would carry {} dependencies ({} bytes; the limits are {MAX_DEPS} and \
+                 {MAX_DEPS_BYTES}) and none more can be shown stable now; retry when every \
+                 replica is up, or start a new session",
+                deps.len(),
+                deps.encoded_len()
+            )));
+        }
+        Ok(SessionWrite {
+            floor: self.floor(key),
+            deps,
+        })
+    }
+
+    /// Whether the session may take an operation on `key` without passing a bound.
+    ///
+    /// # Errors
+    /// [`Error::SessionFull`] if `key` is new and the session holds [`MAX_KEYS`] keys.
+    pub fn admit(&self, key: &[u8]) -> Result<()> {
+        if self.entries.len() >= MAX_KEYS && !self.entries.contains_key(key) {
+            return Err(Error::SessionFull(format!(
+                "the session holds {MAX_KEYS} keys, its bound; start a new session"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Whether the next write should compact first: it would carry more dependencies than the
+    /// bound allows.
+    pub fn needs_compaction(&self) -> bool {
+        self.unstable() > MAX_DEPS
+    }
+
+    /// The keys to read with `R = N` to learn their stability, oldest first: the unstable keys
+    /// beyond half the dependency bound.
+    pub fn compaction_candidates(&self) -> Vec<Vec<u8>> {
+        let mut unstable: Vec<(u64, &Vec<u8>)> = self
+            .entries
+            .iter()
+            .filter(|(_, e)| !e.stable)
+            .map(|(k, e)| (e.touched, k))
+            .collect();
+        unstable.sort();
+        let excess = unstable.len().saturating_sub(MAX_DEPS / 2);
+        unstable
+            .into_iter()
+            .take(excess)
+            .map(|(_, k)| k.clone())
+            .collect()
+    }
+
+    /// Record a read of `key` that returned a state with `context`, the versions' dependencies
+    /// `deps`, and whether every copy was seen to hold it (`stable`).
+    pub fn observe_read(&mut self, key: &[u8], context: &VersionVector, deps: &Deps, stable: bool) {
+        self.ops += 1;
+        let touched = self.ops;
+        let e = self.entries.entry(key.to_vec()).or_default();
+        e.floor.read.merge(context);
+        e.touched = touched;
+        // The state read dominated the floor (the owner checked), so its stability is the
+        // floor's; and it is not stable if it gained anything not seen everywhere.
+        e.stable = stable && context.dominates(&e.floor.vector());
+        for (k, v) in deps.iter() {
+            if k == key {
+                continue;
+            }
+            let d = self.entries.entry(k.to_vec()).or_default();
+            if !d.floor.vector().dominates(v) {
+                d.floor.deps.merge(v);
+                d.stable = false;
+                d.touched = touched;
+            }
+        }
+    }
+
+    /// Record an acknowledged write of `key` that got `dot`, stored by every copy if `stable`.
+    pub fn observe_write(&mut self, key: &[u8], dot: Dot, stable: bool) {
+        self.ops += 1;
+        let touched = self.ops;
+        let e = self.entries.entry(key.to_vec()).or_default();
+        // The write replaced the dots named before (it was applied on a state covering them),
+        // so a state covering its dot covers them too.
+        e.floor.wrote = vec![dot];
+        e.touched = touched;
+        // The write was applied on a state that dominated the floor: all of it is in the state
+        // every copy stored.
+        e.stable = stable;
+    }
+
+    /// Forget `key`: nothing is required of it any more. Returns whether it was held.
+    pub fn forget(&mut self, key: &[u8]) -> bool {
+        self.entries.remove(key).is_some()
+    }
+
+    /// Join another copy of this session (the same id): every requirement of either.
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] if `other` is another session.
+    pub fn merge(&mut self, other: &Session) -> Result<()> {
+        if other.id != self.id {
+            return Err(Error::InvalidInput(format!(
+                "cannot merge session {} into session {}",
+                other.id, self.id
+            )));
+        }
+        for (k, theirs) in &other.entries {
+            let mine = self.entries.entry(k.clone()).or_default();
+            let (a, b) = (mine.floor.vector(), theirs.floor.vector());
+            // The joined floor is stable if a floor known stable dominates it.
+            mine.stable = (mine.stable && a.dominates(&b)) || (theirs.stable && b.dominates(&a));
+            mine.floor.join(&theirs.floor);
+            mine.touched = mine.touched.max(theirs.touched);
+        }
+        self.ops = self.ops.max(other.ops);
+        Ok(())
+    }
+
+    /// The saved form: a magic, a format version, then the session (bincode).
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut out = MAGIC.to_vec();
+        out.push(FORMAT);
+        out.extend(
+            bincode::serde::encode_to_vec(self, bincode::config::standard())
+                .expect("encoding a Session into a Vec cannot fail"),
+        );
+        out
+    }
+
+    /// Parse a saved form.
+    ///
+    /// # Errors
+    /// [`Error::InvalidData`] if it is not a session, is of another format version, or breaks
+    /// a bound.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Session> {
+        let bad = |why: String| Error::InvalidData(format!("session: {why}"));
+        let body = bytes
+            .strip_prefix(MAGIC.as_slice())
+            .ok_or_else(|| bad("not a chordkv session (bad magic)".into()))?;
+        let (&format, body) = body.split_first().ok_or_else(|| bad("truncated".into()))?;
+        if format != FORMAT {
+            return Err(bad(format!(
+                "format version {format}; this build reads version {FORMAT}"
+            )));
+        }
+        let (s, used): (Session, usize) =
+            bincode::serde::decode_from_slice(body, bincode::config::standard())
+                .map_err(|e| bad(e.to_string()))?;
+        if used != body.len() {
+            return Err(bad(format!("{} trailing bytes", body.len() - used)));
+        }
+        if s.entries.len() > MAX_KEYS {
+            return Err(bad(format!(
+                "{} keys, the bound is {MAX_KEYS}",
+                s.entries.len()
+            )));
+        }
+        Ok(s)
+    }
+}
+
+impl Default for Session {
+    fn default() -> Self {
+        Session::new()
+    }
+}
+
+#[cfg(test)]
+mod tests;
