@@ -132,8 +132,8 @@ fn session_unmet(op: &str, guarantee: crate::session::Guarantee, copies: usize) 
         op: op.into(),
         guarantee,
         detail: format!(
-            "the {copies} copies reached hold older states than this session has seen; the \
-             copies that hold what it saw are unreachable or behind; retry, or use no session"
+            "the {copies} copies reached hold older states than this session has seen: the \
+             copies that hold what it saw are unreachable or behind"
         ),
     }
 }
