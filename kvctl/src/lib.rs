@@ -11,6 +11,12 @@
 //! callers that expect one value: `get` refuses siblings with [`Error::Conflict`], `put` and
 //! `delete` read first and replace what they read.
 //!
+//! [`Client::with_session`] runs a client's requests in a [`Session`]: its reads never go
+//! back in time from what the session read and wrote (and inherited from what it read), and its
+//! writes are ordered after them, whichever node each request goes through. A request no
+//! reachable copy can serve that way fails with [`Error::SessionUnmet`], naming the guarantee;
+//! the session itself is a value to save and restore ([`Session::to_bytes`]).
+//!
 //! [`Client::ring`] walks the ring node by node with `Status` requests and reports what it finds
 //! inconsistent, which is how an operator (and the end-to-end tests) see whether the ring has
 //! converged.

@@ -68,6 +68,10 @@ pub enum Error {
     /// No answer within the deadline.
     #[error("timed out: {0}")]
     Timeout(String),
+    /// A write whose outcome cannot be known: it may or may not have been applied, and
+    /// retrying it could apply it twice. Read the key to find out, then write again.
+    #[error("outcome unknown: {0}")]
+    Ambiguous(String),
     /// The node is at a bound on connections or in-flight requests.
     #[error("overloaded: {0}")]
     Overloaded(String),

@@ -2,10 +2,11 @@
 //!
 //! Read bottom-up (see `docs/architecture.md`): [`id`] places nodes and keys on the ring,
 //! [`ring`] is the Chord ring as a pure state machine (who owns what), [`storage`] keeps a
-//! node's keys, [`version`] their causal histories, [`kv`] is the key-value layer as a pure
-//! state machine on top of the ring (what is stored, and how copies agree), [`node`] composes
-//! the two, [`message`] and [`wire`] are what crosses the network, and [`server`] drives a node
-//! with real sockets, clocks and disks. [`testing`] holds the simulator and the history checker.
+//! node's keys, [`version`] their causal histories, [`session`] is the client's half of the
+//! session guarantees, [`kv`] is the key-value layer as a pure state machine on top of the ring
+//! (what is stored, and how copies agree), [`node`] composes the two, [`message`] and [`wire`]
+//! are what crosses the network, and [`server`] drives a node with real sockets, clocks and
+//! disks. [`testing`] holds the simulator and the history and session checkers.
 
 pub mod error;
 pub mod id;

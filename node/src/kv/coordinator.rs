@@ -473,6 +473,10 @@ impl<S: Storage> Kv<S> {
         let f = &self.floors[&op];
         if unmet.is_none() || f.outstanding == 0 {
             let f = self.floors.remove(&op).expect("present");
+            // The range may have moved while we waited.
+            if let Err(e) = self.check_serving(ring, &f.key) {
+                return self.answer(io, f.responder, Err(e));
+            }
             match unmet {
                 None => {
                     let write = StoreWrite {
@@ -750,6 +754,17 @@ impl<S: Storage> Kv<S> {
                 existed,
                 stable: false,
             });
+        }
+        if state.may_have_forgotten(&write_id) {
+            // The key remembers four newer writes of this coordinator and may have forgotten
+            // this one: a retry of it, applied again, would bring back a version that later
+            // writes replaced.
+            return Err(Error::Ambiguous(
+                "this write was retried after the key had forgotten whether it was applied \
+                 (four newer writes through the same node came first); read the key, then \
+                 write again"
+                    .into(),
+            ));
         }
         state.raise_dot_floor(self.dot_floor()?);
         let (replaces, deps) = match session {

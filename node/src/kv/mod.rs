@@ -48,6 +48,26 @@
 //! abandons that hand-over; every round names its receiver and number, so a late answer of the
 //! abandoned one is not taken for the leave's.
 //!
+//! SESSIONS
+//!
+//! A client request may carry its session's floor for the key ([`crate::session`]). The owner
+//! answers a session read only from a merge of copies whose context meets the floor: its own
+//! copy if that meets it (no extra round trip: the common case, since every write goes through
+//! the owner), else it waits for more of the replicas' answers than `R` asks for, up to all of
+//! them, and read-repairs the laggards, itself included, with the merge. A session write is
+//! applied only on a state that meets the floor: if the owner's does not, it first fetches the
+//! replicas' states and merges them into its own. When every replica answered and the merge
+//! still falls short, the owner refuses with [`Error::SessionUnmet`] naming the guarantee, and
+//! the coordinating node retries with exponential backoff (up to 16 times the retry delay) until
+//! the request's deadline, so a copy that comes back or catches up in time is found; an older
+//! state is never answered. The coordinator gives an owner two RPC timeouts for a floored
+//! request, since the owner may itself wait one for a replica. A read's answer says whether all
+//! `N` copies answered with the merged state, and a write's whether all `N` stored it, so the
+//! session can stop carrying what every copy holds. A session write also names the session's
+//! own earlier dots of the key, which it replaces exactly, and its dependencies, which are stored
+//! with the version and returned with reads of it. [`Options::enforce_sessions`] off (tests
+//! only) answers floored requests as unfloored ones.
+//!
 //! ANTI-ENTROPY, HINTS AND COLLECTION
 //!
 //! Replicas that missed writes are repaired by hinted handoff and by anti-entropy (`kv/sync.rs`);
@@ -760,10 +780,11 @@ impl<S: Storage> Kv<S> {
                     self.opts.replicas, self.opts.replicas
                 )))
             }
+            // A session part over its bounds is refused before it costs anything more.
             Request::Get {
                 session: Some(ref f),
                 ..
-            } if f.validate().is_err() => f.validate().map(|()| Response::Ack),
+            } if f.validate().is_err() => Err(f.validate().expect_err("checked")),
             Request::Put {
                 session: Some(ref s),
                 ..
@@ -771,7 +792,7 @@ impl<S: Storage> Kv<S> {
             | Request::Delete {
                 session: Some(ref s),
                 ..
-            } if s.validate().is_err() => s.validate().map(|()| Response::Ack),
+            } if s.validate().is_err() => Err(s.validate().expect_err("checked")),
             Request::Get { .. } | Request::Put { .. } | Request::Delete { .. } => {
                 if !ring.is_joined() {
                     Err(Error::Unavailable("node is still joining the ring".into()))

@@ -68,6 +68,9 @@
 //!   be met (the context that dominated it is gone). Such a floor is stable long before (every
 //!   replica held the tombstone), so it matters only to a session that never learned that; it
 //!   gets `SessionUnmet` and can [`Session::forget`] the key.
+//! - Context pruning ([`crate::version::Versioned::prune`], beyond 64 coordinators of one key)
+//!   drops the entries with the smallest counters; a floor naming a pruned entry can no longer be
+//!   met, and the session gets `SessionUnmet` for that key until it forgets it.
 //! - Guarantees hold between session clients: a version written without a session carries no
 //!   dependencies, so it passes nothing on to its readers.
 

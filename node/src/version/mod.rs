@@ -687,8 +687,10 @@ impl Versioned {
     }
 
     /// Whether this state may once have remembered write `id` and trimmed it: it remembers a
-    /// full [`APPLIED_PER_COORDINATOR`] of `id`'s coordinator, all newer.
-    fn may_have_forgotten(&self, id: &WriteId) -> bool {
+    /// full [`APPLIED_PER_COORDINATOR`] of `id`'s coordinator, all newer. A coordinator's
+    /// retry of such a write cannot be told from a first attempt, so an owner refuses it
+    /// rather than apply it a second time.
+    pub fn may_have_forgotten(&self, id: &WriteId) -> bool {
         let newer = self
             .applied
             .keys()
