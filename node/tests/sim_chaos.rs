@@ -271,6 +271,68 @@ fn a_write_applied_by_a_crashed_owner_and_again_on_retry_reads_as_one_version() 
     }
 }
 
+/// A coordinator's retry of a write that reaches an owner after four newer writes through the
+/// same coordinator: the key may have forgotten that it applied it (it remembers four write
+/// ids per coordinator), so applying it again could bring back a version the newer writes
+/// replaced. The owner refuses it as ambiguous, and the key is left as the newer writes made it
+/// (found by `sim_sessions`, seed 348, where the re-applied write came back beside a write whose
+/// writer had seen and replaced it).
+#[test]
+fn a_retry_the_key_may_have_forgotten_is_refused_not_applied_twice() {
+    use chordkv_node::Error;
+    use chordkv_node::message::WriteId;
+    let mut sim = Sim::new(SimOptions::default());
+    sim.grow(3, 50);
+    assert!(sim.settle(60_000));
+    let key = b"retried late".to_vec();
+    let owner = sim.owner_of(&key).expect("a live owner");
+    let coordinator = sim.node_ref((owner + 1) % 3).id;
+    let store = |seq: u64, value: &str, context: VersionVector| Request::StoreWrite {
+        key: key.clone(),
+        value: Some(value.as_bytes().to_vec()),
+        context,
+        write_id: WriteId {
+            coordinator,
+            incarnation: 1,
+            seq,
+        },
+        w: None,
+        session: None,
+    };
+    // Write 1, then four newer writes through the same coordinator, each replacing the last.
+    let mut context = VersionVector::new();
+    for seq in [1, 2, 3, 4, 5] {
+        match sim.request(
+            owner,
+            store(seq, &format!("v{seq}"), context.clone()),
+            5_000,
+        ) {
+            Ok(Response::Written { dot, .. }) => context.add(&dot),
+            other => panic!("write {seq}: {other:?}"),
+        }
+    }
+    // The owner crashes; its successor, which holds the key's state as a replica (and the
+    // four newest write ids of the coordinator in it), owns the key now. Write 1 comes again,
+    // as the coordinator's retry after a lost answer would.
+    sim.run_for(2_000);
+    sim.crash(owner);
+    assert!(sim.settle(60_000));
+    let owner = sim.owner_of(&key).expect("a live owner");
+    match sim.request(owner, store(1, "v1", VersionVector::new()), 5_000) {
+        Err(Error::Ambiguous(m)) => assert!(m.contains("read the key"), "{m}"),
+        other => panic!("a late retry was not refused: {other:?}"),
+    }
+    let get = Request::Get {
+        key: key.clone(),
+        r: None,
+        session: None,
+    };
+    match sim.request(owner, get, 5_000) {
+        Ok(Response::Read(read)) => assert_eq!(read.values, [b"v5".to_vec()]),
+        other => panic!("read: {other:?}"),
+    }
+}
+
 /// Per-request quorums (`r`, `w`): an owner cut off from its replicas still acknowledges a
 /// write asked for one copy, never one asked for three, and a quorum beyond N is refused.
 #[test]
