@@ -13,11 +13,12 @@
 //!   bulletin-board rule: a reply is never visible without the post it answers.
 //!
 //! A [`Session`] is the client's half. Per key it touched it keeps a [`Floor`]: the join of the
-//! contexts of the states it read (`read`), the dot of its latest acknowledged write (`wrote`),
+//! contexts of the states it read (`read`), the dot of its latest acknowledged write (`wrote`;
+//! more than one if processes shared the session),
 //! and the vectors it inherited from the values it read (`deps`, below). Each request carries
 //! the floor of the one key it touches, never the whole session; the key's owner answers a read
 //! only from a merged state whose context dominates that floor, and applies a write only on such
-//! a state (`kv/coordinator.rs`, SESSIONS). A request whose floor no reachable copy meets is
+//! a state (SESSIONS in `kv/mod.rs`). A request whose floor no reachable copy meets is
 //! refused with [`crate::Error::SessionUnmet`], naming the guarantee, and retried with backoff
 //! until its deadline; an older state is never returned.
 //!
@@ -201,7 +202,8 @@ impl Floor {
     }
 }
 
-/// A session's identity, random: the versions it writes carry it.
+/// A session's identity, random: copies of one session (one file, two processes) merge only
+/// with each other ([`Session::merge`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct SessionId(pub [u8; 16]);
 
