@@ -357,3 +357,48 @@ fn a_session_part_over_its_bounds_is_refused_and_the_node_serves_on() {
         other => panic!("unexpected {other:?}"),
     }
 }
+
+/// In a ring in sync, a session read at R = 1 of a key whose last write every replica stored
+/// is answered as stable (so the session stops carrying it); with a replica cut off, it is not.
+#[test]
+fn a_read_of_a_state_every_copy_stored_is_stable() {
+    let mut sim = Sim::new(SimOptions {
+        node: options(true),
+        ..SimOptions::default()
+    });
+    sim.grow(4, 200);
+    assert!(sim.settle(60_000));
+    let mut session = Session::with_id(SessionId([9; 16]));
+    let mut write_and_read = |sim: &mut Sim, key: &[u8], session: &mut Session| {
+        let put = Request::Put {
+            key: key.to_vec(),
+            value: b"v".to_vec(),
+            context: session.write_context(key, &VersionVector::new()),
+            w: None,
+            session: Some(Box::new(session.for_write(key).expect("within bounds"))),
+        };
+        match sim.request(0, put, 5_000) {
+            Ok(Response::Written { dot, stable, .. }) => session.observe_write(key, dot, stable),
+            other => panic!("put: {other:?}"),
+        }
+        sim.run_for(200);
+        let get = Request::Get {
+            key: key.to_vec(),
+            r: None,
+            session: Some(Box::new(session.floor(key))),
+        };
+        match sim.request(1, get, 5_000) {
+            Ok(Response::Read(r)) => {
+                session.observe_read(key, &r.context, &r.deps, r.stable);
+                r.stable
+            }
+            other => panic!("get: {other:?}"),
+        }
+    };
+    assert!(write_and_read(&mut sim, b"calm", &mut session));
+    assert_eq!(session.unstable(), 0);
+    // With replication lost in transit, a write reaches W = 1 copies, not all N.
+    sim.lose_requests("replicate", true);
+    assert!(!write_and_read(&mut sim, b"lagging", &mut session));
+    assert_eq!(session.unstable(), 1);
+}

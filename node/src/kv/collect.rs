@@ -183,6 +183,7 @@ impl<S: Storage> Kv<S> {
             acks: 0,
             outstanding: targets.len(),
             done: false,
+            settles: None,
         };
         self.replicate(io, op, targets, merged);
     }

@@ -92,7 +92,23 @@ pub(super) struct WriteOp {
     pub(super) acks: usize,
     pub(super) outstanding: usize,
     pub(super) done: bool,
+    /// For a client write sent to all `N − 1` replicas: the key, the context of the state
+    /// sent and the replicas, remembered as stable ([`Kv::stable`]) if every one stores it.
+    pub(super) settles: Option<Box<Settles>>,
 }
+
+/// A key's state that every one of its `N` copies stored: the owner answers session reads of
+/// states it dominates as stable (see SESSIONS in the [data layer essay](super)).
+#[derive(Clone, Debug)]
+pub(super) struct Settles {
+    key: Vec<u8>,
+    context: VersionVector,
+    /// The replicas that stored it; a change of replicas voids the record.
+    replicas: Vec<Id>,
+}
+
+/// How many keys' stable states an owner remembers.
+const MAX_STABLE: usize = 4096;
 
 /// A read waiting for its replicas.
 #[derive(Clone, Debug)]
@@ -106,6 +122,8 @@ pub(super) struct ReadOp {
     session: bool,
     /// The session floor the answer must meet (none when enforcement is off).
     floor: Option<Box<Floor>>,
+    /// For a session read: a context every copy is known to hold ([`Kv::known_stable`]).
+    settled: Option<VersionVector>,
     needed: usize,
     answered: usize,
     outstanding: usize,
@@ -421,10 +439,17 @@ impl<S: Storage> Kv<S> {
                 Err(e) => return self.answer(io, responder, Err(e)),
             },
         };
-        let state = match self.read_versions(&key) {
-            Ok(state) => state.encode(),
+        let (state, context) = match self.read_versions(&key) {
+            Ok(state) => (state.encode(), state.context().clone()),
             Err(e) => return self.answer(io, responder, Err(e)),
         };
+        let settles = (1 + targets.len() >= self.opts.replicas).then(|| {
+            Box::new(Settles {
+                key: key.clone(),
+                context,
+                replicas: targets.iter().map(|t| t.id).collect(),
+            })
+        });
         let op = WriteOp {
             responder,
             write_id: Some(write_id),
@@ -434,6 +459,7 @@ impl<S: Storage> Kv<S> {
             acks: 0,
             outstanding: targets.len(),
             done: false,
+            settles,
         };
         self.replicate(io, op, targets, vec![(key, state)]);
     }
@@ -571,11 +597,39 @@ impl<S: Storage> Kv<S> {
         }
         let w = self.writes.get(&op).expect("present");
         if w.outstanding == 0 {
-            self.writes.remove(&op);
+            let w = self.writes.remove(&op).expect("present");
+            if let Some(settled) = w.settles.filter(|s| w.acks == s.replicas.len()) {
+                self.remember_stable(*settled);
+            }
         }
         if let Some((responder, result)) = finish {
             self.answer(io, responder, result);
         }
+    }
+
+    /// Remember that every copy of a key stored a state (bounded: the oldest record goes).
+    fn remember_stable(&mut self, settled: Settles) {
+        let key = settled.key.clone();
+        if self.stable.insert(key.clone(), settled).is_none() {
+            self.stable_order.push_back(key);
+            while self.stable_order.len() > MAX_STABLE {
+                if let Some(old) = self.stable_order.pop_front() {
+                    self.stable.remove(&old);
+                }
+            }
+        }
+    }
+
+    /// The context every copy of `key` is known to hold a state dominating: the last state
+    /// all of them stored, if the key's replicas are still the same nodes.
+    fn known_stable(&self, ring: &Ring, key: &[u8]) -> Option<VersionVector> {
+        let s = self.stable.get(key)?;
+        let same = s
+            .replicas
+            .iter()
+            .copied()
+            .eq(self.replica_targets(ring).iter().map(|t| t.id));
+        same.then(|| s.context.clone())
     }
 
     /// A replica's side of [`Request::Replicate`] (and of repairs): merge and store.
@@ -616,6 +670,7 @@ impl<S: Storage> Kv<S> {
             key: key.clone(),
             merged,
             session: session.is_some(),
+            settled: session.as_ref().and_then(|_| self.known_stable(ring, &key)),
             floor: session.filter(|_| self.opts.enforce_sessions),
             needed,
             answered: 0,
@@ -890,7 +945,11 @@ impl ReadOp {
                 .iter()
                 .filter(|(_, _, c)| c.dominates(state.context()))
                 .count();
-            (state.deps(), agree >= replicas)
+            let settled = self
+                .settled
+                .as_ref()
+                .is_some_and(|c| c.dominates(state.context()));
+            (state.deps(), agree >= replicas || settled)
         } else {
             (Default::default(), false)
         };

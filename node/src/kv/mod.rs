@@ -61,9 +61,12 @@
 //! the coordinating node retries with exponential backoff (up to 16 times the retry delay) until
 //! the request's deadline, so a copy that comes back or catches up in time is found; an older
 //! state is never answered. The coordinator gives an owner two RPC timeouts for a floored
-//! request, since the owner may itself wait one for a replica. A read's answer says whether all
-//! `N` copies answered with the merged state, and a write's whether all `N` stored it, so the
-//! session can stop carrying what every copy holds. A session write also names the session's
+//! request, since the owner may itself wait one for a replica. A session read's answer says
+//! whether all `N` copies hold the merged state (they all answered with it, or the owner
+//! remembers that all of them acknowledged a state that dominates it: it keeps the last fully
+//! acknowledged state of up to 4,096 recently written keys, void when the key's replicas
+//! change), and a write's whether all `N` stored it before the answer, so that a session at its
+//! bounds can leave out first what every copy holds. A session write also names the session's
 //! own earlier dots of the key, which it replaces exactly, and its dependencies, which are stored
 //! with the version and returned with reads of it. [`Options::enforce_sessions`] off (tests
 //! only) answers floored requests as unfloored ones.
@@ -115,7 +118,7 @@ use crate::ring::{Notice, Ring, RingIo};
 use crate::rpc::{Calls, ConnId, Pending, timer_phase};
 use crate::storage::Storage;
 use crate::version::{VersionLimits, Versioned};
-use coordinator::{ClientOp, FloorOp, ReadOp, Responder, StoreWrite, WriteOp};
+use coordinator::{ClientOp, FloorOp, ReadOp, Responder, Settles, StoreWrite, WriteOp};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::hash::{DefaultHasher, Hash, Hasher};
 
@@ -477,6 +480,10 @@ pub struct Kv<S: Storage> {
     reads: BTreeMap<u64, ReadOp>,
     /// Session writes waiting for their replicas' states to meet the session's floor.
     floors: BTreeMap<u64, FloorOp>,
+    /// Keys whose last written state every copy stored, for session reads' stability; at most
+    /// `MAX_STABLE`, oldest forgotten first (in `stable_order`).
+    stable: BTreeMap<Vec<u8>, Settles>,
+    stable_order: VecDeque<Vec<u8>>,
     /// Anti-entropy: the next replica to compare with, whether a round is in flight, when next.
     sync_next: usize,
     syncing: bool,
@@ -543,6 +550,8 @@ impl<S: Storage> Kv<S> {
             writes: BTreeMap::new(),
             reads: BTreeMap::new(),
             floors: BTreeMap::new(),
+            stable: BTreeMap::new(),
+            stable_order: VecDeque::new(),
             sync_next: 0,
             syncing: false,
             sync_chain: 0,

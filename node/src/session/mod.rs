@@ -47,16 +47,25 @@
 //!
 //! STABILITY AND BOUNDS
 //!
-//! A floor is stable once every one of the key's `N` copies holds a state that dominates it:
-//! any later owner of the key has it, so no request needs to carry it. The session learns that
-//! from answers: a write acknowledged by all `N` copies, a read whose every copy matched the
-//! merged state ([`crate::message::ReadReply::stable`]; a read with `R = N` gets that answer
-//! whenever the copies agree). A stable floor is kept (it still makes contexts) but is no longer
-//! a dependency. A write carries at most [`MAX_DEPS`] dependencies of at most [`MAX_DEPS_BYTES`]
-//! bytes; a session holds at most [`MAX_KEYS`] keys. At a bound the client compacts (it reads
-//! the oldest unstable keys with `R = N` to learn their stability) or fails with
-//! [`crate::Error::SessionFull`] before sending anything; no requirement is ever dropped
-//! silently.
+//! A floor is stable once every one of the key's `N` copies holds a state that dominates it.
+//! The session learns that from answers ([`crate::message::ReadReply::stable`],
+//! [`crate::message::Response::Written`]): a write acknowledged by all `N` copies; a read of a
+//! state the owner knows all `N` copies stored (it remembers, for recently written keys, the
+//! last state every replica acknowledged, which in a ring in sync is every write a moment after
+//! it is answered); a read whose every copy answered with the merged state (what a read with
+//! `R = N` asks for).
+//!
+//! Stability is what lets a session forget, but only at its bounds. A write carries at most
+//! [`MAX_DEPS`] dependencies of at most [`MAX_DEPS_BYTES`] bytes, and a session holds at most
+//! [`MAX_KEYS`] keys. Below the bounds a write carries every other key the session holds, stable
+//! or not: stability is relative to the copies of the ring that saw it, and a partition that
+//! cuts all `N` copies of a key off from a reader's side makes a node there the key's owner
+//! without its data, which would serve a reader that had not inherited the floor an older
+//! state. At the dependency bound the oldest stable keys are left out first (a reader could then
+//! see one of them stale only across such a partition); if that is not enough the client
+//! compacts (it reads the oldest unstable keys with `R = N` to learn their stability), and if
+//! that fails it refuses with [`crate::Error::SessionFull`] before sending anything. No
+//! requirement is dropped silently, and a key's own floor is always sent with its requests.
 //!
 //! A session's saved form ([`Session::to_bytes`]) starts with a magic and a format version, so
 //! a program can keep it in a file and restore it; [`Session::merge`] joins two copies of one
@@ -235,6 +244,11 @@ impl Deps {
         }
     }
 
+    /// Drop `key`'s entry.
+    fn remove(&mut self, key: &[u8]) {
+        self.0.retain(|(k, _)| k.as_slice() != key);
+    }
+
     /// Join all of `other` in.
     pub fn merge(&mut self, other: &Deps) {
         for (k, v) in &other.0 {
@@ -389,11 +403,24 @@ impl Session {
     /// [`Error::SessionFull`] if the dependencies would exceed [`MAX_DEPS`] or
     /// [`MAX_DEPS_BYTES`]: compact ([`Session::compaction_candidates`]) and retry.
     pub fn for_write(&self, key: &[u8]) -> Result<SessionWrite> {
+        // Every other key, oldest stable ones left out only as far as the bounds require.
+        let mut others: Vec<(bool, u64, &Vec<u8>, VersionVector)> = self
+            .entries
+            .iter()
+            .filter(|(k, _)| k.as_slice() != key)
+            .map(|(k, e)| (!e.stable, e.touched, k, e.floor.vector()))
+            .collect();
+        others.sort_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
         let mut deps = Deps::new();
-        for (k, e) in &self.entries {
-            if !e.stable && k.as_slice() != key {
-                deps.add(k, &e.floor.vector());
-            }
+        for (_, _, k, v) in &others {
+            deps.add(k, v);
+        }
+        let mut dropped = 0;
+        while (deps.len() > MAX_DEPS || deps.encoded_len() > MAX_DEPS_BYTES)
+            && others.get(dropped).is_some_and(|o| !o.0)
+        {
+            deps.remove(others[dropped].2);
+            dropped += 1;
         }
         if deps.len() > MAX_DEPS || deps.encoded_len() > MAX_DEPS_BYTES {
             return Err(Error::SessionFull(format!(
@@ -426,7 +453,7 @@ impl Session {
     /// Whether the next write should compact first: it would carry more dependencies than the
     /// bound allows.
     pub fn needs_compaction(&self) -> bool {
-        self.unstable() > MAX_DEPS
+        self.entries.len() > MAX_DEPS && self.unstable() > MAX_DEPS
     }
 
     /// The keys to read with `R = N` to learn their stability, oldest first: the unstable keys

@@ -64,10 +64,10 @@ fn a_session_requires_what_it_read_wrote_and_inherited() {
     let carried: Vec<&[u8]> = w.deps.iter().map(|(k, _)| k).collect();
     assert_eq!(carried, [b"post".as_slice(), b"y".as_slice()]);
     assert_eq!(s.write_context(b"x", &vv(&[(5, 1)])), vv(&[(1, 3), (5, 1)]));
-    // Stable keys are no dependency.
+    // A stable key is still carried while the bounds allow it.
     s.observe_read(b"post", &vv(&[(9, 4)]), &Deps::new(), true);
     let w = s.for_write(b"x").expect("within bounds");
-    assert_eq!(w.deps.len(), 1);
+    assert_eq!(w.deps.len(), 2);
     assert_eq!(s.unstable(), 2);
 }
 
@@ -109,7 +109,11 @@ fn bounds_are_refused_explicitly_never_dropped() {
         );
     }
     assert!(!s.needs_compaction());
-    assert!(s.for_write(b"new").is_ok());
+    // The write carries the bound's worth, the oldest stable key left out.
+    let w = s.for_write(b"new").expect("compacted");
+    assert_eq!(w.deps.len(), MAX_DEPS);
+    assert!(w.deps.iter().all(|(k, _)| k != b"k0"));
+    assert!(w.deps.iter().any(|(k, _)| k == b"k1"));
     // The key bound.
     let mut full = session(2);
     for i in 0..MAX_KEYS {
