@@ -410,7 +410,7 @@ impl Session {
             .filter(|(k, _)| k.as_slice() != key)
             .map(|(k, e)| (!e.stable, e.touched, k, e.floor.vector()))
             .collect();
-        others.sort_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
+        others.sort_by_key(|o| (o.0, o.1));
         let mut deps = Deps::new();
         for (_, _, k, v) in &others {
             deps.add(k, v);
