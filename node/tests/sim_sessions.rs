@@ -369,7 +369,7 @@ fn a_read_of_a_state_every_copy_stored_is_stable() {
     sim.grow(4, 200);
     assert!(sim.settle(60_000));
     let mut session = Session::with_id(SessionId([9; 16]));
-    let mut write_and_read = |sim: &mut Sim, key: &[u8], session: &mut Session| {
+    let write_and_read = |sim: &mut Sim, key: &[u8], session: &mut Session| {
         let put = Request::Put {
             key: key.to_vec(),
             value: b"v".to_vec(),
