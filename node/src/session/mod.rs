@@ -378,6 +378,14 @@ impl Session {
         self.entries.values().filter(|e| !e.stable).count()
     }
 
+    /// Every key it holds, in key order, with its floor and whether the floor is known stable
+    /// (for tools that show a session).
+    pub fn iter(&self) -> impl Iterator<Item = (&[u8], &Floor, bool)> {
+        self.entries
+            .iter()
+            .map(|(k, e)| (k.as_slice(), &e.floor, e.stable))
+    }
+
     /// What a request touching `key` must carry: `key`'s floor (empty if the session never
     /// touched it).
     pub fn floor(&self, key: &[u8]) -> Floor {
