@@ -24,6 +24,8 @@
 //! Errors are the node crate's [`Error`], re-exported: what a node answers and what goes wrong
 //! on the way are one enum.
 
+pub mod session_file;
+
 pub use chordkv_node::id::Id;
 pub use chordkv_node::message::{LookupInfo, NodeRef, NodeStatus, ReadReply};
 pub use chordkv_node::session::{Guarantee, Session};
