@@ -3,20 +3,28 @@
 //! the workspace's system tests; this checks the CLI's own contract.
 //!
 //! The fake keeps each key's versions as the real node does ([`Versioned`]), so blind writes
-//! (an empty context) make siblings, and a write with a read's context replaces them.
+//! (an empty context) make siblings, and a write with a read's context replaces them. It
+//! ignores session floors, except that session requests for the keys `stale` and `stale-write`
+//! are refused as a node refuses a floor no copy meets ([`Error::SessionUnmet`]).
+//!
+//! Every kvctl here runs with `XDG_STATE_HOME` in a temporary directory of this test process,
+//! so the default session file is never the user's; tests of sessions name their own file.
 
 use chordkv_node::id::Id;
 use chordkv_node::message::{
     Envelope, LookupInfo, NodeRef, NodeStatus, ReadReply, Request, Response,
 };
-use chordkv_node::version::{Context, VersionVector, Versioned};
+use chordkv_node::session::{Guarantee, Session};
+use chordkv_node::version::{Context, Dot, VersionVector, Versioned};
 use chordkv_node::wire::{FrameReader, FrameWriter, Limits, Role, read_hello, write_hello};
 use chordkv_node::{Error, Result};
 use std::collections::HashMap;
+use std::ffi::OsStr;
 use std::io::Write;
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 type Store = Arc<Mutex<HashMap<Vec<u8>, Versioned>>>;
@@ -66,7 +74,29 @@ async fn serve(mut stream: tokio::net::TcpStream, me: NodeRef, store: Store) {
     }
 }
 
+/// What the fake refuses a session request for `key` with, if anything.
+fn unmet(key: &[u8], in_session: bool) -> Option<Error> {
+    let (op, guarantee) = match key {
+        b"stale" => ("read", Guarantee::MonotonicReads),
+        b"stale-write" => ("write", Guarantee::MonotonicWrites),
+        _ => return None,
+    };
+    in_session.then(|| Error::SessionUnmet {
+        op: op.into(),
+        guarantee,
+        detail: "the 1 copies reached hold older states than this session has seen".into(),
+    })
+}
+
 fn answer(req: Request, me: NodeRef, store: &Store) -> Result<Response> {
+    match &req {
+        Request::Get { key, session, .. } => unmet(key, session.is_some()),
+        Request::Put { key, session, .. } | Request::Delete { key, session, .. } => {
+            unmet(key, session.is_some())
+        }
+        _ => None,
+    }
+    .map_or(Ok(()), Err)?;
     let mut store = store.lock().expect("store");
     let mut write = |key: Vec<u8>, value: Option<Vec<u8>>, context: VersionVector| {
         let state = store.entry(key).or_default();
@@ -117,13 +147,43 @@ fn answer(req: Request, me: NodeRef, store: &Store) -> Result<Response> {
     }
 }
 
+/// The `XDG_STATE_HOME` every kvctl of this test process runs with, unless a test sets its own.
+fn state_home() -> &'static Path {
+    static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
+    DIR.get_or_init(|| tempfile::tempdir().expect("a temporary directory"))
+        .path()
+}
+
 /// Runs kvctl against `node` with `args`, feeding `stdin`.
 fn kvctl(node: SocketAddr, args: &[&str], stdin: &[u8]) -> Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_kvctl"))
-        .arg("--node")
+    kvctl_env(
+        node,
+        args,
+        stdin,
+        &[("XDG_STATE_HOME", Some(state_home().as_os_str()))],
+    )
+}
+
+/// [`kvctl`] with environment variables set (`Some`) or removed (`None`).
+fn kvctl_env(
+    node: SocketAddr,
+    args: &[&str],
+    stdin: &[u8],
+    env: &[(&str, Option<&OsStr>)],
+) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_kvctl"));
+    cmd.arg("--node")
         .arg(node.to_string())
         .args(args)
         .env_remove("KVCTL_NODE")
+        .env_remove("KVCTL_SESSION");
+    for (name, value) in env {
+        match value {
+            Some(v) => cmd.env(name, v),
+            None => cmd.env_remove(name),
+        };
+    }
+    let mut child = cmd
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -426,4 +486,403 @@ async fn the_library_get_refuses_siblings_and_put_and_delete_replace_them() {
     assert_eq!(client.get(b"k").await, Ok(None));
     assert_eq!(client.delete(b"k").await, Ok(false));
     assert_eq!(client.get(b"absent").await, Ok(None));
+}
+
+// ---- sessions ----
+
+/// `kvctl --session FILE session show --json`, parsed.
+fn show(node: SocketAddr, file: &Path) -> serde_json::Value {
+    let out = kvctl(
+        node,
+        &["--session", path(file), "--json", "session", "show"],
+        b"",
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    serde_json::from_slice(&out.stdout).expect("json")
+}
+
+fn path(p: &Path) -> &str {
+    p.to_str().expect("a UTF-8 temporary path")
+}
+
+/// The keys `session show --json` lists, as text.
+fn shown_keys(v: &serde_json::Value) -> Vec<String> {
+    v["floors"]
+        .as_array()
+        .map(|floors| {
+            floors
+                .iter()
+                .map(|f| f["key"].as_str().expect("a text key").to_string())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn the_first_put_creates_the_session_file_and_later_commands_run_in_it() {
+    let node = fake_node();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("nested").join("session");
+    let f = path(&file);
+    assert!(!file.exists());
+
+    let out = kvctl(node, &["--session", f, "--json", "put", "k", "v"], b"");
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(v["session"], true);
+    assert!(file.is_file(), "no session file after a put");
+
+    let v = show(node, &file);
+    assert_eq!(v["exists"], true);
+    assert_eq!(
+        (v["keys"].clone(), v["unstable"].clone()),
+        (1.into(), 1.into())
+    );
+    assert_eq!(v["floors"][0]["key"], "k");
+    assert_eq!(v["floors"][0]["key_hex"], hex::encode("k"));
+    assert_eq!(v["floors"][0]["wrote"], 1);
+    assert_eq!(v["floors"][0]["stable"], false);
+    let bytes = std::fs::metadata(&file).expect("metadata").len();
+    assert_eq!(v["bytes"], bytes);
+
+    // The environment variable names the file as well.
+    let out = kvctl_env(
+        node,
+        &["--json", "get", "other"],
+        b"",
+        &[("KVCTL_SESSION", Some(file.as_os_str()))],
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(v["session"], true);
+    assert_eq!(shown_keys(&show(node, &file)), ["k", "other"]);
+
+    let out = kvctl(node, &["--session", f, "session", "show"], b"");
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.starts_with(&format!("file      {f}\nsession   ")),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("keys      2 (2 not yet known on every copy)"),
+        "{stdout}"
+    );
+
+    // lookup and ring need no session: they leave the file alone.
+    let before = std::fs::read(&file).expect("read");
+    for args in [&["lookup", "k"][..], &["ring"][..]] {
+        let mut all = vec!["--session", f];
+        all.extend_from_slice(args);
+        assert_eq!(kvctl(node, &all, b"").status.code(), Some(0), "{args:?}");
+    }
+    assert_eq!(std::fs::read(&file).expect("read"), before);
+}
+
+#[test]
+fn the_default_file_is_under_xdg_state_home_else_home() {
+    let node = fake_node();
+    let xdg = tempfile::tempdir().expect("tempdir");
+    let home = tempfile::tempdir().expect("tempdir");
+    let env = [
+        ("XDG_STATE_HOME", Some(xdg.path().as_os_str())),
+        ("HOME", Some(home.path().as_os_str())),
+    ];
+    let out = kvctl_env(node, &["put", "k", "v"], b"", &env);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let at_xdg = xdg.path().join("chordkv").join("session");
+    assert!(at_xdg.is_file());
+    let out = kvctl_env(node, &["session", "path"], b"", &env);
+    assert_eq!(text(&out.stdout), format!("{}\n", at_xdg.display()));
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::fs::metadata(xdg.path().join("chordkv")).expect("metadata");
+        assert_eq!(dir.permissions().mode() & 0o777, 0o700);
+    }
+
+    let env = [
+        ("XDG_STATE_HOME", None),
+        ("HOME", Some(home.path().as_os_str())),
+    ];
+    let out = kvctl_env(node, &["put", "k", "v"], b"", &env);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let at_home: PathBuf = [".local", "state", "chordkv", "session"].iter().collect();
+    assert!(home.path().join(&at_home).is_file());
+
+    // With neither, get, put and delete run without a session and say so, once.
+    let env = [("XDG_STATE_HOME", None), ("HOME", None)];
+    let out = kvctl_env(node, &["--json", "put", "k", "v"], b"", &env);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(v["session"], false);
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.starts_with("kvctl: running without a session"),
+        "{stderr}"
+    );
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    let out = kvctl_env(node, &["session", "path"], b"", &env);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("--session FILE"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[test]
+fn no_session_writes_no_file() {
+    let node = fake_node();
+    let xdg = tempfile::tempdir().expect("tempdir");
+    let named = xdg.path().join("named");
+    let env = [("XDG_STATE_HOME", Some(xdg.path().as_os_str()))];
+    for args in [
+        &["--no-session", "--json", "put", "k", "v"][..],
+        &["--no-session", "--json", "get", "k"][..],
+        // It wins over a file named on the command line or in the environment.
+        &[
+            "--no-session",
+            "--session",
+            path(&named),
+            "--json",
+            "put",
+            "k",
+            "w",
+        ][..],
+        &["--json", "delete", "k", "--no-session"][..],
+    ] {
+        let out = kvctl_env(node, args, b"", &env);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{args:?}: {}",
+            text(&out.stderr)
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+        assert_eq!(v["session"], false, "{args:?}");
+        assert_eq!(text(&out.stderr), "", "{args:?}");
+    }
+    let env = [
+        ("XDG_STATE_HOME", Some(xdg.path().as_os_str())),
+        ("KVCTL_SESSION", Some(named.as_os_str())),
+    ];
+    let out = kvctl_env(node, &["--no-session", "put", "k", "v"], b"", &env);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let left: Vec<_> = std::fs::read_dir(xdg.path()).expect("read_dir").collect();
+    assert!(left.is_empty(), "--no-session left {left:?}");
+
+    let out = kvctl_env(node, &["--no-session", "session", "show"], b"", &env);
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn a_corrupt_or_foreign_session_file_is_refused_with_exit_2_and_kept() {
+    let node = fake_node();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("session");
+    let mut newer = b"CKVS\x09".to_vec();
+    newer.extend_from_slice(&Session::new().to_bytes()[5..]);
+    for (contents, why) in [
+        (&b"not a session"[..], "bad magic"),
+        (&b""[..], "bad magic"),
+        (&newer[..], "format version 9"),
+        (&b"CKVS\x01\xff\xff"[..], "session file"),
+    ] {
+        std::fs::write(&file, contents).expect("write");
+        for args in [
+            &["put", "k", "v"][..],
+            &["get", "k"][..],
+            &["session", "show"][..],
+        ] {
+            let mut all = vec!["--session", path(&file)];
+            all.extend_from_slice(args);
+            let out = kvctl(node, &all, b"");
+            assert_eq!(out.status.code(), Some(2), "{args:?} {why}");
+            let stderr = text(&out.stderr);
+            assert!(
+                stderr.starts_with(&format!(
+                    "kvctl: session file {} is unreadable: ",
+                    path(&file)
+                )),
+                "{stderr}"
+            );
+            assert!(stderr.contains(why), "{why}: {stderr}");
+            assert!(stderr.contains("`kvctl session reset`"), "{stderr}");
+            assert_eq!(stderr.lines().count(), 1, "{stderr}");
+            assert_eq!(std::fs::read(&file).expect("read"), contents, "overwritten");
+        }
+    }
+    // Nothing was sent: the put never reached the node.
+    assert_eq!(
+        kvctl(node, &["--no-session", "get", "k"], b"")
+            .status
+            .code(),
+        Some(1)
+    );
+    // reset removes it, and the next put starts afresh.
+    let f = path(&file);
+    assert_eq!(
+        kvctl(node, &["--session", f, "session", "reset"], b"")
+            .status
+            .code(),
+        Some(0)
+    );
+    assert_eq!(
+        kvctl(node, &["--session", f, "put", "k", "v"], b"")
+            .status
+            .code(),
+        Some(0)
+    );
+    assert_eq!(shown_keys(&show(node, &file)), ["k"]);
+}
+
+#[test]
+fn two_kvctl_processes_sharing_a_session_file_lose_nothing() {
+    // Eight processes at once, each writing its own key in the same session: every save joins
+    // its copy into the file under the lock, so all eight keys end up in it. Several rounds,
+    // since a lost update would show only in some interleavings.
+    let node = fake_node();
+    for round in 0..5 {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("session");
+        let children: Vec<_> = (0..8)
+            .map(|i| {
+                Command::new(env!("CARGO_BIN_EXE_kvctl"))
+                    .args(["--node", &node.to_string(), "--session", path(&file)])
+                    .args(["put", &format!("k{i}"), &format!("v{i}")])
+                    .env_remove("KVCTL_NODE")
+                    .env_remove("KVCTL_SESSION")
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::piped())
+                    .stderr(Stdio::piped())
+                    .spawn()
+                    .expect("spawn kvctl")
+            })
+            .collect();
+        for child in children {
+            let out = child.wait_with_output().expect("kvctl output");
+            assert_eq!(
+                out.status.code(),
+                Some(0),
+                "round {round}: {}",
+                text(&out.stderr)
+            );
+        }
+        let v = show(node, &file);
+        let want: Vec<String> = (0..8).map(|i| format!("k{i}")).collect();
+        assert_eq!(shown_keys(&v), want, "round {round}: {v}");
+        assert_eq!(v["keys"], 8, "round {round}");
+        assert!(!dir.path().join("session.tmp").exists(), "round {round}");
+    }
+}
+
+#[test]
+fn session_path_and_reset() {
+    let node = fake_node();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("s");
+    let f = path(&file);
+    let out = kvctl(node, &["--session", f, "session", "path"], b"");
+    assert_eq!(
+        (out.status.code(), text(&out.stdout)),
+        (Some(0), format!("{f}\n").as_str())
+    );
+    let out = kvctl(node, &["--session", f, "--json", "session", "path"], b"");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(v["path"], f);
+
+    let out = kvctl(node, &["--session", f, "session", "show"], b"");
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(
+        text(&out.stdout),
+        format!("no session at {f}: the next get, put or delete starts one\n")
+    );
+    assert_eq!(show(node, &file)["exists"], false);
+
+    assert_eq!(
+        kvctl(node, &["--session", f, "put", "k", "v"], b"")
+            .status
+            .code(),
+        Some(0)
+    );
+    assert!(file.exists());
+    let out = kvctl(node, &["--session", f, "session", "reset"], b"");
+    assert_eq!(
+        (out.status.code(), text(&out.stdout)),
+        (Some(0), format!("removed {f}\n").as_str())
+    );
+    assert!(!file.exists());
+    let out = kvctl(node, &["--session", f, "--json", "session", "reset"], b"");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(v["removed"], false);
+    let out = kvctl(node, &["--session", f, "session", "reset"], b"");
+    assert_eq!(text(&out.stdout), format!("no session at {f}\n"));
+}
+
+#[test]
+fn an_unmet_session_exits_4_with_the_guarantee_and_what_to_do() {
+    let node = fake_node();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let f = dir.path().join("session");
+    let f = path(&f);
+    let detail = "the 1 copies reached hold older states than this session has seen";
+
+    let out = kvctl(node, &["--session", f, "get", "stale"], b"");
+    assert_eq!(out.status.code(), Some(4), "{}", text(&out.stderr));
+    assert_eq!(
+        text(&out.stderr),
+        format!(
+            "kvctl: cannot read stale without going back in time (monotonic reads): {detail}; \
+             retry, or use --no-session\n"
+        )
+    );
+    // A put reads first: here the write is what the node refuses.
+    let out = kvctl(node, &["--session", f, "put", "stale-write", "v"], b"");
+    assert_eq!(out.status.code(), Some(4), "{}", text(&out.stderr));
+    assert_eq!(
+        text(&out.stderr),
+        format!(
+            "kvctl: cannot write stale-write without going back in time (monotonic writes): \
+             {detail}; retry, or use --no-session\n"
+        )
+    );
+    // Without a session the fake answers as eventual consistency does.
+    assert_eq!(
+        kvctl(node, &["--no-session", "get", "stale"], b"")
+            .status
+            .code(),
+        Some(1)
+    );
+}
+
+#[test]
+fn a_full_session_exits_2_and_says_how_to_start_a_new_one() {
+    // A session holding more unstable keys than a write may carry as dependencies; the fake
+    // never reports a copy stable, so compaction cannot help and the write is refused.
+    let node = fake_node();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("session");
+    let mut session = Session::new();
+    let actor = Id::hash(b"elsewhere");
+    for i in 0..=chordkv_node::session::MAX_DEPS as u64 {
+        session.observe_write(format!("k{i}").as_bytes(), Dot::new(actor, i + 1), false);
+    }
+    std::fs::write(&file, session.to_bytes()).expect("write");
+    let out = kvctl(node, &["--session", path(&file), "put", "new", "v"], b"");
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.starts_with("kvctl: put failed: session full: "),
+        "{stderr}"
+    );
+    assert!(
+        stderr.ends_with("; start a new session with --session FILE or `kvctl session reset`\n"),
+        "{stderr}"
+    );
+    assert_eq!(
+        kvctl(node, &["--no-session", "get", "new"], b"")
+            .status
+            .code(),
+        Some(1)
+    );
 }

@@ -147,10 +147,19 @@ pub fn free_addr() -> SocketAddr {
 }
 
 /// Runs the real `kvctl` binary with `args`, feeding it `stdin`.
+///
+/// Without a `--session FILE` among `args` it runs with `--no-session`: the default session
+/// file, under `$HOME`, would be shared by every test and every run, against clusters that are
+/// long gone. Tests of sessions name their file.
 pub fn kvctl_with_input(args: &[&str], stdin: &[u8]) -> Output {
-    let mut child = Command::new(binary("kvctl"))
+    let mut cmd = Command::new(binary("kvctl"));
+    if !args.contains(&"--session") {
+        cmd.arg("--no-session");
+    }
+    let mut child = cmd
         .args(args)
         .env_remove("KVCTL_NODE")
+        .env_remove("KVCTL_SESSION")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

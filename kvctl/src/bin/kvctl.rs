@@ -4,8 +4,16 @@
 //! them. Output is plain text for people, or one JSON object per command with `--json`.
 //!
 //! Exit status: 0 on success, 1 if the key was not found (`get`, `delete`), 2 for usage errors
-//! and for anything that went wrong talking to the ring. Errors are one line on stderr, starting
-//! with "kvctl: ", saying what failed and what to try.
+//! and for anything that went wrong talking to the ring, 3 if `ring` found it inconsistent, 4 if
+//! the session's guarantees could not be met (no reachable copy holds what the session saw).
+//! Errors are one line on stderr, starting with "kvctl: ", saying what failed and what to try.
+//!
+//! `get`, `put` and `delete` run in a session kept in a file (`--session FILE`, `KVCTL_SESSION`,
+//! default `$XDG_STATE_HOME/chordkv/session`, else `~/.local/state/chordkv/session`), so one
+//! command never sees the store older than what earlier commands read and wrote, through
+//! whichever nodes (see `kvctl::session_file` for how processes share the file). Without
+//! `XDG_STATE_HOME` and `HOME`, and no `--session`, they run without one and say so on stderr.
+//! `--no-session` runs without one: plain eventual consistency.
 //!
 //! A key can hold several concurrent values (siblings), when writes raced or were made without
 //! the context of a read. `get` prints them all, one per line, and on stderr the context TOKEN
@@ -14,9 +22,14 @@
 
 use anyhow::{Context, anyhow};
 use clap::{Parser, Subcommand};
-use kvctl::{Client, Error, LookupInfo, NodeRef, ReadReply, RingMember, RingView, VersionVector};
+use kvctl::session_file::{Saved, SessionFile};
+use kvctl::{
+    Client, Error, LookupInfo, NodeRef, ReadReply, RingMember, RingView, Session, VersionVector,
+};
 use serde_json::{Value, json};
+use std::fmt;
 use std::io::{IsTerminal, Read, Write};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -52,6 +65,16 @@ struct Cli {
     /// Copies a write waits for before it is acknowledged (W, 1..=N; default: the node's).
     #[arg(long, global = true, value_name = "W")]
     w: Option<u8>,
+
+    /// Run get, put and delete in the session kept in FILE, created if missing [default:
+    /// $XDG_STATE_HOME/chordkv/session, else ~/.local/state/chordkv/session].
+    #[arg(long, global = true, env = "KVCTL_SESSION", value_name = "FILE")]
+    session: Option<PathBuf>,
+
+    /// Run without a session (plain eventual consistency); overrides --session and
+    /// KVCTL_SESSION.
+    #[arg(long, global = true)]
+    no_session: bool,
 
     #[command(subcommand)]
     command: Command,
@@ -96,7 +119,41 @@ enum Command {
     /// Walk the ring from --node: one row per node in ring order, then any inconsistencies
     /// (exit 3 if there are any).
     Ring,
+    /// Show, reset or locate the session file that get, put and delete run in.
+    Session {
+        #[command(subcommand)]
+        action: SessionAction,
+    },
 }
+
+#[derive(Subcommand, Debug)]
+enum SessionAction {
+    /// How many keys the session holds, how many are not yet known to be on every copy, and
+    /// its size (--json: every key's floor).
+    Show,
+    /// Delete the session file: the next get, put or delete starts a new session.
+    Reset,
+    /// Print the session file's path.
+    Path,
+}
+
+/// A failure with an exit status of its own (others exit 2).
+#[derive(Debug)]
+struct Failed {
+    code: u8,
+    message: String,
+}
+
+impl fmt::Display for Failed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for Failed {}
+
+/// Exit status when the session's guarantees could not be met.
+const EXIT_SESSION_UNMET: u8 = 4;
 
 /// How a command that ran to the end came out.
 enum Outcome {
@@ -137,12 +194,15 @@ fn main() -> ExitCode {
         Ok(Outcome::Inconsistent) => ExitCode::from(3),
         Err(e) => {
             eprintln!("kvctl: {e:#}");
-            ExitCode::from(2)
+            ExitCode::from(e.downcast_ref::<Failed>().map_or(2, |f| f.code))
         }
     }
 }
 
 async fn run(cli: &Cli) -> anyhow::Result<Outcome> {
+    if let Command::Session { action } = &cli.command {
+        return session_command(cli, action);
+    }
     // A bad token is a usage error: refuse it before touching the network.
     let context = match &cli.command {
         Command::Put { context, .. } | Command::Delete { context, .. } => {
@@ -150,10 +210,128 @@ async fn run(cli: &Cli) -> anyhow::Result<Outcome> {
         }
         _ => None,
     };
-    let client = Client::connect(&cli.node, cli.timeout)
+    // And so is a session file that cannot be used.
+    let file = match &cli.command {
+        Command::Put { .. } | Command::Get { .. } | Command::Delete { .. } => session_file(cli),
+        _ => None,
+    };
+    let session = file
+        .as_ref()
+        .map(SessionFile::open)
+        .transpose()
+        .map_err(session_file_error)?;
+    let in_session = session.is_some();
+    let mut client = Client::connect(&cli.node, cli.timeout)
         .await
         .map_err(|e| connect_error(&cli.node, e))?
         .with_quorums(cli.r, cli.w);
+    if let Some(session) = session {
+        client = client.with_session(session);
+    }
+    let outcome = command(cli, &client, context, in_session).await;
+    // Saved whatever the outcome: what the session observed before a failure is still true.
+    if let (Some(file), Some(session)) = (&file, client.session()) {
+        if let Err(e) = save_session(file, &session) {
+            match outcome {
+                Ok(_) => return Err(e.context("the command was done, but")),
+                Err(_) => eprintln!("kvctl: {e:#}"),
+            }
+        }
+    }
+    outcome
+}
+
+/// The session file get, put and delete run in, if any (see the module doc).
+fn session_file(cli: &Cli) -> Option<SessionFile> {
+    if cli.no_session {
+        return None;
+    }
+    let path = cli.session.clone().or_else(SessionFile::default_path);
+    if path.is_none() {
+        eprintln!(
+            "kvctl: running without a session: neither XDG_STATE_HOME nor HOME is set \
+             (pass --session FILE to keep one, or --no-session to silence this)"
+        );
+    }
+    path.map(SessionFile::new)
+}
+
+/// Joins what this command's session learnt into the file.
+fn save_session(file: &SessionFile, session: &Session) -> anyhow::Result<()> {
+    match file.save(session).map_err(session_file_error)? {
+        Saved::Merged => {}
+        Saved::Reset => eprintln!(
+            "kvctl: the session file {} was reset while this command ran; this command's \
+             session was not saved",
+            file.path().display()
+        ),
+    }
+    Ok(())
+}
+
+/// Explains a session file that cannot be used.
+fn session_file_error(e: Error) -> anyhow::Error {
+    anyhow!(match e {
+        Error::InvalidData(m) => format!(
+            "{m} (`kvctl session reset` deletes it and starts a new session; --no-session runs \
+             without one)"
+        ),
+        Error::Io(m) => format!("{m} (pass --session FILE to keep the session elsewhere)"),
+        e => e.to_string(),
+    })
+}
+
+/// `kvctl session show|reset|path`.
+fn session_command(cli: &Cli, action: &SessionAction) -> anyhow::Result<Outcome> {
+    if cli.no_session {
+        anyhow::bail!("`kvctl session` works on the session file; drop --no-session");
+    }
+    let path = cli
+        .session
+        .clone()
+        .or_else(SessionFile::default_path)
+        .ok_or_else(|| {
+            anyhow!("no session file: neither XDG_STATE_HOME nor HOME is set (pass --session FILE)")
+        })?;
+    let file = SessionFile::new(path);
+    let shown = file.path().display().to_string();
+    match action {
+        SessionAction::Path => {
+            if cli.json {
+                print_json(&json!({ "path": shown }))?;
+            } else {
+                print_line(&shown)?;
+            }
+        }
+        SessionAction::Reset => {
+            let removed = file.reset().map_err(session_file_error)?;
+            if cli.json {
+                print_json(&json!({ "path": shown, "removed": removed }))?;
+            } else if removed {
+                print_line(&format!("removed {shown}"))?;
+            } else {
+                print_line(&format!("no session at {shown}"))?;
+            }
+        }
+        SessionAction::Show => {
+            let read = file.read().map_err(session_file_error)?;
+            if cli.json {
+                print_json(&session_json(&shown, read.as_ref()))?;
+            } else {
+                print_line(&session_text(&shown, read.as_ref()))?;
+            }
+        }
+    }
+    Ok(Outcome::Done)
+}
+
+/// Runs get, put, delete, lookup or ring.
+async fn command(
+    cli: &Cli,
+    client: &Client,
+    context: Option<VersionVector>,
+    in_session: bool,
+) -> anyhow::Result<Outcome> {
     match &cli.command {
         Command::Put { key, value, .. } => {
             let value = if value == "-" {
@@ -172,14 +350,14 @@ async fn run(cli: &Cli) -> anyhow::Result<Outcome> {
                     client
                         .read(key.as_bytes())
                         .await
-                        .map_err(|e| request_error("put", e))?
+                        .map_err(|e| data_error("put", key, in_session, e))?
                         .context
                 }
             };
             let written = client
                 .write(key.as_bytes(), &value, &context)
                 .await
-                .map_err(|e| request_error("put", e))?;
+                .map_err(|e| data_error("put", key, in_session, e))?;
             if cli.json {
                 print_json(&json!({
                     "key": key,
@@ -187,6 +365,7 @@ async fn run(cli: &Cli) -> anyhow::Result<Outcome> {
                     "bytes": value.len(),
                     "dot": written.dot.to_string(),
                     "existed": written.existed,
+                    "session": in_session,
                 }))?;
             } else {
                 print_line("ok")?;
@@ -197,9 +376,11 @@ async fn run(cli: &Cli) -> anyhow::Result<Outcome> {
             let read = client
                 .read(key.as_bytes())
                 .await
-                .map_err(|e| request_error("get", e))?;
+                .map_err(|e| data_error("get", key, in_session, e))?;
             if cli.json {
-                print_json(&read_json(key, &read))?;
+                let mut out = read_json(key, &read);
+                out["session"] = in_session.into();
+                print_json(&out)?;
             } else {
                 match read.values.as_slice() {
                     [] => {}
@@ -233,16 +414,16 @@ async fn run(cli: &Cli) -> anyhow::Result<Outcome> {
                     client
                         .remove(key.as_bytes(), &context)
                         .await
-                        .map_err(|e| request_error("delete", e))?
+                        .map_err(|e| data_error("delete", key, in_session, e))?
                         .existed
                 }
                 None => client
                     .delete(key.as_bytes())
                     .await
-                    .map_err(|e| request_error("delete", e))?,
+                    .map_err(|e| data_error("delete", key, in_session, e))?,
             };
             if cli.json {
-                print_json(&json!({ "key": key, "deleted": existed }))?;
+                print_json(&json!({ "key": key, "deleted": existed, "session": in_session }))?;
             } else if existed {
                 print_line("deleted")?;
             }
@@ -280,6 +461,7 @@ async fn run(cli: &Cli) -> anyhow::Result<Outcome> {
                 Outcome::Inconsistent
             })
         }
+        Command::Session { .. } => unreachable!("run() handles `kvctl session` itself"),
     }
 }
 
@@ -332,6 +514,33 @@ fn connect_error(node: &str, e: Error) -> anyhow::Error {
         }
         e => format!("cannot connect to {node}: {e}"),
     })
+}
+
+/// Explains a failed get, put or delete of `key`; in a session, a request whose guarantees no
+/// reachable copy could meet exits 4.
+fn data_error(op: &str, key: &str, in_session: bool, e: Error) -> anyhow::Error {
+    match e {
+        Error::SessionUnmet {
+            op: what,
+            guarantee,
+            detail,
+        } => Failed {
+            code: EXIT_SESSION_UNMET,
+            message: format!(
+                "cannot {what} {key} without going back in time ({guarantee}): {detail}; retry, \
+                 or use --no-session"
+            ),
+        }
+        .into(),
+        e @ Error::SessionFull(_) => anyhow!(
+            "{op} failed: {e}; start a new session with --session FILE or `kvctl session reset`"
+        ),
+        Error::Timeout(_) if in_session => anyhow!(
+            "{op} failed: {e} (retry, or raise --timeout: in a session a node may wait up to its \
+             --request-timeout-ms for a copy that holds what the session saw)"
+        ),
+        e => request_error(op, e),
+    }
 }
 
 /// Explains a failed request.
@@ -397,6 +606,52 @@ fn read_json(key: &str, read: &ReadReply) -> Value {
         }
     }
     out
+}
+
+/// A key as text when it is UTF-8 (else null), and always as hex.
+fn key_json(key: &[u8]) -> Value {
+    json!({ "key": std::str::from_utf8(key).ok(), "key_hex": hex::encode(key) })
+}
+
+/// `kvctl session show --json`: the file, and if there is one, the session's size and every
+/// key's floor as sizes (entries of the vectors, dots written).
+fn session_json(path: &str, read: Option<&(Session, usize)>) -> Value {
+    let Some((session, bytes)) = read else {
+        return json!({ "path": path, "exists": false, "keys": 0, "unstable": 0, "bytes": 0 });
+    };
+    let floors: Vec<Value> = session
+        .iter()
+        .map(|(key, floor, stable)| {
+            let mut v = key_json(key);
+            v["stable"] = stable.into();
+            v["read"] = floor.read.len().into();
+            v["wrote"] = floor.wrote.len().into();
+            v["deps"] = floor.deps.len().into();
+            v
+        })
+        .collect();
+    json!({
+        "path": path,
+        "exists": true,
+        "id": session.id().to_string(),
+        "keys": session.len(),
+        "unstable": session.unstable(),
+        "bytes": bytes,
+        "floors": floors,
+    })
+}
+
+fn session_text(path: &str, read: Option<&(Session, usize)>) -> String {
+    match read {
+        None => format!("no session at {path}: the next get, put or delete starts one"),
+        Some((session, bytes)) => format!(
+            "file      {path}\nsession   {}\nkeys      {} ({} not yet known on every copy)\n\
+             bytes     {bytes}",
+            session.id(),
+            session.len(),
+            session.unstable(),
+        ),
+    }
 }
 
 fn lookup_json(key: &str, info: &LookupInfo) -> Value {
