@@ -148,12 +148,12 @@ pub fn free_addr() -> SocketAddr {
 
 /// Runs the real `kvctl` binary with `args`, feeding it `stdin`.
 ///
-/// Without a `--session FILE` among `args` it runs with `--no-session`: the default session
+/// Without `--session FILE` or `--no-session` among `args` it runs with `--no-session`: the default session
 /// file, under `$HOME`, would be shared by every test and every run, against clusters that are
 /// long gone. Tests of sessions name their file.
 pub fn kvctl_with_input(args: &[&str], stdin: &[u8]) -> Output {
     let mut cmd = Command::new(binary("kvctl"));
-    if !args.contains(&"--session") {
+    if !args.contains(&"--session") && !args.contains(&"--no-session") {
         cmd.arg("--no-session");
     }
     let mut child = cmd
