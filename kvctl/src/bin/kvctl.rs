@@ -233,7 +233,9 @@ async fn run(cli: &Cli) -> anyhow::Result<Outcome> {
     if let (Some(file), Some(session)) = (&file, client.session()) {
         if let Err(e) = save_session(file, &session) {
             match outcome {
-                Ok(_) => return Err(e.context("the command was done, but")),
+                Ok(_) => {
+                    return Err(e.context("the command was done, but its session was not saved"));
+                }
                 Err(_) => eprintln!("kvctl: {e:#}"),
             }
         }
