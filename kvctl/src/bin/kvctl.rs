@@ -54,8 +54,10 @@ struct Cli {
     #[arg(long, global = true)]
     json: bool,
 
-    /// Seconds to wait for the connection and for each request (fractions allowed).
-    #[arg(long, global = true, default_value = "5", value_name = "SECS", value_parser = parse_timeout)]
+    /// Seconds to wait for the connection and for each request (fractions allowed). Longer
+    /// than a node's own deadline for a request (`--request-timeout-ms`, 10 s by default), so
+    /// that a request the node gives up on is answered with the node's reason.
+    #[arg(long, global = true, default_value = "12", value_name = "SECS", value_parser = parse_timeout)]
     timeout: Duration,
 
     /// Copies a read merges before answering (R, 1..=N; default: the node's).

@@ -306,8 +306,11 @@ impl<S: Storage> Kv<S> {
             _ => self.opts.retry_delay,
         };
         op.attempts += 1;
-        let at = io.now() + delay;
-        if at >= op.deadline {
+        // The last retry is not skipped for a long backoff: it goes one retry delay before the
+        // deadline, leaving it that long to be answered.
+        let last = op.deadline.saturating_sub(self.opts.retry_delay);
+        let at = (io.now() + delay).min(last);
+        if at <= io.now() || at >= op.deadline {
             return io.respond(op.conn, op.id, Err(error));
         }
         op.last_error = Some(Box::new(error));
