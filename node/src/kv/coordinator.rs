@@ -825,18 +825,14 @@ impl<S: Storage> Kv<S> {
             ));
         }
         state.raise_dot_floor(self.dot_floor()?);
-        let (replaces, deps) = match session {
-            Some(s) => {
-                let s = *s;
-                let deps = (!s.deps.is_empty()).then(|| Box::new(s.deps));
-                (s.floor.wrote, deps)
-            }
-            None => (Vec::new(), None),
+        let (replaces, deps) = match session.as_deref() {
+            Some(s) => (s.floor.wrote.as_slice(), Some(&s.deps)),
+            None => (&[][..], None),
         };
         let outcome = state.write_checked_replacing(
             self.me.id,
             context,
-            &replaces,
+            replaces,
             value,
             deps,
             &self.opts.versions,

@@ -273,8 +273,30 @@ impl Deps {
 
     /// The bytes they take encoded.
     pub fn encoded_len(&self) -> usize {
+        self.encode().len()
+    }
+
+    /// Encoded (bincode), as a version stores them.
+    pub fn encode(&self) -> Vec<u8> {
         bincode::serde::encode_to_vec(self, bincode::config::standard())
-            .map_or(usize::MAX, |b| b.len())
+            .expect("encoding Deps into a Vec cannot fail")
+    }
+
+    /// Parse [`Deps::encode`]'s bytes.
+    ///
+    /// # Errors
+    /// [`Error::InvalidData`] if they do not decode exactly.
+    pub fn decode(bytes: &[u8]) -> Result<Deps> {
+        let (d, used): (Deps, usize) =
+            bincode::serde::decode_from_slice(bytes, bincode::config::standard())
+                .map_err(|e| Error::InvalidData(format!("dependencies: {e}")))?;
+        if used != bytes.len() {
+            return Err(Error::InvalidData(format!(
+                "dependencies: {} trailing bytes",
+                bytes.len() - used
+            )));
+        }
+        Ok(d)
     }
 
     /// Checks the bounds and the shape, as a node does before storing dependencies it was sent.

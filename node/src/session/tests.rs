@@ -222,13 +222,7 @@ fn a_session_write_replaces_its_own_earlier_write_and_nothing_it_did_not_see() {
     let mut deps = Deps::new();
     deps.add(b"post", &vv(&[(4, 4)]));
     let mut other = Versioned::empty();
-    other.write_replacing(
-        n(2),
-        &VersionVector::new(),
-        &[],
-        val("reply"),
-        Some(Box::new(deps.clone())),
-    );
+    other.write_replacing(n(2), &VersionVector::new(), &[], val("reply"), Some(&deps));
     state.merge(&other);
     assert_eq!(state.deps(), deps);
     assert_eq!(state.siblings().len(), 3);

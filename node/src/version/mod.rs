@@ -274,8 +274,9 @@ pub struct Sibling {
     /// The value written, `None` if the write was a delete.
     pub value: Option<Vec<u8>>,
     /// What the write depended on, if a session wrote it ([`crate::session`]): readers that
-    /// see this version inherit them.
-    pub deps: Option<Box<Deps>>,
+    /// see this version inherit them. Kept encoded ([`Deps::encode`]): a node decodes them only
+    /// to answer a session read, not every time it reads, merges or digests the state.
+    pub deps: Option<serde_bytes::ByteBuf>,
 }
 
 impl Sibling {
@@ -467,11 +468,14 @@ impl Versioned {
         seen.checked_add(1)
     }
 
-    /// The dependencies of every sibling, joined: what a reader of this state inherits.
+    /// The dependencies of every sibling, joined: what a reader of this state inherits. A
+    /// sibling whose dependencies do not decode (never written by this build) adds none.
     pub fn deps(&self) -> Deps {
         let mut deps = Deps::new();
         for d in self.siblings.iter().filter_map(|s| s.deps.as_deref()) {
-            deps.merge(d);
+            if let Ok(d) = Deps::decode(d) {
+                deps.merge(&d);
+            }
         }
         deps
     }
@@ -509,11 +513,14 @@ impl Versioned {
         ctx: &VersionVector,
         replaces: &[Dot],
         value: Option<Vec<u8>>,
-        deps: Option<Box<Deps>>,
+        deps: Option<&Deps>,
     ) -> Dot {
         let dot = Dot::new(actor, self.next_counter(&actor, ctx).unwrap_or(u64::MAX));
         let replaced = self.replaced_by(ctx, replaces);
         self.siblings.retain(|s| !replaced.contains(&s.dot));
+        let deps = deps
+            .filter(|d| !d.is_empty())
+            .map(|d| serde_bytes::ByteBuf::from(d.encode()));
         let new = Sibling { dot, value, deps };
         if let Err(at) = self.siblings.binary_search(&new) {
             self.siblings.insert(at, new);
@@ -553,7 +560,7 @@ impl Versioned {
         ctx: &VersionVector,
         replaces: &[Dot],
         value: Option<Vec<u8>>,
-        deps: Option<Box<Deps>>,
+        deps: Option<&Deps>,
         limits: &VersionLimits,
     ) -> Result<WriteOutcome> {
         let replaced = self.replaced_by(ctx, replaces);
