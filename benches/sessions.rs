@@ -6,7 +6,8 @@
 //! request is coordinated where it lands. Each round runs `SESSIONS_OPS` operations (default
 //! 200, alternately a get and a put, over the keys in turn) once with a session client and once
 //! with a plain one, the order alternating between rounds, so machine noise hits both;
-//! `SESSIONS_ROUNDS` rounds (default 10) per setup. Prints p50 and p99 per operation and the
+//! `SESSIONS_ROUNDS` rounds (default 10) per setup; `SESSIONS_VALUE_BYTES` pads the values (to
+//! compare a session's dependencies with the same number of bytes of value). Prints p50 and p99 per operation and the
 //! ratio session/plain; nothing is asserted.
 //!
 //! Setups: *in sync*, every copy up to date; *lagging*, node 0 drops every request it sends to
@@ -154,8 +155,9 @@ async fn run(client: &Client, keys: &[Vec<u8>], ops: usize, round: usize, into: 
         let ok = if i % 2 == 0 {
             client.get(key).await.is_ok()
         } else {
-            let value = format!("v-{round}-{i}");
-            client.put(key, value.as_bytes()).await.is_ok()
+            let mut value = format!("v-{round}-{i}").into_bytes();
+            value.resize(value.len().max(env_or("SESSIONS_VALUE_BYTES", 0)), b'.');
+            client.put(key, &value).await.is_ok()
         };
         let us = start.elapsed().as_micros() as u64;
         if !ok {
