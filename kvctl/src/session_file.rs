@@ -139,6 +139,24 @@ impl SessionFile {
         }
     }
 
+    /// Drops `key` from the session in the file, under the lock: nothing is required of it any
+    /// more. Returns whether the session held it. (A command that loaded the session before and
+    /// saves after joins its copy back in, key included: forget when no other command runs.)
+    ///
+    /// # Errors
+    /// As [`SessionFile::read`] and [`SessionFile::save`].
+    pub fn forget(&self, key: &[u8]) -> Result<bool> {
+        let _lock = self.lock(false)?;
+        let Some((mut session, _)) = self.read()? else {
+            return Ok(false);
+        };
+        if !session.forget(key) {
+            return Ok(false);
+        }
+        self.write(&session)?;
+        Ok(true)
+    }
+
     /// Removes the file; returns whether there was one. The lock file stays.
     ///
     /// # Errors

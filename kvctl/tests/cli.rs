@@ -820,6 +820,27 @@ fn session_path_and_reset() {
 }
 
 #[test]
+fn session_forget_drops_one_key() {
+    let node = fake_node();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("s");
+    let f = path(&file);
+    for key in ["a", "b"] {
+        let out = kvctl(node, &["--session", f, "put", key, "v"], b"");
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    }
+    assert_eq!(shown_keys(&show(node, &file)), ["a", "b"]);
+    let out = kvctl(node, &["--session", f, "session", "forget", "a"], b"");
+    assert_eq!(
+        (out.status.code(), text(&out.stdout)),
+        (Some(0), "forgot a\n")
+    );
+    assert_eq!(shown_keys(&show(node, &file)), ["b"]);
+    let out = kvctl(node, &["--session", f, "session", "forget", "a"], b"");
+    assert_eq!(text(&out.stdout), "the session holds nothing of a\n");
+}
+
+#[test]
 fn an_unmet_session_exits_4_with_the_guarantee_and_what_to_do() {
     let node = fake_node();
     let dir = tempfile::tempdir().expect("tempdir");

@@ -218,7 +218,6 @@ fn a_session_write_cannot_replace_a_version_it_never_saw_by_naming_its_dot() {
 /// `for_write` refuses with SessionFull ("retry when every replica is up") though every
 /// replica is up and a compaction would have made room.
 #[test]
-#[ignore = "review: needs_compaction ignores MAX_DEPS_BYTES, so long keys hit SessionFull without compaction"]
 fn a_session_over_the_dependency_bytes_asks_for_compaction_before_refusing() {
     use chordkv_node::id::Id;
     let mut s = Session::with_id(SessionId([4; 16]));
@@ -240,7 +239,6 @@ fn a_session_over_the_dependency_bytes_asks_for_compaction_before_refusing() {
 /// when the joiner left again has the same id but no copy: the owner still answers session
 /// reads of C as stable, though that copy holds nothing.
 #[test]
-#[ignore = "review: `known_stable` survives a replica set that changed and changed back, after the returning replica's copy was collected as a stray"]
 fn a_read_is_not_called_stable_while_a_replica_holds_nothing_of_it() {
     let mut sim = Sim::new(SimOptions {
         seed: 11,
@@ -323,7 +321,6 @@ fn a_read_is_not_called_stable_while_a_replica_holds_nothing_of_it() {
 /// applied". The first attempt comes back when the owner does. The client should hear that the
 /// outcome is unknown (Ambiguous, or the earlier error), as a plain write's client would.
 #[test]
-#[ignore = "review: SessionUnmet answered for a write an earlier attempt of which was applied"]
 fn a_session_write_refused_as_unmet_was_not_applied() {
     let mut opts = options(None);
     opts.kv.sync_interval = 600_000;
@@ -402,7 +399,6 @@ fn a_session_write_refused_as_unmet_was_not_applied() {
 /// `p2` replaced it; rule 1 is satisfied by `x`, and rule 2 compares only the returned values
 /// (`p1` and `x` are not `⇒`-ordered), so the checker accepts a stale `p1` coming back.
 #[test]
-#[ignore = "review: check_sessions accepts a replaced value returned beside a cross-key successor"]
 fn the_checker_rejects_a_replaced_value_returned_beside_a_cross_key_successor() {
     use chordkv_node::testing::sessions::{SessionHistory, check_sessions};
     let mut h = SessionHistory::new();
@@ -434,7 +430,6 @@ fn the_checker_rejects_a_replaced_value_returned_beside_a_cross_key_successor() 
 /// depended on many keys takes a session past MAX_KEYS, and its saved form is then refused by
 /// `from_bytes` ("the bound is 4096"): a kvctl session file that cannot be opened again.
 #[test]
-#[ignore = "review: observe_read takes a session past MAX_KEYS; its saved form no longer loads"]
 fn a_session_that_inherits_many_dependencies_can_still_be_saved_and_restored() {
     use chordkv_node::id::Id;
     use chordkv_node::session::{MAX_DEPS, MAX_KEYS};
@@ -465,7 +460,6 @@ fn a_session_that_inherits_many_dependencies_can_still_be_saved_and_restored() {
 /// Two processes sharing a session file at MAX_KEYS − 1 keys each admit one new key (each
 /// copy is under the bound); the file's merge then holds MAX_KEYS + 1 and no longer loads.
 #[test]
-#[ignore = "review: Session::merge passes MAX_KEYS; the merged saved form no longer loads"]
 fn two_copies_each_within_the_key_bound_merge_into_a_session_that_loads() {
     use chordkv_node::id::Id;
     use chordkv_node::session::MAX_KEYS;

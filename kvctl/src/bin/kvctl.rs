@@ -135,6 +135,13 @@ enum SessionAction {
     Show,
     /// Delete the session file: the next get, put or delete starts a new session.
     Reset,
+    /// Drop one key from the session: its reads no longer wait for what the session saw or
+    /// inherited of it (for a key whose floor can never be met again, e.g. one recreated or
+    /// collected since).
+    Forget {
+        /// The key.
+        key: String,
+    },
     /// Print the session file's path.
     Path,
 }
@@ -285,7 +292,7 @@ fn session_file_error(e: Error) -> anyhow::Error {
     })
 }
 
-/// `kvctl session show|reset|path`.
+/// `kvctl session show|reset|path|forget KEY`.
 fn session_command(cli: &Cli, action: &SessionAction) -> anyhow::Result<Outcome> {
     if cli.no_session {
         anyhow::bail!("`kvctl session` works on the session file; drop --no-session");
@@ -315,6 +322,16 @@ fn session_command(cli: &Cli, action: &SessionAction) -> anyhow::Result<Outcome>
                 print_line(&format!("removed {shown}"))?;
             } else {
                 print_line(&format!("no session at {shown}"))?;
+            }
+        }
+        SessionAction::Forget { key } => {
+            let forgotten = file.forget(key.as_bytes()).map_err(session_file_error)?;
+            if cli.json {
+                print_json(&json!({ "path": shown, "key": key, "forgotten": forgotten }))?;
+            } else if forgotten {
+                print_line(&format!("forgot {key}"))?;
+            } else {
+                print_line(&format!("the session holds nothing of {key}"))?;
             }
         }
         SessionAction::Show => {

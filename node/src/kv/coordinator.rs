@@ -48,6 +48,23 @@ pub(super) struct ClientOp {
 }
 
 impl ClientOp {
+    /// What the client hears when this operation gives up with `error`. A session write
+    /// refused for its floor after an owner failed to answer an earlier attempt may have been
+    /// applied by that attempt: "cannot write" would tell the client it was not, and a retry
+    /// of its own would write it twice, so it hears that the outcome is unknown.
+    fn final_error(&self, error: Error) -> Error {
+        let write = matches!(*self.request, Request::Put { .. } | Request::Delete { .. });
+        match error {
+            Error::SessionUnmet { .. } if write && !self.avoid.is_empty() => {
+                Error::Ambiguous(format!(
+                    "an earlier attempt of this write reached an owner that did not answer, and \
+                     the retry was refused ({error}); read the key to see whether it was applied"
+                ))
+            }
+            other => other,
+        }
+    }
+
     /// A client's `Get`, `Put` or `Delete` that arrived as request `id` on `conn`.
     pub(super) fn new(
         conn: ConnId,
@@ -161,11 +178,11 @@ impl<S: Storage> Kv<S> {
 
     pub(super) fn start_client_op(&mut self, ring: &mut Ring, io: &mut dyn KvIo, op: ClientOp) {
         if io.now() >= op.deadline {
-            let e = op.last_error.map_or_else(
+            let e = op.last_error.clone().map_or_else(
                 || Error::Timeout("the ring did not settle in time; retry".into()),
                 |e| *e,
             );
-            return io.respond(op.conn, op.id, Err(e));
+            return io.respond(op.conn, op.id, Err(op.final_error(e)));
         }
         let key = match &*op.request {
             Request::Get { key, .. } | Request::Put { key, .. } | Request::Delete { key, .. } => {
@@ -311,6 +328,7 @@ impl<S: Storage> Kv<S> {
         let last = op.deadline.saturating_sub(self.opts.retry_delay);
         let at = (io.now() + delay).min(last);
         if at <= io.now() || at >= op.deadline {
+            let error = op.final_error(error);
             return io.respond(op.conn, op.id, Err(error));
         }
         op.last_error = Some(Box::new(error));

@@ -64,8 +64,8 @@
 //! request, since the owner may itself wait one for a replica. A session read's answer says
 //! whether all `N` copies hold the merged state (they all answered with it, or the owner
 //! remembers that all of them acknowledged a state that dominates it: it keeps the last fully
-//! acknowledged state of up to 4,096 recently written keys, void when the key's replicas
-//! change), and a write's whether all `N` stored it before the answer, so that a session at its
+//! acknowledged state of up to 4,096 recently written keys, all forgotten whenever its replicas
+//! change, as seen at every tick and at every read), and a write's whether all `N` stored it before the answer, so that a session at its
 //! bounds can leave out first what every copy holds. A session write also names the session's
 //! own earlier dots of the key, which it replaces exactly, and its dependencies, which are stored
 //! with the version and returned with reads of it. [`Options::enforce_sessions`] off (tests
@@ -484,6 +484,8 @@ pub struct Kv<S: Storage> {
     /// `MAX_STABLE`, oldest forgotten first (in `stable_order`).
     stable: BTreeMap<Vec<u8>, Settles>,
     stable_order: VecDeque<Vec<u8>>,
+    /// The replicas when `stable` was last checked ([`Kv::tick`] clears it when they change).
+    stable_replicas: Vec<Id>,
     /// Anti-entropy: the next replica to compare with, whether a round is in flight, when next.
     sync_next: usize,
     syncing: bool,
@@ -552,6 +554,7 @@ impl<S: Storage> Kv<S> {
             floors: BTreeMap::new(),
             stable: BTreeMap::new(),
             stable_order: VecDeque::new(),
+            stable_replicas: Vec::new(),
             sync_next: 0,
             syncing: false,
             sync_chain: 0,
@@ -690,6 +693,14 @@ impl<S: Storage> Kv<S> {
         }
         if !ring.is_joined() || ring.is_leaving() {
             return;
+        }
+        // Records of states every replica stored are void once the replicas change: a node
+        // that left the list may come back without its copy.
+        let replicas: Vec<Id> = self.replica_targets(ring).iter().map(|t| t.id).collect();
+        if replicas != self.stable_replicas {
+            self.stable.clear();
+            self.stable_order.clear();
+            self.stable_replicas = replicas;
         }
         let copies = self.replicas_available(ring);
         if copies != self.copies {

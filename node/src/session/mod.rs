@@ -81,6 +81,24 @@
 //! - Context pruning ([`crate::version::Versioned::prune`], beyond 64 coordinators of one key)
 //!   drops the entries with the smallest counters; a floor naming a pruned entry can no longer be
 //!   met, and the session gets `SessionUnmet` for that key until it forgets it.
+//! - A dependency names another key's state, which the node storing it cannot check (that key
+//!   lives elsewhere). A hostile writer can store one no state will ever meet, and every
+//!   session that reads the version then gets `SessionUnmet` for that key; so does an honest
+//!   dependency on a key whose tombstone was collected since (no copy's context dominates it
+//!   any more), while the dependent version lives. The session gets out with
+//!   [`Session::forget`] (`kvctl session forget KEY`). Authenticated clients (issue 10) limit who
+//!   can write such a dependency; a per-key record of collected tombstones would let a
+//!   collected key meet the floors it met before. (Tests: `node/tests/review_sessions.rs`,
+//!   ignored with these reasons.)
+//! - A write names the dots it replaces; the owner cannot tell that they are the session's
+//!   own, so a forged request can replace a version it never read by naming its dot, as a
+//!   forged context already can. Versions carry no session identity to check it against.
+//! - Stability counts the copies that stored a state, a stand-in for a suspected replica
+//!   included; when the replica comes back without it the owner forgets its records (the
+//!   replicas changed), but a session told "stable" before keeps it.
+//! - A session write whose earlier attempt reached an owner that did not answer, and whose
+//!   retry was refused for its floor, is answered [`crate::Error::Ambiguous`]: the first attempt
+//!   may have been applied.
 //! - Guarantees hold between session clients: a version written without a session carries no
 //!   dependencies, so it passes nothing on to its readers.
 
@@ -470,7 +488,9 @@ impl Session {
         })
     }
 
-    /// Whether the session may take an operation on `key` without passing a bound.
+    /// Whether the session may take an operation on `key` without passing a bound. (What its
+    /// reads inherit, and a merge of two copies, may take it past [`MAX_KEYS`]; it then takes
+    /// no new key of its own until it is reset.)
     ///
     /// # Errors
     /// [`Error::SessionFull`] if `key` is new and the session holds [`MAX_KEYS`] keys.
@@ -486,25 +506,41 @@ impl Session {
     /// Whether the next write should compact first: it would carry more dependencies than the
     /// bound allows.
     pub fn needs_compaction(&self) -> bool {
-        self.entries.len() > MAX_DEPS && self.unstable() > MAX_DEPS
+        let (count, bytes) = self.unstable_deps();
+        count > MAX_DEPS || bytes > MAX_DEPS_BYTES
+    }
+
+    /// How many unstable keys the session holds and about how many bytes they take as
+    /// dependencies.
+    fn unstable_deps(&self) -> (usize, usize) {
+        self.entries
+            .iter()
+            .filter(|(_, e)| !e.stable)
+            .fold((0, 0), |(n, b), (k, e)| (n + 1, b + dep_bytes(k, e)))
     }
 
     /// The keys to read with `R = N` to learn their stability, oldest first: the unstable keys
     /// beyond half the dependency bound.
     pub fn compaction_candidates(&self) -> Vec<Vec<u8>> {
-        let mut unstable: Vec<(u64, &Vec<u8>)> = self
+        let mut unstable: Vec<(u64, &Vec<u8>, usize)> = self
             .entries
             .iter()
             .filter(|(_, e)| !e.stable)
-            .map(|(k, e)| (e.touched, k))
+            .map(|(k, e)| (e.touched, k, dep_bytes(k, e)))
             .collect();
         unstable.sort();
-        let excess = unstable.len().saturating_sub(MAX_DEPS / 2);
-        unstable
-            .into_iter()
-            .take(excess)
-            .map(|(_, k)| k.clone())
-            .collect()
+        // Oldest first, until what is left is within half of both bounds.
+        let (mut count, mut bytes) = self.unstable_deps();
+        let mut out = Vec::new();
+        for (_, k, b) in unstable {
+            if count <= MAX_DEPS / 2 && bytes <= MAX_DEPS_BYTES / 2 {
+                break;
+            }
+            out.push(k.clone());
+            count -= 1;
+            bytes -= b;
+        }
+        out
     }
 
     /// Record a read of `key` that returned a state with `context`, the versions' dependencies
@@ -606,14 +642,15 @@ impl Session {
         if used != body.len() {
             return Err(bad(format!("{} trailing bytes", body.len() - used)));
         }
-        if s.entries.len() > MAX_KEYS {
-            return Err(bad(format!(
-                "{} keys, the bound is {MAX_KEYS}",
-                s.entries.len()
-            )));
-        }
+        // No key-count check: a session may hold more than MAX_KEYS through what its reads
+        // inherited or a merge of two copies joined (see `admit`), and must load again.
         Ok(s)
     }
+}
+
+/// About the bytes `key`'s entry takes as a dependency: the key, and 30 per vector entry.
+fn dep_bytes(key: &[u8], e: &Entry) -> usize {
+    key.len() + 8 + 30 * (e.floor.read.len() + e.floor.wrote.len() + e.floor.deps.len())
 }
 
 impl Default for Session {

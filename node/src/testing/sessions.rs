@@ -61,8 +61,11 @@
 //! 1. No going back in time: an Ok read of key `k` by `s` returning the set `V` must, for every
 //!    `w` in MUST-SEE(s, o, k), return `w` itself or a successor of it: some `u ∈ V` with
 //!    `u = w` or `w → u`. Otherwise it is a [`SessionViolation::StaleRead`] under `w`'s reason.
-//!    An empty answer after `s` observed anything of `k` is one too. A read is reported once per
-//!    guarantee it breaks, naming the missing write `s` came to know last for that reason.
+//!    An empty answer after `s` observed anything of `k` is one too. So is returning a value
+//!    `u` that a must-see `w` replaced (`u ⇒ w`) without `w` itself, whatever else `V` holds: a
+//!    successor of `w` across keys beside it does not make the replaced value current again.
+//!    A read is reported once per guarantee it breaks, naming the missing write `s` came to
+//!    know last for that reason.
 //! 2. Ordered writes are never siblings: an Ok read (by any session) returning two values `w`
 //!    and `u` with `w ⇒ u` is a [`SessionViolation::OrderedSiblings`]: `u`'s writer had seen
 //!    `w` and replaced it. The guarantee is [`Guarantee::MonotonicWrites`] when both are by one
@@ -924,10 +927,17 @@ impl<'h> Checker<'h> {
     fn rule_1(&mut self, s: usize, op: OpId, view: usize, values: &[usize]) {
         let history = self.history;
         let v = &self.views[view];
-        if v.frontier.iter().all(|&f| self.shows(f, values)) {
+        // A returned value that a must-see write replaced (`u ⇒ w`) came back: the read shows
+        // a state older than `w`, whatever else it shows.
+        let mut latest: BTreeMap<Guarantee, usize> = BTreeMap::new();
+        for &w in &v.must {
+            if !values.contains(&w) && values.iter().any(|&u| self.in_direct(u, w)) {
+                latest.insert(self.sessions[s].why[w], w);
+            }
+        }
+        if latest.is_empty() && v.frontier.iter().all(|&f| self.shows(f, values)) {
             return;
         }
-        let mut latest: BTreeMap<Guarantee, usize> = BTreeMap::new();
         for &w in &v.must {
             if !self.shows(w, values) {
                 latest.insert(self.sessions[s].why[w], w);
