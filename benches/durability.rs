@@ -6,106 +6,13 @@
 //! `DURABILITY_SECS` seconds per run (default 4), three runs per mode, and prints the median
 //! and its ratio to the per-write mode. `cargo bench --bench durability`.
 
+mod common;
+
+use common::{node_binary, start_ring, wait_for_ring};
 use kvctl::{Client, VersionVector};
-use std::net::TcpListener;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
-
-fn node_binary() -> PathBuf {
-    // target/release/deps/durability-xxxx -> target/release/chordkv-node
-    let exe = std::env::current_exe().expect("bench path");
-    let dir = exe.parent().and_then(Path::parent).expect("target dir");
-    let status = Command::new(env!("CARGO"))
-        .args([
-            "build",
-            "--release",
-            "--bin",
-            "chordkv-node",
-            "-p",
-            "chordkv-node",
-        ])
-        .status()
-        .expect("cargo build");
-    assert!(status.success(), "building chordkv-node failed");
-    dir.join("chordkv-node")
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
-
-struct Ring {
-    children: Vec<Child>,
-    addrs: Vec<String>,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Ring {
-    fn drop(&mut self) {
-        for c in &mut self.children {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-fn start_ring(bin: &Path, mode: &str) -> Ring {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let mut children = Vec::new();
-    let mut addrs: Vec<String> = Vec::new();
-    for i in 0..3 {
-        let addr = format!("127.0.0.1:{}", free_port());
-        let mut cmd = Command::new(bin);
-        cmd.args([
-            "--listen",
-            &addr,
-            "--durability",
-            mode,
-            "--stabilize-ms",
-            "100",
-        ])
-        .arg("--data-dir")
-        .arg(dir.path().join(format!("n{i}")))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-        if let Some(first) = addrs.first() {
-            cmd.args(["--bootstrap", first]);
-        }
-        children.push(cmd.spawn().expect("start chordkv-node"));
-        addrs.push(addr);
-    }
-    Ring {
-        children,
-        addrs,
-        _dir: dir,
-    }
-}
-
-async fn wait_for_ring(addr: &str) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while Instant::now() < deadline {
-        if let Ok(c) = Client::connect(addr, Duration::from_secs(1)).await {
-            if let Ok(view) = c.ring_view().await {
-                let full = view
-                    .nodes
-                    .iter()
-                    .filter_map(|m| m.status())
-                    .all(|s| s.replicas == 3);
-                if view.is_consistent() && view.nodes.len() == 3 && full {
-                    return;
-                }
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("the ring did not form");
-}
 
 async fn measure(addrs: &[String], writers: usize, secs: u64, run: usize) -> f64 {
     let acked = Arc::new(AtomicU64::new(0));
@@ -154,7 +61,7 @@ fn main() {
     );
     let mut results = Vec::new();
     for mode in ["per-write", "group", "relaxed"] {
-        let ring = start_ring(&bin, mode);
+        let ring = start_ring(&bin, &["--durability", mode, "--stabilize-ms", "100"]);
         let mut runs: Vec<f64> = rt.block_on(async {
             wait_for_ring(&ring.addrs[0]).await;
             let mut runs = Vec::new();

@@ -22,10 +22,10 @@
 //! `cargo bench --bench sessions`.
 
 use chordkv_node::message::{Request, Response};
+mod common;
+
+use common::{node_binary, start_ring, wait_for_ring};
 use kvctl::{Client, Session};
-use std::net::TcpListener;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 fn env_or(name: &str, default: usize) -> usize {
@@ -33,95 +33,6 @@ fn env_or(name: &str, default: usize) -> usize {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(default)
-}
-
-fn node_binary() -> PathBuf {
-    // target/release/deps/sessions-xxxx -> target/release/chordkv-node
-    let exe = std::env::current_exe().expect("bench path");
-    let dir = exe.parent().and_then(Path::parent).expect("target dir");
-    let status = Command::new(env!("CARGO"))
-        .args([
-            "build",
-            "--release",
-            "--bin",
-            "chordkv-node",
-            "-p",
-            "chordkv-node",
-        ])
-        .status()
-        .expect("cargo build");
-    assert!(status.success(), "building chordkv-node failed");
-    dir.join("chordkv-node")
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
-
-struct Ring {
-    children: Vec<Child>,
-    addrs: Vec<String>,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Ring {
-    fn drop(&mut self) {
-        for c in &mut self.children {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-fn start_ring(bin: &Path) -> Ring {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let mut children = Vec::new();
-    let mut addrs: Vec<String> = Vec::new();
-    for i in 0..3 {
-        let addr = format!("127.0.0.1:{}", free_port());
-        let mut cmd = Command::new(bin);
-        cmd.args(["--listen", &addr])
-            .args(["--stabilize-ms", "100", "--heartbeat-ms", "200"])
-            .args(["--write-quorum", "1", "--read-quorum", "1"])
-            .arg("--allow-fault-injection")
-            .arg("--data-dir")
-            .arg(dir.path().join(format!("n{i}")))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        if let Some(first) = addrs.first() {
-            cmd.args(["--bootstrap", first]);
-        }
-        children.push(cmd.spawn().expect("start chordkv-node"));
-        addrs.push(addr);
-    }
-    Ring {
-        children,
-        addrs,
-        _dir: dir,
-    }
-}
-
-async fn wait_for_ring(addr: &str) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while Instant::now() < deadline {
-        if let Ok(c) = Client::connect(addr, Duration::from_secs(1)).await {
-            if let Ok(view) = c.ring_view().await {
-                let full = view
-                    .nodes
-                    .iter()
-                    .filter_map(|m| m.status())
-                    .all(|s| s.replicas == 3);
-                if view.is_consistent() && view.nodes.len() == 3 && full {
-                    return;
-                }
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("the ring did not form");
 }
 
 /// Latencies of one (setup, variant, operation), in microseconds.
@@ -224,7 +135,20 @@ async fn setup(name: &str, plain: &Client, session: &Client, keys: &[Vec<u8>]) {
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let bin = node_binary();
-    let ring = start_ring(&bin);
+    let ring = start_ring(
+        &bin,
+        &[
+            "--stabilize-ms",
+            "100",
+            "--heartbeat-ms",
+            "200",
+            "--write-quorum",
+            "1",
+            "--read-quorum",
+            "1",
+            "--allow-fault-injection",
+        ],
+    );
     wait_for_ring(&ring.addrs[0]).await;
     let timeout = Duration::from_secs(5);
     let plain = Client::connect(&ring.addrs[0], timeout)
