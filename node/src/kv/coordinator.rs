@@ -251,26 +251,11 @@ impl<S: Storage> Kv<S> {
                 Request::StoreGet { key, r, session } => {
                     self.coordinate_read(ring, io, Responder::Local(op), key, r, session)
                 }
-                Request::StoreWrite {
-                    key,
-                    value,
-                    context,
-                    write_id,
-                    w,
-                    session,
-                } => {
-                    let responder = Responder::Local(op);
-                    let write = StoreWrite {
-                        key,
-                        value,
-                        context,
-                        write_id,
-                        w,
-                        session,
-                    };
-                    self.coordinate_write(ring, io, responder, write)
+                store => {
+                    if let Some(write) = StoreWrite::from_request(store) {
+                        self.coordinate_write(ring, io, Responder::Local(op), write)
+                    }
                 }
-                _ => {}
             };
         }
         let n = io.next_op();
@@ -942,6 +927,30 @@ pub(super) struct StoreWrite {
     pub(super) write_id: WriteId,
     pub(super) w: Option<u8>,
     pub(super) session: Option<Box<SessionWrite>>,
+}
+
+impl StoreWrite {
+    /// The parts of a [`Request::StoreWrite`]; `None` for any other request.
+    pub(super) fn from_request(request: Request) -> Option<StoreWrite> {
+        match request {
+            Request::StoreWrite {
+                key,
+                value,
+                context,
+                write_id,
+                w,
+                session,
+            } => Some(StoreWrite {
+                key,
+                value,
+                context,
+                write_id,
+                w,
+                session,
+            }),
+            _ => None,
+        }
+    }
 }
 
 impl ReadOp {

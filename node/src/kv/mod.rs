@@ -747,32 +747,19 @@ impl<S: Storage> Kv<S> {
                 }
                 Err(e) => Err(e),
             },
-            Request::StoreWrite {
-                key,
-                value,
-                context,
-                write_id,
-                w,
-                session,
-            } => match self
-                .check_serving(ring, &key)
-                .and_then(|()| session.as_ref().map_or(Ok(()), |s| s.validate()))
-            {
-                Ok(()) => {
-                    let responder = Responder::Conn { conn, id };
-                    let write = StoreWrite {
-                        key,
-                        value,
-                        context,
-                        write_id,
-                        w,
-                        session,
-                    };
-                    self.coordinate_write(ring, io, responder, write);
-                    return None;
+            request @ Request::StoreWrite { .. } => {
+                let write = StoreWrite::from_request(request).expect("a StoreWrite");
+                let checked = self
+                    .check_serving(ring, &write.key)
+                    .and_then(|()| write.session.as_ref().map_or(Ok(()), |s| s.validate()));
+                match checked {
+                    Ok(()) => {
+                        self.coordinate_write(ring, io, Responder::Conn { conn, id }, write);
+                        return None;
+                    }
+                    Err(e) => Err(e),
                 }
-                Err(e) => Err(e),
-            },
+            }
             Request::Replicate { .. } | Request::Handoff { .. } if self.handed_over(ring) => Err(
                 Error::Unavailable("node is leaving the ring and has handed its keys over".into()),
             ),

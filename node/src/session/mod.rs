@@ -122,8 +122,9 @@ pub const MAX_WROTE: usize = 8;
 const MAGIC: &[u8; 4] = b"CKVS";
 const FORMAT: u8 = 1;
 
-/// One of the four session guarantees.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+/// One of the four session guarantees. The order is the order of precedence when several
+/// explain why a session must see a write (the session checker's, [`crate::testing::sessions`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum Guarantee {
     /// A read sees the session's earlier writes.
     ReadYourWrites,

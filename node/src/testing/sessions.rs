@@ -333,30 +333,7 @@ impl fmt::Display for HistoryStats {
     }
 }
 
-/// The session guarantees of Terry et al. 1994, §3. The order is the order of precedence when
-/// several explain why a session must see a write.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Guarantee {
-    /// A session sees its own acknowledged writes.
-    ReadYourWrites,
-    /// A session never sees older data than it has already read.
-    MonotonicReads,
-    /// A session's writes are ordered: a later one replaces, never sits beside, an earlier one.
-    MonotonicWrites,
-    /// A write is ordered after the writes its session had seen; and whoever sees it sees them.
-    WritesFollowReads,
-}
-
-impl fmt::Display for Guarantee {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Guarantee::ReadYourWrites => "read your writes",
-            Guarantee::MonotonicReads => "monotonic reads",
-            Guarantee::MonotonicWrites => "monotonic writes",
-            Guarantee::WritesFollowReads => "writes follow reads",
-        })
-    }
-}
+pub use crate::session::Guarantee;
 
 /// Something [`check_sessions`] found wrong with a history. Keys and values are raw bytes.
 #[derive(Clone, Debug, PartialEq, Eq)]
