@@ -133,7 +133,8 @@ pub(super) struct ReadOp {
     responder: Responder,
     key: Vec<u8>,
     merged: Versioned,
-    /// Digests and contexts of the copies seen, for read repair and stability.
+    /// Digests of the copies seen, for read repair, and for a session read their contexts, for
+    /// stability (empty otherwise).
     copies: Vec<(NodeRef, u64, VersionVector)>,
     /// A session read: its answer carries the versions' dependencies and their stability.
     session: bool,
@@ -670,9 +671,11 @@ impl<S: Storage> Kv<S> {
             Ok(n) => n,
             Err(e) => return self.answer(io, responder, Err(e)),
         };
+        // Only a session read's answer needs the copies' contexts (for its stability).
+        let own = session.as_ref().map(|_| merged.context().clone());
         let mut r = ReadOp {
             responder,
-            copies: vec![(self.me, merged.digest(), merged.context().clone())],
+            copies: vec![(self.me, merged.digest(), own.unwrap_or_default())],
             key: key.clone(),
             merged,
             session: session.is_some(),
@@ -717,8 +720,12 @@ impl<S: Storage> Kv<S> {
                 Ok(s) => s.unwrap_or_default(),
                 Err(_) => Versioned::empty(), // a corrupt copy counts as empty; repair fixes it
             };
-            r.copies
-                .push((from, state.digest(), state.context().clone()));
+            let context = if r.session {
+                state.context().clone()
+            } else {
+                VersionVector::new()
+            };
+            r.copies.push((from, state.digest(), context));
             r.merged.merge(&state);
             r.answered += 1;
         }
