@@ -103,7 +103,7 @@
 //!   dependencies, so it passes nothing on to its readers.
 
 use crate::error::{Error, Result};
-use crate::version::{Dot, VersionVector};
+use crate::version::{Dot, VersionVector, decode_exact};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fmt;
@@ -306,16 +306,7 @@ impl Deps {
     /// # Errors
     /// [`Error::InvalidData`] if they do not decode exactly.
     pub fn decode(bytes: &[u8]) -> Result<Deps> {
-        let (d, used): (Deps, usize) =
-            bincode::serde::decode_from_slice(bytes, bincode::config::standard())
-                .map_err(|e| Error::InvalidData(format!("dependencies: {e}")))?;
-        if used != bytes.len() {
-            return Err(Error::InvalidData(format!(
-                "dependencies: {} trailing bytes",
-                bytes.len() - used
-            )));
-        }
-        Ok(d)
+        decode_exact(bytes).map_err(|e| Error::InvalidData(format!("dependencies: {e}")))
     }
 
     /// Checks the bounds and the shape, as a node does before storing dependencies it was sent.
@@ -637,12 +628,7 @@ impl Session {
                 "format version {format}; this build reads version {FORMAT}"
             )));
         }
-        let (s, used): (Session, usize) =
-            bincode::serde::decode_from_slice(body, bincode::config::standard())
-                .map_err(|e| bad(e.to_string()))?;
-        if used != body.len() {
-            return Err(bad(format!("{} trailing bytes", body.len() - used)));
-        }
+        let s: Session = decode_exact(body).map_err(bad)?;
         // No key-count check: a session may hold more than MAX_KEYS through what its reads
         // inherited or a merge of two copies joined (see `admit`), and must load again.
         Ok(s)

@@ -777,16 +777,7 @@ impl Versioned {
     /// [`Error::InvalidData`] if the bytes do not decode, have trailing bytes, or break an
     /// invariant.
     pub fn decode(bytes: &[u8]) -> Result<Versioned> {
-        let (v, used): (Versioned, usize) =
-            bincode::serde::decode_from_slice(bytes, bincode::config::standard())
-                .map_err(|e| Error::InvalidData(format!("versioned value: {e}")))?;
-        if used != bytes.len() {
-            return Err(Error::InvalidData(format!(
-                "versioned value: {} trailing bytes",
-                bytes.len() - used
-            )));
-        }
-        Ok(v)
+        decode_exact(bytes).map_err(|e| Error::InvalidData(format!("versioned value: {e}")))
     }
 
     /// Check the invariants; the message says which one broke.
@@ -814,6 +805,19 @@ impl Versioned {
         }
         Ok(())
     }
+}
+
+/// One `T` in bincode's standard configuration that takes all of `bytes`; the error says what
+/// is wrong (for the caller to name what it was decoding).
+pub(crate) fn decode_exact<T: serde::de::DeserializeOwned>(
+    bytes: &[u8],
+) -> std::result::Result<T, String> {
+    let (v, used) = bincode::serde::decode_from_slice(bytes, bincode::config::standard())
+        .map_err(|e| e.to_string())?;
+    if used != bytes.len() {
+        return Err(format!("{} trailing bytes", bytes.len() - used));
+    }
+    Ok(v)
 }
 
 /// The opaque causal context a client gets with a read and sends back with its next write.
@@ -859,13 +863,7 @@ impl Context {
             )));
         }
         let bytes = hex::decode(token).map_err(|e| bad(e.to_string()))?;
-        let (vv, used): (VersionVector, usize) =
-            bincode::serde::decode_from_slice(&bytes, bincode::config::standard())
-                .map_err(|e| bad(e.to_string()))?;
-        if used != bytes.len() {
-            return Err(bad(format!("{} trailing bytes", bytes.len() - used)));
-        }
-        Ok(Context(vv))
+        decode_exact(&bytes).map(Context).map_err(bad)
     }
 }
 
