@@ -161,20 +161,24 @@ pub enum Request {
         /// The key.
         key: Vec<u8>,
     },
-    /// Anti-entropy: the owner's digests of its range `(from, to]`, one per bucket of keys (a
-    /// bucket is the first byte of the key id). The replica answers [`Response::SyncKeys`] with
-    /// its keys in every bucket whose digest differs, each with its state's digest, so the
-    /// owner can push the states the replica lacks and fetch ([`Request::SyncFetch`]) the ones
-    /// it lacks itself.
-    SyncDigest {
+    /// Anti-entropy, one level of a hash-tree descent over the range `(from, to]`
+    /// (`kv/tree.rs`): the asker's summary hashes of some nodes of level `level`, each
+    /// restricted to the range. The receiver answers [`Response::SyncKeys`] naming the nodes
+    /// whose hashes differ from its own; at the leaves ([`crate::kv::tree::DEPTH`]) it also
+    /// lists its keys in those leaves, each with its entry hash, so the asker can push the
+    /// states the receiver lacks and fetch ([`Request::SyncFetch`]) the ones it lacks itself.
+    /// At most [`crate::kv::tree::FANOUT`]² nodes per request.
+    SyncTree {
         /// The node asking.
         asker: NodeRef,
         /// Start of the range (exclusive).
         from: Id,
         /// End of the range (inclusive).
         to: Id,
-        /// (bucket, digest) for every bucket the owner holds keys in.
-        digests: Vec<(u8, u64)>,
+        /// The tree level, 0 (the root) to [`crate::kv::tree::DEPTH`] (the leaves).
+        level: u8,
+        /// (node index within the level, the asker's summary hash of it).
+        nodes: Vec<(u32, u64)>,
     },
     /// Anti-entropy: send me your states of these keys ([`Response::SyncItems`]), in this
     /// order, within `max_bytes`.
@@ -304,13 +308,14 @@ pub enum Response {
     },
     /// Answer to [`Request::ReplicaRead`]: the encoded state, or `None` if the replica has none.
     State(Option<Vec<u8>>),
-    /// Answer to [`Request::SyncDigest`]: the buckets whose digests differ, and the answerer's
-    /// keys in them with the digest of each key's state, in ring order from the start of the
-    /// range, so the asker can tell exactly which keys differ.
+    /// Answer to [`Request::SyncTree`]: the nodes asked about whose hashes differ here, and
+    /// at the leaf level the answerer's keys in those leaves (within the range) with their
+    /// entry hashes, in ring order from the start of the range, so the asker can tell exactly
+    /// which keys differ.
     SyncKeys {
-        /// Buckets that differ.
-        buckets: Vec<u8>,
-        /// Keys in those buckets and their state digests.
+        /// The nodes asked about that differ, in the order asked.
+        differ: Vec<u32>,
+        /// At the leaf level, the keys in the differing leaves and their entry hashes.
         keys: Vec<(Vec<u8>, u64)>,
         /// Whether `keys` lists every such key; if not, it stops at a size bound and the keys
         /// after the last one listed are compared in a later exchange.
@@ -456,7 +461,7 @@ impl Request {
             Request::StoreWrite { .. } => "store_write",
             Request::Replicate { .. } => "replicate",
             Request::ReplicaRead { .. } => "replica_read",
-            Request::SyncDigest { .. } => "sync_digest",
+            Request::SyncTree { .. } => "sync_tree",
             Request::SyncFetch { .. } => "sync_fetch",
             Request::Handoff { .. } => "handoff",
             Request::Reap { .. } => "reap",

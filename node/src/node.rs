@@ -236,7 +236,7 @@ impl<S: Storage> Node<S> {
             pred: ring.predecessor(),
             succs: ring.successors().to_vec(),
             fingers: ring.distinct_fingers(),
-            keys: self.kv.storage().len().unwrap_or(0),
+            keys: self.kv.keys_stored(),
             successors_wanted: ring.options().successors as u32,
             owned: self.kv.keys_owned(ring),
             replicas: self.kv.replicas_available(ring) as u32,

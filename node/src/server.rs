@@ -203,19 +203,24 @@ impl<S: Storage> Storage for Tracked<S> {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
         self.inner.get(key)
     }
-    fn put(&mut self, key: &[u8], value: &[u8]) -> Result<()> {
+    fn put(&mut self, key: &[u8], value: &[u8]) -> Result<Option<Vec<u8>>> {
         self.dirty = true;
         self.inner.put(key, value)
     }
-    fn delete(&mut self, key: &[u8]) -> Result<bool> {
+    fn delete(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>> {
         self.dirty = true;
         self.inner.delete(key)
     }
     fn scan_range(&self, from: Id, to: Id, limit: usize) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
         self.inner.scan_range(from, to, limit)
     }
-    fn len(&self) -> Result<u64> {
-        self.inner.len()
+    fn visit_range(
+        &self,
+        from: Id,
+        to: Id,
+        visit: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+    ) -> Result<()> {
+        self.inner.visit_range(from, to, visit)
     }
     fn flush(&self) -> Result<()> {
         self.inner.flush()
@@ -264,7 +269,6 @@ pub async fn serve<S: Storage>(
         addr: config.advertise,
     };
     info!(node = %id.short(), addr = %me.addr, data_dir = %config.data_dir.display(), "starting");
-    let keys = storage.len()?;
     let start = Instant::now();
     let now = move || start.elapsed().as_millis() as u64;
     let storage = Tracked {
@@ -273,8 +277,8 @@ pub async fn serve<S: Storage>(
     };
     let mut node = Node::new(me, config.node.clone(), storage, now());
     node.start(config.bootstrap, now());
-    if keys > 0 {
-        info!(keys, "serving keys kept in the data directory");
+    if !node.kv().is_indexed() {
+        info!("serving keys kept in the data directory; rebuilding their hash tree meanwhile");
     }
 
     let (tx, mut rx) = mpsc::channel::<Input>(4096);
@@ -371,7 +375,7 @@ pub async fn serve<S: Storage>(
                 }
             }
         }
-        metrics::gauge!("chordkv_keys").set(node.storage().len().unwrap_or(0) as f64);
+        metrics::gauge!("chordkv_keys").set(node.kv().keys_stored() as f64);
     }
     accept.abort();
     node.storage().flush()?;

@@ -227,7 +227,9 @@ impl<S: Storage> Kv<S> {
                 continue;
             }
             let result = self.storage.get(key).and_then(|now| match now {
-                Some(v) if state_digest(&v) == *digest => self.storage.delete(key),
+                Some(v) if state_digest(&v) == *digest => {
+                    self.storage.delete(key).map(|o| o.is_some())
+                }
                 _ => Ok(false),
             });
             match result {
@@ -483,7 +485,9 @@ impl<S: Storage> Kv<S> {
             }
             // Unchanged here too (no write arrived while the replicas answered)?
             let result = self.storage.get(&key).and_then(|now| match now {
-                Some(v) if state_digest(&v) == digest => self.storage.delete(&key),
+                Some(v) if state_digest(&v) == digest => {
+                    self.storage.delete(&key).map(|o| o.is_some())
+                }
                 _ => Ok(false),
             });
             match result {

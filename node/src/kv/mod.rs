@@ -121,11 +121,13 @@ use crate::version::{VersionLimits, Versioned};
 use coordinator::{ClientOp, FloorOp, ReadOp, Responder, Settles, StoreWrite, WriteOp};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::hash::{DefaultHasher, Hash, Hasher};
+use tree::{Cover, Indexed};
 
 mod collect;
 mod coordinator;
 mod sync;
 mod transfer;
+pub mod tree;
 
 /// The storage meta name of the count of runs that issued write ids (see
 /// [`Kv::settle_incarnation`]).
@@ -340,13 +342,8 @@ pub(crate) enum Purpose {
     ReplicaRead { op: u64, from: NodeRef },
     /// A replica's state for a session write waiting for its floor.
     FloorRead { op: u64 },
-    /// A replica's answer to an anti-entropy digest.
-    Sync {
-        to: NodeRef,
-        from: Id,
-        until: Id,
-        foreign: bool,
-    },
+    /// A replica's answer to one step of an anti-entropy descent.
+    Sync(SyncOp),
     /// A replica's answer to an anti-entropy fetch.
     SyncFetch(FetchOp),
     /// An anti-entropy push of `keys` states (`bytes` bytes) to `to`; the answer carries
@@ -355,6 +352,11 @@ pub(crate) enum Purpose {
     /// A repair that needs no answer (read repair, a tombstone-collection commit).
     Repair,
 }
+
+/// Most keys the hash tree's rebuild after a restart reads per tick (and at most
+/// [`Options::batch_bytes`] of them): a million keys take some 25 s of 20 ms ticks, and no tick
+/// spends more than a few milliseconds on it.
+const REBUILD_KEYS: usize = 2048;
 
 /// Bytes a `(key, state)` item takes in a message beyond the key and the state: bincode's
 /// length prefixes (at most 9 bytes each) with room to spare.
@@ -442,6 +444,19 @@ pub(crate) struct FetchOp {
     max_bytes: u64,
 }
 
+/// One step of an anti-entropy descent with `to` over `(from, until]`, at tree level `level`;
+/// `rest` is where the exchange's range ends (past `until` when the descent narrowed to the
+/// part it could take at once), the rest following in the next exchange.
+#[derive(Clone, Debug)]
+pub(crate) struct SyncOp {
+    to: NodeRef,
+    from: Id,
+    until: Id,
+    rest: Id,
+    level: u8,
+    foreign: bool,
+}
+
 /// What a lookup this layer asked the ring for is for.
 #[derive(Clone, Debug)]
 enum Routed {
@@ -456,7 +471,9 @@ enum Routed {
 pub struct Kv<S: Storage> {
     me: NodeRef,
     opts: Options,
-    storage: S,
+    /// The storage, with the hash tree of what it holds (`kv/tree.rs`); every write goes
+    /// through it.
+    storage: Indexed<S>,
     /// This run of the node, part of every write id it coordinates; `None` until the first
     /// write id is issued (see [`Kv::settle_incarnation`]).
     incarnation: Option<u64>,
@@ -540,7 +557,7 @@ impl<S: Storage> Kv<S> {
             next_sync: now + phase % opts.sync_interval.max(1),
             next_hints: now,
             me,
-            storage,
+            storage: Indexed::new(storage),
             incarnation: None,
             incarnation_salt,
             copies: 0,
@@ -619,17 +636,30 @@ impl<S: Storage> Kv<S> {
 
     /// The storage engine.
     pub fn storage(&self) -> &S {
-        &self.storage
+        self.storage.inner()
     }
 
-    /// The storage engine, mutably (for the driver's flush and for tests that seed data).
+    /// The storage engine, mutably, for the driver's bookkeeping around its flush. Data written
+    /// through it would bypass the hash tree (`kv/tree.rs`), and anti-entropy would not see it.
     pub fn storage_mut(&mut self) -> &mut S {
-        &mut self.storage
+        self.storage.inner_mut()
     }
 
     /// Take the storage engine back, as a crash or shutdown does.
     pub fn into_storage(self) -> S {
-        self.storage
+        self.storage.into_inner()
+    }
+
+    /// Whether the hash tree accounts for every stored key: after a restart it is rebuilt in
+    /// slices at every tick, and until then the node takes part in no anti-entropy exchange and
+    /// its key counts are lower bounds.
+    pub fn is_indexed(&self) -> bool {
+        self.storage.is_built()
+    }
+
+    /// How many keys are stored: the node's own and its copies of others'.
+    pub fn keys_stored(&self) -> u64 {
+        self.storage.tree().root().keys
     }
 
     /// The other nodes that hold copies of our keys: our first `N − 1` successors.
@@ -653,14 +683,15 @@ impl<S: Storage> Kv<S> {
         1 + self.replica_targets(ring).len()
     }
 
-    /// How many stored keys lie in the range this node owns.
+    /// How many stored keys lie in the range this node owns: a sum over the hash tree, which
+    /// reads at most the two leaves at the range's ends.
     pub fn keys_owned(&self, ring: &Ring) -> u64 {
         match ring.range_start() {
             Some(p) => self
                 .storage
-                .scan_range(p.id, self.me.id, usize::MAX)
-                .map_or(0, |e| e.len() as u64),
-            None => self.storage.len().unwrap_or(0),
+                .summary(&Cover::new(p.id, self.me.id), 0, 0)
+                .map_or(0, |s| s.keys),
+            None => self.keys_stored(),
         }
     }
 
@@ -681,6 +712,14 @@ impl<S: Storage> Kv<S> {
     /// collection and hinted handoff when they are due.
     pub fn tick(&mut self, ring: &mut Ring, io: &mut dyn KvIo) {
         let now = io.now();
+        if !self.storage.is_built() {
+            if let Err(error) = self
+                .storage
+                .rebuild_step(REBUILD_KEYS, self.opts.batch_bytes)
+            {
+                io.report(Event::StorageError { error });
+            }
+        }
         let due: Vec<(u64, u64)> = self
             .retries
             .range(..(now + 1, 0))
@@ -765,12 +804,13 @@ impl<S: Storage> Kv<S> {
             ),
             Request::Replicate { items } => self.on_replicate(items),
             Request::ReplicaRead { key } => self.on_replica_read(&key),
-            Request::SyncDigest {
+            Request::SyncTree {
                 asker,
                 from,
                 to,
-                digests,
-            } => self.on_sync_digest(ring, asker, from, to, digests),
+                level,
+                nodes,
+            } => self.on_sync_tree(ring, asker, from, to, level, nodes),
             Request::SyncFetch { keys, max_bytes } => self.on_sync_fetch(keys, max_bytes),
             Request::Handoff { from, items } => {
                 self.on_handoff(ring, io, Responder::Conn { conn, id }, from, items);
@@ -858,12 +898,7 @@ impl<S: Storage> Kv<S> {
                 self.on_replica_read_answer(io, op, from, response)
             }
             Purpose::FloorRead { op, .. } => self.on_floor_read_answer(ring, io, op, response),
-            Purpose::Sync {
-                to,
-                from,
-                until,
-                foreign,
-            } => self.on_sync_answer(ring, io, to, from, until, foreign, response),
+            Purpose::Sync(op) => self.on_sync_answer(ring, io, op, response),
             Purpose::SyncFetch(fetch) => self.on_sync_fetch_answer(io, fetch, response),
             Purpose::Push { to, keys, bytes } => {
                 self.after_batch(io, to, "push", keys, bytes, response.err())

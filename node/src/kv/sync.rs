@@ -46,18 +46,21 @@
 //! every success; the exchange is retried with the smaller batch: a fetch at once, the rest in
 //! their next round.
 
-use super::{Batch, Event, FetchOp, Kv, KvIo, Purpose, Routed};
+use super::tree::{self, Cover, DEPTH, FANOUT, LEAVES, entry_hash, level_width};
+use super::{Batch, Event, FetchOp, Kv, KvIo, Purpose, Routed, SyncOp};
 use crate::error::{Error, Result};
-use crate::id::{Id, in_half_open};
+use crate::id::{Id, in_half_open, in_open};
 use crate::message::{NodeRef, Request, Response};
 use crate::ring::{Lookup, Ring};
 use crate::storage::Storage;
 use crate::version::Versioned;
-use sha1::{Digest, Sha1};
 use std::collections::{BTreeMap, BTreeSet};
 
 /// Most items in one anti-entropy message.
 pub(super) const SYNC_BATCH: usize = 256;
+
+/// Most hash-tree nodes in one descent request: the children of [`FANOUT`] nodes.
+pub(super) const MAX_SYNC_NODES: usize = FANOUT * FANOUT;
 
 /// Most batches of anti-entropy or hand-off a node chains per sync interval after the first: an
 /// exchange with more to do goes on at once, one in flight at a time, up to this many more.
@@ -164,7 +167,8 @@ impl<S: Storage> Kv<S> {
             return; // no known range yet
         };
         self.sync_chain = 0;
-        if targets.is_empty() || !ring.is_installed() || self.syncing {
+        let ready = ring.is_installed() && self.storage.is_built();
+        if targets.is_empty() || !ready || self.syncing {
             return;
         }
         let round = self.sync_next;
@@ -176,27 +180,38 @@ impl<S: Storage> Kv<S> {
         self.sync_range(io, to, start.id, self.me.id);
     }
 
-    /// Start a digest exchange with `to` over the range `(from, until]`.
+    /// Start a hash-tree exchange with `to` over the range `(from, until]`: send our root
+    /// restricted to the range.
     fn sync_range(&mut self, io: &mut dyn KvIo, to: NodeRef, from: Id, until: Id) {
-        let digests = match bucket_digests(&self.storage, from, until) {
-            Ok(d) => d,
+        if !self.storage.is_built() {
+            return;
+        }
+        let root = match self.storage.summary(&Cover::new(from, until), 0, 0) {
+            Ok(root) => root,
             Err(error) => return io.report(Event::StorageError { error }),
         };
-        self.syncing = true;
-        let req = Request::SyncDigest {
-            asker: self.me,
-            from,
-            to: until,
-            digests: digests.into_iter().collect(),
-        };
-        let foreign = until != self.me.id;
-        let purpose = Purpose::Sync {
+        let op = SyncOp {
             to,
             from,
             until,
-            foreign,
+            rest: until,
+            level: 0,
+            foreign: until != self.me.id,
         };
-        self.send(io, to, req, purpose);
+        self.send_descent(io, op, vec![(0, root.hash)]);
+    }
+
+    /// Ask `op.to` which of these nodes of level `op.level` differ over `(op.from, op.until]`.
+    fn send_descent(&mut self, io: &mut dyn KvIo, op: SyncOp, nodes: Vec<(u32, u64)>) {
+        self.syncing = true;
+        let req = Request::SyncTree {
+            asker: self.me,
+            from: op.from,
+            to: op.until,
+            level: op.level,
+            nodes,
+        };
+        self.send(io, op.to, req, Purpose::Sync(op));
     }
 
     /// Copies we hold outside our own range are replicas, or strays left by a partition or a
@@ -237,46 +252,64 @@ impl<S: Storage> Kv<S> {
         self.sync_range(io, owner, from, owner.id);
     }
 
-    /// A replica's side of [`Request::SyncDigest`]: our keys in the buckets that differ, each
-    /// with its state's digest, within the byte budget.
-    pub(super) fn on_sync_digest(
+    /// A replica's side of [`Request::SyncTree`]: which of the asker's nodes differ from
+    /// ours over `(from, to]`, and at the leaves our keys in those that do, each with its entry
+    /// hash, within the byte budget. The work is bounded by the request, whatever we store:
+    /// at most [`MAX_SYNC_NODES`] summaries (each O(1) but at the range's two ends) and the
+    /// listed leaves' keys.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn on_sync_tree(
         &self,
         ring: &Ring,
         asker: NodeRef,
         from: Id,
         to: Id,
-        theirs: Vec<(u8, u64)>,
+        level: u8,
+        nodes: Vec<(u32, u64)>,
     ) -> Result<Response> {
-        let stray = to == self.me.id && !self.keeps_copies(ring, &asker);
-        let mine = bucket_digests(&self.storage, from, to)?;
-        let theirs: BTreeMap<u8, u64> = theirs.into_iter().collect();
-        let buckets: BTreeSet<u8> = mine
-            .keys()
-            .chain(theirs.keys())
-            .filter(|b| mine.get(b) != theirs.get(b))
-            .copied()
-            .collect();
-        let mut keys = Vec::new();
-        let mut bytes = 0;
-        let mut complete = true;
-        if !buckets.is_empty() {
-            for (k, v) in self.storage.scan_range(from, to, usize::MAX)? {
-                if !buckets.contains(&Id::hash(&k).0[0]) {
-                    continue;
-                }
-                if bytes >= self.opts.batch_bytes {
-                    complete = false;
-                    break;
-                }
-                bytes += k.len() + 16;
-                keys.push((k, state_digest(&v)));
+        if !self.storage.is_built() {
+            return Err(Error::Unavailable(
+                "rebuilding its hash tree after a restart".into(),
+            ));
+        }
+        if level > DEPTH || nodes.len() > MAX_SYNC_NODES {
+            return Err(Error::InvalidInput(format!(
+                "a hash-tree request for {} nodes of level {level}: at most {MAX_SYNC_NODES} \
+                 of levels 0..={DEPTH}",
+                nodes.len()
+            )));
+        }
+        let cover = Cover::new(from, to);
+        let mut differ = Vec::new();
+        for (index, hash) in nodes {
+            let i = index as usize;
+            if i >= level_width(level) {
+                return Err(Error::InvalidInput(format!(
+                    "level {level} of the hash tree has no node {index}"
+                )));
+            }
+            if self.storage.summary(&cover, level, i)?.hash != hash {
+                differ.push(i);
             }
         }
+        differ.sort_by_key(|&i| cover.order(level, i));
+        differ.dedup();
+        let (mut keys, mut bytes, mut complete) = (Vec::new(), 0, true);
+        if level == DEPTH {
+            complete = self.storage.visit_leaves(&cover, &differ, &mut |k, v| {
+                if bytes >= self.opts.batch_bytes {
+                    return false;
+                }
+                bytes += k.len() + 16;
+                keys.push((k.to_vec(), entry_hash(k, v)));
+                true
+            })?;
+        }
         Ok(Response::SyncKeys {
-            buckets: buckets.into_iter().collect(),
+            differ: differ.into_iter().map(|i| i as u32).collect(),
             keys,
             complete,
-            stray,
+            stray: to == self.me.id && !self.keeps_copies(ring, &asker),
         })
     }
 
@@ -300,24 +333,23 @@ impl<S: Storage> Kv<S> {
         })
     }
 
-    /// The asker's side of a digest exchange over `(from, until]`: compare the replica's keys
-    /// with ours in the buckets that differ, push a batch of our states it lacks or holds
-    /// otherwise, and fetch a batch of its states we lack or hold otherwise. Outside our own
-    /// range (`foreign`) we only bring up to date the copies we hold; a stray hands off instead.
-    #[allow(clippy::too_many_arguments)]
+    /// The asker's side of a hash-tree exchange: the replica named the nodes that differ. Above
+    /// the leaves, descend into them (at most [`FANOUT`] of them per step, in ring order: with
+    /// more, the exchange narrows to the range they cover and the rest follows); at the leaves,
+    /// compare the replica's keys with ours in the leaves that differ, push a batch of our
+    /// states it lacks or holds otherwise, and fetch a batch of its states we lack or hold
+    /// otherwise. Outside our own range (`foreign`) we only bring up to date the copies we
+    /// hold; a stray hands off instead.
     pub(super) fn on_sync_answer(
         &mut self,
         ring: &Ring,
         io: &mut dyn KvIo,
-        to: NodeRef,
-        from: Id,
-        until: Id,
-        foreign: bool,
+        op: SyncOp,
         response: Result<Response>,
     ) {
         self.syncing = false;
         let Ok(Response::SyncKeys {
-            buckets,
+            differ,
             keys,
             complete,
             stray,
@@ -325,48 +357,112 @@ impl<S: Storage> Kv<S> {
         else {
             return;
         };
-        if foreign && stray {
-            return self.hand_off(ring, io, to, from, until);
+        if op.foreign && stray {
+            return self.hand_off(ring, io, op.to, op.from, op.rest);
         }
-        if buckets.is_empty() {
-            return;
+        let cover = Cover::new(op.from, op.until);
+        let mut differ: Vec<usize> = differ
+            .into_iter()
+            .map(|i| i as usize)
+            .filter(|&i| i < level_width(op.level) && cover.touches(op.level, i))
+            .collect();
+        differ.sort_by_key(|&i| cover.order(op.level, i));
+        differ.dedup();
+        if differ.is_empty() {
+            // Equal over `(from, until]`: on to the rest of the range, if the descent narrowed.
+            let next = (op.until != op.rest).then_some(op.until);
+            return self.resume_sync(io, op.to, op.rest, next);
         }
+        if op.level < DEPTH {
+            return self.descend(io, op, differ);
+        }
+        self.compare_leaves(io, op, &cover, &differ, keys, complete);
+    }
+
+    /// One level down: the children of the nodes that differ (at most [`FANOUT`] of them; with
+    /// more, the range is cut after the last one taken, and the rest follows), each restricted
+    /// to the range.
+    fn descend(&mut self, io: &mut dyn KvIo, mut op: SyncOp, mut differ: Vec<usize>) {
+        if differ.len() > FANOUT {
+            differ.truncate(FANOUT);
+            let last = differ[FANOUT - 1];
+            let span = LEAVES / level_width(op.level);
+            let cut = tree::leaf_last_id((last + 1) * span - 1);
+            if in_open(op.from, op.until, cut) {
+                op.until = cut;
+            }
+        }
+        let cover = Cover::new(op.from, op.until);
+        op.level += 1;
+        let mut nodes = Vec::new();
+        for parent in differ {
+            for child in (0..FANOUT).map(|c| parent * FANOUT + c) {
+                if !cover.touches(op.level, child) {
+                    continue;
+                }
+                match self.storage.summary(&cover, op.level, child) {
+                    Ok(s) => nodes.push((child as u32, s.hash)),
+                    Err(error) => return io.report(Event::StorageError { error }),
+                }
+            }
+        }
+        self.send_descent(io, op, nodes);
+    }
+
+    /// The leaves that differ, with the replica's keys in them: push and fetch what differs.
+    fn compare_leaves(
+        &mut self,
+        io: &mut dyn KvIo,
+        op: SyncOp,
+        cover: &Cover,
+        leaves: &[usize],
+        keys: Vec<(Vec<u8>, u64)>,
+        complete: bool,
+    ) {
+        let SyncOp {
+            to,
+            from,
+            until,
+            rest,
+            foreign,
+            ..
+        } = op;
         // The keys listed end somewhere in the range if the answer was cut short: compare up to
         // there now, and the rest in the next exchange.
         let horizon = match keys.last() {
             Some((k, _)) if !complete => Id::hash(k),
             _ => until,
         };
-        let buckets: BTreeSet<u8> = buckets.into_iter().collect();
         let mut theirs: BTreeMap<Vec<u8>, u64> = keys
             .into_iter()
             .filter(|(k, _)| in_half_open(from, horizon, Id::hash(k)))
             .collect();
-        let entries = match self.storage.scan_range(from, horizon, usize::MAX) {
-            Ok(e) => e,
-            Err(error) => return io.report(Event::StorageError { error }),
-        };
         // Both batches are bounded; `more` records that a differing key did not fit one.
         let (mut push, mut fetch, mut more) = (self.batch(SYNC_BATCH), Vec::new(), false);
-        for (k, v) in entries {
-            if !buckets.contains(&Id::hash(&k).0[0]) {
-                continue;
+        // Our keys in those leaves, clockwise, up to the horizon.
+        let walked = self.storage.visit_leaves(cover, leaves, &mut |k, v| {
+            if !in_half_open(from, horizon, Id::hash(k)) {
+                return false;
             }
-            match theirs.remove(&k) {
-                Some(d) if d == state_digest(&v) => {}
+            match theirs.remove(k) {
+                Some(h) if h == entry_hash(k, v) => {}
                 held => {
                     if held.is_some() {
                         if fetch.len() < SYNC_BATCH {
-                            fetch.push(k.clone());
+                            fetch.push(k.to_vec());
                         } else {
                             more = true;
                         }
                     }
-                    if !push.push(k, v) {
+                    if !push.push(k.to_vec(), v.to_vec()) {
                         more = true;
                     }
                 }
             }
+            true
+        });
+        if let Err(error) = walked {
+            return io.report(Event::StorageError { error });
         }
         // The keys only the replica holds are ours to take, in our own range.
         if !foreign {
@@ -391,20 +487,23 @@ impl<S: Storage> Kv<S> {
             let items = push.into_items();
             self.send(io, to, Request::Replicate { items }, purpose);
         }
-        // More differed than a batch holds: the same range again; cut short: the rest of it.
+        // More differed than a batch holds: the same range again; cut short: the rest of it;
+        // a narrowed descent: the rest of the range.
         let resume = if more {
             Some(from)
+        } else if !complete {
+            Some(horizon)
         } else {
-            (!complete).then_some(horizon)
+            (until != rest).then_some(until)
         };
         if fetch.is_empty() {
-            return self.resume_sync(io, to, until, resume);
+            return self.resume_sync(io, to, rest, resume);
         }
         self.syncing = true;
         let purpose = Purpose::SyncFetch(FetchOp {
             to,
             from,
-            until,
+            until: rest,
             foreign,
             resume,
             keys: fetch.len() as u64,
@@ -489,25 +588,4 @@ impl<S: Storage> Kv<S> {
 /// The digest of an encoded state; a state that does not decode gets one no state has.
 pub(super) fn state_digest(bytes: &[u8]) -> u64 {
     Versioned::decode(bytes).map_or(0, |s| s.digest())
-}
-
-/// One digest per bucket (first byte of the key id) of the states in `(from, to]`.
-fn bucket_digests<S: Storage>(storage: &S, from: Id, to: Id) -> Result<BTreeMap<u8, u64>> {
-    let mut hashers: BTreeMap<u8, Sha1> = BTreeMap::new();
-    for (k, v) in storage.scan_range(from, to, usize::MAX)? {
-        let state = Versioned::decode(&v)?;
-        let h = hashers.entry(Id::hash(&k).0[0]).or_default();
-        h.update((k.len() as u64).to_be_bytes());
-        h.update(&k);
-        h.update(state.digest().to_be_bytes());
-    }
-    Ok(hashers
-        .into_iter()
-        .map(|(b, h)| {
-            let d = h.finalize();
-            let mut top = [0u8; 8];
-            top.copy_from_slice(&d[..8]);
-            (b, u64::from_be_bytes(top))
-        })
-        .collect())
 }

@@ -151,7 +151,10 @@ impl<S: Storage> Kv<S> {
                 self.transfer_round(ring, io);
             }
             None => {
-                let handed_over = self.storage.is_empty().unwrap_or(false);
+                let handed_over = self
+                    .storage
+                    .scan_range(Id::MAX, Id::MAX, 1)
+                    .is_ok_and(|e| e.is_empty());
                 ring.leave_alone(io, handed_over);
             }
         }

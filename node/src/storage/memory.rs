@@ -31,18 +31,33 @@ impl Storage for MemoryStorage {
         Ok(self.data.get(&(Id::hash(key), key.to_vec())).cloned())
     }
 
-    fn put(&mut self, key: &[u8], value: &[u8]) -> Result<()> {
-        self.data
-            .insert((Id::hash(key), key.to_vec()), value.to_vec());
-        Ok(())
+    fn put(&mut self, key: &[u8], value: &[u8]) -> Result<Option<Vec<u8>>> {
+        Ok(self
+            .data
+            .insert((Id::hash(key), key.to_vec()), value.to_vec()))
     }
 
-    fn delete(&mut self, key: &[u8]) -> Result<bool> {
-        Ok(self.data.remove(&(Id::hash(key), key.to_vec())).is_some())
+    fn delete(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        Ok(self.data.remove(&(Id::hash(key), key.to_vec())))
     }
 
     fn scan_range(&self, from: Id, to: Id, limit: usize) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
         let mut out = Vec::new();
+        if limit > 0 {
+            self.visit_range(from, to, &mut |k, v| {
+                out.push((k.to_vec(), v.to_vec()));
+                out.len() < limit
+            })?;
+        }
+        Ok(out)
+    }
+
+    fn visit_range(
+        &self,
+        from: Id,
+        to: Id,
+        visit: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+    ) -> Result<()> {
         for span in id_spans(from, to).into_iter().flatten() {
             // `(id, [])` is the smallest composite key with that id, so `[start, end)` over
             // composite keys is exactly "every key whose id is in [start, end)".
@@ -51,22 +66,13 @@ impl Storage for MemoryStorage {
                 Some(end) => Bound::Excluded((end, Vec::new())),
                 None => Bound::Unbounded,
             };
-            let room = limit - out.len();
-            out.extend(
-                self.data
-                    .range((lo, hi))
-                    .take(room)
-                    .map(|((_, k), v)| (k.clone(), v.clone())),
-            );
-            if out.len() >= limit {
-                break;
+            for ((_, k), v) in self.data.range((lo, hi)) {
+                if !visit(k, v) {
+                    return Ok(());
+                }
             }
         }
-        Ok(out)
-    }
-
-    fn len(&self) -> Result<u64> {
-        Ok(self.data.len() as u64)
+        Ok(())
     }
 
     fn flush(&self) -> Result<()> {

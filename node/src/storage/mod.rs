@@ -27,17 +27,18 @@ pub trait Storage: Send {
     /// [`crate::Error::Io`] if the engine fails.
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>>;
 
-    /// Store `value` under `key`, replacing any previous value.
+    /// Store `value` under `key`, replacing any previous value; returns the value replaced.
+    /// (Engines get it for free: the data layer's hash tree needs it to update incrementally.)
     ///
     /// # Errors
     /// [`crate::Error::Io`] if the engine fails.
-    fn put(&mut self, key: &[u8], value: &[u8]) -> Result<()>;
+    fn put(&mut self, key: &[u8], value: &[u8]) -> Result<Option<Vec<u8>>>;
 
-    /// Remove `key`; returns whether it was present.
+    /// Remove `key`; returns the value it held, if it was present.
     ///
     /// # Errors
     /// [`crate::Error::Io`] if the engine fails.
-    fn delete(&mut self, key: &[u8]) -> Result<bool>;
+    fn delete(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>>;
 
     /// Up to `limit` entries whose key id lies in the ring interval `(from, to]`, in clockwise
     /// order starting just after `from` (so it wraps past zero when `to <= from`; when
@@ -47,19 +48,18 @@ pub trait Storage: Send {
     /// [`crate::Error::Io`] if the engine fails.
     fn scan_range(&self, from: Id, to: Id, limit: usize) -> Result<Vec<(Vec<u8>, Vec<u8>)>>;
 
-    /// The number of keys stored.
+    /// Call `visit(key, value)` for the entries whose key id lies in `(from, to]`, in the order
+    /// of [`Storage::scan_range`], until it returns `false`: a cursor that copies nothing, for
+    /// callers that bound their own slice by keys and bytes.
     ///
     /// # Errors
     /// [`crate::Error::Io`] if the engine fails.
-    fn len(&self) -> Result<u64>;
-
-    /// Whether no keys are stored.
-    ///
-    /// # Errors
-    /// [`crate::Error::Io`] if the engine fails.
-    fn is_empty(&self) -> Result<bool> {
-        Ok(self.len()? == 0)
-    }
+    fn visit_range(
+        &self,
+        from: Id,
+        to: Id,
+        visit: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+    ) -> Result<()>;
 
     /// Make every write so far survive a crash of this process.
     ///
@@ -172,7 +172,7 @@ mod tests {
     suite!(
         get_put_overwrite_delete,
         empty_keys_and_values_are_stored,
-        len_counts_keys_not_meta,
+        put_returns_what_it_replaced,
         scan_range_selects_the_half_open_arc_clockwise,
         meta_is_kept_apart_from_data,
     );
@@ -184,12 +184,21 @@ mod tests {
         s.put(b"a", b"2")?;
         assert_eq!(s.get(b"a")?, Some(b"2".to_vec()), "put overwrites");
         s.put(b"b", b"3")?;
-        assert!(s.delete(b"a")?, "delete of a present key returns true");
+        assert_eq!(
+            s.delete(b"a")?,
+            Some(b"2".to_vec()),
+            "delete returns what it removed"
+        );
         assert_eq!(s.get(b"a")?, None);
-        assert!(!s.delete(b"a")?, "delete of a deleted key returns false");
-        assert!(
-            !s.delete(b"never")?,
-            "delete of an absent key returns false"
+        assert_eq!(
+            s.delete(b"a")?,
+            None,
+            "delete of a deleted key finds nothing"
+        );
+        assert_eq!(
+            s.delete(b"never")?,
+            None,
+            "delete of an absent key finds nothing"
         );
         assert_eq!(s.get(b"b")?, Some(b"3".to_vec()), "other keys untouched");
         Ok(())
@@ -205,28 +214,24 @@ mod tests {
         );
         s.put(b"k", b"")?;
         assert_eq!(s.get(b"k")?, Some(Vec::new()));
-        assert_eq!(s.len()?, 2);
         let all = s.scan_range(Id::ZERO, Id::ZERO, usize::MAX)?;
         assert!(all.contains(&(Vec::new(), Vec::new())), "{all:?}");
-        assert!(s.delete(b"")?);
+        assert_eq!(s.delete(b"")?, Some(Vec::new()));
         assert_eq!(s.get(b"")?, None);
         Ok(())
     }
 
-    fn len_counts_keys_not_meta(s: &mut impl Storage) -> Result<()> {
-        assert_eq!(s.len()?, 0);
-        assert!(s.is_empty()?);
-        for k in [b"x", b"y", b"z"] {
-            s.put(k, b"v")?;
-        }
-        s.put(b"x", b"overwritten")?;
-        assert_eq!(s.len()?, 3, "an overwrite is not a new key");
-        assert!(s.delete(b"y")?);
-        assert!(!s.delete(b"y")?);
-        assert_eq!(s.len()?, 2, "a second delete changes nothing");
-        s.set_meta("node_id", b"me")?;
-        assert_eq!(s.len()?, 2, "meta is not a key");
-        assert!(!s.is_empty()?);
+    fn put_returns_what_it_replaced(s: &mut impl Storage) -> Result<()> {
+        assert_eq!(s.put(b"x", b"1")?, None, "a new key replaces nothing");
+        assert_eq!(s.put(b"x", b"2")?, Some(b"1".to_vec()));
+        s.set_meta("x", b"meta")?;
+        assert_eq!(s.put(b"x", b"3")?, Some(b"2".to_vec()), "meta is not data");
+        assert_eq!(s.delete(b"x")?, Some(b"3".to_vec()));
+        assert_eq!(
+            s.put(b"x", b"4")?,
+            None,
+            "after a delete the key is new again"
+        );
         Ok(())
     }
 
@@ -349,7 +354,7 @@ mod tests {
         let before = {
             let mut s = SledStorage::open(dir.path())?;
             let ring = ring_of_keys(&mut s)?;
-            assert!(s.delete(&ring[4].1)?);
+            assert!(s.delete(&ring[4].1)?.is_some());
             s.put(&ring[0].1, b"changed")?;
             s.set_meta("node_id", b"me")?;
             s.flush()?;
@@ -357,7 +362,7 @@ mod tests {
         };
         let s = SledStorage::open(dir.path())?;
         assert_eq!(s.path(), dir.path());
-        assert_eq!(s.len()?, 11, "len is recounted on open");
+        assert_eq!(before.len(), 11);
         assert_eq!(s.scan_range(ZERO, ZERO, usize::MAX)?, before);
         assert_eq!(before[0].1, b"changed".to_vec());
         assert_eq!(s.get_meta("node_id")?, Some(b"me".to_vec()));
@@ -371,7 +376,8 @@ mod tests {
         let dir = TempDir::new()?;
         for round in 0..50u8 {
             let mut s = SledStorage::open(dir.path())?;
-            assert_eq!(s.len()?, u64::from(round));
+            let all = s.scan_range(ZERO, ZERO, usize::MAX)?;
+            assert_eq!(all.len(), usize::from(round));
             s.put(&[round], b"v")?;
         }
         Ok(())
@@ -464,20 +470,19 @@ mod tests {
             for op in &ops {
                 match op {
                     Op::Put(k, v) => {
-                        mem.put(k, v)?;
-                        sled.put(k, v)?;
-                        model.insert(k.clone(), v.clone());
+                        let want = model.insert(k.clone(), v.clone());
+                        prop_assert_eq!(mem.put(k, v)?, want.clone(), "memory put {:?}", k);
+                        prop_assert_eq!(sled.put(k, v)?, want, "sled put {:?}", k);
                     }
                     Op::Delete(k) => {
-                        let want = model.remove(k).is_some();
-                        prop_assert_eq!(mem.delete(k)?, want, "memory delete {:?}", k);
+                        let want = model.remove(k);
+                        prop_assert_eq!(mem.delete(k)?, want.clone(), "memory delete {:?}", k);
                         prop_assert_eq!(sled.delete(k)?, want, "sled delete {:?}", k);
                     }
                 }
             }
             let engines: [&dyn Storage; 2] = [&mem, &sled];
             for (name, s) in ["memory", "sled"].into_iter().zip(engines) {
-                prop_assert_eq!(s.len()?, model.len() as u64, "{} len", name);
                 for k in every_small_key() {
                     prop_assert_eq!(s.get(&k)?, model.get(&k).cloned(), "{} get {:?}", name, k);
                 }
@@ -486,6 +491,16 @@ mod tests {
                         s.scan_range(from, to, limit)?,
                         model_scan(&model, from, to, limit),
                         "{} scan_range({:?}, {:?}, {})", name, from, to, limit
+                    );
+                    let mut visited = Vec::new();
+                    s.visit_range(from, to, &mut |k, v| {
+                        visited.push((k.to_vec(), v.to_vec()));
+                        visited.len() < limit.max(1)
+                    })?;
+                    prop_assert_eq!(
+                        visited,
+                        model_scan(&model, from, to, limit.max(1)),
+                        "{} visit_range({:?}, {:?}) stopped after {}", name, from, to, limit.max(1)
                     );
                 }
             }

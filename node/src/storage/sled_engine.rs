@@ -43,16 +43,13 @@ const ID_LEN: usize = 20;
 
 /// A [`Storage`] engine on one sled database in a directory.
 ///
-/// [`Storage::len`] is answered from a counter kept in memory: it is exact because this value is
-/// the only writer (sled's file lock keeps other processes out, and the trees are not shared).
-/// Opening counts the entries once, which reads every key: O(n) at start-up rather than per call,
-/// as sled's own `Tree::len` would be.
+/// Opening reads no entries: it costs the same with a million keys as with none. (Key counts
+/// are the data layer's: its hash tree counts keys as it hashes them.)
 pub struct SledStorage {
     path: PathBuf,
     db: sled::Db,
     data: sled::Tree,
     meta: sled::Tree,
-    len: u64,
 }
 
 impl SledStorage {
@@ -61,7 +58,6 @@ impl SledStorage {
     /// # Errors
     /// [`Error::Io`] naming `dir` if sled cannot open it, e.g. because another process (or another
     /// `SledStorage` in this one) holds its lock for longer than two seconds;
-    /// [`Error::InvalidData`] if a stored key is malformed.
     pub fn open(dir: &Path) -> Result<SledStorage> {
         let deadline = Instant::now() + LOCK_WAIT;
         let db = loop {
@@ -86,17 +82,11 @@ impl SledStorage {
         };
         let data = db.open_tree("data")?;
         let meta = db.open_tree("meta")?;
-        let mut len = 0u64;
-        for key in data.iter().keys() {
-            split_key(&key?)?;
-            len += 1;
-        }
         Ok(SledStorage {
             path: dir.to_path_buf(),
             db,
             data,
             meta,
-            len,
         })
     }
 
@@ -111,7 +101,6 @@ impl fmt::Debug for SledStorage {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("SledStorage")
             .field("path", &self.path)
-            .field("len", &self.len)
             .finish_non_exhaustive()
     }
 }
@@ -145,26 +134,33 @@ impl Storage for SledStorage {
         Ok(self.data.get(data_key(key))?.map(|v| v.to_vec()))
     }
 
-    fn put(&mut self, key: &[u8], value: &[u8]) -> Result<()> {
-        if self.data.insert(data_key(key), value)?.is_none() {
-            self.len += 1;
-        }
-        Ok(())
+    fn put(&mut self, key: &[u8], value: &[u8]) -> Result<Option<Vec<u8>>> {
+        let old = self.data.insert(data_key(key), value)?;
+        Ok(old.map(|v| v.to_vec()))
     }
 
-    fn delete(&mut self, key: &[u8]) -> Result<bool> {
-        let present = self.data.remove(data_key(key))?.is_some();
-        if present {
-            self.len -= 1;
-        }
-        Ok(present)
+    fn delete(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        let old = self.data.remove(data_key(key))?;
+        Ok(old.map(|v| v.to_vec()))
     }
 
     fn scan_range(&self, from: Id, to: Id, limit: usize) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
         let mut out = Vec::new();
-        if limit == 0 {
-            return Ok(out);
+        if limit > 0 {
+            self.visit_range(from, to, &mut |k, v| {
+                out.push((k.to_vec(), v.to_vec()));
+                out.len() < limit
+            })?;
         }
+        Ok(out)
+    }
+
+    fn visit_range(
+        &self,
+        from: Id,
+        to: Id,
+        visit: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+    ) -> Result<()> {
         for span in id_spans(from, to).into_iter().flatten() {
             // A bare id is the smallest key with that id prefix, so `[start, end)` over stored
             // keys is exactly "every entry whose id is in [start, end)", whatever its key bytes.
@@ -175,17 +171,12 @@ impl Storage for SledStorage {
             };
             for entry in self.data.range::<[u8; ID_LEN], _>((lo, hi)) {
                 let (k, v) = entry?;
-                out.push((split_key(&k)?.to_vec(), v.to_vec()));
-                if out.len() == limit {
-                    return Ok(out);
+                if !visit(split_key(&k)?, &v) {
+                    return Ok(());
                 }
             }
         }
-        Ok(out)
-    }
-
-    fn len(&self) -> Result<u64> {
-        Ok(self.len)
+        Ok(())
     }
 
     fn flush(&self) -> Result<()> {

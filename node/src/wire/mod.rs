@@ -370,7 +370,7 @@ impl Limits {
             | Request::Adopted { .. }
             | Request::FailureNotice { .. }
             | Request::Block { .. }
-            | Request::SyncDigest { .. }
+            | Request::SyncTree { .. }
             | Request::Status => Ok(()),
         }
     }
