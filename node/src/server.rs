@@ -551,6 +551,16 @@ fn record_kv_event(me: &NodeRef, event: &kv::Event) {
             metrics::counter!("chordkv_repaired_keys_total").increment(*keys);
             debug!(node, replica = %with, keys, "repaired a replica");
         }
+        Event::SyncStep {
+            nodes,
+            keys_listed,
+            states,
+            ..
+        } => {
+            metrics::counter!("chordkv_sync_tree_nodes_total").increment(*nodes);
+            metrics::counter!("chordkv_sync_keys_listed_total").increment(*keys_listed);
+            metrics::counter!("chordkv_sync_states_total").increment(*states);
+        }
         Event::Collected {
             with,
             keys,

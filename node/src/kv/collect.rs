@@ -4,7 +4,7 @@
 //! everything the deleted copy held:
 //! - *Stray copies.* A ring change can leave a node holding keys of a range whose preference
 //!   list it has left. In the foreign round of anti-entropy ([`super::sync`]), the owner answers
-//!   the digests with `stray` when the asker is none of its `N − 1` replicas (and it has all of
+//!   the hash-tree request with `stray` when the asker is none of its `N − 1` replicas (and it has all of
 //!   them). The stray hands a batch of its copies over ([`Request::Handoff`]): the owner merges
 //!   it, replicates the merged states to all its replicas, and only when every one of them
 //!   stored them answers with the keys the stray may delete; the stray deletes those whose state

@@ -150,7 +150,7 @@ pub struct Options {
     /// Most key/value pairs in one transfer message.
     pub transfer_batch: usize,
     /// Most bytes of keys and states in one message that carries them, one item at least: a
-    /// transfer round, an anti-entropy push or fetch answer, a digest answer's key list, a hint
+    /// transfer round, an anti-entropy push or fetch answer, a hash-tree answer's key list, a hint
     /// delivery, a stray hand-off and its answer. Keep it well under the frame bound
     /// ([`crate::wire::Limits::max_frame`]); the default is a quarter of the default frame.
     /// Failed sends shrink it for a while (see `kv/sync.rs`, BATCHES).
@@ -271,6 +271,20 @@ pub enum Event {
         with: NodeRef,
         /// How many keys were pushed.
         keys: u64,
+    },
+    /// One step of an anti-entropy exchange with `with` (reported by the asker): how many hash
+    /// tree nodes it compared, how many keys the replica listed in the leaves that differ, and
+    /// how many states travelled (pushed, or fetched and merged). Its sum over a repair is the
+    /// repair's traffic, which follows what differs, not what is stored.
+    SyncStep {
+        /// The replica compared with.
+        with: NodeRef,
+        /// Tree nodes compared in this step.
+        nodes: u64,
+        /// Keys the replica listed.
+        keys_listed: u64,
+        /// States pushed or fetched.
+        states: u64,
     },
     /// Copies collected: stray copies handed off to `with` (their owner) and deleted, or
     /// tombstones every replica held, deleted here and on the replicas (`with`: ourselves).

@@ -11,15 +11,22 @@
 //! ANTI-ENTROPY
 //!
 //! Every `sync_interval` the owner compares its range `(pred, self]` with one replica (round
-//! robin): it sends per-bucket digests (a bucket is the first byte of the key id); the replica
-//! answers with its keys in the buckets that differ, each with the digest of its state; the
-//! owner pushes its states of the keys the replica lacks or holds otherwise
+//! robin) by their hash trees ([`super::tree`], Dynamo §4.7): it sends its root restricted to
+//! the range ([`Request::SyncTree`]); the replica answers which of the nodes asked about differ
+//! from its own ([`Response::SyncKeys`]); the owner sends those nodes' children, and so on down
+//! to the leaves, where the replica also lists its keys in the leaves that differ, each with its
+//! entry hash. The owner pushes its states of the keys the replica lacks or holds otherwise
 //! ([`Request::Replicate`]) and fetches the replica's states of the keys it lacks or holds
-//! otherwise ([`Request::SyncFetch`]), and both sides merge. Comparing keys, not whole
-//! buckets, matters under a write load: every bucket then differs by the writes in flight,
-//! and only the keys that really differ should travel. This brings back copies lost to a
-//! crash, fills a new replica after a join or leave, and reconciles the two sides of a healed
-//! partition.
+//! otherwise ([`Request::SyncFetch`]), and both sides merge. Two copies in sync cost one small
+//! round trip and a few summaries per interval, whatever they store; copies that differ cost
+//! `DEPTH` round trips and the keys of the leaves that differ. At most [`FANOUT`] differing
+//! nodes are descended into per step (256 nodes per request): with more, the exchange narrows
+//! to the part of the range those cover and the rest follows as the next exchange. Comparing
+//! keys, not whole leaves, matters under a write load: leaves then differ by the writes in
+//! flight, and only the keys that really differ should travel. This brings back copies lost to
+//! a crash, fills a new replica after a join or leave, and reconciles the two sides of a healed
+//! partition. A node whose tree is still being rebuilt after a restart neither starts nor
+//! answers an exchange.
 //!
 //! Every other round goes the other way: a node walks the keys it holds outside its own range,
 //! looks up the owner of the next such range and runs the same exchange with it (updating only
@@ -28,8 +35,8 @@
 //! replicas hands its copies off instead ([`super::collect`]).
 //!
 //! Each exchange moves at most a batch each way, and one is in flight at a time; one that had
-//! more to do (more keys differ than a batch, or the key list hit its size bound) goes on at
-//! once, up to [`MAX_SYNC_CHAIN`] more per interval, so a big repair finishes in seconds and
+//! more to do (more keys differ than a batch, the key list hit its size bound, or the descent
+//! narrowed) goes on at once, up to [`MAX_SYNC_CHAIN`] more per interval, so a big repair finishes in seconds and
 //! still cannot starve client traffic.
 //!
 //! BATCHES
@@ -204,6 +211,12 @@ impl<S: Storage> Kv<S> {
     /// Ask `op.to` which of these nodes of level `op.level` differ over `(op.from, op.until]`.
     fn send_descent(&mut self, io: &mut dyn KvIo, op: SyncOp, nodes: Vec<(u32, u64)>) {
         self.syncing = true;
+        io.report(Event::SyncStep {
+            with: op.to,
+            nodes: nodes.len() as u64,
+            keys_listed: 0,
+            states: 0,
+        });
         let req = Request::SyncTree {
             asker: self.me,
             from: op.from,
@@ -216,7 +229,7 @@ impl<S: Storage> Kv<S> {
 
     /// Copies we hold outside our own range are replicas, or strays left by a partition or a
     /// changed ring. One range at a time, find the owner of the next such key and run the
-    /// digest exchange with it, so that whatever only we hold reaches the owner (and from it the
+    /// hash-tree exchange with it, so that whatever only we hold reaches the owner (and from it the
     /// owner's replicas).
     fn sync_foreign(&mut self, ring: &mut Ring, io: &mut dyn KvIo, pred: Id) {
         let cursor = self.sync_cursor.unwrap_or(self.me.id);
@@ -433,6 +446,7 @@ impl<S: Storage> Kv<S> {
             Some((k, _)) if !complete => Id::hash(k),
             _ => until,
         };
+        let listed = keys.len() as u64;
         let mut theirs: BTreeMap<Vec<u8>, u64> = keys
             .into_iter()
             .filter(|(k, _)| in_half_open(from, horizon, Id::hash(k)))
@@ -477,6 +491,12 @@ impl<S: Storage> Kv<S> {
         io.report(Event::Repaired {
             with: to,
             keys: push.len() as u64,
+        });
+        io.report(Event::SyncStep {
+            with: to,
+            nodes: 0,
+            keys_listed: listed,
+            states: push.len() as u64,
         });
         if !push.is_empty() {
             let purpose = Purpose::Push {
@@ -552,6 +572,12 @@ impl<S: Storage> Kv<S> {
                 return self.resume_sync(io, to, until, Some(from));
             }
         };
+        io.report(Event::SyncStep {
+            with: to,
+            nodes: 0,
+            keys_listed: 0,
+            states: items.len() as u64,
+        });
         for (k, v) in &items {
             if foreign && !matches!(self.storage.get(k), Ok(Some(_))) {
                 continue;
