@@ -567,11 +567,15 @@ impl<S: Storage> Kv<S> {
         let mut h = DefaultHasher::new();
         (me.id, seed, now, "incarnation").hash(&mut h);
         let incarnation_salt = h.finish();
+        // A small store is indexed before the first input; a large one goes on at every tick
+        // (which also reports a storage error this first slice may meet).
+        let mut storage = Indexed::new(storage);
+        let _ = storage.rebuild_step(REBUILD_KEYS, opts.batch_bytes);
         Kv {
             next_sync: now + phase % opts.sync_interval.max(1),
             next_hints: now,
             me,
-            storage: Indexed::new(storage),
+            storage,
             incarnation: None,
             incarnation_salt,
             copies: 0,
