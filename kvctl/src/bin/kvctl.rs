@@ -78,6 +78,12 @@ struct Cli {
     #[arg(long, global = true)]
     no_session: bool,
 
+    /// Send get, put and delete straight to the key's owner: walk the ring first (a status
+    /// request per node), then send the request to the owner, falling back to --node if the
+    /// owner refuses or cannot be reached. Same guarantees, one hop less.
+    #[arg(long, global = true)]
+    direct: bool,
+
     #[command(subcommand)]
     command: Command,
 }
@@ -234,6 +240,13 @@ async fn run(cli: &Cli) -> anyhow::Result<Outcome> {
         .await
         .map_err(|e| connect_error(&cli.node, e))?
         .with_quorums(cli.r, cli.w);
+    let data = matches!(
+        cli.command,
+        Command::Put { .. } | Command::Get { .. } | Command::Delete { .. }
+    );
+    if cli.direct && data {
+        client = client.routed(kvctl::RouteOptions::default()).await;
+    }
     if let Some(session) = session {
         client = client.with_session(session);
     }
