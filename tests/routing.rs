@@ -11,7 +11,7 @@
 mod common;
 
 use common::{CLIENT_TIMEOUT, CONVERGE, Cluster, wait_until};
-use kvctl::{Client, Error, RouteOptions, RouteStats, Session};
+use kvctl::{Client, Error, RouteOptions, Session};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -97,21 +97,6 @@ fn assert_reads_back(cluster: &Cluster, via: usize, acked: &BTreeMap<String, Vec
             assert_eq!(got.as_deref(), Some(&value[..]), "key {key}");
         }
     });
-}
-
-fn delta(after: RouteStats, before: RouteStats) -> RouteStats {
-    RouteStats {
-        direct: after.direct - before.direct,
-        forwarded: after.forwarded - before.forwarded,
-        fallback_wrong_owner: after.fallback_wrong_owner - before.fallback_wrong_owner,
-        fallback_unreachable: after.fallback_unreachable - before.fallback_unreachable,
-        fallback_timeout: after.fallback_timeout - before.fallback_timeout,
-        fallback_refused: after.fallback_refused - before.fallback_refused,
-        fallback_no_route: after.fallback_no_route - before.fallback_no_route,
-        write_in_doubt: after.write_in_doubt - before.write_in_doubt,
-        refreshes: after.refreshes - before.refreshes,
-        view_nodes: after.view_nodes,
-    }
 }
 
 #[test]
@@ -212,7 +197,7 @@ fn requests_keep_succeeding_while_a_node_joins_and_the_view_recovers() {
     });
     stop.store(true, Ordering::Relaxed);
     let outcome = runtime.block_on(running).expect("load");
-    let after = delta(client.route_stats().expect("routed"), before);
+    let after = client.route_stats().expect("routed").since(&before);
 
     assert!(outcome.failures.is_empty(), "{:?}", outcome.failures);
     assert!(outcome.ops > 0);
@@ -267,7 +252,7 @@ fn requests_keep_succeeding_while_a_node_is_killed_and_the_view_recovers() {
     });
     stop.store(true, Ordering::Relaxed);
     let outcome = runtime.block_on(running).expect("load");
-    let after = delta(client.route_stats().expect("routed"), before);
+    let after = client.route_stats().expect("routed").since(&before);
     let stats = client.route_stats().expect("routed");
 
     // The only failures are writes that were in flight to the killed node: their outcome is

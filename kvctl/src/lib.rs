@@ -29,6 +29,7 @@
 //! Errors are the node crate's [`Error`], re-exported: what a node answers and what goes wrong
 //! on the way are one enum.
 
+pub mod bench;
 pub mod route;
 pub mod session_file;
 

@@ -134,6 +134,23 @@ impl RouteStats {
             + self.fallback_no_route
     }
 
+    /// What was counted after `before`, a snapshot of the same client's counts (the view
+    /// size is this snapshot's).
+    pub fn since(&self, before: &RouteStats) -> RouteStats {
+        RouteStats {
+            direct: self.direct - before.direct,
+            forwarded: self.forwarded - before.forwarded,
+            fallback_wrong_owner: self.fallback_wrong_owner - before.fallback_wrong_owner,
+            fallback_unreachable: self.fallback_unreachable - before.fallback_unreachable,
+            fallback_timeout: self.fallback_timeout - before.fallback_timeout,
+            fallback_refused: self.fallback_refused - before.fallback_refused,
+            fallback_no_route: self.fallback_no_route - before.fallback_no_route,
+            write_in_doubt: self.write_in_doubt - before.write_in_doubt,
+            refreshes: self.refreshes - before.refreshes,
+            view_nodes: self.view_nodes,
+        }
+    }
+
     /// The share of requests served directly, 0 to 1 (1 when there were none).
     pub fn direct_share(&self) -> f64 {
         match self.total() {
