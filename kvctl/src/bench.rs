@@ -17,6 +17,9 @@
 //! blind (an empty context): run it on keys the ring does not hold yet (a new `key_prefix`, or
 //! `load_from` past what an earlier run loaded), or each reloaded key gains a sibling.
 //!
+//! With `insert`, a put instead writes a fresh key of its own (blind, one request), as a load
+//! of new data would: the key space then grows by every put.
+//!
 //! ROUTING
 //!
 //! `direct`: one routed client ([`Client::routed`]) shared by every task, so requests go to
@@ -86,6 +89,9 @@ pub struct Config {
     pub direct: bool,
     /// Run each client in a session of its own.
     pub sessions: bool,
+    /// Puts insert fresh keys (`PREFIXins-RUN-CLIENT-N`, blind, one request each) instead of
+    /// replacing keys of the key space; RUN is unique per run.
+    pub insert: bool,
     /// Seeds the clients' key choices.
     pub seed: u64,
     /// Draw a progress bar on stderr.
@@ -172,6 +178,10 @@ struct Worker {
     client: Client,
     rng: StdRng,
     contexts: HashMap<u64, VersionVector>,
+    /// Keys this client inserted (with [`Config::insert`]).
+    inserted: u64,
+    /// Tells this run's inserted keys from every other run's.
+    run: u128,
     get: OpStats,
     put: OpStats,
 }
@@ -198,6 +208,17 @@ impl Worker {
                 self.get.missing += 1;
             }
             (&mut self.get, r.map(|_| ()))
+        } else if cfg.insert {
+            let key = format!(
+                "{}ins-{:x}-{}-{}",
+                cfg.key_prefix, self.run, self.index, self.inserted
+            );
+            self.inserted += 1;
+            let r = self
+                .client
+                .write(key.as_bytes(), value, &VersionVector::new())
+                .await;
+            (&mut self.put, r.map(|_| ()))
         } else {
             // One of this client's own keys: i ≡ index (mod clients).
             let share = cfg.keys.saturating_sub(self.index).div_ceil(clients).max(1);
@@ -306,11 +327,20 @@ pub async fn run(cfg: Config) -> Result<Report> {
                 client,
                 rng: StdRng::seed_from_u64(cfg.seed.wrapping_add(c as u64)),
                 contexts: HashMap::new(),
+                inserted: 0,
+                run: 0,
                 get: OpStats::new(),
                 put: OpStats::new(),
             }
         })
         .collect();
+    let run = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos())
+        ^ u128::from(std::process::id()) << 64;
+    for w in &mut workers {
+        w.run = run;
+    }
     let cfg = Arc::new(cfg);
 
     // Load: each client writes its own share of load_from..keys, blind.
@@ -400,6 +430,7 @@ pub async fn run(cfg: Config) -> Result<Report> {
         "value_size": cfg.value_size,
         "routing": if cfg.direct { "direct" } else { "via-node" },
         "sessions": cfg.sessions,
+        "put_mode": if cfg.insert { "insert" } else { "replace" },
         "secs": secs,
         "requests": requests,
         "ok": ok,

@@ -181,6 +181,10 @@ struct BenchArgs {
     /// Run each client in a session of its own.
     #[arg(long)]
     sessions: bool,
+    /// Puts write fresh keys (one blind write each, PREFIXins-…) instead of replacing keys
+    /// of the key space (a read first for a key whose last version this run did not write).
+    #[arg(long)]
+    insert: bool,
     /// Seeds the clients' choices of keys.
     #[arg(long, default_value = "1")]
     seed: u64,
@@ -918,6 +922,7 @@ async fn bench(cli: &Cli, args: &BenchArgs) -> anyhow::Result<Outcome> {
         key_prefix: args.key_prefix.clone(),
         direct: cli.direct && !args.via_node,
         sessions: args.sessions,
+        insert: args.insert,
         seed: args.seed,
         progress: !cli.json && std::io::stderr().is_terminal(),
     };
