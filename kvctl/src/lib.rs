@@ -21,10 +21,19 @@
 //! inconsistent, which is how an operator (and the end-to-end tests) see whether the ring has
 //! converged.
 //!
+//! [`Client::connect_direct`] (or [`Client::routed`]) makes a client that keeps a view of the
+//! ring and sends each request straight to the key's owner, falling back to the plain path
+//! through its node when the view is wrong ([`route`]); [`Client::route_stats`] counts how each
+//! request went.
+//!
 //! Errors are the node crate's [`Error`], re-exported: what a node answers and what goes wrong
 //! on the way are one enum.
 
+pub mod bench;
+pub mod route;
 pub mod session_file;
+
+pub use route::{RouteOptions, RouteStats};
 
 pub use chordkv_node::id::Id;
 pub use chordkv_node::message::{LookupInfo, NodeRef, NodeStatus, ReadReply};
@@ -55,6 +64,8 @@ pub struct Client {
     w: Option<u8>,
     /// The session every request runs in, if any (shared by the clones of this client).
     session: Option<Arc<Mutex<Session>>>,
+    /// Zero-hop routing to each key's owner, if asked for (shared by the clones).
+    router: Option<Arc<route::Router>>,
 }
 
 impl Client {
@@ -78,6 +89,7 @@ impl Client {
                         r: None,
                         w: None,
                         session: None,
+                        router: None,
                     });
                 }
                 Err(e) => last = Some(e),
@@ -86,6 +98,50 @@ impl Client {
         Err(last.unwrap_or_else(|| {
             Error::InvalidInput(format!("bad address {addr:?}: it resolves to no address"))
         }))
+    }
+
+    /// [`Client::connect`], then [`Client::routed`] with the default [`RouteOptions`]: every
+    /// get, put and delete goes straight to the key's owner.
+    ///
+    /// # Errors
+    /// As [`Client::connect`].
+    pub async fn connect_direct(addr: &str, timeout: Duration) -> Result<Client> {
+        Ok(Client::connect(addr, timeout)
+            .await?
+            .routed(RouteOptions::default())
+            .await)
+    }
+
+    /// This client with zero-hop routing ([`route`]): it walks the ring now and then, and
+    /// sends each read, write and delete straight to the key's owner over a pooled connection
+    /// per node; when the owner refuses, cannot be reached or does not answer a read, the
+    /// request falls back to the plain path through this client's node. Sessions, quorums and
+    /// write retries keep exactly their plain-path guarantees (see [`route`] for how). Clones
+    /// share the view, the pool and the counts ([`Client::route_stats`]). Must run inside a
+    /// tokio runtime: it starts a task that refreshes the view until the last clone is dropped.
+    pub async fn routed(mut self, options: RouteOptions) -> Client {
+        let router = route::Router::start(self.channel.clone(), self.timeout, options).await;
+        self.router = Some(router);
+        self
+    }
+
+    /// How the requests of a routed client went so far; `None` for a plain client.
+    pub fn route_stats(&self) -> Option<RouteStats> {
+        self.router.as_ref().map(|r| r.stats())
+    }
+
+    /// The nodes of a routed client's current view of the ring, in id order; `None` for a
+    /// plain client.
+    pub fn route_view(&self) -> Option<Vec<NodeRef>> {
+        self.router.as_ref().map(|r| r.view().nodes().collect())
+    }
+
+    /// Sends a get, put or delete: to the key's owner if routed, else to this client's node.
+    async fn call_data(&self, req: Request) -> Result<Response> {
+        match &self.router {
+            Some(router) => router.call(req).await,
+            None => self.call(req).await,
+        }
     }
 
     /// This client with per-request quorums: reads merge `r` copies and writes wait for `w`
@@ -153,7 +209,7 @@ impl Client {
             r,
             session: floor,
         };
-        match self.call(req).await? {
+        match self.call_data(req).await? {
             Response::Read(reply) => {
                 if let Some(s) = &self.session {
                     lock(s).observe_read(key, &reply.context, &reply.deps, reply.stable);
@@ -186,7 +242,7 @@ impl Client {
         if let Request::Put { session: s, .. } | Request::Delete { session: s, .. } = &mut req {
             *s = session;
         }
-        match self.call(req).await? {
+        match self.call_data(req).await? {
             Response::Written {
                 dot,
                 existed,

@@ -78,6 +78,12 @@ struct Cli {
     #[arg(long, global = true)]
     no_session: bool,
 
+    /// Send get, put and delete straight to the key's owner: walk the ring first (a status
+    /// request per node), then send the request to the owner, falling back to --node if the
+    /// owner refuses or cannot be reached. Same guarantees, one hop less.
+    #[arg(long, global = true)]
+    direct: bool,
+
     #[command(subcommand)]
     command: Command,
 }
@@ -121,11 +127,74 @@ enum Command {
     /// Walk the ring from --node: one row per node in ring order, then any inconsistencies
     /// (exit 3 if there are any).
     Ring,
+    /// Load-test the ring: CLIENTS concurrent clients send gets, puts or a mix over KEYS keys
+    /// for a duration or a number of requests, then print throughput, latency percentiles
+    /// (HDR histogram), errors by kind and, with --direct, the share of requests that went
+    /// straight to their owner. Runs without a session unless --sessions.
+    Bench(BenchArgs),
     /// Show, reset or locate the session file that get, put and delete run in.
     Session {
         #[command(subcommand)]
         action: SessionAction,
     },
+}
+
+#[derive(clap::Args, Debug)]
+struct BenchArgs {
+    /// What to send: gets, puts (each replacing the key's last version), or a mix.
+    #[arg(long, value_enum, default_value = "mix")]
+    op: BenchOp,
+    /// Concurrent clients, each with its own stream of requests.
+    #[arg(long, default_value = "64")]
+    clients: usize,
+    /// Keys in the key space: PREFIX00000000 and up.
+    #[arg(long, default_value = "10000")]
+    keys: u64,
+    /// Bytes per value written.
+    #[arg(long, default_value = "16", value_name = "B")]
+    value_size: usize,
+    /// Measure for this many seconds [default: 10, unless --requests].
+    #[arg(long, value_name = "SECS", conflicts_with = "requests", value_parser = parse_timeout)]
+    duration: Option<Duration>,
+    /// Measure this many requests in all.
+    #[arg(long, value_name = "N")]
+    requests: Option<u64>,
+    /// The share of gets in --op mix, 0 to 1.
+    #[arg(long, default_value = "0.9", value_name = "SHARE")]
+    mix_ratio: f64,
+    /// First write every key (blind, so on keys the ring does not hold yet) so gets find them.
+    #[arg(long)]
+    load: bool,
+    /// With --load, start loading at this key: what an earlier run with as many keys loaded.
+    #[arg(long, default_value = "0", value_name = "N")]
+    load_from: u64,
+    /// Run this many seconds of requests, unmeasured, before measuring.
+    #[arg(long, default_value = "0", value_name = "SECS")]
+    warmup: f64,
+    /// Keys are PREFIX and an 8-digit number.
+    #[arg(long, default_value = "bench-")]
+    key_prefix: String,
+    /// Send every request through a node (spread over the ring's nodes), which coordinates it:
+    /// the default unless --direct.
+    #[arg(long, conflicts_with = "direct")]
+    via_node: bool,
+    /// Run each client in a session of its own.
+    #[arg(long)]
+    sessions: bool,
+    /// Puts write fresh keys (one blind write each, PREFIXins-…) instead of replacing keys
+    /// of the key space (a read first for a key whose last version this run did not write).
+    #[arg(long)]
+    insert: bool,
+    /// Seeds the clients' choices of keys.
+    #[arg(long, default_value = "1")]
+    seed: u64,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+enum BenchOp {
+    Get,
+    Put,
+    Mix,
 }
 
 #[derive(Subcommand, Debug)]
@@ -184,10 +253,16 @@ fn parse_timeout(s: &str) -> Result<Duration, String> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    // A bench drives many clients: give it the machine's cores.
+    let runtime = match &cli.command {
+        Command::Bench(_) => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build(),
+        _ => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build(),
+    };
+    let runtime = match runtime {
         Ok(runtime) => runtime,
         Err(e) => {
             eprintln!("kvctl: cannot start the async runtime: {e}");
@@ -212,6 +287,9 @@ async fn run(cli: &Cli) -> anyhow::Result<Outcome> {
     if let Command::Session { action } = &cli.command {
         return session_command(cli, action);
     }
+    if let Command::Bench(args) = &cli.command {
+        return bench(cli, args).await;
+    }
     // A bad token is a usage error: refuse it before touching the network.
     let context = match &cli.command {
         Command::Put { context, .. } | Command::Delete { context, .. } => {
@@ -234,6 +312,13 @@ async fn run(cli: &Cli) -> anyhow::Result<Outcome> {
         .await
         .map_err(|e| connect_error(&cli.node, e))?
         .with_quorums(cli.r, cli.w);
+    let data = matches!(
+        cli.command,
+        Command::Put { .. } | Command::Get { .. } | Command::Delete { .. }
+    );
+    if cli.direct && data {
+        client = client.routed(kvctl::RouteOptions::default()).await;
+    }
     if let Some(session) = session {
         client = client.with_session(session);
     }
@@ -482,7 +567,9 @@ async fn command(
                 Outcome::Inconsistent
             })
         }
-        Command::Session { .. } => unreachable!("run() handles `kvctl session` itself"),
+        Command::Session { .. } | Command::Bench(_) => {
+            unreachable!("run() handles `kvctl session` and `kvctl bench` itself")
+        }
     }
 }
 
@@ -802,6 +889,110 @@ fn ring_text(view: &RingView) -> String {
         }
     }
     out
+}
+
+/// `kvctl bench`.
+async fn bench(cli: &Cli, args: &BenchArgs) -> anyhow::Result<Outcome> {
+    if !(0.0..=1.0).contains(&args.mix_ratio) {
+        anyhow::bail!("--mix-ratio must be between 0 and 1");
+    }
+    let warmup = Duration::try_from_secs_f64(args.warmup)
+        .map_err(|e| anyhow!("--warmup {}: {e}", args.warmup))?;
+    let length = match (args.duration, args.requests) {
+        (_, Some(n)) => kvctl::bench::Length::Requests(n),
+        (Some(d), None) => kvctl::bench::Length::Duration(d),
+        (None, None) => kvctl::bench::Length::Duration(Duration::from_secs(10)),
+    };
+    let config = kvctl::bench::Config {
+        node: cli.node.clone(),
+        timeout: cli.timeout,
+        op: match args.op {
+            BenchOp::Get => kvctl::bench::Op::Get,
+            BenchOp::Put => kvctl::bench::Op::Put,
+            BenchOp::Mix => kvctl::bench::Op::Mix,
+        },
+        mix_ratio: args.mix_ratio,
+        clients: args.clients,
+        keys: args.keys,
+        value_size: args.value_size,
+        length,
+        load: args.load,
+        load_from: args.load_from,
+        warmup,
+        key_prefix: args.key_prefix.clone(),
+        direct: cli.direct && !args.via_node,
+        sessions: args.sessions,
+        insert: args.insert,
+        seed: args.seed,
+        progress: !cli.json && std::io::stderr().is_terminal(),
+    };
+    let report = kvctl::bench::run(config)
+        .await
+        .map_err(|e| connect_error(&cli.node, e))?;
+    if cli.json {
+        print_json(&report)?;
+    } else {
+        print_bench(&report)?;
+    }
+    Ok(Outcome::Done)
+}
+
+/// The bench report for people.
+fn print_bench(r: &Value) -> anyhow::Result<()> {
+    let f = |v: &Value| v.as_f64().unwrap_or(0.0);
+    let mut out = vec![format!(
+        "{} clients, {} keys, {}-byte values, {}: {} requests in {:.1} s, {:.0}/s",
+        r["clients"],
+        r["keys"],
+        r["value_size"],
+        r["routing"].as_str().unwrap_or(""),
+        r["requests"],
+        f(&r["secs"]),
+        f(&r["throughput"])
+    )];
+    if r["load"].is_object() {
+        out.push(format!(
+            "load: {} keys in {:.1} s ({:.0}/s, {} errors)",
+            r["load"]["keys"],
+            f(&r["load"]["secs"]),
+            f(&r["load"]["per_s"]),
+            r["load"]["errors"]
+        ));
+    }
+    for op in ["get", "put"] {
+        let s = &r[op];
+        if s["count"].as_u64().unwrap_or(0) == 0 {
+            continue;
+        }
+        let l = &s["latency_ms"];
+        out.push(format!(
+            "{op}: {} ok ({:.0}/s), latency ms p50 {:.2} p90 {:.2} p99 {:.2} p99.9 {:.2} max {:.2}",
+            s["ok"],
+            f(&s["per_s"]),
+            f(&l["p50"]),
+            f(&l["p90"]),
+            f(&l["p99"]),
+            f(&l["p99_9"]),
+            f(&l["max"])
+        ));
+        if op == "get" && s["missing"].as_u64().unwrap_or(0) > 0 {
+            out.push(format!("get: {} found no value (use --load)", s["missing"]));
+        }
+    }
+    let errors = r["errors"].as_object().cloned().unwrap_or_default();
+    if errors.is_empty() {
+        out.push("errors: none".into());
+    } else {
+        let list: Vec<String> = errors.iter().map(|(k, n)| format!("{k} {n}")).collect();
+        out.push(format!("errors: {}", list.join(", ")));
+    }
+    if let Some(share) = r["direct_share"].as_f64() {
+        out.push(format!(
+            "direct: {:.2}% of requests went straight to their owner",
+            share * 100.0
+        ));
+    }
+    print_line(&out.join("\n"))
 }
 
 #[cfg(test)]
