@@ -298,3 +298,75 @@ fn an_owner_crash_hands_its_range_over_without_copying_it() {
     sim.check_history(&mut history, 3)
         .expect("every acknowledged write is there");
 }
+
+/// A hand-over reads its range in slices of a few thousand entries, one per round, so no round
+/// costs the size of the range; writes, overwrites and deletes that land behind the sweep while
+/// it runs are sent afterwards, and the newcomer is adopted only once none is left. With one
+/// copy of each key, nothing but the hand-over can bring the newcomer its keys.
+#[test]
+fn a_hand_over_larger_than_a_slice_misses_no_write_made_behind_its_sweep() {
+    let mut sim = Sim::new(SimOptions {
+        seed: 11,
+        node: Options {
+            kv: kv::Options {
+                // Rounds as large as a slice: the slices, not the batches, cut the range.
+                transfer_batch: 100_000,
+                batch_bytes: 64 << 20,
+                ..kv::Options::with_replicas(1)
+            },
+            ..Options::default()
+        },
+        ..SimOptions::default()
+    });
+    sim.grow(1, 200);
+    assert!(sim.settle(60_000), "the ring did not form");
+    let mut history = History::new();
+    let keys: Vec<Vec<u8>> = (0..12_000).map(|i| format!("k{i}").into_bytes()).collect();
+    put_all(&mut sim, &mut history, &keys, 1);
+    let newcomer = sim.add_node(Some(0));
+    assert!(
+        sim.run_until(30_000, |s| {
+            s.node(0).and_then(|n| n.kv().handing_over_to()) == Some(s.node_ref(newcomer))
+        }),
+        "the owner never started its hand-over"
+    );
+    // While it runs: overwrite with the read's context, delete, write new keys, all through
+    // the owner, a little time apart so that they land at every stage of the sweep.
+    let mut rng = StdRng::seed_from_u64(11);
+    let mut writes = 0;
+    while sim.node(0).and_then(|n| n.kv().handing_over_to()).is_some() && writes < 3_000 {
+        writes += 1;
+        if writes % 8 == 0 {
+            sim.run_for(1);
+        }
+        let key = match rng.random_range(0..3) {
+            0 => format!("new{writes}").into_bytes(),
+            _ => keys[rng.random_range(0..keys.len())].clone(),
+        };
+        let context = match sim.request(
+            0,
+            Request::Get {
+                key: key.clone(),
+                r: None,
+                session: None,
+            },
+            10_000,
+        ) {
+            Ok(Response::Read(r)) => r.context,
+            other => panic!("read {key:?}: {other:?}"),
+        };
+        let value = rng
+            .random_bool(0.7)
+            .then(|| format!("w{writes}").into_bytes());
+        let id = history.record_write(&key, value.clone(), context.clone());
+        match sim.request(0, Request::write(key, value, context, None), 10_000) {
+            Ok(Response::Written { dot, .. }) => history.record_ack(id, dot),
+            Err(chordkv_node::Error::WrongOwner) => {}
+            other => panic!("write {writes}: {other:?}"),
+        }
+    }
+    assert!(writes > 10, "the hand-over ended before it met any write");
+    assert!(sim.settle(60_000), "the ring did not settle");
+    sim.check_history(&mut history, 1)
+        .expect("nothing acknowledged is lost, nothing deleted comes back");
+}

@@ -28,10 +28,13 @@
 //!
 //! When the ring reports a newcomer `m` between our predecessor `p` and us
 //! ([`Notice::Newcomer`]), we hand over the keys of `(p, m]`, the part of our range it takes,
-//! in rounds (`kv/transfer.rs`), and tell the ring to adopt `m` only when a whole round finds
-//! nothing left to send. Until then we keep serving those keys, so reads never see a gap. A
-//! round sends what changed since the last acknowledged round, including deletes, and we remove
-//! our copies only after `m` acknowledged storing them: an interrupted move loses nothing. A
+//! in rounds (`kv/transfer.rs`), and tell the ring to adopt `m` only when nothing is left to
+//! send. Until then we keep serving those keys, so reads never see a gap. The rounds first sweep
+//! the range in slices (each reads a few thousand entries at most, so no round costs the size of
+//! the range), then send what was written in it since the sweep passed (the storage notes every
+//! key written in the range while the hand-over runs), including deletes; the hand-over ends
+//! when the sweep is done and no written key is left. We remove our copies only after `m`
+//! acknowledged storing them: an interrupted move loses nothing. A
 //! round whose answer was lost leaves its keys marked "maybe held", so a retry to the same node
 //! resends or deletes them and nothing stale stays visible. We keep our copies after a join
 //! hand-over, being one of `m`'s replicas. Nothing else goes to `m`: the copies it should hold as
@@ -747,6 +750,12 @@ impl<S: Storage> Kv<S> {
             if let Some(op) = self.retries.remove(&k) {
                 self.start_client_op(ring, io, op);
             }
+        }
+        // A hand-over's next slice; a watch outlives no hand-over.
+        match &self.transfer {
+            Some(t) if t.is_idle() => self.transfer_round(ring, io),
+            None if self.storage.is_watching() => self.storage.unwatch(),
+            _ => {}
         }
         if !ring.is_joined() || ring.is_leaving() {
             return;

@@ -9,7 +9,7 @@ use crate::message::{NodeRef, Request, Response};
 use crate::ring::Ring;
 use crate::storage::Storage;
 use crate::version::Versioned;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::hash::{DefaultHasher, Hash, Hasher};
 
 /// Most interrupted hand-overs whose receivers' possible holdings are remembered.
@@ -29,6 +29,19 @@ enum TransferGoal {
     Leave,
 }
 
+/// Most entries one transfer round reads from storage, whatever it sends: a round's work is a
+/// bounded slice of the range, not the range.
+const SLICE_ENTRIES: usize = 4096;
+
+/// Where the sweep of a transfer's range stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Sweep {
+    /// Next, the entries after this id (`None`: from the start of the range).
+    At(Option<Id>),
+    /// Every entry of the range was looked at; what changed since comes from the watch.
+    Done,
+}
+
 /// What one transfer message carried: keys with the hash of the value sent, and deleted keys.
 #[derive(Clone, Debug)]
 struct Round {
@@ -39,6 +52,8 @@ struct Round {
     deletes: Vec<Vec<u8>>,
     /// The bytes of keys and values it carried.
     bytes: u64,
+    /// Where the sweep stands once the receiver has it.
+    sweep: Sweep,
 }
 
 /// A hand-over in progress.
@@ -50,12 +65,45 @@ pub(super) struct Transfer {
     sent: BTreeMap<Vec<u8>, u64>,
     /// The round in flight, so its acknowledgement can record what the receiver now holds.
     in_flight: Option<Round>,
+    /// How far the sweep of the range has come, and the range it sweeps (a new range, when a
+    /// predecessor left meanwhile, starts it again).
+    sweep: Sweep,
+    arc: Option<(Id, Id)>,
+    /// A round found nothing to send but the hand-over is not done: go on at the next tick.
+    idle: bool,
 }
 
 impl Transfer {
     /// The node the keys go to.
     pub(super) fn receiver(&self) -> NodeRef {
         self.to
+    }
+
+    /// A hand-over to `to`, with what it may already hold.
+    fn new(to: NodeRef, goal: TransferGoal, sent: BTreeMap<Vec<u8>, u64>) -> Transfer {
+        Transfer {
+            to,
+            goal,
+            sent,
+            in_flight: None,
+            sweep: Sweep::At(None),
+            arc: None,
+            idle: false,
+        }
+    }
+
+    /// Whether a round found nothing to send and the hand-over goes on at the next tick.
+    pub(super) fn is_idle(&self) -> bool {
+        self.idle && self.in_flight.is_none()
+    }
+
+    /// The ring arc it hands over: the newcomer's part of our range for a join (none if it
+    /// takes nothing of ours), everything for a leave (`me` is our id).
+    fn range(&self, me: Id) -> Option<(Id, Id)> {
+        match self.goal {
+            TransferGoal::Join { from } => from.map(|f| (f, self.to.id)),
+            TransferGoal::Leave => Some((me, me)),
+        }
     }
 
     /// Whether this transfer hands over the key with id `id`.
@@ -81,12 +129,10 @@ impl<S: Storage> Kv<S> {
         // anti-entropy fills it as a replica, and strays must not multiply: each copy of a
         // stray is one more that must reach its owner before a tombstone may be collected.
         let from = self.join_arc_start(ring, node);
-        self.transfer = Some(Transfer {
-            to: node,
-            goal: TransferGoal::Join { from },
-            sent,
-            in_flight: None,
-        });
+        // What it may hold is checked again, as written since: sent again if it changed here,
+        // deleted there if it went.
+        self.storage.watch(None, sent.keys().cloned());
+        self.transfer = Some(Transfer::new(node, TransferGoal::Join { from }, sent));
         self.transfer_round(ring, io);
     }
 
@@ -142,12 +188,9 @@ impl<S: Storage> Kv<S> {
     pub(super) fn begin_leave_transfer(&mut self, ring: &mut Ring, io: &mut dyn KvIo) {
         match ring.successors().first().copied() {
             Some(succ) => {
-                self.transfer = Some(Transfer {
-                    to: succ,
-                    goal: TransferGoal::Leave,
-                    sent: BTreeMap::new(),
-                    in_flight: None,
-                });
+                self.storage.unwatch();
+                self.storage.watch(None, []);
+                self.transfer = Some(Transfer::new(succ, TransferGoal::Leave, BTreeMap::new()));
                 self.transfer_round(ring, io);
             }
             None => {
@@ -160,62 +203,116 @@ impl<S: Storage> Kv<S> {
         }
     }
 
-    /// The ring arc a transfer hands over: the newcomer's part of our range for a join (none
-    /// if it takes nothing of ours), everything for a leave.
-    fn transfer_range(&self, t: &Transfer) -> Option<(Id, Id)> {
-        match t.goal {
-            TransferGoal::Join { from } => from.map(|f| (f, t.to.id)),
-            TransferGoal::Leave => Some((self.me.id, self.me.id)),
-        }
-    }
-
-    /// Send what changed since the last acknowledged round, or finish when nothing did.
-    fn transfer_round(&mut self, ring: &mut Ring, io: &mut dyn KvIo) {
+    /// Send the next round: a slice of the range while the sweep goes on (the entries the
+    /// receiver does not hold as they are here), then the keys written since the sweep passed
+    /// them (as they are now, or deleted); finish when the sweep is done and nothing was
+    /// written since. Each round reads at most [`SLICE_ENTRIES`] entries; one that finds
+    /// nothing to send leaves the next slice to the next tick.
+    pub(super) fn transfer_round(&mut self, ring: &mut Ring, io: &mut dyn KvIo) {
         // Every round covers the newcomer's part of our range as it is now.
         let start = match self.transfer.as_ref() {
             Some(t) => self.join_arc_start(ring, t.to),
             None => return,
         };
-        if let Some(Transfer {
-            goal: TransferGoal::Join { from },
-            ..
-        }) = self.transfer.as_mut()
-        {
+        let me = self.me.id;
+        let Some(t) = self.transfer.as_mut() else {
+            return;
+        };
+        t.idle = false;
+        if let TransferGoal::Join { from } = &mut t.goal {
             *from = start;
+        }
+        let arc = t.range(me);
+        if t.arc != arc {
+            // A new range (or the first): sweep it from its start, and note what is written
+            // in it from now on.
+            t.arc = arc;
+            t.sweep = Sweep::At(None);
+            self.storage.watch(arc, []);
         }
         let Some(t) = self.transfer.as_ref() else {
             return;
         };
-        let scanned = match self.transfer_range(t) {
-            Some((from, to)) => self.storage.scan_range(from, to, usize::MAX),
-            None => Ok(Vec::new()),
-        };
-        let entries = match scanned {
-            Ok(entries) => entries,
-            Err(error) => {
-                io.report(Event::StorageError { error });
-                self.transfer = None;
-                return;
-            }
-        };
         let mut batch = self.batch(self.opts.transfer_batch);
         let mut hashes = Vec::new();
-        let mut present = BTreeSet::new();
-        for (k, v) in entries {
-            let h = value_hash(&v);
-            if t.sent.get(&k) != Some(&h) && batch.push(k.clone(), v) {
-                hashes.push((k.clone(), h));
+        let mut deletes = Vec::new();
+        let mut sweep = Sweep::Done;
+        let read = match (t.sweep, arc) {
+            (Sweep::At(cursor), Some((from, to))) => {
+                let (mut seen, mut last, mut cut) = (0, None, false);
+                let sent = &t.sent;
+                let visited = self
+                    .storage
+                    .visit_range(cursor.unwrap_or(from), to, &mut |k, v| {
+                        let h = value_hash(v);
+                        let fresh = sent.get(k) != Some(&h);
+                        if seen >= SLICE_ENTRIES || (fresh && !batch.fits(k, v)) {
+                            cut = true;
+                            return false;
+                        }
+                        if fresh {
+                            batch.push(k.to_vec(), v.to_vec());
+                            hashes.push((k.to_vec(), h));
+                        }
+                        seen += 1;
+                        last = Some(Id::hash(k));
+                        true
+                    });
+                if cut {
+                    sweep = Sweep::At(last);
+                }
+                visited
             }
-            present.insert(k);
+            // Swept: what was written since.
+            _ => {
+                let (keys, overflowed) = self.storage.take_watched(self.opts.transfer_batch);
+                if overflowed {
+                    // Some writes went unnoted: sweep the range again.
+                    sweep = Sweep::At(None);
+                }
+                let mut result = Ok(());
+                let mut rest = Vec::new();
+                for k in keys {
+                    match self.storage.get(&k) {
+                        Ok(Some(v)) => {
+                            let h = value_hash(&v);
+                            if t.sent.get(&k) == Some(&h) {
+                                continue;
+                            }
+                            if batch.fits(&k, &v) {
+                                hashes.push((k.clone(), h));
+                                batch.push(k, v);
+                            } else {
+                                rest.push(k);
+                            }
+                        }
+                        Ok(None) if t.sent.contains_key(&k) => deletes.push(k),
+                        Ok(None) => {}
+                        Err(e) => {
+                            result = Err(e);
+                            rest.push(k);
+                        }
+                    }
+                }
+                self.storage.watch(arc, rest);
+                result
+            }
+        };
+        if let Err(error) = read {
+            io.report(Event::StorageError { error });
+            self.storage.unwatch();
+            self.transfer = None;
+            return;
         }
-        let deletes: Vec<Vec<u8>> = t
-            .sent
-            .keys()
-            .filter(|k| !present.contains(*k))
-            .cloned()
-            .collect();
         if batch.is_empty() && deletes.is_empty() {
-            return self.finish_transfer(ring, io);
+            if sweep == Sweep::Done && self.storage.watched_is_empty() {
+                return self.finish_transfer(ring, io);
+            }
+            if let Some(t) = self.transfer.as_mut() {
+                t.sweep = sweep;
+                t.idle = true;
+            }
+            return;
         }
         let bytes = batch.bytes() as u64;
         let items = batch.into_items();
@@ -228,6 +325,7 @@ impl<S: Storage> Kv<S> {
                 items: hashes,
                 deletes: deletes.clone(),
                 bytes,
+                sweep,
             });
         }
         let request = Request::Transfer {
@@ -268,6 +366,7 @@ impl<S: Storage> Kv<S> {
             items,
             deletes,
             bytes,
+            sweep,
             ..
         }) = t.in_flight.take()
         else {
@@ -285,6 +384,10 @@ impl<S: Storage> Kv<S> {
                 for k in deletes {
                     t.sent.remove(&k);
                 }
+                // A slice acknowledged moves the sweep on (nothing else moves it while a round
+                // is in flight); a round of written keys leaves it done, or after an overflow
+                // starting again.
+                t.sweep = sweep;
                 self.transfer_round(ring, io);
             }
             Ok(Response::Redirect { to })
@@ -305,7 +408,15 @@ impl<S: Storage> Kv<S> {
                     return;
                 };
                 // The lost round may or may not have been stored: remember its keys as "maybe
-                // held" (a hash no value has), so a retry to the same node resends or deletes them.
+                // held" (a hash no value has), so a retry to the same node resends or deletes
+                // them, and look at them again (the sweep stays where it was; keys written
+                // since the sweep passed them were taken from the watch).
+                let again: Vec<Vec<u8>> = items
+                    .iter()
+                    .map(|(k, _)| k.clone())
+                    .chain(deletes.iter().cloned())
+                    .collect();
+                self.storage.watch(t.arc, again);
                 t.sent
                     .extend(items.into_iter().map(|(k, _)| (k, MAYBE_HELD)));
                 t.sent.extend(deletes.into_iter().map(|k| (k, MAYBE_HELD)));
@@ -345,10 +456,11 @@ impl<S: Storage> Kv<S> {
         let Some(t) = self.transfer.take() else {
             return;
         };
+        self.storage.unwatch();
         // Everything in the arc is now acknowledged by the receiver, unchanged since. A node
         // that hands a newcomer its range stays one of the newcomer's replicas and keeps copies.
         let keep = matches!(t.goal, TransferGoal::Join { .. }) && self.opts.replicas > 1;
-        if let Some((from, to)) = self.transfer_range(&t).filter(|_| !keep) {
+        if let Some((from, to)) = t.range(self.me.id).filter(|_| !keep) {
             match self.storage.scan_range(from, to, usize::MAX) {
                 Ok(entries) => {
                     for (k, _) in entries {

@@ -39,6 +39,7 @@ use crate::error::Result;
 use crate::id::{Id, in_half_open};
 use crate::storage::Storage;
 use sha1::{Digest, Sha1};
+use std::collections::BTreeSet;
 
 /// Levels below the root; leaves are at level `DEPTH`.
 pub const DEPTH: u8 = 4;
@@ -323,12 +324,37 @@ enum Built {
     Through(Option<Id>),
 }
 
+/// Most keys a [`Watch`] remembers; past that it only says it overflowed.
+pub const MAX_WATCHED: usize = 65_536;
+
+/// The keys written in a ring interval since they were last taken: how a hand-over that sweeps
+/// its range in slices learns what changed behind its cursor.
+#[derive(Debug, Default)]
+struct Watch {
+    /// The interval watched, `(from, to]`; `None` watches nothing but the keys added by hand.
+    arc: Option<(Id, Id)>,
+    keys: BTreeSet<Vec<u8>>,
+    /// More keys were written than [`MAX_WATCHED`]: some were not remembered.
+    overflowed: bool,
+}
+
+impl Watch {
+    fn note(&mut self, key: &[u8]) {
+        if self.keys.len() < MAX_WATCHED {
+            self.keys.insert(key.to_vec());
+        } else if !self.keys.contains(key) {
+            self.overflowed = true;
+        }
+    }
+}
+
 /// A storage engine with the hash tree of its entries, kept true through every write.
 #[derive(Debug)]
 pub struct Indexed<S> {
     inner: S,
     tree: HashTree,
     built: Built,
+    watch: Option<Watch>,
 }
 
 impl<S: Storage> Indexed<S> {
@@ -346,6 +372,59 @@ impl<S: Storage> Indexed<S> {
             } else {
                 Built::Through(None)
             },
+            watch: None,
+        }
+    }
+
+    /// Remember the keys written in `(from, to]` (none if `arc` is `None`) from now on, on top
+    /// of `keys`, until [`Indexed::unwatch`]; replaces an earlier watch but keeps its keys.
+    pub fn watch(&mut self, arc: Option<(Id, Id)>, keys: impl IntoIterator<Item = Vec<u8>>) {
+        let w = self.watch.get_or_insert_with(Watch::default);
+        w.arc = arc;
+        for k in keys {
+            w.note(&k);
+        }
+    }
+
+    /// Stop watching and forget the keys noted.
+    pub fn unwatch(&mut self) {
+        self.watch = None;
+    }
+
+    /// Whether a watch is set.
+    pub fn is_watching(&self) -> bool {
+        self.watch.is_some()
+    }
+
+    /// Take up to `max` of the keys noted, and whether the watch overflowed since the last time
+    /// (then some writes were not noted, and the caller must look at the whole interval again).
+    pub fn take_watched(&mut self, max: usize) -> (Vec<Vec<u8>>, bool) {
+        let Some(w) = self.watch.as_mut() else {
+            return (Vec::new(), false);
+        };
+        let mut taken = Vec::new();
+        while taken.len() < max {
+            match w.keys.pop_first() {
+                Some(k) => taken.push(k),
+                None => break,
+            }
+        }
+        (taken, std::mem::take(&mut w.overflowed))
+    }
+
+    /// Whether no key is noted (and nothing overflowed).
+    pub fn watched_is_empty(&self) -> bool {
+        self.watch
+            .as_ref()
+            .is_none_or(|w| w.keys.is_empty() && !w.overflowed)
+    }
+
+    /// Note a write of `id`'s key for the watch, if it covers it.
+    fn noted(&mut self, id: Id, key: &[u8]) {
+        if let Some(w) = self.watch.as_mut() {
+            if w.arc.is_some_and(|(from, to)| in_half_open(from, to, id)) {
+                w.note(key);
+            }
         }
     }
 
@@ -486,6 +565,7 @@ impl<S: Storage> Storage for Indexed<S> {
     fn put(&mut self, key: &[u8], value: &[u8]) -> Result<Option<Vec<u8>>> {
         let old = self.inner.put(key, value)?;
         let id = Id::hash(key);
+        self.noted(id, key);
         if self.tracked(id) {
             let old_hash = old.as_deref().map(|o| entry_hash(key, o));
             self.tree
@@ -497,6 +577,7 @@ impl<S: Storage> Storage for Indexed<S> {
     fn delete(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>> {
         let old = self.inner.delete(key)?;
         let id = Id::hash(key);
+        self.noted(id, key);
         if self.tracked(id) {
             let old_hash = old.as_deref().map(|o| entry_hash(key, o));
             self.tree.replace(id, old_hash, None);

@@ -240,3 +240,41 @@ fn an_empty_store_is_indexed_at_once_and_allocates_nothing() {
     assert!(s.tree().levels.is_empty());
     assert_eq!(s.tree().root(), Summary::default());
 }
+
+#[test]
+fn a_watch_notes_the_keys_written_in_its_interval_until_taken() -> Result<()> {
+    let mut s = Indexed::new(MemoryStorage::new());
+    let (a, b) = (b"a".to_vec(), b"b".to_vec());
+    let (ia, ib) = (Id::hash(&a), Id::hash(&b));
+    // An interval with `a` in it and `b` outside.
+    let arc = (ib, ia);
+    assert!(in_half_open(arc.0, arc.1, ia) && !in_half_open(arc.0, arc.1, ib));
+    s.put(&a, b"before")?;
+    s.watch(Some(arc), [b"by hand".to_vec()]);
+    assert!(s.is_watching() && !s.watched_is_empty());
+    s.put(&a, b"1")?;
+    s.put(&b, b"1")?;
+    s.delete(&a)?;
+    let (taken, overflowed) = s.take_watched(10);
+    assert_eq!(taken, vec![a.clone(), b"by hand".to_vec()]);
+    assert!(!overflowed && s.watched_is_empty());
+    s.put(&b, b"2")?;
+    assert!(
+        s.watched_is_empty(),
+        "a key outside the interval is not noted"
+    );
+    s.unwatch();
+    s.put(&a, b"2")?;
+    assert!(!s.is_watching() && s.watched_is_empty());
+    Ok(())
+}
+
+#[test]
+fn a_watch_that_overflows_says_so_once() {
+    let mut s = Indexed::new(MemoryStorage::new());
+    s.watch(None, (0..MAX_WATCHED + 5).map(|i| i.to_be_bytes().to_vec()));
+    let (taken, overflowed) = s.take_watched(usize::MAX);
+    assert_eq!(taken.len(), MAX_WATCHED);
+    assert!(overflowed, "five keys were not remembered");
+    assert_eq!(s.take_watched(usize::MAX), (Vec::new(), false));
+}
