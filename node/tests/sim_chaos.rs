@@ -413,3 +413,40 @@ fn a_write_missed_by_a_cut_off_replica_is_handed_over_when_it_returns() {
         "the replica never received the write it missed"
     );
 }
+
+/// A plain read asks only the R − 1 replicas it needs; when one of them is out of reach it asks
+/// the next one, so a crashed replica that nobody suspects yet costs the read nothing but a
+/// refused connection.
+#[test]
+fn a_plain_read_whose_replica_crashed_asks_the_next_one() {
+    let mut sim = Sim::new(SimOptions {
+        seed: 5,
+        ..SimOptions::default()
+    });
+    sim.grow(4, 200);
+    assert!(sim.settle(60_000), "the ring did not form");
+    let key = b"spare".to_vec();
+    let put = Request::write(key.clone(), Some(b"v".to_vec()), VersionVector::new(), None);
+    assert!(matches!(
+        sim.request(0, put, 10_000),
+        Ok(Response::Written { .. })
+    ));
+    assert!(
+        sim.run_until(10_000, |s| s.holders(&key).len() == 3),
+        "the key never reached its three copies"
+    );
+    let owner = sim.owner_of(&key).expect("an owner");
+    let first = sim.preference_list(&key, 3)[1];
+    sim.crash(first);
+    // At once: the owner still counts the crashed node among its replicas. Asked as the owner
+    // (`StoreGet`), so that no coordinator's retry hides a failed read.
+    let get = Request::StoreGet {
+        key: key.clone(),
+        r: Some(2),
+        session: None,
+    };
+    match sim.request(owner, get, 10_000) {
+        Ok(Response::Read(r)) => assert_eq!(r.values, vec![b"v".to_vec()]),
+        other => panic!("the read failed with a replica down and another up: {other:?}"),
+    }
+}

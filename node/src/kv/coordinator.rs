@@ -18,7 +18,7 @@ use crate::rpc::ConnId;
 use crate::session::{Floor, SessionWrite};
 use crate::storage::Storage;
 use crate::version::{VersionVector, Versioned};
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, VecDeque};
 
 /// How many dot counters a node may issue per persisted lease (see [`Kv::issued_dot`]).
 const DOT_LEASE: u64 = 1 << 20;
@@ -145,6 +145,9 @@ pub(super) struct ReadOp {
     needed: usize,
     answered: usize,
     outstanding: usize,
+    /// Replicas not asked (yet): a plain read asks only the `needed` first, and the next one
+    /// for each that fails.
+    spare: VecDeque<NodeRef>,
     done: bool,
 }
 
@@ -671,8 +674,19 @@ impl<S: Storage> Kv<S> {
             Ok(n) => n,
             Err(e) => return self.answer(io, responder, Err(e)),
         };
-        // Only a session read's answer needs the copies' contexts (for its stability).
+        // Only a session read's answer needs the copies' contexts (for its stability), and only
+        // it may need more copies than R (to meet its floor, or to tell that all N agree): it
+        // asks every replica. A plain read asks the R − 1 it needs, and one more for each that
+        // fails (Cassandra's way: the other copies are anti-entropy's business), so a read
+        // costs R copies' work, not N.
         let own = session.as_ref().map(|_| merged.context().clone());
+        let asked = if session.is_some() {
+            targets.len()
+        } else {
+            needed
+        };
+        let mut spare: VecDeque<NodeRef> = targets.iter().copied().collect();
+        let targets: Vec<NodeRef> = spare.drain(..asked.min(spare.len())).collect();
         let mut r = ReadOp {
             responder,
             copies: vec![(self.me, merged.digest(), own.unwrap_or_default())],
@@ -684,6 +698,7 @@ impl<S: Storage> Kv<S> {
             needed,
             answered: 0,
             outstanding: targets.len(),
+            spare,
             done: false,
         };
         if needed == 0 && r.unmet().is_none() {
@@ -715,6 +730,17 @@ impl<S: Storage> Kv<S> {
             return;
         };
         r.outstanding -= 1;
+        if !matches!(response, Ok(Response::State(_))) {
+            // This copy is out of reach: ask the next one instead, if there is one.
+            if let Some(next) = r.spare.pop_front() {
+                r.outstanding += 1;
+                let req = Request::ReplicaRead { key: r.key.clone() };
+                self.send(io, next, req, Purpose::ReplicaRead { op, from: next });
+            }
+        }
+        let Some(r) = self.reads.get_mut(&op) else {
+            return;
+        };
         if let Ok(Response::State(state)) = response {
             let state = match state.map(|b| Versioned::decode(&b)).transpose() {
                 Ok(s) => s.unwrap_or_default(),

@@ -16,8 +16,11 @@
 //!   its `N − 1` replicas ([`Request::Replicate`]) and answers once `W` copies, its own included,
 //!   are stored and flushed. Fewer than `W` answers is an error for the client, though the
 //!   version may survive where it was stored: an unacknowledged write is "maybe".
-//! - *read*: it asks its replicas ([`Request::ReplicaRead`]), merges the first `R − 1` answers
-//!   with its own copy and answers; any copy found stale is repaired with the merge (read repair).
+//! - *read*: it asks `R − 1` of its replicas ([`Request::ReplicaRead`]; another for each that
+//!   fails), merges their answers with its own copy and answers; any copy found stale is
+//!   repaired with the merge (read repair). The copies not asked are anti-entropy's to keep
+//!   (Cassandra reads the same way), so a read costs `R` copies' work, not `N`. A session read
+//!   asks them all (SESSIONS below).
 //!
 //! Every copy merges by version vectors, never by time, so the order in which copies meet does
 //! not matter. Each key's state remembers the write ids recently applied to it, so a retried
