@@ -54,7 +54,7 @@ use crate::message::{Envelope, NodeRef, Request, RequestId, Response};
 use crate::node::{Event, Node, Options, Output};
 use crate::ring;
 use crate::rpc::ConnId;
-use crate::storage::{SledStorage, Storage};
+use crate::storage::{FlushHandle, SledStorage, Storage};
 use crate::wire::{self, Channel, FrameReader, FrameWriter, Limits, Role};
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
@@ -219,6 +219,9 @@ impl<S: Storage> Storage for Tracked<S> {
     }
     fn flush(&self) -> Result<()> {
         self.inner.flush()
+    }
+    fn flush_handle(&self) -> FlushHandle {
+        self.inner.flush_handle()
     }
     fn get_meta(&self, name: &str) -> Result<Option<Vec<u8>>> {
         self.inner.get_meta(name)
