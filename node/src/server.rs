@@ -472,6 +472,8 @@ pub async fn serve<S: Storage>(
     // Outputs waiting for a flush, each with the number of the last write made before it, in
     // the order they were made (so the numbers never decrease).
     let mut held: VecDeque<(u64, Output)> = VecDeque::new();
+    // Outputs of this turn that need not wait, delivered at its end.
+    let mut ready: Vec<Output> = Vec::new();
 
     let failed = 'core: loop {
         tokio::select! {
@@ -501,7 +503,7 @@ pub async fn serve<S: Storage>(
                 while let Some(input) = next.take() {
                     handle_input(&mut node, &mut conns, input, now());
                     // Each input's outputs are routed before the next input can write.
-                    if out.route(&mut node, &conns, &mut held, flusher.flushed) {
+                    if out.route(&mut node, &mut ready, &mut held, flusher.flushed) {
                         break 'core None;
                     }
                     handled += 1;
@@ -511,7 +513,11 @@ pub async fn serve<S: Storage>(
                 }
             }
         }
-        if out.route(&mut node, &conns, &mut held, flusher.flushed) {
+        let left = out.route(&mut node, &mut ready, &mut held, flusher.flushed);
+        for output in ready.drain(..) {
+            out.deliver(&conns, output);
+        }
+        if left {
             break 'core None;
         }
         if !out.relaxed {
@@ -527,6 +533,10 @@ pub async fn serve<S: Storage>(
         metrics::gauge!("chordkv_keys").set(node.storage().len().unwrap_or(0) as f64);
     };
     accept.abort();
+    // What a turn cut short by the node's leave made ready.
+    for output in ready.drain(..) {
+        out.deliver(&conns, output);
+    }
     // Stopping: one last flush covers every write (in every mode), then what it held may go.
     let failed = match failed {
         Some(e) => Some(e),
@@ -569,13 +579,15 @@ struct Deliver<'a> {
 }
 
 impl Deliver<'_> {
-    /// Deliver or hold the state machine's new outputs by the acknowledgement rule (GROUP
-    /// COMMIT), given that writes up to `flushed` are durable. Returns true when the node has
-    /// left (its outputs after that are dropped).
+    /// Sort the state machine's new outputs by the acknowledgement rule (GROUP COMMIT), given
+    /// that writes up to `flushed` are durable: into `ready`, to deliver at the end of the turn
+    /// (so that a connection's writer sends a turn's answers together), or into `held`. Events
+    /// are logged at once. Returns true when the node has left (its outputs after that are
+    /// dropped).
     fn route<S: Storage>(
         &self,
         node: &mut Node<Tracked<S>>,
-        conns: &HashMap<ConnId, mpsc::Sender<Envelope>>,
+        ready: &mut Vec<Output>,
         held: &mut VecDeque<(u64, Output)>,
         flushed: u64,
     ) -> bool {
@@ -589,14 +601,12 @@ impl Deliver<'_> {
                         return true;
                     }
                 }
-                Output::Send { ref request, .. } if !waits_for_flush(request) => {
-                    self.deliver(conns, output)
-                }
+                Output::Send { ref request, .. } if !waits_for_flush(request) => ready.push(output),
                 // Held outputs all wait for writes after `flushed`, so none is held now and this
-                // one overtakes nothing.
+                // one overtakes nothing (`ready` is delivered before any held output is released).
                 output if self.relaxed || written <= flushed => {
                     debug_assert!(held.is_empty(), "an output would overtake a held one");
-                    self.deliver(conns, output);
+                    ready.push(output);
                 }
                 output => held.push_back((written, output)),
             }
