@@ -29,11 +29,12 @@
 //!   `waits_for_flush` for why that one, and why none of the others);
 //! - events are logged at once.
 //!
-//! If no flush is in flight and something is unflushed, the core starts one covering every write
-//! so far; writes made while it runs wait for the next, so concurrent writers share flushes
-//! (group commit) with at most one flush in flight. The flusher reports which write number a
-//! flush covered on a channel of its own, polled first; the held outputs it covers leave in the
-//! order they were made.
+//! When a turn leaves writes unflushed, the core wakes the flusher. It reads the write count,
+//! flushes, reports the number it read, and goes on while the count has moved, one flush at a
+//! time: writes made during a flush share the next one (group commit), and consecutive flushes
+//! follow each other without waiting for the core. A count is taken after its write completes,
+//! so a flush covers every write it reports. Reports come on a channel of their own, polled
+//! first; the held outputs a report covers leave in the order they were made.
 //!
 //! Every answer waits, whatever it answers: ring maintenance too (pings, neighbours, routes,
 //! status). Telling them apart buys little, since an answer waits one flush at most (about a
@@ -96,6 +97,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Mutex, Semaphore, mpsc};
@@ -233,21 +235,37 @@ enum Input {
 /// the core knows which flush covers which write.
 struct Tracked<S> {
     inner: S,
-    /// How many writes were made so far: write number `written` is the latest.
-    written: u64,
+    /// How many writes were made so far: write number `n` is complete once this reads `n`.
+    /// Shared with the flusher thread, which reads it before each flush.
+    written: Arc<AtomicU64>,
+}
+
+impl<S> Tracked<S> {
+    /// How many writes were made so far.
+    fn written(&self) -> u64 {
+        self.written.load(Ordering::Acquire)
+    }
+
+    /// Count a write that is complete.
+    fn count(&self) {
+        self.written.fetch_add(1, Ordering::Release);
+    }
 }
 
 impl<S: Storage> Storage for Tracked<S> {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
         self.inner.get(key)
     }
+    // Counted once done (failed or not), so a flush that read the count began after the write.
     fn put(&mut self, key: &[u8], value: &[u8]) -> Result<()> {
-        self.written += 1;
-        self.inner.put(key, value)
+        let result = self.inner.put(key, value);
+        self.count();
+        result
     }
     fn delete(&mut self, key: &[u8]) -> Result<bool> {
-        self.written += 1;
-        self.inner.delete(key)
+        let result = self.inner.delete(key);
+        self.count();
+        result
     }
     fn scan_range(&self, from: Id, to: Id, limit: usize) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
         self.inner.scan_range(from, to, limit)
@@ -267,76 +285,95 @@ impl<S: Storage> Storage for Tracked<S> {
     fn set_meta(&mut self, name: &str, value: &[u8]) -> Result<()> {
         // Durable by itself, but counting it costs at most one flush and assumes nothing about
         // what an engine's meta flush covers.
-        self.written += 1;
-        self.inner.set_meta(name, value)
+        let result = self.inner.set_meta(name, value);
+        self.count();
+        result
     }
 }
 
 /// What the flusher thread tells the core: the write number a flush covered, and how it went.
 type FlushReport = (u64, Result<()>);
 
-/// The node's flusher thread, and what the core knows of it (see GROUP COMMIT). At most one
-/// flush is in flight; its report comes back on a channel of its own, never behind the inputs
-/// it releases, and still while the core has stopped taking inputs.
+/// The node's flusher thread, and what the core knows of it (see GROUP COMMIT).
+///
+/// The thread flushes whenever the write count has moved past what it last flushed, reading the
+/// count before each flush, so every write it counted is complete before the flush begins. The
+/// core only wakes it when it may be idle; while writes keep coming it flushes back to back,
+/// without waiting for the core's turn to end. One flush runs at a time. Reports come back on a
+/// channel of their own, never behind the inputs they release, and still while the core has
+/// stopped taking inputs.
 struct Flusher {
-    /// Write numbers to flush up to; the thread begins each flush after receiving its number.
-    requests: Option<std::sync::mpsc::Sender<u64>>,
+    wake: Option<std::sync::mpsc::Sender<()>>,
     reports: mpsc::UnboundedReceiver<FlushReport>,
     thread: Option<std::thread::JoinHandle<()>>,
-    /// The write number the flush in flight covers.
-    in_flight: Option<u64>,
+    /// The write count when the core last woke the thread.
+    asked: u64,
     /// Every write up to this number is durable.
     flushed: u64,
 }
 
 impl Flusher {
-    /// Start the thread, flushing through `flush`.
-    fn spawn(flush: FlushHandle) -> Result<Flusher> {
-        let (requests, work) = std::sync::mpsc::channel::<u64>();
+    /// Start the thread, flushing through `flush` the writes `written` counts.
+    fn spawn(flush: FlushHandle, written: Arc<AtomicU64>) -> Result<Flusher> {
+        let (wake, woken) = std::sync::mpsc::channel::<()>();
         let (report, reports) = mpsc::unbounded_channel::<FlushReport>();
         let thread = std::thread::Builder::new()
             .name("chordkv-flusher".into())
             .spawn(move || {
-                while let Ok(upto) = work.recv() {
-                    let began = Instant::now();
-                    let result = flush();
-                    metrics::histogram!("chordkv_flush_seconds")
-                        .record(began.elapsed().as_secs_f64());
-                    if report.send((upto, result)).is_err() {
-                        break;
+                let mut started = 0;
+                while woken.recv().is_ok() {
+                    while woken.try_recv().is_ok() {}
+                    loop {
+                        let upto = written.load(Ordering::Acquire);
+                        if upto <= started {
+                            break;
+                        }
+                        started = upto;
+                        let began = Instant::now();
+                        let result = flush();
+                        metrics::histogram!("chordkv_flush_seconds")
+                            .record(began.elapsed().as_secs_f64());
+                        // After a failure the core stops; sled would fail every later flush.
+                        let failed = result.is_err();
+                        if report.send((upto, result)).is_err() || failed {
+                            return;
+                        }
                     }
                 }
             })
             .map_err(|e| Error::Io(format!("cannot start the flusher thread: {e}")))?;
         Ok(Flusher {
-            requests: Some(requests),
+            wake: Some(wake),
             reports,
             thread: Some(thread),
-            in_flight: None,
+            asked: 0,
             flushed: 0,
         })
     }
 
-    /// Begin a flush of every write up to number `written`, unless one is in flight or those
-    /// writes are durable already. Write `written` was made before this call, so before the
-    /// flush begins.
+    /// Have every write up to number `written` flushed, unless the thread already will (once
+    /// woken, it flushes until it catches up with the count) or those writes are durable.
     fn start(&mut self, written: u64) {
-        if self.in_flight.is_some() || written <= self.flushed {
+        if written <= self.asked.max(self.flushed) {
             return;
         }
         // A thread that is gone drops its report sender: the core hears that as a failure.
-        if let Some(requests) = &self.requests {
-            let _ = requests.send(written);
+        if let Some(wake) = &self.wake {
+            let _ = wake.send(());
         }
-        self.in_flight = Some(written);
+        self.asked = written;
     }
 
-    /// Take in the report of the flush in flight.
+    /// Whether writes the core asked to flush are not yet known to be durable.
+    fn pending(&self) -> bool {
+        self.flushed < self.asked
+    }
+
+    /// Take in a report from the thread.
     ///
     /// # Errors
     /// [`Error::Io`] if the flush failed or the thread is gone.
     fn complete(&mut self, report: Option<FlushReport>) -> Result<()> {
-        self.in_flight = None;
         metrics::counter!("chordkv_flushes_total").increment(1);
         match report {
             Some((upto, Ok(()))) => {
@@ -348,26 +385,26 @@ impl Flusher {
         }
     }
 
-    /// Wait for the flush in flight, if any, and take in its report.
+    /// Wait until every write the core asked to flush is durable.
     ///
     /// # Errors
     /// As [`Flusher::complete`].
     async fn wait(&mut self) -> Result<()> {
-        if self.in_flight.is_none() {
-            return Ok(());
+        while self.pending() {
+            let report = self.reports.recv().await;
+            self.complete(report)?;
         }
-        let report = self.reports.recv().await;
-        self.complete(report)
+        Ok(())
     }
 }
 
 impl Drop for Flusher {
-    /// Closing the request channel ends the thread; an idle one is joined, so that its handle on
-    /// the storage (sled's directory lock) is gone when the server returns. One stuck in a flush
-    /// is left to finish by itself.
+    /// Closing the wake channel ends the thread; an idle one is joined, so that its handle on
+    /// the storage (sled's directory lock) is gone when the server returns. One that may be in a
+    /// flush is left to finish by itself.
     fn drop(&mut self) {
-        self.requests = None;
-        if self.in_flight.is_none()
+        self.wake = None;
+        if !self.pending()
             && let Some(thread) = self.thread.take()
         {
             let _ = thread.join();
@@ -436,10 +473,11 @@ pub async fn serve<S: Storage>(
     let keys = storage.len()?;
     let start = Instant::now();
     let now = move || start.elapsed().as_millis() as u64;
-    let mut flusher = Flusher::spawn(storage.flush_handle())?;
+    let written = Arc::new(AtomicU64::new(0));
+    let mut flusher = Flusher::spawn(storage.flush_handle(), written.clone())?;
     let storage = Tracked {
         inner: storage,
-        written: 0,
+        written,
     };
     let mut node = Node::new(me, config.node.clone(), storage, now());
     node.start(config.bootstrap, now());
@@ -478,7 +516,7 @@ pub async fn serve<S: Storage>(
     let failed = 'core: loop {
         tokio::select! {
             biased;
-            report = flusher.reports.recv(), if flusher.in_flight.is_some() => {
+            report = flusher.reports.recv() => {
                 if let Err(e) = flusher.complete(report) {
                     break 'core Some(e);
                 }
@@ -521,7 +559,7 @@ pub async fn serve<S: Storage>(
             break 'core None;
         }
         if !out.relaxed {
-            flusher.start(node.storage().written);
+            flusher.start(node.storage().written());
         }
         if config.durability == Durability::PerWrite {
             // A flush per write: nothing else is served until this one is done.
@@ -541,12 +579,8 @@ pub async fn serve<S: Storage>(
     let failed = match failed {
         Some(e) => Some(e),
         None => {
-            let mut result = flusher.wait().await;
-            if result.is_ok() {
-                flusher.start(node.storage().written);
-                result = flusher.wait().await;
-            }
-            result.err()
+            flusher.start(node.storage().written());
+            flusher.wait().await.err()
         }
     };
     if let Some(e) = failed {
@@ -593,7 +627,7 @@ impl Deliver<'_> {
     ) -> bool {
         // Every output made since the last call was made after the writes counted now (perhaps
         // before some of them: holding it longer is safe).
-        let written = node.storage().written;
+        let written = node.storage().written();
         while let Some(output) = node.poll_output() {
             match output {
                 Output::Event(event) => {
