@@ -29,12 +29,11 @@
 //!   `waits_for_flush` for why that one, and why none of the others);
 //! - events are logged at once.
 //!
-//! When a turn leaves writes unflushed, the core wakes the flusher. It reads the write count,
-//! flushes, reports the number it read, and goes on while the count has moved, one flush at a
-//! time: writes made during a flush share the next one (group commit), and consecutive flushes
-//! follow each other without waiting for the core. A count is taken after its write completes,
-//! so a flush covers every write it reports. Reports come on a channel of their own, polled
-//! first; the held outputs a report covers leave in the order they were made.
+//! If no flush is in flight and something is unflushed, the core starts one covering every write
+//! so far; writes made while it runs wait for the next, so concurrent writers share flushes
+//! (group commit) with at most one flush in flight. The flusher reports which write number a
+//! flush covered on a channel of its own, polled first; the held outputs it covers leave in the
+//! order they were made.
 //!
 //! Every answer waits, whatever it answers: ring maintenance too (pings, neighbours, routes,
 //! status). Telling them apart buys little, since an answer waits one flush at most (about a
@@ -97,7 +96,6 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Mutex, Semaphore, mpsc};
@@ -235,37 +233,21 @@ enum Input {
 /// the core knows which flush covers which write.
 struct Tracked<S> {
     inner: S,
-    /// How many writes were made so far: write number `n` is complete once this reads `n`.
-    /// Shared with the flusher thread, which reads it before each flush.
-    written: Arc<AtomicU64>,
-}
-
-impl<S> Tracked<S> {
-    /// How many writes were made so far.
-    fn written(&self) -> u64 {
-        self.written.load(Ordering::Acquire)
-    }
-
-    /// Count a write that is complete.
-    fn count(&self) {
-        self.written.fetch_add(1, Ordering::Release);
-    }
+    /// How many writes were made so far: write number `written` is the latest.
+    written: u64,
 }
 
 impl<S: Storage> Storage for Tracked<S> {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
         self.inner.get(key)
     }
-    // Counted once done (failed or not), so a flush that read the count began after the write.
     fn put(&mut self, key: &[u8], value: &[u8]) -> Result<()> {
-        let result = self.inner.put(key, value);
-        self.count();
-        result
+        self.written += 1;
+        self.inner.put(key, value)
     }
     fn delete(&mut self, key: &[u8]) -> Result<bool> {
-        let result = self.inner.delete(key);
-        self.count();
-        result
+        self.written += 1;
+        self.inner.delete(key)
     }
     fn scan_range(&self, from: Id, to: Id, limit: usize) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
         self.inner.scan_range(from, to, limit)
@@ -285,95 +267,76 @@ impl<S: Storage> Storage for Tracked<S> {
     fn set_meta(&mut self, name: &str, value: &[u8]) -> Result<()> {
         // Durable by itself, but counting it costs at most one flush and assumes nothing about
         // what an engine's meta flush covers.
-        let result = self.inner.set_meta(name, value);
-        self.count();
-        result
+        self.written += 1;
+        self.inner.set_meta(name, value)
     }
 }
 
 /// What the flusher thread tells the core: the write number a flush covered, and how it went.
 type FlushReport = (u64, Result<()>);
 
-/// The node's flusher thread, and what the core knows of it (see GROUP COMMIT).
-///
-/// The thread flushes whenever the write count has moved past what it last flushed, reading the
-/// count before each flush, so every write it counted is complete before the flush begins. The
-/// core only wakes it when it may be idle; while writes keep coming it flushes back to back,
-/// without waiting for the core's turn to end. One flush runs at a time. Reports come back on a
-/// channel of their own, never behind the inputs they release, and still while the core has
-/// stopped taking inputs.
+/// The node's flusher thread, and what the core knows of it (see GROUP COMMIT). At most one
+/// flush is in flight; its report comes back on a channel of its own, never behind the inputs
+/// it releases, and still while the core has stopped taking inputs.
 struct Flusher {
-    wake: Option<std::sync::mpsc::Sender<()>>,
+    /// Write numbers to flush up to; the thread begins each flush after receiving its number.
+    requests: Option<std::sync::mpsc::Sender<u64>>,
     reports: mpsc::UnboundedReceiver<FlushReport>,
     thread: Option<std::thread::JoinHandle<()>>,
-    /// The write count when the core last woke the thread.
-    asked: u64,
+    /// The write number the flush in flight covers.
+    in_flight: Option<u64>,
     /// Every write up to this number is durable.
     flushed: u64,
 }
 
 impl Flusher {
-    /// Start the thread, flushing through `flush` the writes `written` counts.
-    fn spawn(flush: FlushHandle, written: Arc<AtomicU64>) -> Result<Flusher> {
-        let (wake, woken) = std::sync::mpsc::channel::<()>();
+    /// Start the thread, flushing through `flush`.
+    fn spawn(flush: FlushHandle) -> Result<Flusher> {
+        let (requests, work) = std::sync::mpsc::channel::<u64>();
         let (report, reports) = mpsc::unbounded_channel::<FlushReport>();
         let thread = std::thread::Builder::new()
             .name("chordkv-flusher".into())
             .spawn(move || {
-                let mut started = 0;
-                while woken.recv().is_ok() {
-                    while woken.try_recv().is_ok() {}
-                    loop {
-                        let upto = written.load(Ordering::Acquire);
-                        if upto <= started {
-                            break;
-                        }
-                        started = upto;
-                        let began = Instant::now();
-                        let result = flush();
-                        metrics::histogram!("chordkv_flush_seconds")
-                            .record(began.elapsed().as_secs_f64());
-                        // After a failure the core stops; sled would fail every later flush.
-                        let failed = result.is_err();
-                        if report.send((upto, result)).is_err() || failed {
-                            return;
-                        }
+                while let Ok(upto) = work.recv() {
+                    let began = Instant::now();
+                    let result = flush();
+                    metrics::histogram!("chordkv_flush_seconds")
+                        .record(began.elapsed().as_secs_f64());
+                    if report.send((upto, result)).is_err() {
+                        break;
                     }
                 }
             })
             .map_err(|e| Error::Io(format!("cannot start the flusher thread: {e}")))?;
         Ok(Flusher {
-            wake: Some(wake),
+            requests: Some(requests),
             reports,
             thread: Some(thread),
-            asked: 0,
+            in_flight: None,
             flushed: 0,
         })
     }
 
-    /// Have every write up to number `written` flushed, unless the thread already will (once
-    /// woken, it flushes until it catches up with the count) or those writes are durable.
+    /// Begin a flush of every write up to number `written`, unless one is in flight or those
+    /// writes are durable already. Write `written` was made before this call, so before the
+    /// flush begins.
     fn start(&mut self, written: u64) {
-        if written <= self.asked.max(self.flushed) {
+        if self.in_flight.is_some() || written <= self.flushed {
             return;
         }
         // A thread that is gone drops its report sender: the core hears that as a failure.
-        if let Some(wake) = &self.wake {
-            let _ = wake.send(());
+        if let Some(requests) = &self.requests {
+            let _ = requests.send(written);
         }
-        self.asked = written;
+        self.in_flight = Some(written);
     }
 
-    /// Whether writes the core asked to flush are not yet known to be durable.
-    fn pending(&self) -> bool {
-        self.flushed < self.asked
-    }
-
-    /// Take in a report from the thread.
+    /// Take in the report of the flush in flight.
     ///
     /// # Errors
     /// [`Error::Io`] if the flush failed or the thread is gone.
     fn complete(&mut self, report: Option<FlushReport>) -> Result<()> {
+        self.in_flight = None;
         metrics::counter!("chordkv_flushes_total").increment(1);
         match report {
             Some((upto, Ok(()))) => {
@@ -385,26 +348,26 @@ impl Flusher {
         }
     }
 
-    /// Wait until every write the core asked to flush is durable.
+    /// Wait for the flush in flight, if any, and take in its report.
     ///
     /// # Errors
     /// As [`Flusher::complete`].
     async fn wait(&mut self) -> Result<()> {
-        while self.pending() {
-            let report = self.reports.recv().await;
-            self.complete(report)?;
+        if self.in_flight.is_none() {
+            return Ok(());
         }
-        Ok(())
+        let report = self.reports.recv().await;
+        self.complete(report)
     }
 }
 
 impl Drop for Flusher {
-    /// Closing the wake channel ends the thread; an idle one is joined, so that its handle on
-    /// the storage (sled's directory lock) is gone when the server returns. One that may be in a
-    /// flush is left to finish by itself.
+    /// Closing the request channel ends the thread; an idle one is joined, so that its handle on
+    /// the storage (sled's directory lock) is gone when the server returns. One stuck in a flush
+    /// is left to finish by itself.
     fn drop(&mut self) {
-        self.wake = None;
-        if !self.pending()
+        self.requests = None;
+        if self.in_flight.is_none()
             && let Some(thread) = self.thread.take()
         {
             let _ = thread.join();
@@ -473,11 +436,10 @@ pub async fn serve<S: Storage>(
     let keys = storage.len()?;
     let start = Instant::now();
     let now = move || start.elapsed().as_millis() as u64;
-    let written = Arc::new(AtomicU64::new(0));
-    let mut flusher = Flusher::spawn(storage.flush_handle(), written.clone())?;
+    let mut flusher = Flusher::spawn(storage.flush_handle())?;
     let storage = Tracked {
         inner: storage,
-        written,
+        written: 0,
     };
     let mut node = Node::new(me, config.node.clone(), storage, now());
     node.start(config.bootstrap, now());
@@ -516,7 +478,7 @@ pub async fn serve<S: Storage>(
     let failed = 'core: loop {
         tokio::select! {
             biased;
-            report = flusher.reports.recv() => {
+            report = flusher.reports.recv(), if flusher.in_flight.is_some() => {
                 if let Err(e) = flusher.complete(report) {
                     break 'core Some(e);
                 }
@@ -559,7 +521,7 @@ pub async fn serve<S: Storage>(
             break 'core None;
         }
         if !out.relaxed {
-            flusher.start(node.storage().written());
+            flusher.start(node.storage().written);
         }
         if config.durability == Durability::PerWrite {
             // A flush per write: nothing else is served until this one is done.
@@ -579,8 +541,12 @@ pub async fn serve<S: Storage>(
     let failed = match failed {
         Some(e) => Some(e),
         None => {
-            flusher.start(node.storage().written());
-            flusher.wait().await.err()
+            let mut result = flusher.wait().await;
+            if result.is_ok() {
+                flusher.start(node.storage().written);
+                result = flusher.wait().await;
+            }
+            result.err()
         }
     };
     if let Some(e) = failed {
@@ -627,7 +593,7 @@ impl Deliver<'_> {
     ) -> bool {
         // Every output made since the last call was made after the writes counted now (perhaps
         // before some of them: holding it longer is safe).
-        let written = node.storage().written();
+        let written = node.storage().written;
         while let Some(output) = node.poll_output() {
             match output {
                 Output::Event(event) => {
