@@ -19,8 +19,8 @@
 //! flusher thread of the node's own ([`Flusher`]; sled 0.34's `flush_async` deadlocks with many
 //! waiters, sled #1308) flushes through the storage's [`Storage::flush_handle`] whenever the core
 //! asks, and the core goes on handling inputs meanwhile. The core numbers every write to its
-//! storage (`Tracked`). After each turn (a batch of ready inputs, a tick, or a flush's report) it
-//! applies one rule to the outputs the state machine made:
+//! storage (`Tracked`). After each input, tick or leave it applies one rule to the outputs the
+//! state machine made:
 //! - an answer ([`Output::Respond`]) made after write `k` is held until a flush that began after
 //!   write `k` has completed; one made when every write so far is durable (a read in a
 //!   write-free moment) goes at once;
@@ -29,24 +29,35 @@
 //!   `waits_for_flush` for why that one, and why none of the others);
 //! - events are logged at once.
 //!
-//! If no flush is in flight and something is unflushed, the core starts one covering every write
-//! so far; writes made while it runs wait for the next, so concurrent writers share flushes
-//! (group commit) with at most one flush in flight. The flusher reports which write number a
-//! flush covered on a channel of its own, polled first; the held outputs it covers leave in the
-//! order they were made.
+//! An answer waits for every write made before it, not only for the one it acknowledges: the
+//! owner's answer to a W=2 write, made when its replica answers, also waits for the writes that
+//! arrived meanwhile, so under load for the flush after the one in flight. Only the state machine
+//! could say what each answer depends on; the server does not guess.
+//!
+//! At the end of a turn (a batch of ready inputs, a tick, or a flush's report), if no flush is in
+//! flight and something is unflushed, the core starts one covering every write so far; writes
+//! made while it runs wait for the next, so concurrent writers share flushes (group commit) with
+//! at most one flush in flight. The flusher reports which write number a flush covered on a
+//! channel of its own, polled first; the held outputs it covers leave in the order they were
+//! made. (A flusher that flushes again by itself whenever the count has moved, without waiting
+//! for the turn to end, was tried: the replication system tests with large values then timed
+//! out in 3 runs of 4, perhaps from flushes racing the writes of one large transfer input; the
+//! cause was not pinned down, and the gain was within the bench's noise.)
 //!
 //! Every answer waits, whatever it answers: ring maintenance too (pings, neighbours, routes,
-//! status). Telling them apart buys little, since an answer waits one flush at most (about a
-//! millisecond, against failure-detector timeouts of hundreds), and would cost what fail-stop is
-//! for: a node whose disk hangs would keep answering heartbeats while holding every write, and
-//! the ring would never route around it. Holding them all, such a node falls silent and is
-//! handled as a crash. It also keeps the rule free of per-key bookkeeping: a read of another key
-//! may show what the unflushed write changed (a key count, a session's dependencies).
+//! status). Telling them apart buys little, since an answer waits for the rest of the flush in
+//! flight and one more at most (a fraction of a millisecond to a few, against failure-detector
+//! timeouts of hundreds), and would cost what fail-stop is for: a node whose disk hangs would keep
+//! answering heartbeats while holding every write, and the ring would never route around it.
+//! Holding them all, such a node falls silent and is handled as a crash. It also keeps the rule
+//! free of per-key bookkeeping: a read of another key may show what the unflushed write changed (a
+//! key count, a session's dependencies).
 //!
-//! Order: held outputs keep their order, and an output goes at once only when nothing is held
-//! (everything held waited for an earlier write, hence for one already durable), so no answer
-//! overtakes an earlier one, on its connection or any other. Requests to peers do overtake
-//! held answers; each already goes out in a task of its own, in no promised order.
+//! Order: held outputs leave in the order they were made, and an output goes at once only when
+//! every write so far is durable, when nothing is held (a held output waits for writes made
+//! before it, durable by then, and reports are taken in before any new output): no answer
+//! overtakes an earlier one, on its connection or any other. Requests to peers do overtake held
+//! answers; each already goes out in a task of its own, in no promised order.
 //!
 //! [`Durability`] selects this, a flush per write (for comparison: one input per turn, and the
 //! core waits for that input's flush before the next; its requests to peers still go first), or

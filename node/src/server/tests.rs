@@ -156,12 +156,18 @@ async fn a_failed_flush_stops_the_node_before_it_acknowledges_the_write() {
     );
 }
 
-/// The owner of a W = 2 write acknowledges it in a later batch than the one that stored it
-/// (when its replica answers): a failed flush of the first batch must stop that answer too.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_replica_answer_after_a_failed_flush_does_not_acknowledge_the_write() {
+/// A ring of two, each the other's replica: an owner on `storage`, a replica in memory, a
+/// client of each, and a key of the owner's range (replica, owner].
+struct Pair {
+    owner: Running,
+    replica: Running,
+    a: Channel,
+    b: Channel,
+    key: Vec<u8>,
+}
+
+async fn owner_and_replica<S: Storage + 'static>(storage: S) -> Pair {
     let (owner_id, replica_id) = (id(0x80), id(0x40));
-    let (storage, faults) = faulty();
     let owner = start(owner_id, storage, None, Limits::default()).await;
     let replica = start(
         replica_id,
@@ -175,11 +181,31 @@ async fn a_replica_answer_after_a_failed_flush_does_not_acknowledge_the_write() 
         s.joined && s.pred.is_some() && s.replicas == 2
     })
     .await;
-    // A key of the owner's range (replica, owner].
     let key = (0..)
         .map(|i: u32| format!("key{i}").into_bytes())
         .find(|k| in_half_open(replica_id, owner_id, Id::hash(k)))
         .expect("some key falls in the owner's range");
+    Pair {
+        owner,
+        replica,
+        a,
+        b,
+        key,
+    }
+}
+
+/// The owner of a W = 2 write acknowledges it in a later batch than the one that stored it
+/// (when its replica answers): a failed flush of the first batch must stop that answer too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_answer_after_a_failed_flush_does_not_acknowledge_the_write() {
+    let (storage, faults) = faulty();
+    let Pair {
+        owner,
+        replica,
+        a,
+        b,
+        key,
+    } = owner_and_replica(storage).await;
     let first = a.call(put(&key, 2), T).await;
     assert!(first.is_ok(), "{first:?}");
 
@@ -378,25 +404,14 @@ async fn an_acknowledgement_waits_for_its_flush_while_the_core_serves_on() {
 /// owner's flush is still held, and the owner's acknowledgement still waits for that flush.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replication_runs_while_the_owner_flushes_and_the_answer_waits_for_both() {
-    let (owner_id, replica_id) = (id(0x80), id(0x40));
     let (storage, gate) = gated();
-    let owner = start(owner_id, storage, None, Limits::default()).await;
-    let replica = start(
-        replica_id,
-        MemoryStorage::new(),
-        Some(owner.addr),
-        Limits::default(),
-    )
-    .await;
-    let (a, b) = (client(owner.addr).await, client(replica.addr).await);
-    wait_for(&[&a, &b], "a ring of two, each the other's replica", |s| {
-        s.joined && s.pred.is_some() && s.replicas == 2
-    })
-    .await;
-    let key = (0..)
-        .map(|i: u32| format!("key{i}").into_bytes())
-        .find(|k| in_half_open(replica_id, owner_id, Id::hash(k)))
-        .expect("some key falls in the owner's range");
+    let Pair {
+        owner,
+        replica,
+        a,
+        b,
+        key,
+    } = owner_and_replica(storage).await;
 
     gate.set(false);
     let write = {
