@@ -8,8 +8,12 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// Builds `chordkv-node` in release and returns its path (beside the benchmark's own
-/// directory: target/release/deps/NAME-xxxx -> target/release/chordkv-node).
+/// directory: target/release/deps/NAME-xxxx -> target/release/chordkv-node). `CHORDKV_NODE_BIN`
+/// names a binary to run instead, unbuilt: how to compare two builds on the same machine.
 pub fn node_binary() -> PathBuf {
+    if let Some(bin) = std::env::var_os("CHORDKV_NODE_BIN") {
+        return PathBuf::from(bin);
+    }
     release_binary("chordkv-node", "chordkv-node")
 }
 

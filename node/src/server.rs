@@ -9,31 +9,77 @@
 //! - a ticker drives [`Node::tick`];
 //! - every [`Output::Send`] runs in its own small task over a pooled [`Channel`] to that peer
 //!   and returns its answer (or the transport's error) to the core as an input;
+//! - a flusher thread flushes the storage when the core asks and reports back on a channel of
+//!   its own (GROUP COMMIT);
 //! - the shutdown future starts a graceful leave.
 //!
 //! GROUP COMMIT
 //!
-//! The core takes every input that is ready (up to a batch), lets the state machine act on them,
-//! and if anything was written since the last successful flush it flushes once before releasing
-//! the batch's outputs. So an acknowledgement never leaves before its write is on disk, and
-//! concurrent writers share a flush. [`Durability`] selects this, a flush per write (for
-//! comparison), or acknowledging before the flush (faster, with a window of loss on a crash of
-//! the process).
+//! Acknowledgements never precede durability, and the core loop never waits for the disk. A
+//! flusher thread of the node's own ([`Flusher`]; sled 0.34's `flush_async` deadlocks with many
+//! waiters, sled #1308) flushes through the storage's [`Storage::flush_handle`] whenever the core
+//! asks, and the core goes on handling inputs meanwhile. The core numbers every write to its
+//! storage (`Tracked`). After each input, tick or leave it applies one rule to the outputs the
+//! state machine made:
+//! - an answer ([`Output::Respond`]) made after write `k` is held until a flush that began after
+//!   write `k` has completed; one made when every write so far is durable (a read in a
+//!   write-free moment) goes at once;
+//! - a request to a peer ([`Output::Send`]) goes at once, so replication runs on the replicas
+//!   while we flush here; only a tombstone collection's commit waits like an answer (see
+//!   `waits_for_flush` for why that one, and why none of the others);
+//! - events are logged at once.
+//!
+//! An answer waits for every write made before it, not only for the one it acknowledges: the
+//! owner's answer to a W=2 write, made when its replica answers, also waits for the writes that
+//! arrived meanwhile, so under load for the flush after the one in flight. Only the state machine
+//! could say what each answer depends on; the server does not guess.
+//!
+//! At the end of a turn (a batch of ready inputs, a tick, or a flush's report), if no flush is in
+//! flight and something is unflushed, the core starts one covering every write so far; writes
+//! made while it runs wait for the next, so concurrent writers share flushes (group commit) with
+//! at most one flush in flight. The flusher reports which write number a flush covered on a
+//! channel of its own, polled first; the held outputs it covers leave in the order they were
+//! made. (A flusher that flushes again by itself whenever the count has moved, without waiting
+//! for the turn to end, was tried and dropped: with it the replication system tests with large
+//! values timed out in 3 runs of 4. The ring-growth one of them also times out now and then on a
+//! loaded machine without any of this change, so the cause was not pinned down; its gain was
+//! within the bench's noise.)
+//!
+//! Every answer waits, whatever it answers: ring maintenance too (pings, neighbours, routes,
+//! status). Telling them apart buys little, since an answer waits for the rest of the flush in
+//! flight and one more at most (a fraction of a millisecond to a few, against failure-detector
+//! timeouts of hundreds), and would cost what fail-stop is for: a node whose disk hangs would keep
+//! answering heartbeats while holding every write, and the ring would never route around it.
+//! Holding them all, such a node falls silent and is handled as a crash. It also keeps the rule
+//! free of per-key bookkeeping: a read of another key may show what the unflushed write changed (a
+//! key count, a session's dependencies).
+//!
+//! Order: held outputs leave in the order they were made, and an output goes at once only when
+//! every write so far is durable, when nothing is held (a held output waits for writes made
+//! before it, durable by then, and reports are taken in before any new output): no answer
+//! overtakes an earlier one, on its connection or any other. Requests to peers do overtake held
+//! answers; each already goes out in a task of its own, in no promised order.
+//!
+//! [`Durability`] selects this, a flush per write (for comparison: one input per turn, and the
+//! core waits for that input's flush before the next; its requests to peers still go first), or
+//! acknowledging before the flush (faster, with a window of loss on a crash of the process).
+//! Stopping, the core waits for a last flush of everything and then releases what it held.
 //!
 //! FLUSH FAILURES
 //!
-//! A failed flush stops the node (fail-stop): the batch's answers become errors, none of its
-//! messages is sent, an error is logged, every connection closes and [`run`] returns
-//! [`Error::Io`] (the binary exits with code 2). Turning only the batch's own answers into errors
-//! is not enough: a write's acknowledgement may leave in any later batch (the owner of a W=2
-//! write answers when its replica does), and nothing would tell that answer apart. Staying up and
-//! refusing every acknowledgement until a flush succeeds would be correct too, but sled makes a
-//! failed log write sticky: it fails every later flush until the database is reopened. Such a
-//! node would keep answering heartbeats and owning its range while refusing every write to it,
-//! and the ring would never route around it. Stopping turns a failing disk into the crash the
-//! rest of the design handles: the failure detector notices, the successors take over the range
-//! with their copies, and a restart on the data directory recovers what was flushed. Writes the
-//! failed flush covered were never acknowledged by this node: for their clients they are "maybe".
+//! A failed flush stops the node (fail-stop): every held answer becomes an error, no held message
+//! is sent, an error is logged, every connection closes and [`run`] returns [`Error::Io`] (the
+//! binary exits with code 2). Turning only the answers the failed flush covered into errors is
+//! not enough: a write's acknowledgement may be made later (the owner of a W=2 write answers
+//! when its replica does), and nothing would tell that answer apart. Staying up and refusing
+//! every acknowledgement until a flush succeeds would be correct too, but sled makes a failed
+//! log write sticky: it fails every later flush until the database is reopened. Such a node would
+//! keep answering heartbeats and owning its range while refusing every write to it, and the ring
+//! would never route around it. Stopping turns a failing disk into the crash the rest of the
+//! design handles: the failure detector notices, the successors take over the range with their
+//! copies, and a restart on the data directory recovers what was flushed. Writes the failed flush
+//! covered were never acknowledged by this node: for their clients they are "maybe". Their
+//! replication requests left before the flush, so replicas may hold them, as after a crash.
 //!
 //! BOUNDS
 //!
@@ -45,7 +91,8 @@
 //! would fail every call multiplexed on it, and a peer would take it for a crash. A request of
 //! ours too large for a frame is never sent; the state machine gets the error as its answer,
 //! which is no sign of the peer being down. The input channel is bounded, so a flood of requests
-//! slows its readers instead of growing memory.
+//! slows its readers instead of growing memory; so does a backlog of outputs held for a flush
+//! (`MAX_HELD`), which pauses the intake until the flusher catches up.
 
 use crate::error::{Error, Result};
 use crate::id::Id;
@@ -54,9 +101,9 @@ use crate::message::{Envelope, NodeRef, Request, RequestId, Response};
 use crate::node::{Event, Node, Options, Output};
 use crate::ring;
 use crate::rpc::ConnId;
-use crate::storage::{SledStorage, Storage};
+use crate::storage::{FlushHandle, SledStorage, Storage};
 use crate::wire::{self, Channel, FrameReader, FrameWriter, Limits, Role};
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -96,12 +143,13 @@ pub struct Config {
 /// How writes are made durable before they are acknowledged.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum Durability {
-    /// Every acknowledgement waits for a flush that covers its write; writes that arrive together
-    /// share one flush (group commit). Survives a kill of the process at any moment.
+    /// Every acknowledgement waits for a flush that covers its write; the flusher thread flushes
+    /// while the core serves on, and writes made during one flush share the next (group commit).
+    /// Survives a kill of the process at any moment.
     #[default]
     Group,
-    /// Like `Group`, but one input at a time: a flush per write. Slower; kept to measure what
-    /// group commit buys.
+    /// Like `Group`, but one input at a time, and the core waits for each input's flush before it
+    /// takes the next: a flush per write. Slower; kept to measure what group commit buys.
     PerWrite,
     /// Acknowledge before flushing. sled's background thread flushes within about 500 ms, so a
     /// kill of the process can lose the writes of that last half second on this node, including
@@ -193,10 +241,12 @@ enum Input {
     },
 }
 
-/// A storage wrapper that remembers whether anything was written since the last flush.
+/// A storage wrapper that numbers the writes made through it (puts, deletes, meta writes), so
+/// the core knows which flush covers which write.
 struct Tracked<S> {
     inner: S,
-    dirty: bool,
+    /// How many writes were made so far: write number `written` is the latest.
+    written: u64,
 }
 
 impl<S: Storage> Storage for Tracked<S> {
@@ -204,11 +254,11 @@ impl<S: Storage> Storage for Tracked<S> {
         self.inner.get(key)
     }
     fn put(&mut self, key: &[u8], value: &[u8]) -> Result<Option<Vec<u8>>> {
-        self.dirty = true;
+        self.written += 1;
         self.inner.put(key, value)
     }
     fn delete(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        self.dirty = true;
+        self.written += 1;
         self.inner.delete(key)
     }
     fn scan_range(&self, from: Id, to: Id, limit: usize) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
@@ -225,16 +275,147 @@ impl<S: Storage> Storage for Tracked<S> {
     fn flush(&self) -> Result<()> {
         self.inner.flush()
     }
+    fn flush_handle(&self) -> FlushHandle {
+        self.inner.flush_handle()
+    }
     fn get_meta(&self, name: &str) -> Result<Option<Vec<u8>>> {
         self.inner.get_meta(name)
     }
     fn set_meta(&mut self, name: &str, value: &[u8]) -> Result<()> {
+        // Durable by itself, but counting it costs at most one flush and assumes nothing about
+        // what an engine's meta flush covers.
+        self.written += 1;
         self.inner.set_meta(name, value)
     }
 }
 
-/// Most inputs handled between two flushes.
+/// What the flusher thread tells the core: the write number a flush covered, and how it went.
+type FlushReport = (u64, Result<()>);
+
+/// The node's flusher thread, and what the core knows of it (see GROUP COMMIT). At most one
+/// flush is in flight; its report comes back on a channel of its own, never behind the inputs
+/// it releases, and still while the core has stopped taking inputs.
+struct Flusher {
+    /// Write numbers to flush up to; the thread begins each flush after receiving its number.
+    requests: Option<std::sync::mpsc::Sender<u64>>,
+    reports: mpsc::UnboundedReceiver<FlushReport>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    /// The write number the flush in flight covers.
+    in_flight: Option<u64>,
+    /// Every write up to this number is durable.
+    flushed: u64,
+}
+
+impl Flusher {
+    /// Start the thread, flushing through `flush`.
+    fn spawn(flush: FlushHandle) -> Result<Flusher> {
+        let (requests, work) = std::sync::mpsc::channel::<u64>();
+        let (report, reports) = mpsc::unbounded_channel::<FlushReport>();
+        let thread = std::thread::Builder::new()
+            .name("chordkv-flusher".into())
+            .spawn(move || {
+                while let Ok(upto) = work.recv() {
+                    let began = Instant::now();
+                    let result = flush();
+                    metrics::histogram!("chordkv_flush_seconds")
+                        .record(began.elapsed().as_secs_f64());
+                    if report.send((upto, result)).is_err() {
+                        break;
+                    }
+                }
+            })
+            .map_err(|e| Error::Io(format!("cannot start the flusher thread: {e}")))?;
+        Ok(Flusher {
+            requests: Some(requests),
+            reports,
+            thread: Some(thread),
+            in_flight: None,
+            flushed: 0,
+        })
+    }
+
+    /// Begin a flush of every write up to number `written`, unless one is in flight or those
+    /// writes are durable already. Write `written` was made before this call, so before the
+    /// flush begins.
+    fn start(&mut self, written: u64) {
+        if self.in_flight.is_some() || written <= self.flushed {
+            return;
+        }
+        // A thread that is gone drops its report sender: the core hears that as a failure.
+        if let Some(requests) = &self.requests {
+            let _ = requests.send(written);
+        }
+        self.in_flight = Some(written);
+    }
+
+    /// Take in the report of the flush in flight.
+    ///
+    /// # Errors
+    /// [`Error::Io`] if the flush failed or the thread is gone.
+    fn complete(&mut self, report: Option<FlushReport>) -> Result<()> {
+        self.in_flight = None;
+        metrics::counter!("chordkv_flushes_total").increment(1);
+        match report {
+            Some((upto, Ok(()))) => {
+                self.flushed = self.flushed.max(upto);
+                Ok(())
+            }
+            Some((_, Err(e))) => Err(e),
+            None => Err(Error::Io("the flusher thread stopped".into())),
+        }
+    }
+
+    /// Wait for the flush in flight, if any, and take in its report.
+    ///
+    /// # Errors
+    /// As [`Flusher::complete`].
+    async fn wait(&mut self) -> Result<()> {
+        if self.in_flight.is_none() {
+            return Ok(());
+        }
+        let report = self.reports.recv().await;
+        self.complete(report)
+    }
+}
+
+impl Drop for Flusher {
+    /// Closing the request channel ends the thread; an idle one is joined, so that its handle on
+    /// the storage (sled's directory lock) is gone when the server returns. One stuck in a flush
+    /// is left to finish by itself.
+    fn drop(&mut self) {
+        self.requests = None;
+        if self.in_flight.is_none()
+            && let Some(thread) = self.thread.take()
+        {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// Whether a request to a peer must wait, like an acknowledgement, until everything written
+/// before it is durable. Only a tombstone collection's commit: the replicas delete their
+/// tombstones on the strength of ours, so ours (and our own delete of it) must not be lost to a
+/// crash after they act, or a value whose delete was acknowledged would come back from an old
+/// copy here. Every other request goes at once, our flush in parallel with the peer's work:
+/// - `Replicate`, `Transfer`, `Handoff`, `StoreWrite`: the receiver stores what they carry and
+///   flushes it before it answers; whatever we delete or acknowledge afterwards rests on that
+///   answer, not on our copy. If we crash before our flush, the receiver holds a write nobody
+///   acknowledged: a "maybe", as after any crash.
+/// - `Adopted` and `Leaving`: sent once the receiver acknowledged (durably) every key of the
+///   range it takes, so it owns them whatever happens here; what we delete then (copies we no
+///   longer need) may come back after a crash only as strays, which collection removes.
+/// - Reads, anti-entropy digests and fetches, a collection's question (`Reap` without
+///   `commit`), and ring maintenance carry nothing the receiver keeps on our word.
+fn waits_for_flush(request: &Request) -> bool {
+    matches!(request, Request::Reap { commit: true, .. })
+}
+
+/// Most inputs handled in one turn of the core loop.
 const BATCH: usize = 512;
+
+/// Most outputs held for a flush before the core stops taking inputs (a stuck disk slows the
+/// readers down instead of growing memory); one turn may add a batch's worth beyond it.
+const MAX_HELD: usize = 16 * BATCH;
 
 /// Run a node on `listener` until `shutdown` completes, then leave the ring gracefully (handing
 /// keys to the successor) and return.
@@ -271,9 +452,10 @@ pub async fn serve<S: Storage>(
     info!(node = %id.short(), addr = %me.addr, data_dir = %config.data_dir.display(), "starting");
     let start = Instant::now();
     let now = move || start.elapsed().as_millis() as u64;
+    let mut flusher = Flusher::spawn(storage.flush_handle())?;
     let storage = Tracked {
         inner: storage,
-        dirty: false,
+        written: 0,
     };
     let mut node = Node::new(me, config.node.clone(), storage, now());
     node.start(config.bootstrap, now());
@@ -294,15 +476,35 @@ pub async fn serve<S: Storage>(
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let mut shutdown = std::pin::pin!(shutdown);
     let mut leave_deadline: Option<Instant> = None;
-    let mut outputs = Vec::new();
+    let batch = match config.durability {
+        Durability::PerWrite => 1,
+        _ => BATCH,
+    };
+    let out = Deliver {
+        me: &me,
+        peers: &peers,
+        relaxed: config.durability == Durability::Relaxed,
+    };
+    // Outputs waiting for a flush, each with the number of the last write made before it, in
+    // the order they were made (so the numbers never decrease).
+    let mut held: VecDeque<(u64, Output)> = VecDeque::new();
+    // Outputs of this turn that need not wait, delivered at its end.
+    let mut ready: Vec<Output> = Vec::new();
 
-    'core: loop {
+    let failed = 'core: loop {
         tokio::select! {
+            biased;
+            report = flusher.reports.recv(), if flusher.in_flight.is_some() => {
+                if let Err(e) = flusher.complete(report) {
+                    break 'core Some(e);
+                }
+                out.release(&conns, &mut held, flusher.flushed);
+            }
             _ = ticker.tick() => {
                 node.tick(now());
                 if leave_deadline.is_some_and(|d| Instant::now() > d) {
                     warn!("graceful leave did not finish in time; exiting anyway");
-                    break 'core;
+                    break 'core None;
                 }
             }
             () = &mut shutdown, if leave_deadline.is_none() => {
@@ -310,104 +512,176 @@ pub async fn serve<S: Storage>(
                 leave_deadline = Some(Instant::now() + config.leave_timeout);
                 node.leave(now());
             }
-            input = rx.recv() => {
-                let Some(input) = input else { break 'core };
+            input = rx.recv(), if held.len() < MAX_HELD => {
+                let Some(input) = input else { break 'core None };
                 let mut next = Some(input);
                 let mut handled = 0;
                 while let Some(input) = next.take() {
                     handle_input(&mut node, &mut conns, input, now());
+                    // Each input's outputs are routed before the next input can write.
+                    if out.route(&mut node, &mut ready, &mut held, flusher.flushed) {
+                        break 'core None;
+                    }
                     handled += 1;
-                    let batch = match config.durability {
-                        Durability::PerWrite => 1,
-                        _ => BATCH,
-                    };
                     if handled < batch {
                         next = rx.try_recv().ok();
                     }
                 }
             }
         }
-        while let Some(out) = node.poll_output() {
-            outputs.push(out);
+        let left = out.route(&mut node, &mut ready, &mut held, flusher.flushed);
+        for output in ready.drain(..) {
+            out.deliver(&conns, output);
         }
-        if outputs.is_empty() {
-            continue;
+        if left {
+            break 'core None;
         }
-        // Group commit: one flush covers every write so far, before any output leaves. `dirty`
-        // is cleared only once a flush has succeeded.
-        if node.storage().dirty && config.durability != Durability::Relaxed {
-            let result = tokio::task::block_in_place(|| node.storage().flush());
-            metrics::counter!("chordkv_flushes_total").increment(1);
-            if let Err(e) = result {
-                // Fail-stop: see FLUSH FAILURES in the module doc.
-                metrics::counter!("chordkv_flush_failures_total").increment(1);
-                error!(
-                    node = %id.short(),
-                    error = %e,
-                    "flush failed: stopping now, so that no write it covered is acknowledged; \
-                     restart the node on its data directory to recover what was flushed"
-                );
-                refuse_batch(&me, &conns, outputs.drain(..), &e);
-                accept.abort();
-                return Err(Error::Io(format!(
-                    "flush failed, node stopped without acknowledging the writes it covered: {e}"
-                )));
+        if !out.relaxed {
+            flusher.start(node.storage().written);
+        }
+        if config.durability == Durability::PerWrite {
+            // A flush per write: nothing else is served until this one is done.
+            if let Err(e) = flusher.wait().await {
+                break 'core Some(e);
             }
-            node.storage_mut().dirty = false;
-        }
-        for out in outputs.drain(..) {
-            match out {
-                Output::Send { to, id, request } => {
-                    metrics::counter!("chordkv_messages_out_total", "kind" => request.kind())
-                        .increment(1);
-                    peers.send(to, id, request);
-                }
-                Output::Respond { conn, id, response } => {
-                    if let Some(tx) = conns.get(&conn) {
-                        // A full or closed writer means the client is gone or not reading.
-                        let _ = tx.try_send(Envelope::Response { id, body: response });
-                    }
-                }
-                Output::Event(event) => {
-                    if record_event(&me, &event) {
-                        break 'core;
-                    }
-                }
-            }
+            out.release(&conns, &mut held, flusher.flushed);
         }
         metrics::gauge!("chordkv_keys").set(node.kv().keys_stored() as f64);
-    }
+    };
     accept.abort();
-    node.storage().flush()?;
+    // What a turn cut short by the node's leave made ready.
+    for output in ready.drain(..) {
+        out.deliver(&conns, output);
+    }
+    // Stopping: one last flush covers every write (in every mode), then what it held may go.
+    let failed = match failed {
+        Some(e) => Some(e),
+        None => {
+            let mut result = flusher.wait().await;
+            if result.is_ok() {
+                flusher.start(node.storage().written);
+                result = flusher.wait().await;
+            }
+            result.err()
+        }
+    };
+    if let Some(e) = failed {
+        // Fail-stop: see FLUSH FAILURES in the module doc.
+        metrics::counter!("chordkv_flush_failures_total").increment(1);
+        error!(
+            node = %id.short(),
+            error = %e,
+            "flush failed: stopping now, so that no write it covered is acknowledged; \
+             restart the node on its data directory to recover what was flushed"
+        );
+        refuse_held(&conns, held.into_iter().map(|(_, output)| output), &e);
+        return Err(Error::Io(format!(
+            "flush failed, node stopped without acknowledging the writes it covered: {e}"
+        )));
+    }
+    for (_, output) in held {
+        out.deliver(&conns, output);
+    }
     info!("stopped");
     Ok(())
 }
 
-/// The outputs of a batch whose flush failed, as the node stops: every answer becomes an error
-/// (none may acknowledge a write the flush covered, nor show a value it may lose), no message is
-/// sent, and events are still logged.
-fn refuse_batch(
-    me: &NodeRef,
+/// Where the core's outputs go: requests to peers, answers to connections, events to the log.
+struct Deliver<'a> {
+    me: &'a NodeRef,
+    peers: &'a Peers,
+    /// Whether answers go before the flush ([`Durability::Relaxed`]).
+    relaxed: bool,
+}
+
+impl Deliver<'_> {
+    /// Sort the state machine's new outputs by the acknowledgement rule (GROUP COMMIT), given
+    /// that writes up to `flushed` are durable: into `ready`, to deliver at the end of the turn
+    /// (so that a connection's writer sends a turn's answers together), or into `held`. Events
+    /// are logged at once. Returns true when the node has left (its outputs after that are
+    /// dropped).
+    fn route<S: Storage>(
+        &self,
+        node: &mut Node<Tracked<S>>,
+        ready: &mut Vec<Output>,
+        held: &mut VecDeque<(u64, Output)>,
+        flushed: u64,
+    ) -> bool {
+        // Every output made since the last call was made after the writes counted now (perhaps
+        // before some of them: holding it longer is safe).
+        let written = node.storage().written;
+        while let Some(output) = node.poll_output() {
+            match output {
+                Output::Event(event) => {
+                    if record_event(self.me, &event) {
+                        return true;
+                    }
+                }
+                Output::Send { ref request, .. } if !waits_for_flush(request) => ready.push(output),
+                // Held outputs all wait for writes after `flushed`, so none is held now and this
+                // one overtakes nothing (`ready` is delivered before any held output is released).
+                output if self.relaxed || written <= flushed => {
+                    debug_assert!(held.is_empty(), "an output would overtake a held one");
+                    ready.push(output);
+                }
+                output => held.push_back((written, output)),
+            }
+        }
+        false
+    }
+
+    /// Deliver the held outputs that waited for writes up to `flushed`, in order.
+    fn release(
+        &self,
+        conns: &HashMap<ConnId, mpsc::Sender<Envelope>>,
+        held: &mut VecDeque<(u64, Output)>,
+        flushed: u64,
+    ) {
+        while held.front().is_some_and(|(w, _)| *w <= flushed) {
+            if let Some((_, output)) = held.pop_front() {
+                self.deliver(conns, output);
+            }
+        }
+    }
+
+    fn deliver(&self, conns: &HashMap<ConnId, mpsc::Sender<Envelope>>, output: Output) {
+        match output {
+            Output::Send { to, id, request } => {
+                metrics::counter!("chordkv_messages_out_total", "kind" => request.kind())
+                    .increment(1);
+                self.peers.send(to, id, request);
+            }
+            Output::Respond { conn, id, response } => {
+                if let Some(tx) = conns.get(&conn) {
+                    // A full or closed writer means the client is gone or not reading.
+                    let _ = tx.try_send(Envelope::Response { id, body: response });
+                }
+            }
+            Output::Event(event) => {
+                record_event(self.me, &event);
+            }
+        }
+    }
+}
+
+/// The outputs held for a flush that failed, as the node stops: every answer becomes an error
+/// (none may acknowledge a write the flush covered, nor show a value it may lose), and no held
+/// message is sent.
+fn refuse_held(
     conns: &HashMap<ConnId, mpsc::Sender<Envelope>>,
     outputs: impl Iterator<Item = Output>,
     error: &Error,
 ) {
     for out in outputs {
-        match out {
-            Output::Send { .. } => {}
-            Output::Respond { conn, id, response } => {
-                let body = match response {
-                    Ok(_) => Err(Error::Io(format!(
-                        "not made durable, the node is stopping: {error}"
-                    ))),
-                    Err(e) => Err(e),
-                };
-                if let Some(tx) = conns.get(&conn) {
-                    let _ = tx.try_send(Envelope::Response { id, body });
-                }
-            }
-            Output::Event(event) => {
-                record_event(me, &event);
+        if let Output::Respond { conn, id, response } = out {
+            let body = match response {
+                Ok(_) => Err(Error::Io(format!(
+                    "not made durable, the node is stopping: {error}"
+                ))),
+                Err(e) => Err(e),
+            };
+            if let Some(tx) = conns.get(&conn) {
+                let _ = tx.try_send(Envelope::Response { id, body });
             }
         }
     }

@@ -602,6 +602,10 @@ impl<S: Storage> Storage for Indexed<S> {
         self.inner.flush()
     }
 
+    fn flush_handle(&self) -> crate::storage::FlushHandle {
+        self.inner.flush_handle()
+    }
+
     fn get_meta(&self, name: &str) -> Result<Option<Vec<u8>>> {
         self.inner.get_meta(name)
     }

@@ -5,6 +5,7 @@ use crate::id::in_half_open;
 use crate::storage::MemoryStorage;
 use crate::testing::faulty::{Faults, FaultyStorage};
 use crate::version::VersionVector;
+use std::sync::{Condvar, Mutex as StdMutex};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
@@ -155,12 +156,18 @@ async fn a_failed_flush_stops_the_node_before_it_acknowledges_the_write() {
     );
 }
 
-/// The owner of a W = 2 write acknowledges it in a later batch than the one that stored it
-/// (when its replica answers): a failed flush of the first batch must stop that answer too.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_replica_answer_after_a_failed_flush_does_not_acknowledge_the_write() {
+/// A ring of two, each the other's replica: an owner on `storage`, a replica in memory, a
+/// client of each, and a key of the owner's range (replica, owner].
+struct Pair {
+    owner: Running,
+    replica: Running,
+    a: Channel,
+    b: Channel,
+    key: Vec<u8>,
+}
+
+async fn owner_and_replica<S: Storage + 'static>(storage: S) -> Pair {
     let (owner_id, replica_id) = (id(0x80), id(0x40));
-    let (storage, faults) = faulty();
     let owner = start(owner_id, storage, None, Limits::default()).await;
     let replica = start(
         replica_id,
@@ -174,11 +181,31 @@ async fn a_replica_answer_after_a_failed_flush_does_not_acknowledge_the_write() 
         s.joined && s.pred.is_some() && s.replicas == 2
     })
     .await;
-    // A key of the owner's range (replica, owner].
     let key = (0..)
         .map(|i: u32| format!("key{i}").into_bytes())
         .find(|k| in_half_open(replica_id, owner_id, Id::hash(k)))
         .expect("some key falls in the owner's range");
+    Pair {
+        owner,
+        replica,
+        a,
+        b,
+        key,
+    }
+}
+
+/// The owner of a W = 2 write acknowledges it in a later batch than the one that stored it
+/// (when its replica answers): a failed flush of the first batch must stop that answer too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_answer_after_a_failed_flush_does_not_acknowledge_the_write() {
+    let (storage, faults) = faulty();
+    let Pair {
+        owner,
+        replica,
+        a,
+        b,
+        key,
+    } = owner_and_replica(storage).await;
     let first = a.call(put(&key, 2), T).await;
     assert!(first.is_ok(), "{first:?}");
 
@@ -191,6 +218,235 @@ async fn a_replica_answer_after_a_failed_flush_does_not_acknowledge_the_write() 
     assert_stopped_on_the_flush(owner.stopped().await);
     drop(b);
     let _ = replica.shut_down().await;
+}
+
+/// What a [`Gated`] storage saw, and the gate its flushes pass.
+#[derive(Debug, Default)]
+struct GateState {
+    open: bool,
+    /// Flushes waiting at the closed gate.
+    waiting: u32,
+    /// Every key put, in order.
+    puts: Vec<Vec<u8>>,
+    /// Writes made, and how many of them the last completed flush began after.
+    writes: u64,
+    flushed: u64,
+}
+
+/// The test's side of a [`Gated`] storage.
+#[derive(Clone, Debug, Default)]
+struct Gate {
+    state: Arc<(StdMutex<GateState>, Condvar)>,
+}
+
+impl Gate {
+    fn set(&self, open: bool) {
+        let (state, changed) = &*self.state;
+        state.lock().expect("gate lock").open = open;
+        changed.notify_all();
+    }
+
+    fn with<T>(&self, f: impl FnOnce(&mut GateState) -> T) -> T {
+        f(&mut self.state.0.lock().expect("gate lock"))
+    }
+
+    /// One flush: blocks while the gate is closed; covers the writes made before it began.
+    fn flush(&self) {
+        let (state, changed) = &*self.state;
+        let mut s = state.lock().expect("gate lock");
+        let covers = s.writes;
+        s.waiting += 1;
+        while !s.open {
+            s = changed.wait(s).expect("gate lock");
+        }
+        s.waiting -= 1;
+        s.flushed = s.flushed.max(covers);
+    }
+
+    /// Polls until `done` holds, or panics after [`T`].
+    async fn until(&self, what: &str, done: impl Fn(&GateState) -> bool) {
+        let deadline = Instant::now() + T;
+        while !self.with(|s| done(s)) {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+}
+
+/// A memory storage whose flushes wait at a [`Gate`] the test opens and closes, and which
+/// records its writes.
+struct Gated {
+    inner: MemoryStorage,
+    gate: Gate,
+}
+
+/// A gated storage, its gate open.
+fn gated() -> (Gated, Gate) {
+    let gate = Gate::default();
+    gate.set(true);
+    let storage = Gated {
+        inner: MemoryStorage::new(),
+        gate: gate.clone(),
+    };
+    (storage, gate)
+}
+
+impl Storage for Gated {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        self.inner.get(key)
+    }
+    fn put(&mut self, key: &[u8], value: &[u8]) -> Result<Option<Vec<u8>>> {
+        self.gate.with(|s| {
+            s.writes += 1;
+            s.puts.push(key.to_vec());
+        });
+        self.inner.put(key, value)
+    }
+    fn delete(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        self.gate.with(|s| s.writes += 1);
+        self.inner.delete(key)
+    }
+    fn scan_range(&self, from: Id, to: Id, limit: usize) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        self.inner.scan_range(from, to, limit)
+    }
+    fn visit_range(
+        &self,
+        from: Id,
+        to: Id,
+        visit: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+    ) -> Result<()> {
+        self.inner.visit_range(from, to, visit)
+    }
+    fn flush(&self) -> Result<()> {
+        self.gate.flush();
+        Ok(())
+    }
+    fn flush_handle(&self) -> FlushHandle {
+        let gate = self.gate.clone();
+        Box::new(move || {
+            gate.flush();
+            Ok(())
+        })
+    }
+    fn get_meta(&self, name: &str) -> Result<Option<Vec<u8>>> {
+        self.inner.get_meta(name)
+    }
+    fn set_meta(&mut self, name: &str, value: &[u8]) -> Result<()> {
+        self.gate.with(|s| s.writes += 1);
+        self.inner.set_meta(name, value)
+    }
+}
+
+/// How long a test gives an answer that must not come, to show that it does not: an answer
+/// released too early would arrive within a millisecond or two on loopback.
+const NOT_YET: Duration = Duration::from_millis(150);
+
+fn get(key: &[u8]) -> Request {
+    Request::Get {
+        key: key.to_vec(),
+        r: None,
+        session: None,
+    }
+}
+
+/// The acknowledgement rule of GROUP COMMIT, and the core serving on while a flush is in flight
+/// (before the pipeline, the core waited for every flush and took no input meanwhile).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_acknowledgement_waits_for_its_flush_while_the_core_serves_on() {
+    let (storage, gate) = gated();
+    let node = start(id(0x80), storage, None, Limits::default()).await;
+    let (c, d) = (client(node.addr).await, client(node.addr).await);
+    wait_for(&[&c], "a ring of one", |s| s.joined).await;
+    let first = c.call(put(b"before", 1), T).await;
+    assert!(first.is_ok(), "{first:?}");
+
+    gate.set(false);
+    let call = |channel: &Channel, request: Request| {
+        let channel = channel.clone();
+        tokio::spawn(async move { channel.call(request, T).await })
+    };
+    let a = call(&c, put(b"a", 1));
+    gate.until("write a stored and a flush held at the gate", |s| {
+        s.puts.iter().any(|k| k == b"a") && s.waiting > 0
+    })
+    .await;
+    // The core takes a new input while the flush is held: another write reaches the storage.
+    let b = call(&d, put(b"b", 1));
+    gate.until("write b stored while the flush is held", |s| {
+        s.puts.iter().any(|k| k == b"b")
+    })
+    .await;
+    // Every answer made after an unflushed write waits, a status too (GROUP COMMIT says why).
+    let status = call(&d, Request::Status);
+    tokio::time::sleep(NOT_YET).await;
+    assert!(
+        !a.is_finished() && !b.is_finished() && !status.is_finished(),
+        "an answer left while the flush of an earlier write was held"
+    );
+
+    gate.set(true);
+    for (what, answer) in [("a", a), ("b", b), ("status", status)] {
+        let answer = answer.await.expect("the call does not panic");
+        assert!(answer.is_ok(), "{what}: {answer:?}");
+    }
+
+    // A write-free moment: with everything written durable, a read answers with the gate shut.
+    gate.until("every write flushed", |s| {
+        s.flushed == s.writes && s.waiting == 0
+    })
+    .await;
+    gate.set(false);
+    let read = c.call(get(b"a"), T).await;
+    gate.set(true);
+    match read {
+        Ok(Response::Read(reply)) => assert_eq!(reply.values, vec![b"value".to_vec()]),
+        other => panic!("expected the value of a, got {other:?}"),
+    }
+    let _ = node.shut_down().await;
+}
+
+/// Replication goes out before the local flush: a replica stores an owner's write while the
+/// owner's flush is still held, and the owner's acknowledgement still waits for that flush.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replication_runs_while_the_owner_flushes_and_the_answer_waits_for_both() {
+    let (storage, gate) = gated();
+    let Pair {
+        owner,
+        replica,
+        a,
+        b,
+        key,
+    } = owner_and_replica(storage).await;
+
+    gate.set(false);
+    let write = {
+        let (a, key) = (a.clone(), key.clone());
+        tokio::spawn(async move { a.call(put(&key, 2), T).await })
+    };
+    // Read the replica's own copy directly (no quorum, no owner involved).
+    let deadline = Instant::now() + T;
+    loop {
+        let copy = b.call(Request::ReplicaRead { key: key.clone() }, T).await;
+        if matches!(copy, Ok(Response::State(Some(_)))) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the replica never got the write while the owner's flush was held: {copy:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(gate.with(|s| s.waiting > 0), "the owner's flush is held");
+    tokio::time::sleep(NOT_YET).await;
+    assert!(
+        !write.is_finished(),
+        "the write was acknowledged before the owner's flush completed"
+    );
+    gate.set(true);
+    let got = write.await.expect("the call does not panic");
+    assert!(got.is_ok(), "{got:?}");
+    let _ = replica.shut_down().await;
+    let _ = owner.shut_down().await;
 }
 
 /// Serves one connection on a real socket, with the test as the core: each `Get` is answered

@@ -4,12 +4,12 @@
 use std::collections::BTreeMap;
 use std::ops::Bound;
 
-use super::{Storage, id_spans};
+use super::{FlushHandle, Storage, id_spans};
 use crate::Result;
 use crate::id::Id;
 
 /// A [`Storage`] engine held entirely in memory. Nothing survives the process; [`Storage::flush`]
-/// is a no-op.
+/// and its [handle](Storage::flush_handle) are no-ops.
 ///
 /// Entries are keyed by `(Id::hash(key), key)`, so the map's own order is ring order and
 /// [`Storage::scan_range`] is a range query, as in the sled engine.
@@ -77,6 +77,10 @@ impl Storage for MemoryStorage {
 
     fn flush(&self) -> Result<()> {
         Ok(())
+    }
+
+    fn flush_handle(&self) -> FlushHandle {
+        Box::new(|| Ok(()))
     }
 
     fn get_meta(&self, name: &str) -> Result<Option<Vec<u8>>> {

@@ -17,6 +17,9 @@ mod sled_engine;
 pub use memory::MemoryStorage;
 pub use sled_engine::SledStorage;
 
+/// A [`Storage::flush`] callable from any thread, independent of the engine's borrow.
+pub type FlushHandle = Box<dyn Fn() -> Result<()> + Send + 'static>;
+
 /// A node's local key-value store, ordered by the ring id of each key.
 ///
 /// Writes are visible to reads at once; they are durable only after [`Storage::flush`] returns.
@@ -66,6 +69,11 @@ pub trait Storage: Send {
     /// # Errors
     /// [`crate::Error::Io`] if the engine fails.
     fn flush(&self) -> Result<()>;
+
+    /// A handle that does what [`Storage::flush`] does from another thread: each call makes
+    /// every write that happened before it began survive a crash of this process, and fails
+    /// when `flush` would. The server flushes through one on its own thread, off its core loop.
+    fn flush_handle(&self) -> FlushHandle;
 
     /// A small named value kept beside the data (the node id, for one), not on the ring.
     ///

@@ -31,7 +31,7 @@ use std::ops::Bound;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use super::{Storage, id_spans};
+use super::{FlushHandle, Storage, id_spans};
 use crate::id::Id;
 use crate::{Error, Result};
 
@@ -183,6 +183,16 @@ impl Storage for SledStorage {
         // One page cache serves every tree of the database, so this covers `data` and `meta`.
         self.db.flush()?;
         Ok(())
+    }
+
+    fn flush_handle(&self) -> FlushHandle {
+        // A `Db` is a shared handle to the one database: a flush through a clone covers every
+        // tree, as `flush` does.
+        let db = self.db.clone();
+        Box::new(move || {
+            db.flush()?;
+            Ok(())
+        })
     }
 
     fn get_meta(&self, name: &str) -> Result<Option<Vec<u8>>> {

@@ -2,7 +2,8 @@
 //! fails under it.
 //!
 //! [`FaultyStorage`] wraps any engine and passes every call through, except that
-//! [`Storage::flush`] fails with [`Error::Io`] while its [`Faults`] switch is on. The switch is
+//! [`Storage::flush`], and every call of a [`Storage::flush_handle`], fails with [`Error::Io`]
+//! while its [`Faults`] switch is on. The switch is
 //! shared, so a test keeps it after handing the storage to a server that owns it from then on.
 //! Only `flush` fails: reads and writes go on working, as they do in sled after a failed log write
 //! (the writes are only in memory), and `set_meta` is left alone because a node writes meta at
@@ -10,7 +11,7 @@
 
 use crate::error::{Error, Result};
 use crate::id::Id;
-use crate::storage::Storage;
+use crate::storage::{FlushHandle, Storage};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
@@ -41,6 +42,17 @@ impl Faults {
     /// How many flushes failed because the switch was on.
     pub fn failed_flushes(&self) -> u64 {
         self.inner.failed.load(Ordering::SeqCst)
+    }
+
+    /// Count a flush, and fail it if the switch is on.
+    fn check_flush(&self) -> Result<()> {
+        let counters = &self.inner;
+        counters.flushes.fetch_add(1, Ordering::SeqCst);
+        if counters.fail_flush.load(Ordering::SeqCst) {
+            counters.failed.fetch_add(1, Ordering::SeqCst);
+            return Err(Error::Io("injected flush failure (FaultyStorage)".into()));
+        }
+        Ok(())
     }
 }
 
@@ -90,13 +102,15 @@ impl<S: Storage> Storage for FaultyStorage<S> {
         self.inner.visit_range(from, to, visit)
     }
     fn flush(&self) -> Result<()> {
-        let counters = &self.faults.inner;
-        counters.flushes.fetch_add(1, Ordering::SeqCst);
-        if counters.fail_flush.load(Ordering::SeqCst) {
-            counters.failed.fetch_add(1, Ordering::SeqCst);
-            return Err(Error::Io("injected flush failure (FaultyStorage)".into()));
-        }
+        self.faults.check_flush()?;
         self.inner.flush()
+    }
+    fn flush_handle(&self) -> FlushHandle {
+        let (faults, inner) = (self.faults.clone(), self.inner.flush_handle());
+        Box::new(move || {
+            faults.check_flush()?;
+            inner()
+        })
     }
     fn get_meta(&self, name: &str) -> Result<Option<Vec<u8>>> {
         self.inner.get_meta(name)
@@ -119,10 +133,16 @@ mod tests {
         faults.fail_flushes(true);
         assert!(matches!(s.flush(), Err(Error::Io(_))));
         assert_eq!(s.get(b"k")?, Some(b"v".to_vec()), "reads still work");
+        let handle = s.flush_handle();
+        assert!(
+            matches!(handle(), Err(Error::Io(_))),
+            "the handle fails too"
+        );
         s.put(b"k2", b"v2")?;
         faults.fail_flushes(false);
         s.flush()?;
-        assert_eq!((faults.flushes(), faults.failed_flushes()), (3, 1));
+        handle()?;
+        assert_eq!((faults.flushes(), faults.failed_flushes()), (5, 2));
         assert_eq!(s.into_inner().scan_range(Id::ZERO, Id::ZERO, 9)?.len(), 2);
         Ok(())
     }
