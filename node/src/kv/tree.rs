@@ -585,10 +585,6 @@ impl<S: Storage> Storage for Indexed<S> {
         Ok(old)
     }
 
-    fn scan_range(&self, from: Id, to: Id, limit: usize) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
-        self.inner.scan_range(from, to, limit)
-    }
-
     fn visit_range(
         &self,
         from: Id,

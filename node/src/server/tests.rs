@@ -306,9 +306,6 @@ impl Storage for Gated {
         self.gate.with(|s| s.writes += 1);
         self.inner.delete(key)
     }
-    fn scan_range(&self, from: Id, to: Id, limit: usize) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
-        self.inner.scan_range(from, to, limit)
-    }
     fn visit_range(
         &self,
         from: Id,

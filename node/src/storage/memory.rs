@@ -41,17 +41,6 @@ impl Storage for MemoryStorage {
         Ok(self.data.remove(&(Id::hash(key), key.to_vec())))
     }
 
-    fn scan_range(&self, from: Id, to: Id, limit: usize) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
-        let mut out = Vec::new();
-        if limit > 0 {
-            self.visit_range(from, to, &mut |k, v| {
-                out.push((k.to_vec(), v.to_vec()));
-                out.len() < limit
-            })?;
-        }
-        Ok(out)
-    }
-
     fn visit_range(
         &self,
         from: Id,

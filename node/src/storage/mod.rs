@@ -15,7 +15,7 @@ mod memory;
 mod sled_engine;
 
 pub use memory::MemoryStorage;
-pub use sled_engine::SledStorage;
+pub use sled_engine::{DEFAULT_CACHE_BYTES, SledStorage};
 
 /// A [`Storage::flush`] callable from any thread, independent of the engine's borrow.
 pub type FlushHandle = Box<dyn Fn() -> Result<()> + Send + 'static>;
@@ -49,7 +49,16 @@ pub trait Storage: Send {
     ///
     /// # Errors
     /// [`crate::Error::Io`] if the engine fails.
-    fn scan_range(&self, from: Id, to: Id, limit: usize) -> Result<Vec<(Vec<u8>, Vec<u8>)>>;
+    fn scan_range(&self, from: Id, to: Id, limit: usize) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        let mut out = Vec::new();
+        if limit > 0 {
+            self.visit_range(from, to, &mut |k, v| {
+                out.push((k.to_vec(), v.to_vec()));
+                out.len() < limit
+            })?;
+        }
+        Ok(out)
+    }
 
     /// Call `visit(key, value)` for the entries whose key id lies in `(from, to]`, in the order
     /// of [`Storage::scan_range`], until it returns `false`: a cursor that copies nothing, for

@@ -90,9 +90,6 @@ impl<S: Storage> Storage for FaultyStorage<S> {
     fn delete(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>> {
         self.inner.delete(key)
     }
-    fn scan_range(&self, from: Id, to: Id, limit: usize) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
-        self.inner.scan_range(from, to, limit)
-    }
     fn visit_range(
         &self,
         from: Id,
