@@ -122,6 +122,8 @@ pub struct Config {
     pub bootstrap: Option<SocketAddr>,
     /// Where the sled database lives.
     pub data_dir: PathBuf,
+    /// The most memory sled's page cache may take.
+    pub cache_bytes: u64,
     /// Use this id instead of the SHA-1 of the advertised address (only on first start).
     pub node_id: Option<Id>,
     /// Protocol tunables.
@@ -164,6 +166,7 @@ impl Config {
             advertise,
             bootstrap: None,
             data_dir,
+            cache_bytes: crate::storage::DEFAULT_CACHE_BYTES,
             node_id: None,
             node: Options::default(),
             limits: Limits::default(),
@@ -192,7 +195,7 @@ pub fn open_storage(config: &Config) -> Result<(SledStorage, Id)> {
             config.data_dir.display()
         ))
     })?;
-    let mut storage = SledStorage::open(&config.data_dir)?;
+    let mut storage = SledStorage::open_with_cache(&config.data_dir, config.cache_bytes)?;
     let id = match storage.get_meta(NODE_ID_META)? {
         Some(bytes) => {
             let raw: [u8; 20] = bytes
@@ -260,9 +263,6 @@ impl<S: Storage> Storage for Tracked<S> {
     fn delete(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>> {
         self.written += 1;
         self.inner.delete(key)
-    }
-    fn scan_range(&self, from: Id, to: Id, limit: usize) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
-        self.inner.scan_range(from, to, limit)
     }
     fn visit_range(
         &self,

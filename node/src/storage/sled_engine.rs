@@ -52,20 +52,34 @@ pub struct SledStorage {
     meta: sled::Tree,
 }
 
+/// The page cache [`SledStorage::open`] gives sled: enough that a node's reads stay in memory
+/// to a few million small keys, less than sled's own default of 1 GiB so that several nodes
+/// (and test rings) share a host. It is a bound, not an allocation.
+pub const DEFAULT_CACHE_BYTES: u64 = 512 << 20;
+
 impl SledStorage {
-    /// Open the database in `dir`, creating the directory and an empty database if needed.
+    /// Open the database in `dir` with the default page cache ([`DEFAULT_CACHE_BYTES`]),
+    /// creating the directory and an empty database if needed.
     ///
     /// # Errors
     /// [`Error::Io`] naming `dir` if sled cannot open it, e.g. because another process (or another
     /// `SledStorage` in this one) holds its lock for longer than two seconds;
     pub fn open(dir: &Path) -> Result<SledStorage> {
+        SledStorage::open_with_cache(dir, DEFAULT_CACHE_BYTES)
+    }
+
+    /// [`SledStorage::open`] with a page cache of at most `cache_bytes`. Reads of keys whose
+    /// pages are not cached decode them from the file again: a node whose data outgrows its
+    /// cache serves gets several times slower.
+    ///
+    /// # Errors
+    /// As [`SledStorage::open`].
+    pub fn open_with_cache(dir: &Path, cache_bytes: u64) -> Result<SledStorage> {
         let deadline = Instant::now() + LOCK_WAIT;
         let db = loop {
-            // sled's default page cache may grow to 1 GiB per database; a node keeps a small one
-            // so that several nodes (and test rings) share a host comfortably.
             match sled::Config::new()
                 .path(dir)
-                .cache_capacity(64 << 20)
+                .cache_capacity(cache_bytes)
                 .open()
             {
                 Ok(db) => break db,
@@ -142,17 +156,6 @@ impl Storage for SledStorage {
     fn delete(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>> {
         let old = self.data.remove(data_key(key))?;
         Ok(old.map(|v| v.to_vec()))
-    }
-
-    fn scan_range(&self, from: Id, to: Id, limit: usize) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
-        let mut out = Vec::new();
-        if limit > 0 {
-            self.visit_range(from, to, &mut |k, v| {
-                out.push((k.to_vec(), v.to_vec()));
-                out.len() < limit
-            })?;
-        }
-        Ok(out)
     }
 
     fn visit_range(
