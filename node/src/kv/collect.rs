@@ -2,15 +2,15 @@
 //!
 //! Copies are deleted in two cases, and in both only once other nodes are known to hold
 //! everything the deleted copy held:
-//! - *Stray copies.* A ring change can leave a node holding keys of a range whose preference
-//!   list it has left. In the foreign round of anti-entropy ([`super::sync`]), the owner answers
-//!   the hash-tree request with `stray` when the asker is none of its `N − 1` replicas (and it has all of
-//!   them). The stray hands a batch of its copies over ([`Request::Handoff`]): the owner merges
-//!   it, replicates the merged states to all its replicas, and only when every one of them
-//!   stored them answers with the keys the stray may delete; the stray deletes those whose state
-//!   has not changed since it sent them. Every answer carries the owner's merged states, so the
-//!   copies a stray keeps (when it may not delete them yet) are brought up to date: they hold
-//!   the owner's tombstones, not the values those replaced.
+//! - *Stray copies.* A ring change can leave a node holding keys of a range whose preference list
+//!   it has left. In the foreign round of anti-entropy ([`super::sync`]), the owner answers the
+//!   hash-tree request with `stray` when the asker is none of its `N − 1` replicas (and it has all
+//!   of them). The stray hands a batch of its copies over ([`Request::Handoff`]): the owner merges
+//!   it, replicates the merged states to all its replicas, and only when every one of them stored
+//!   them answers with the keys the stray may delete; the stray deletes those whose state has not
+//!   changed since it sent them. Every answer carries the owner's merged states, so the copies a
+//!   stray keeps (when it may not delete them yet) are brought up to date: they hold the owner's
+//!   tombstones, not the values those replaced.
 //! - *Tombstones.* A deleted key must keep its tombstone while any copy of the value it
 //!   replaced may still be merged somewhere. An owner with all `N − 1` replicas watches its
 //!   range for tombstone-only states; one unchanged for

@@ -36,8 +36,8 @@
 //!
 //! Each exchange moves at most a batch each way, and one is in flight at a time; one that had
 //! more to do (more keys differ than a batch, the key list hit its size bound, or the descent
-//! narrowed) goes on at once, up to [`MAX_SYNC_CHAIN`] more per interval, so a big repair finishes in seconds and
-//! still cannot starve client traffic.
+//! narrowed) goes on at once, up to [`MAX_SYNC_CHAIN`] more per interval, so a big repair
+//! finishes in seconds and still cannot starve client traffic.
 //!
 //! BATCHES
 //!
@@ -229,8 +229,8 @@ impl<S: Storage> Kv<S> {
 
     /// Copies we hold outside our own range are replicas, or strays left by a partition or a
     /// changed ring. One range at a time, find the owner of the next such key and run the
-    /// hash-tree exchange with it, so that whatever only we hold reaches the owner (and from it the
-    /// owner's replicas).
+    /// hash-tree exchange with it, so that whatever only we hold reaches the owner (and from it
+    /// the owner's replicas).
     fn sync_foreign(&mut self, ring: &mut Ring, io: &mut dyn KvIo, pred: Id) {
         let cursor = self.sync_cursor.unwrap_or(self.me.id);
         let next = match self.storage.scan_range(cursor, pred, 1) {

@@ -164,7 +164,8 @@ proptest! {
         from in end(),
         to in end(),
     ) {
-        let (mut a, mut b) = (Indexed::new(MemoryStorage::new()), Indexed::new(MemoryStorage::new()));
+        let mut a = Indexed::new(MemoryStorage::new());
+        let mut b = Indexed::new(MemoryStorage::new());
         let (mut ma, mut mb) = (BTreeMap::new(), BTreeMap::new());
         for op in &ops {
             apply(&mut a, &mut ma, op)?;
