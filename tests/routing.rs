@@ -163,6 +163,24 @@ fn a_routed_session_keeps_its_guarantees_across_plain_clients() {
     });
 }
 
+/// Waits until the ring has settled for `client`: fifty requests in a row went direct.
+fn wait_for_direct_streak(client: &Client) {
+    let mut window = client.route_stats().expect("routed");
+    wait_until(CONVERGE, "fifty requests in a row sent direct", || {
+        let now = client.route_stats().expect("routed");
+        let since = now.since(&window);
+        if since.total() < 50 {
+            return Err(format!("{} so far", since.total()));
+        }
+        window = now;
+        if since.direct == since.total() {
+            Ok(())
+        } else {
+            Err(format!("not all direct yet: {since:?}"))
+        }
+    });
+}
+
 #[test]
 fn requests_keep_succeeding_while_a_node_joins_and_the_view_recovers() {
     let mut cluster = Cluster::start(3);
@@ -186,6 +204,9 @@ fn requests_keep_succeeding_while_a_node_joins_and_the_view_recovers() {
             )),
         },
     );
+    // The view may hold the newcomer before its predecessor's hand-over to it is done (the
+    // newcomer answers `WrongOwner` until then).
+    wait_for_direct_streak(&client);
     let before = client.route_stats().expect("routed");
     // Once the view holds the newcomer, requests go direct again.
     wait_until(CONVERGE, "200 more requests", || {
@@ -242,6 +263,7 @@ fn requests_keep_succeeding_while_a_node_is_killed_and_the_view_recovers() {
         },
     );
     cluster.wait_for_ring(&[0, 2]);
+    wait_for_direct_streak(&client);
     let before = client.route_stats().expect("routed");
     wait_until(CONVERGE, "200 more requests", || {
         let now = client.route_stats().expect("routed");
