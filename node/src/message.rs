@@ -446,6 +446,24 @@ impl Request {
         }
     }
 
+    /// Whether a request to a peer must wait, like an acknowledgement, until everything written
+    /// before it is durable. Only a tombstone collection's commit: the replicas delete their
+    /// tombstones on the strength of ours, so ours (and our own delete of it) must not be lost to a
+    /// crash after they act, or a value whose delete was acknowledged would come back from an old
+    /// copy here. Every other request goes at once, our flush in parallel with the peer's work:
+    /// - `Replicate`, `Transfer`, `Handoff`, `StoreWrite`: the receiver stores what they carry and
+    ///   flushes it before it answers; whatever we delete or acknowledge afterwards rests on that
+    ///   answer, not on our copy. If we crash before our flush, the receiver holds a write nobody
+    ///   acknowledged: a "maybe", as after any crash.
+    /// - `Adopted` and `Leaving`: sent once the receiver acknowledged (durably) every key of the
+    ///   range it takes, so it owns them whatever happens here; what we delete then (copies we no
+    ///   longer need) may come back after a crash only as strays, which collection removes.
+    /// - Reads, anti-entropy digests and fetches, a collection's question (`Reap` without
+    ///   `commit`), and ring maintenance carry nothing the receiver keeps on our word.
+    pub fn waits_for_flush(&self) -> bool {
+        matches!(self, Request::Reap { commit: true, .. })
+    }
+
     /// A short name for metrics labels and logs.
     pub fn kind(&self) -> &'static str {
         match self {

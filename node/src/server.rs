@@ -26,7 +26,7 @@
 //!   write-free moment) goes at once;
 //! - a request to a peer ([`Output::Send`]) goes at once, so replication runs on the replicas
 //!   while we flush here; only a tombstone collection's commit waits like an answer (see
-//!   `waits_for_flush` for why that one, and why none of the others);
+//!   `Request::waits_for_flush` for why that one, and why none of the others);
 //! - events are logged at once.
 //!
 //! An answer waits for every write made before it, not only for the one it acknowledges: the
@@ -392,24 +392,6 @@ impl Drop for Flusher {
     }
 }
 
-/// Whether a request to a peer must wait, like an acknowledgement, until everything written
-/// before it is durable. Only a tombstone collection's commit: the replicas delete their
-/// tombstones on the strength of ours, so ours (and our own delete of it) must not be lost to a
-/// crash after they act, or a value whose delete was acknowledged would come back from an old
-/// copy here. Every other request goes at once, our flush in parallel with the peer's work:
-/// - `Replicate`, `Transfer`, `Handoff`, `StoreWrite`: the receiver stores what they carry and
-///   flushes it before it answers; whatever we delete or acknowledge afterwards rests on that
-///   answer, not on our copy. If we crash before our flush, the receiver holds a write nobody
-///   acknowledged: a "maybe", as after any crash.
-/// - `Adopted` and `Leaving`: sent once the receiver acknowledged (durably) every key of the
-///   range it takes, so it owns them whatever happens here; what we delete then (copies we no
-///   longer need) may come back after a crash only as strays, which collection removes.
-/// - Reads, anti-entropy digests and fetches, a collection's question (`Reap` without
-///   `commit`), and ring maintenance carry nothing the receiver keeps on our word.
-fn waits_for_flush(request: &Request) -> bool {
-    matches!(request, Request::Reap { commit: true, .. })
-}
-
 /// Most inputs handled in one turn of the core loop.
 const BATCH: usize = 512;
 
@@ -617,7 +599,9 @@ impl Deliver<'_> {
                         return true;
                     }
                 }
-                Output::Send { ref request, .. } if !waits_for_flush(request) => ready.push(output),
+                Output::Send { ref request, .. } if !request.waits_for_flush() => {
+                    ready.push(output)
+                }
                 // Held outputs all wait for writes after `flushed`, so none is held now and this
                 // one overtakes nothing (`ready` is delivered before any held output is released).
                 output if self.relaxed || written <= flushed => {
