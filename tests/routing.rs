@@ -163,6 +163,19 @@ fn a_routed_session_keeps_its_guarantees_across_plain_clients() {
     });
 }
 
+/// Waits until `client` has sent `n` more requests; returns its counts from before them.
+fn wait_for_more_requests(client: &Client, n: u64) -> kvctl::RouteStats {
+    let before = client.route_stats().expect("routed");
+    wait_until(CONVERGE, &format!("{n} more requests"), || {
+        let now = client.route_stats().expect("routed");
+        match now.total() - before.total() {
+            done if done >= n => Ok(()),
+            done => Err(format!("{done} so far")),
+        }
+    });
+    before
+}
+
 /// Waits until the ring has settled for `client`: fifty requests in a row went direct.
 fn wait_for_direct_streak(client: &Client) {
     let mut window = client.route_stats().expect("routed");
@@ -207,15 +220,8 @@ fn requests_keep_succeeding_while_a_node_joins_and_the_view_recovers() {
     // The view may hold the newcomer before its predecessor's hand-over to it is done (the
     // newcomer answers `WrongOwner` until then).
     wait_for_direct_streak(&client);
-    let before = client.route_stats().expect("routed");
     // Once the view holds the newcomer, requests go direct again.
-    wait_until(CONVERGE, "200 more requests", || {
-        let now = client.route_stats().expect("routed");
-        match now.total() - before.total() {
-            n if n >= 200 => Ok(()),
-            n => Err(format!("{n} so far")),
-        }
-    });
+    let before = wait_for_more_requests(&client, 200);
     stop.store(true, Ordering::Relaxed);
     let outcome = runtime.block_on(running).expect("load");
     let after = client.route_stats().expect("routed").since(&before);
@@ -264,14 +270,7 @@ fn requests_keep_succeeding_while_a_node_is_killed_and_the_view_recovers() {
     );
     cluster.wait_for_ring(&[0, 2]);
     wait_for_direct_streak(&client);
-    let before = client.route_stats().expect("routed");
-    wait_until(CONVERGE, "200 more requests", || {
-        let now = client.route_stats().expect("routed");
-        match now.total() - before.total() {
-            n if n >= 200 => Ok(()),
-            n => Err(format!("{n} so far")),
-        }
-    });
+    let before = wait_for_more_requests(&client, 200);
     stop.store(true, Ordering::Relaxed);
     let outcome = runtime.block_on(running).expect("load");
     let after = client.route_stats().expect("routed").since(&before);

@@ -711,7 +711,7 @@ mod tests {
     use super::*;
 
     /// A node with id `n` (in the top byte, so it shows in short ids) on port 7000 + n.
-    fn node(n: u8) -> NodeRef {
+    pub(crate) fn node(n: u8) -> NodeRef {
         let mut id = [0u8; 20];
         id[0] = n;
         NodeRef {

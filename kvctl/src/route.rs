@@ -564,16 +564,8 @@ async fn refresh_timer(router: Weak<Router>, every: Duration) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::tests::node;
     use chordkv_node::id::in_half_open;
-
-    fn node(n: u8) -> NodeRef {
-        let mut id = [0u8; 20];
-        id[0] = n;
-        NodeRef {
-            id: Id(id),
-            addr: SocketAddr::from(([127, 0, 0, 1], 7000 + u16::from(n))),
-        }
-    }
 
     fn view(ids: &[u8]) -> View {
         View {

@@ -188,8 +188,8 @@ impl<S: Storage> Kv<S> {
     pub(super) fn begin_leave_transfer(&mut self, ring: &mut Ring, io: &mut dyn KvIo) {
         match ring.successors().first().copied() {
             Some(succ) => {
+                // The leave sweeps everything: what a join hand-over noted is moot.
                 self.storage.unwatch();
-                self.storage.watch(None, []);
                 self.transfer = Some(Transfer::new(succ, TransferGoal::Leave, BTreeMap::new()));
                 self.transfer_round(ring, io);
             }
