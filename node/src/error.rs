@@ -78,6 +78,14 @@ pub enum Error {
     /// A local I/O or storage failure.
     #[error("io: {0}")]
     Io(String),
+    /// The handshake failed: a missing or wrong cluster secret or client token, or a peer that
+    /// could not prove it holds the secret it should. See [`crate::auth`].
+    #[error("not authenticated: {0}")]
+    Unauthorized(String),
+    /// The connection's access does not permit this request: a node-to-node request from a
+    /// client, or a write with a read-only token. The connection stays usable.
+    #[error("forbidden: {0}")]
+    Forbidden(String),
 }
 
 impl Error {

@@ -8,6 +8,7 @@
 //! are what crosses the network, and [`server`] drives a node with real sockets, clocks and
 //! disks. [`testing`] holds the simulator and the history and session checkers.
 
+pub mod auth;
 pub mod error;
 pub mod id;
 pub mod kv;
@@ -19,6 +20,7 @@ pub mod server;
 pub mod session;
 pub mod storage;
 pub mod testing;
+pub mod tls;
 pub mod version;
 pub mod wire;
 

@@ -464,6 +464,38 @@ impl Request {
         matches!(self, Request::Reap { commit: true, .. })
     }
 
+    /// What a connection must be allowed to send this ([`crate::auth::Access::permits`]): the
+    /// requests clients make are reads or writes; the rest maintain the ring and its copies, and
+    /// only a node may send them. `StoreGet` is a client's read at the owner (zero-hop routing);
+    /// `StoreWrite` is not: it carries a coordinator's write id. `Block` is handled before this
+    /// check, and only with fault injection on.
+    pub fn clearance(&self) -> crate::auth::Clearance {
+        use crate::auth::Clearance;
+        match self {
+            Request::Get { .. }
+            | Request::StoreGet { .. }
+            | Request::Lookup { .. }
+            | Request::Status
+            | Request::Ping => Clearance::Read,
+            Request::Put { .. } | Request::Delete { .. } => Clearance::Write,
+            Request::FindSuccessor { .. }
+            | Request::GetNeighbors
+            | Request::Notify { .. }
+            | Request::Leaving { .. }
+            | Request::FailureNotice { .. }
+            | Request::Adopted { .. }
+            | Request::Transfer { .. }
+            | Request::StoreWrite { .. }
+            | Request::Replicate { .. }
+            | Request::ReplicaRead { .. }
+            | Request::SyncTree { .. }
+            | Request::SyncFetch { .. }
+            | Request::Handoff { .. }
+            | Request::Reap { .. }
+            | Request::Block { .. } => Clearance::Node,
+        }
+    }
+
     /// A short name for metrics labels and logs.
     pub fn kind(&self) -> &'static str {
         match self {

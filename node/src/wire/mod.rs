@@ -8,7 +8,9 @@
 //!
 //! HANDSHAKE
 //!
-//! Right after a connection opens, each side writes a 7-byte hello:
+//! Right after a connection opens (inside TLS, if the node speaks it: [`crate::tls`]), each side
+//! writes a 7-byte hello, followed by the exchange of [`handshake`] that proves the cluster
+//! secret or a client token:
 //!
 //! ```text
 //! +---+---+---+---+----------------+------+
@@ -22,7 +24,8 @@
 //! A wrong magic means the peer is not chordkv at all (an HTTP client, a port scanner) and is
 //! [`Error::InvalidData`]; another version is [`Error::VersionMismatch`]. There is no
 //! negotiation: a node speaks exactly [`VERSION`]. The role ([`Role`]) tells a server whether the
-//! connection comes from another node or from a client such as `kvctl`.
+//! connection comes from another node or from a client such as `kvctl`; what it may then send
+//! is the [`crate::auth::Access`] its proof earned.
 //!
 //! FRAMING
 //!
@@ -65,7 +68,12 @@
 //! A server that cannot parse a frame answers `Envelope::Response { id: NOTICE_ID, body: Err(e) }`
 //! and closes the connection; a [`Channel`] reports `e` in the errors of the calls it fails.
 
+pub mod handshake;
+
+pub use handshake::Credential;
+
 use crate::message::{Envelope, Request, RequestId, Response};
+use crate::tls::ClientTls;
 use crate::{Error, Result};
 use bytes::{Buf, BytesMut};
 use std::collections::HashMap;
@@ -83,8 +91,9 @@ use tokio::time::Instant;
 /// The first four bytes of every hello.
 pub const MAGIC: [u8; 4] = *b"CHKV";
 
-/// The protocol version this build speaks. Peers must speak the same one.
-pub const VERSION: u16 = 1;
+/// The protocol version this build speaks. Peers must speak the same one. Version 2 added the
+/// authenticating exchange after the hellos ([`handshake`]).
+pub const VERSION: u16 = 2;
 
 /// Length of a hello: magic, version, role.
 pub const HELLO_LEN: usize = 7;
@@ -491,6 +500,8 @@ pub struct FrameReader<R> {
     inner: R,
     buf: BytesMut,
     max_frame: usize,
+    /// The size of the last frame read, prefix included.
+    last_len: usize,
 }
 
 impl<R: AsyncRead + Unpin> FrameReader<R> {
@@ -500,7 +511,14 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             inner,
             buf: BytesMut::with_capacity(READ_CHUNK),
             max_frame,
+            last_len: 0,
         }
+    }
+
+    /// The size in bytes of the frame [`FrameReader::read_frame`] returned last, prefix
+    /// included: what its message costs, for budgets of memory held.
+    pub fn last_frame_len(&self) -> usize {
+        self.last_len
     }
 
     /// The next frame, or `Ok(None)` if the peer closed the connection cleanly between frames.
@@ -515,6 +533,7 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         loop {
             if let Some((envelope, used)) = parse_frame(&self.buf, self.max_frame)? {
                 self.buf.advance(used);
+                self.last_len = used;
                 return Ok(Some(envelope));
             }
             // Make room for the whole frame at once when its length is known; check_frame has
@@ -716,21 +735,65 @@ impl Drop for PendingEntry<'_> {
     }
 }
 
+/// How to open a [`Channel`]: the role to announce, what to prove, whether to speak TLS, and
+/// the limits the channel enforces.
+#[derive(Clone, Debug)]
+pub struct Dialer {
+    /// The role announced in the hello.
+    pub role: Role,
+    /// What the handshake proves ([`handshake`]).
+    pub credential: Credential,
+    /// Speak TLS first, trusting these CAs; `None`: plain TCP.
+    pub tls: Option<ClientTls>,
+    /// Bounds on what the channel carries.
+    pub limits: Limits,
+}
+
+impl Dialer {
+    /// Plain TCP, proving nothing: what a node without credentials takes.
+    pub fn open(role: Role, limits: Limits) -> Dialer {
+        Dialer {
+            role,
+            credential: Credential::None,
+            tls: None,
+            limits,
+        }
+    }
+}
+
 impl Channel {
-    /// Connects to the node at `addr` and exchanges hellos, announcing `role`, all within
-    /// `connect_timeout`. Must run inside a tokio runtime.
+    /// [`Channel::dial`] with [`Dialer::open`]: plain TCP, no credential.
     ///
     /// # Errors
-    /// [`Error::Unreachable`] if the node cannot be reached or hangs up during the handshake,
-    /// [`Error::Timeout`] if connecting and the handshake take longer than `connect_timeout`, and
-    /// the errors of [`Channel::from_stream`].
+    /// As [`Channel::dial`].
     pub async fn connect(
         addr: SocketAddr,
         role: Role,
         limits: Limits,
         connect_timeout: Duration,
     ) -> Result<Channel> {
+        Channel::dial(addr, &Dialer::open(role, limits), connect_timeout).await
+    }
+
+    /// Connects to the node at `addr`, speaks TLS if `dialer` says so, and runs the handshake,
+    /// all within `connect_timeout`. Must run inside a tokio runtime.
+    ///
+    /// # Errors
+    /// [`Error::Unreachable`] if the node cannot be reached or hangs up during the handshake,
+    /// [`Error::Timeout`] if connecting and the handshake take longer than `connect_timeout`,
+    /// [`Error::Unauthorized`] if TLS or the handshake's proofs fail, and the errors of
+    /// [`Channel::from_stream`].
+    pub async fn dial(
+        addr: SocketAddr,
+        dialer: &Dialer,
+        connect_timeout: Duration,
+    ) -> Result<Channel> {
         let deadline = Instant::now() + connect_timeout;
+        let late = || {
+            Error::Timeout(format!(
+                "connecting to {addr} took longer than {connect_timeout:?}"
+            ))
+        };
         let stream = match tokio::time::timeout_at(deadline, TcpStream::connect(addr)).await {
             Ok(Ok(stream)) => stream,
             Ok(Err(e)) => {
@@ -739,24 +802,46 @@ impl Channel {
                     describe_io(&e)
                 )));
             }
-            Err(_) => {
-                return Err(Error::Timeout(format!(
-                    "connecting to {addr} took longer than {connect_timeout:?}"
-                )));
-            }
+            Err(_) => return Err(late()),
         };
         // Requests are small and latency matters more than packet count.
         stream.set_nodelay(true)?;
+        let (role, credential, limits) = (dialer.role, &dialer.credential, dialer.limits);
+        let Some(tls) = &dialer.tls else {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            return Channel::start(
+                stream,
+                addr,
+                role,
+                credential,
+                limits,
+                remaining,
+                MAX_IN_FLIGHT,
+            )
+            .await;
+        };
+        let stream = tokio::time::timeout_at(deadline, tls.connect(addr, stream))
+            .await
+            .map_err(|_| late())??;
         let remaining = deadline.saturating_duration_since(Instant::now());
-        Channel::from_stream(stream, addr, role, limits, remaining).await
+        Channel::start(
+            stream,
+            addr,
+            role,
+            credential,
+            limits,
+            remaining,
+            MAX_IN_FLIGHT,
+        )
+        .await
     }
 
-    /// Runs a channel over an already open stream to `peer`: exchanges hellos (ours first),
-    /// then spawns the reader and writer tasks. Must run inside a tokio runtime.
+    /// Runs a channel over an already open stream to `peer`: runs the handshake (hello first,
+    /// proving nothing), then spawns the reader and writer tasks. Must run inside a tokio runtime.
     ///
     /// # Errors
-    /// The errors of [`read_hello`], with the peer named; [`Error::InvalidData`] if the peer
-    /// announces itself as a client: a channel only talks to nodes.
+    /// The errors of [`handshake::connect`], with the peer named; [`Error::InvalidData`] if the
+    /// peer announces itself as a client: a channel only talks to nodes.
     pub async fn from_stream<S>(
         stream: S,
         peer: SocketAddr,
@@ -765,41 +850,46 @@ impl Channel {
         handshake_timeout: Duration,
     ) -> Result<Channel>
     where
-        S: AsyncRead + AsyncWrite + Send + 'static,
+        S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
     {
-        Channel::start(stream, peer, role, limits, handshake_timeout, MAX_IN_FLIGHT).await
+        let none = Credential::None;
+        Channel::start(
+            stream,
+            peer,
+            role,
+            &none,
+            limits,
+            handshake_timeout,
+            MAX_IN_FLIGHT,
+        )
+        .await
     }
 
-    /// [`Channel::from_stream`] with the in-flight bound as a parameter, for tests.
+    /// [`Channel::from_stream`] with the credential and the in-flight bound as parameters.
     async fn start<S>(
-        stream: S,
+        mut stream: S,
         peer: SocketAddr,
         role: Role,
+        credential: &Credential,
         limits: Limits,
         handshake_timeout: Duration,
         max_in_flight: usize,
     ) -> Result<Channel>
     where
-        S: AsyncRead + AsyncWrite + Send + 'static,
+        S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
     {
-        let (mut rd, mut wr) = tokio::io::split(stream);
-        let handshake = async {
-            write_hello(&mut wr, role).await?;
-            read_hello(&mut rd, handshake_timeout).await
-        };
-        let theirs = handshake.await.map_err(|e| match e {
-            Error::Io(m) | Error::Unavailable(m) => {
-                Error::Unreachable(format!("{peer}: handshake failed: {m}"))
-            }
-            Error::InvalidData(m) => Error::InvalidData(format!("{peer}: {m}")),
-            Error::Timeout(m) => Error::Timeout(format!("{peer}: {m}")),
-            other => other,
-        })?;
-        if theirs != Role::Node {
-            return Err(Error::InvalidData(format!(
-                "{peer} announced itself as a {theirs}, not a node"
-            )));
-        }
+        handshake::connect(&mut stream, role, credential, handshake_timeout)
+            .await
+            .map_err(|e| match e {
+                Error::Io(m) | Error::Unavailable(m) => {
+                    Error::Unreachable(format!("{peer}: handshake failed: {m}"))
+                }
+                Error::InvalidData(m) => Error::InvalidData(format!("{peer}: {m}")),
+                Error::Timeout(m) => Error::Timeout(format!("{peer}: {m}")),
+                Error::Unauthorized(m) => Error::Unauthorized(format!("{peer}: {m}")),
+                other => other,
+            })?;
+        let (rd, wr) = tokio::io::split(stream);
 
         let (closed, _) = watch::channel(false);
         let shared = Arc::new(Shared {

@@ -446,8 +446,9 @@ async fn accept(
     FrameWriter<tokio::net::tcp::OwnedWriteHalf>,
 ) {
     let (mut stream, _) = listener.accept().await.expect("accept");
-    assert_eq!(read_hello(&mut stream, T).await, Ok(Role::Client));
-    write_hello(&mut stream, Role::Node).await.expect("hello");
+    let gate = crate::auth::Gate::default();
+    let accepted = handshake::accept(&mut stream, &gate, T).await;
+    assert_eq!(accepted, Ok((Role::Client, crate::auth::Access::ReadWrite)));
     let (r, w) = stream.into_split();
     (FrameReader::new(r, 1 << 20), FrameWriter::new(w, 1 << 20))
 }
@@ -703,8 +704,10 @@ async fn channel_bounds_calls_in_flight() {
     let peer: SocketAddr = "127.0.0.1:1".parse().expect("addr");
     let server = tokio::spawn(async move {
         let mut stream = server_end;
-        read_hello(&mut stream, T).await.expect("hello");
-        write_hello(&mut stream, Role::Node).await.expect("hello");
+        let gate = crate::auth::Gate::default();
+        handshake::accept(&mut stream, &gate, T)
+            .await
+            .expect("handshake");
         let (r, w) = tokio::io::split(stream);
         let (mut r, mut w) = (FrameReader::new(r, 1 << 20), FrameWriter::new(w, 1 << 20));
         let mut answered = 0;
@@ -730,9 +733,18 @@ async fn channel_bounds_calls_in_flight() {
             }
         }
     });
-    let channel = Channel::start(client_end, peer, Role::Client, Limits::default(), T, BOUND)
-        .await
-        .expect("channel");
+    let none = Credential::None;
+    let channel = Channel::start(
+        client_end,
+        peer,
+        Role::Client,
+        &none,
+        Limits::default(),
+        T,
+        BOUND,
+    )
+    .await
+    .expect("channel");
     let mut calls = tokio::task::JoinSet::new();
     for _ in 0..CALLS {
         let channel = channel.clone();
