@@ -94,6 +94,7 @@
 //! slows its readers instead of growing memory; so does a backlog of outputs held for a flush
 //! (`MAX_HELD`), which pauses the intake until the flusher catches up.
 
+use crate::auth::{Access, Gate};
 use crate::error::{Error, Result};
 use crate::id::Id;
 use crate::kv;
@@ -102,15 +103,18 @@ use crate::node::{Event, Node, Options, Output};
 use crate::ring;
 use crate::rpc::ConnId;
 use crate::storage::{FlushHandle, SledStorage, Storage};
-use crate::wire::{self, Channel, FrameReader, FrameWriter, Limits, Role};
+use crate::tls::{ClientTls, ServerTls};
+use crate::wire::{self, Channel, Credential, Dialer, FrameReader, FrameWriter, Limits, Role};
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Mutex, Semaphore, mpsc};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpListener;
+use tokio::sync::{Mutex, Notify, OwnedSemaphorePermit, Semaphore, mpsc};
 use tracing::{debug, error, info, warn};
 
 /// How a node is run: addresses, data directory and bounds. Protocol tunables are in `node`.
@@ -130,8 +134,14 @@ pub struct Config {
     pub node: Options,
     /// Frame, key and value bounds.
     pub limits: Limits,
-    /// Most open connections at once.
+    /// Most open client connections at once (see BOUNDS for what happens beyond it).
     pub max_connections: usize,
+    /// Most open connections from peers at once, apart from the clients' budget.
+    pub max_peer_connections: usize,
+    /// A connection that neither sends nor is answered anything for this long is closed.
+    pub idle_timeout: Duration,
+    /// Who may connect, and whether to speak TLS.
+    pub security: Security,
     /// How often the state machine's timers are checked.
     pub tick: Duration,
     /// How long a graceful leave may take before the node exits anyway.
@@ -140,6 +150,34 @@ pub struct Config {
     pub durability: Durability,
     /// Whether [`Request::Block`] (a simulated partition, for tests) is honoured.
     pub allow_fault_injection: bool,
+}
+
+/// What a node asks of whoever connects, and how it talks to its peers: see [`crate::auth`] and
+/// [`crate::tls`]. The default is open, plain TCP: for loopback only.
+#[derive(Clone, Debug, Default)]
+pub struct Security {
+    /// The cluster secret peers must prove, and the tokens clients must.
+    pub gate: Gate,
+    /// Speak TLS on the listening port, with this certificate.
+    pub tls_server: Option<ServerTls>,
+    /// Speak TLS to peers, trusting these CAs.
+    pub tls_client: Option<ClientTls>,
+}
+
+impl Security {
+    /// How this node dials its peers: as a node, proving the cluster secret if it has one.
+    pub fn dialer(&self, limits: Limits) -> Dialer {
+        Dialer {
+            role: Role::Node,
+            credential: self
+                .gate
+                .cluster
+                .clone()
+                .map_or(Credential::None, Credential::Cluster),
+            tls: self.tls_client.clone(),
+            limits,
+        }
+    }
 }
 
 /// How writes are made durable before they are acknowledged.
@@ -171,6 +209,9 @@ impl Config {
             node: Options::default(),
             limits: Limits::default(),
             max_connections: 1024,
+            max_peer_connections: 256,
+            idle_timeout: Duration::from_secs(300),
+            security: Security::default(),
             tick: Duration::from_millis(20),
             leave_timeout: Duration::from_secs(30),
             durability: Durability::Group,
@@ -236,6 +277,8 @@ enum Input {
         conn: ConnId,
         id: RequestId,
         request: Request,
+        /// Its frame's share of the input budget (BOUNDS), returned once it is handled.
+        cost: OwnedSemaphorePermit,
     },
     /// A peer answered one of our requests, or the transport failed.
     Response {
@@ -685,9 +728,15 @@ fn handle_input<S: Storage>(
         Input::Close { conn } => {
             conns.remove(&conn);
         }
-        Input::Request { conn, id, request } => {
+        Input::Request {
+            conn,
+            id,
+            request,
+            cost,
+        } => {
             metrics::counter!("chordkv_requests_total", "kind" => request.kind()).increment(1);
             node.handle_request(conn, id, request, now);
+            drop(cost);
         }
         Input::Response { id, response } => node.handle_response(id, response, now),
     }
@@ -843,22 +892,36 @@ fn record_kv_event(me: &NodeRef, event: &kv::Event) {
 /// The pooled connection to one peer; its lock makes concurrent senders share one connect.
 type Slot = Arc<Mutex<Option<Channel>>>;
 
+/// How often, at most, a peer's refusal of our credentials is logged.
+const AUTH_LOG_EVERY: Duration = Duration::from_secs(10);
+
+/// How often, at most, the peer pool drops the entries of peers no longer talked to.
+const PRUNE_EVERY: Duration = Duration::from_secs(10);
+
 /// Outbound requests to peers, over one pooled [`Channel`] per address.
 #[derive(Clone)]
 struct Peers {
     config: Config,
+    dialer: Dialer,
     /// Peers we pretend we cannot reach (fault injection).
     blocked: Arc<std::sync::Mutex<HashSet<SocketAddr>>>,
     pool: Arc<Mutex<HashMap<SocketAddr, Slot>>>,
+    /// When the pool was last pruned.
+    pruned: Arc<std::sync::Mutex<Instant>>,
+    /// When each peer that refused our credentials was last logged, to log it now and then.
+    refused: Arc<std::sync::Mutex<HashMap<SocketAddr, Instant>>>,
     inputs: mpsc::Sender<Input>,
 }
 
 impl Peers {
     fn new(config: Config, inputs: mpsc::Sender<Input>) -> Peers {
         Peers {
+            dialer: config.security.dialer(config.limits),
             config,
             blocked: Arc::default(),
             pool: Arc::default(),
+            pruned: Arc::new(std::sync::Mutex::new(Instant::now())),
+            refused: Arc::default(),
             inputs,
         }
     }
@@ -878,10 +941,17 @@ impl Peers {
                     warn!(peer = %to, kind, error = %e, "a request did not fit in a frame; not sent");
                 }
             }
+            if let Err(e @ Error::Unauthorized(_)) = &response {
+                peers.refused_by(to, e);
+            }
             let _ = peers.inputs.send(Input::Response { id, response }).await;
         });
     }
 
+    /// One request to `to`, answered or failed within the RPC timeout, whatever it waits for:
+    /// another sender's connect to the same peer, its own connect, a slot, the answer. So the
+    /// requests queued for a peer that swallows packets all fail by their own deadlines (and
+    /// drop their payloads), instead of one per timeout behind each other's connects.
     async fn call(&self, to: SocketAddr, request: Request) -> Result<Response> {
         let timeout = Duration::from_millis(self.config.node.ring.rpc_timeout);
         if self.is_blocked(to) {
@@ -891,19 +961,75 @@ impl Peers {
                 "{to} did not answer (fault injection)"
             )));
         }
-        let slot = self.pool.lock().await.entry(to).or_default().clone();
-        let channel = {
-            let mut slot = slot.lock().await;
-            match slot.as_ref().filter(|c| !c.is_closed()) {
-                Some(c) => c.clone(),
-                None => {
-                    let c = Channel::connect(to, Role::Node, self.config.limits, timeout).await?;
-                    *slot = Some(c.clone());
-                    c
+        let call = async {
+            let slot = self.slot(to).await;
+            let channel = {
+                let mut slot = slot.lock().await;
+                match slot.as_ref().filter(|c| !c.is_closed()) {
+                    Some(c) => c.clone(),
+                    None => {
+                        let c = Channel::dial(to, &self.dialer, timeout).await?;
+                        *slot = Some(c.clone());
+                        c
+                    }
                 }
-            }
+            };
+            channel.call(request, timeout).await
         };
-        channel.call(request, timeout).await
+        tokio::time::timeout(timeout, call)
+            .await
+            .unwrap_or_else(|_| {
+                Err(Error::Timeout(format!(
+                    "no answer from {to} within {timeout:?}"
+                )))
+            })
+    }
+
+    /// Logs, at most every [`AUTH_LOG_EVERY`] per peer, that `to` and we do not accept each
+    /// other's credentials: a misconfigured ring (or an impostor) an operator must hear of.
+    fn refused_by(&self, to: SocketAddr, e: &Error) {
+        metrics::counter!("chordkv_peer_auth_failures_total").increment(1);
+        let Ok(mut refused) = self.refused.lock() else {
+            return;
+        };
+        if refused.len() > 4096 {
+            refused.clear();
+        }
+        let due = refused
+            .get(&to)
+            .is_none_or(|at| at.elapsed() >= AUTH_LOG_EVERY);
+        if due {
+            refused.insert(to, Instant::now());
+            warn!(peer = %to, error = %e, "cannot talk to a peer: the handshake failed");
+        }
+    }
+
+    /// The pool's slot for `to`, made if need be. Now and then the pool drops the slots nobody
+    /// holds whose connection is gone, so it keeps only peers still talked to.
+    async fn slot(&self, to: SocketAddr) -> Slot {
+        let mut pool = self.pool.lock().await;
+        let prune = self
+            .pruned
+            .lock()
+            .map(|mut at| {
+                let due = at.elapsed() >= PRUNE_EVERY;
+                if due {
+                    *at = Instant::now();
+                }
+                due
+            })
+            .unwrap_or(false);
+        if prune {
+            pool.retain(|_, slot| {
+                Arc::strong_count(slot) > 1
+                    || slot
+                        .try_lock()
+                        .map(|c| c.as_ref().is_some_and(|c| !c.is_closed()))
+                        .unwrap_or(true)
+            });
+            metrics::gauge!("chordkv_peer_pool").set(pool.len() as f64);
+        }
+        pool.entry(to).or_default().clone()
     }
 }
 
@@ -922,14 +1048,150 @@ impl Peers {
     }
 }
 
-/// Accept connections, bounded by a semaphore, each served by [`serve_connection`].
+/// How long a connection may take to finish TLS and the handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Most connections in their handshake at once; more are closed at once.
+const MAX_HANDSHAKES: usize = 4096;
+
+/// A connection idle at least this long may be closed to make room for a new one when its
+/// budget is full.
+const EVICT_IDLE: Duration = Duration::from_secs(1);
+
+/// A connection's last sign of life, and how to tell it to close.
+struct Activity {
+    /// When it last read a frame or had an answer written, ms since the budget's epoch.
+    last: AtomicU64,
+    /// Notified when the connection is evicted.
+    evicted: Notify,
+}
+
+/// One kind of connection's budget (peers', clients'): how many may be open at once. When it
+/// is full, a new connection takes the place of the one idle longest, if that one has been
+/// idle at least [`EVICT_IDLE`]; else the new one is refused.
+struct Budget {
+    kind: &'static str,
+    max: usize,
+    epoch: Instant,
+    open: std::sync::Mutex<HashMap<ConnId, Arc<Activity>>>,
+}
+
+/// A place in a [`Budget`], given back when the connection ends.
+struct Admitted {
+    budget: Arc<Budget>,
+    conn: ConnId,
+    activity: Arc<Activity>,
+}
+
+impl Budget {
+    fn new(kind: &'static str, max: usize) -> Arc<Budget> {
+        Arc::new(Budget {
+            kind,
+            max: max.max(1),
+            epoch: Instant::now(),
+            open: std::sync::Mutex::default(),
+        })
+    }
+
+    fn now(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    /// A place for connection `conn`, or `None` if every place is taken by a connection active
+    /// within [`EVICT_IDLE`].
+    fn admit(self: &Arc<Budget>, conn: ConnId) -> Option<Admitted> {
+        let now = self.now();
+        let mut open = self.open.lock().ok()?;
+        if open.len() >= self.max {
+            let (&idlest, activity) = open
+                .iter()
+                .min_by_key(|(_, a)| a.last.load(Ordering::Relaxed))?;
+            let idle = now.saturating_sub(activity.last.load(Ordering::Relaxed));
+            if idle < EVICT_IDLE.as_millis() as u64 {
+                return None;
+            }
+            // Stored if it is not waiting yet: it sees the notice at its next await.
+            activity.evicted.notify_one();
+            open.remove(&idlest);
+            metrics::counter!("chordkv_connections_evicted_total", "role" => self.kind)
+                .increment(1);
+        }
+        let activity = Arc::new(Activity {
+            last: AtomicU64::new(now),
+            evicted: Notify::new(),
+        });
+        open.insert(conn, Arc::clone(&activity));
+        Some(Admitted {
+            budget: Arc::clone(self),
+            conn,
+            activity,
+        })
+    }
+}
+
+impl Admitted {
+    /// Notes a sign of life.
+    fn touch(&self) {
+        self.activity
+            .last
+            .store(self.budget.now(), Ordering::Relaxed);
+    }
+
+    /// How long since the last sign of life.
+    fn idle(&self) -> Duration {
+        let last = self.activity.last.load(Ordering::Relaxed);
+        Duration::from_millis(self.budget.now().saturating_sub(last))
+    }
+}
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        if let Ok(mut open) = self.budget.open.lock() {
+            // An evicted connection's place may belong to another by now.
+            if open
+                .get(&self.conn)
+                .is_some_and(|a| Arc::ptr_eq(a, &self.activity))
+            {
+                open.remove(&self.conn);
+            }
+        }
+    }
+}
+
+/// What every connection's task shares: where inputs go, the bounds, who may connect.
+#[derive(Clone)]
+struct Intake {
+    inputs: mpsc::Sender<Input>,
+    config: Config,
+    /// Fault injection's handle on the outbound traffic, if it is allowed.
+    faults: Option<Peers>,
+    peers: Arc<Budget>,
+    clients: Arc<Budget>,
+    /// Bytes of requests read but not yet handled by the core (BOUNDS).
+    input_bytes: Arc<Semaphore>,
+}
+
+/// The most bytes of requests waiting for the core at once, for a frame bound of `max_frame`.
+fn input_budget(max_frame: usize) -> usize {
+    (64usize << 20).max(4 * (max_frame + wire::PREFIX_LEN))
+}
+
+/// Accept connections, each served by [`serve_connection`] once its handshake is done.
 async fn accept_loop(
     listener: TcpListener,
     inputs: mpsc::Sender<Input>,
     config: Config,
     peers: Peers,
 ) {
-    let permits = Arc::new(Semaphore::new(config.max_connections));
+    let intake = Intake {
+        faults: config.allow_fault_injection.then_some(peers),
+        peers: Budget::new("node", config.max_peer_connections),
+        clients: Budget::new("client", config.max_connections),
+        input_bytes: Arc::new(Semaphore::new(input_budget(config.limits.max_frame))),
+        inputs,
+        config,
+    };
+    let handshakes = Arc::new(Semaphore::new(MAX_HANDSHAKES));
     let mut next_conn: ConnId = 1;
     loop {
         let (stream, peer) = match listener.accept().await {
@@ -941,23 +1203,79 @@ async fn accept_loop(
                 continue;
             }
         };
+        let Ok(handshaking) = handshakes.clone().try_acquire_owned() else {
+            metrics::counter!("chordkv_connections_refused_total", "why" => "handshakes")
+                .increment(1);
+            continue;
+        };
         let conn = next_conn;
         next_conn += 1;
-        let permit = permits.clone().try_acquire_owned();
-        let inputs = inputs.clone();
-        let limits = config.limits;
-        let (config, peers) = (config.clone(), peers.clone());
+        let intake = intake.clone();
         tokio::spawn(async move {
             let _ = stream.set_nodelay(true);
-            match permit {
-                Ok(_permit) => {
-                    let faults = config.allow_fault_injection.then_some(peers);
-                    serve_connection(stream, peer, conn, inputs, limits, faults).await
+            match &intake.config.security.tls_server {
+                Some(tls) => {
+                    let tls = tls.clone();
+                    let accepted = tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.accept(stream));
+                    match accepted.await {
+                        Ok(Ok(stream)) => admit(stream, peer, conn, intake, handshaking).await,
+                        Ok(Err(e)) => {
+                            metrics::counter!("chordkv_handshakes_failed_total", "why" => "tls")
+                                .increment(1);
+                            debug!(%peer, error = %e, "TLS handshake failed");
+                        }
+                        Err(_) => debug!(%peer, "TLS handshake timed out"),
+                    }
                 }
-                Err(_) => refuse(stream, limits, "too many connections; retry later").await,
+                None => admit(stream, peer, conn, intake, handshaking).await,
             }
         });
     }
+}
+
+/// A connection's handshake, then its place in its role's budget, then its service.
+async fn admit<S>(
+    mut stream: S,
+    peer: SocketAddr,
+    conn: ConnId,
+    intake: Intake,
+    handshaking: OwnedSemaphorePermit,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let gate = &intake.config.security.gate;
+    let (role, access) = match wire::handshake::accept(&mut stream, gate, HANDSHAKE_TIMEOUT).await {
+        Ok(x) => x,
+        Err(e) => {
+            let why = match e {
+                Error::Unauthorized(_) => "unauthorized",
+                Error::Timeout(_) => "timeout",
+                _ => "invalid",
+            };
+            metrics::counter!("chordkv_handshakes_failed_total", "why" => why).increment(1);
+            if why == "unauthorized" {
+                warn!(%peer, error = %e, "handshake refused");
+            } else {
+                debug!(%peer, error = %e, "handshake refused");
+            }
+            return;
+        }
+    };
+    drop(handshaking);
+    let budget = match role {
+        Role::Node => &intake.peers,
+        Role::Client => &intake.clients,
+    };
+    let Some(admitted) = budget.admit(conn) else {
+        let why = format!("too many {role} connections; retry later");
+        return refuse(stream, intake.config.limits, &why).await;
+    };
+    let label = match role {
+        Role::Node => "node",
+        Role::Client => "client",
+    };
+    metrics::counter!("chordkv_connections_total", "role" => label).increment(1);
+    serve_connection(stream, peer, conn, access, admitted, intake).await;
 }
 
 /// Buffer one answer for a connection. One that does not fit a frame goes as an error answer to
@@ -981,71 +1299,62 @@ async fn feed_answer<W: tokio::io::AsyncWrite + Unpin>(
     Ok(())
 }
 
-/// Tell a connection we are at our limit, then close it.
-async fn refuse(mut stream: TcpStream, limits: Limits, why: &str) {
-    metrics::counter!("chordkv_connections_refused_total").increment(1);
-    if wire::read_hello(&mut stream, Duration::from_secs(2))
-        .await
-        .is_ok()
-        && wire::write_hello(&mut stream, Role::Node).await.is_ok()
-    {
-        let mut writer = FrameWriter::new(stream, limits.max_frame);
-        let notice = Envelope::Response {
-            id: wire::NOTICE_ID,
-            body: Err(Error::Overloaded(why.into())),
-        };
-        let _ = writer.write_frame(&notice).await;
-        let _ = writer.shutdown().await;
-    }
+/// Tell a connection past its handshake that we are at our limit, then close it.
+async fn refuse<S: AsyncWrite + Unpin>(stream: S, limits: Limits, why: &str) {
+    metrics::counter!("chordkv_connections_refused_total", "why" => "budget").increment(1);
+    let mut writer = FrameWriter::new(stream, limits.max_frame);
+    let notice = Envelope::Response {
+        id: wire::NOTICE_ID,
+        body: Err(Error::Overloaded(why.into())),
+    };
+    let _ = writer.write_frame(&notice).await;
+    let _ = writer.shutdown().await;
 }
 
-/// One connection: handshake, then read requests and hand them to the core; a writer task sends
-/// the answers. A frame that cannot be parsed ends the connection with an error notice.
-async fn serve_connection(
-    mut stream: TcpStream,
+/// One connection past its handshake: read requests and hand them to the core, each checked
+/// against the connection's `access`; a writer task sends the answers. A frame that cannot be
+/// parsed ends the connection with an error notice, and so do idleness and eviction.
+async fn serve_connection<S>(
+    stream: S,
     peer: SocketAddr,
     conn: ConnId,
-    inputs: mpsc::Sender<Input>,
-    limits: Limits,
-    faults: Option<Peers>,
-) {
-    let role = match wire::read_hello(&mut stream, Duration::from_secs(5)).await {
-        Ok(role) => role,
-        Err(e) => {
-            debug!(%peer, error = %e, "handshake refused");
-            if let Error::VersionMismatch { .. } = e {
-                // Answer with our own hello so the peer can say which versions differ.
-                let _ = wire::write_hello(&mut stream, Role::Node).await;
-            }
-            return;
-        }
-    };
-    if wire::write_hello(&mut stream, Role::Node).await.is_err() {
-        return;
-    }
-    let role_label = match role {
-        Role::Node => "node",
-        Role::Client => "client",
-    };
-    metrics::counter!("chordkv_connections_total", "role" => role_label).increment(1);
-    let (rd, wr) = stream.into_split();
+    access: Access,
+    admitted: Admitted,
+    intake: Intake,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let Intake {
+        inputs,
+        config,
+        faults,
+        input_bytes,
+        ..
+    } = intake;
+    let limits = config.limits;
+    let admitted = Arc::new(admitted);
+    let (rd, wr) = tokio::io::split(stream);
     let (tx, mut rx) = mpsc::channel::<Envelope>(1024);
     let max_frame = limits.max_frame;
-    let writer = tokio::spawn(async move {
-        let mut writer = FrameWriter::new(wr, max_frame);
-        while let Some(env) = rx.recv().await {
-            let mut result = feed_answer(&mut writer, &env, peer).await;
-            // Batch whatever else is ready into the same flush.
-            while let (Ok(()), Ok(more)) = (&result, rx.try_recv()) {
-                result = feed_answer(&mut writer, &more, peer).await;
+    let writer = {
+        let admitted = Arc::clone(&admitted);
+        tokio::spawn(async move {
+            let mut writer = FrameWriter::new(wr, max_frame);
+            while let Some(env) = rx.recv().await {
+                let mut result = feed_answer(&mut writer, &env, peer).await;
+                // Batch whatever else is ready into the same flush.
+                while let (Ok(()), Ok(more)) = (&result, rx.try_recv()) {
+                    result = feed_answer(&mut writer, &more, peer).await;
+                }
+                if let Err(e) = result.and(writer.flush().await) {
+                    debug!(%peer, error = %e, "write failed");
+                    break;
+                }
+                admitted.touch();
             }
-            if let Err(e) = result.and(writer.flush().await) {
-                debug!(%peer, error = %e, "write failed");
-                break;
-            }
-        }
-        let _ = writer.shutdown().await;
-    });
+            let _ = writer.shutdown().await;
+        })
+    };
     if inputs
         .send(Input::Open {
             conn,
@@ -1057,14 +1366,30 @@ async fn serve_connection(
         return;
     }
     let mut reader = FrameReader::new(rd, max_frame);
-    loop {
+    let idle = config.idle_timeout;
+    let closing: Option<Error> = loop {
         let frame = tokio::select! {
             frame = reader.read_frame() => frame,
             // The core stopped (a failed flush, or the end of `run`): close, as a crash would.
-            () = inputs.closed() => break,
+            () = inputs.closed() => break None,
+            () = admitted.activity.evicted.notified() => {
+                break Some(Error::Overloaded(
+                    "closed to make room for a new connection: this one was idle".into(),
+                ));
+            }
+            () = tokio::time::sleep(idle.saturating_sub(admitted.idle())) => {
+                if admitted.idle() < idle {
+                    continue;
+                }
+                metrics::counter!("chordkv_connections_idle_closed_total").increment(1);
+                break Some(Error::Unavailable(format!(
+                    "closed after {idle:?} without a request"
+                )));
+            }
         };
+        admitted.touch();
         match frame {
-            Ok(None) => break,
+            Ok(None) => break None,
             Ok(Some(Envelope::Request {
                 id,
                 body: Request::Block { peers },
@@ -1084,17 +1409,34 @@ async fn serve_connection(
             }
             Ok(Some(Envelope::Request { id, body })) => {
                 metrics::counter!("chordkv_messages_in_total", "kind" => body.kind()).increment(1);
+                if !access.permits(&body) {
+                    metrics::counter!(
+                        "chordkv_requests_forbidden_total",
+                        "kind" => body.kind(),
+                        "access" => access.name()
+                    )
+                    .increment(1);
+                    debug!(%peer, kind = body.kind(), access = access.name(), "request refused");
+                    let e = access.refusal(&body);
+                    let _ = tx.send(Envelope::Response { id, body: Err(e) }).await;
+                    continue;
+                }
                 if let Err(e) = limits.check_request(&body) {
                     let _ = tx.send(Envelope::Response { id, body: Err(e) }).await;
                     continue;
                 }
+                let size = u32::try_from(reader.last_frame_len()).unwrap_or(u32::MAX);
+                let Ok(cost) = Arc::clone(&input_bytes).acquire_many_owned(size).await else {
+                    break None;
+                };
                 let input = Input::Request {
                     conn,
                     id,
                     request: body,
+                    cost,
                 };
                 if inputs.send(input).await.is_err() {
-                    break;
+                    break None;
                 }
             }
             // Either way the connection is unusable: say why, then close it.
@@ -1107,14 +1449,16 @@ async fn serve_connection(
                 };
                 metrics::counter!("chordkv_bad_frames_total").increment(1);
                 debug!(%peer, error = %e, "bad frame; closing the connection");
-                let notice = Envelope::Response {
-                    id: wire::NOTICE_ID,
-                    body: Err(e),
-                };
-                let _ = tx.send(notice).await;
-                break;
+                break Some(e);
             }
         }
+    };
+    if let Some(e) = closing {
+        let notice = Envelope::Response {
+            id: wire::NOTICE_ID,
+            body: Err(e),
+        };
+        let _ = tx.send(notice).await;
     }
     let _ = inputs.send(Input::Close { conn }).await;
     drop(tx);

@@ -5,17 +5,24 @@
 //! chordkv-node --listen 127.0.0.1:7001 --bootstrap 127.0.0.1:7000
 //! ```
 //! Ctrl-C or SIGTERM leaves the ring gracefully (keys go to the successor first).
+//!
+//! On loopback a node runs open: no cluster secret, no client tokens, plain TCP. On any other
+//! address it refuses to start without `--cluster-secret-file` and `--tokens-file` unless told
+//! `--insecure`; see the README's "Security" section.
 
+use chordkv_node::auth::{Gate, Secret, Tokens};
 use chordkv_node::id::Id;
 use chordkv_node::node::Options;
 use chordkv_node::ring::detector::DetectorOptions;
-use chordkv_node::server::{self, Config, Durability};
+use chordkv_node::server::{self, Config, Durability, Security};
+use chordkv_node::tls::{ClientTls, ServerTls};
 use chordkv_node::wire::{HARD_MAX_FRAME, Limits};
 use chordkv_node::{kv, ring};
 use clap::Parser;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// One node of a chordkv ring: a Chord ring member with sled storage.
@@ -95,9 +102,40 @@ struct Args {
     /// the context of a read (`kvctl put --context`), or delete the key.
     #[arg(long, default_value_t = 4 << 20)]
     max_value_bytes: usize,
-    /// Most open connections.
+    /// Most open client connections. When all are taken, a new one replaces the one idle
+    /// longest (if idle for a second or more), else it is refused.
     #[arg(long, default_value_t = 1024)]
     max_connections: usize,
+    /// Most open connections from other nodes, a budget apart from the clients'.
+    #[arg(long, default_value_t = 256)]
+    max_peer_connections: usize,
+    /// Close a connection that sends nothing and is answered nothing for this long, ms.
+    #[arg(long, default_value_t = 300_000)]
+    idle_timeout_ms: u64,
+    /// File holding the cluster secret every node of the ring shares (make one with `openssl
+    /// rand -hex 32`). Without one (and without $CHORDKV_CLUSTER_SECRET), any connection that
+    /// says it is a node is one.
+    #[arg(long, env = "CHORDKV_CLUSTER_SECRET_FILE")]
+    cluster_secret_file: Option<PathBuf>,
+    /// File of client tokens, one `read-write|read-only NAME:SECRET` per line. Without one, every
+    /// client may read and write.
+    #[arg(long, env = "CHORDKV_TOKENS_FILE")]
+    tokens_file: Option<PathBuf>,
+    /// PEM certificate (chain) to speak TLS with, to peers and clients; needs --tls-key and
+    /// --tls-ca.
+    #[arg(long, requires_all = ["tls_key", "tls_ca"])]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// PEM CA certificate(s) that signed the ring's node certificates: peers are dialled over TLS
+    /// and must present one for their address.
+    #[arg(long)]
+    tls_ca: Option<PathBuf>,
+    /// Listen on a non-loopback address without a cluster secret or without client tokens.
+    /// Anyone who reaches the port can then join the ring, or read and write every key.
+    #[arg(long)]
+    insecure: bool,
     /// The most memory, in MiB, sled's page cache may take. Gets of keys whose pages are not
     /// cached are several times slower.
     #[arg(long, default_value_t = chordkv_node::storage::DEFAULT_CACHE_BYTES >> 20)]
@@ -140,7 +178,7 @@ fn run(args: Args) -> Result<(), String> {
             "cannot advertise {advertise}: peers need a reachable address; pass --advertise HOST:PORT"
         ));
     }
-    let data_dir = match args.data_dir {
+    let data_dir = match args.data_dir.clone() {
         Some(d) => d,
         None => default_data_dir(advertise)?,
     };
@@ -148,6 +186,9 @@ fn run(args: Args) -> Result<(), String> {
     config.bootstrap = args.bootstrap;
     config.node_id = args.node_id;
     config.max_connections = args.max_connections.max(1);
+    config.max_peer_connections = args.max_peer_connections.max(1);
+    config.idle_timeout = Duration::from_millis(args.idle_timeout_ms.max(1));
+    config.security = security(&args)?;
     config.cache_bytes = args.cache_mb.max(1) << 20;
     config.allow_fault_injection = args.allow_fault_injection;
     config.durability = match args.durability.as_str() {
@@ -219,6 +260,70 @@ fn run(args: Args) -> Result<(), String> {
     // Give the last log lines a moment; nothing else is pending.
     std::thread::sleep(Duration::from_millis(10));
     Ok(())
+}
+
+/// The cluster secret, tokens and TLS of the flags; refuses an exposed node without them.
+fn security(args: &Args) -> Result<Security, String> {
+    let text = |e: chordkv_node::Error| e.to_string();
+    let cluster = match (
+        &args.cluster_secret_file,
+        std::env::var("CHORDKV_CLUSTER_SECRET"),
+    ) {
+        (Some(path), _) => Some(Secret::from_file(path).map_err(text)?),
+        (None, Ok(secret)) => Some(
+            Secret::new(secret.trim().as_bytes())
+                .map_err(|e| format!("$CHORDKV_CLUSTER_SECRET: {e}"))?,
+        ),
+        (None, Err(_)) => None,
+    };
+    let tokens = match &args.tokens_file {
+        Some(path) => Some(Arc::new(Tokens::from_file(path).map_err(text)?)),
+        None => None,
+    };
+    let tls_server = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(ServerTls::from_files(cert, key).map_err(text)?),
+        _ => None,
+    };
+    let tls_client = match &args.tls_ca {
+        Some(ca) => Some(ClientTls::from_ca_file(ca).map_err(text)?),
+        None => None,
+    };
+    let exposed = !args.listen.ip().is_loopback();
+    let mut open = Vec::new();
+    if cluster.is_none() {
+        open.push(
+            "any connection that says it is a node is trusted as one (no --cluster-secret-file)",
+        );
+    }
+    if tokens.is_none() {
+        open.push("every client may read and write (no --tokens-file)");
+    }
+    if exposed && !open.is_empty() && !args.insecure {
+        return Err(format!(
+            "refusing to listen on {} without credentials: {}; pass them, or --insecure",
+            args.listen,
+            open.join(", and ")
+        ));
+    }
+    for what in &open {
+        let scope = if exposed {
+            "anyone on the network"
+        } else {
+            "loopback only"
+        };
+        tracing::warn!(listen = %args.listen, "{what}: {scope}");
+    }
+    if let Some(tokens) = &tokens {
+        tracing::info!(tokens = tokens.len(), "clients must prove a token");
+    }
+    if tls_server.is_none() && exposed {
+        tracing::warn!("no TLS (--tls-cert): traffic crosses the network in the clear");
+    }
+    Ok(Security {
+        gate: Gate { cluster, tokens },
+        tls_server,
+        tls_client,
+    })
 }
 
 /// `$XDG_DATA_HOME/chordkv/HOST-PORT`, else `~/.local/share/chordkv/HOST-PORT`: one directory per

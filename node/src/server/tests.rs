@@ -80,6 +80,13 @@ async fn client(addr: SocketAddr) -> Channel {
         .expect("connect")
 }
 
+/// A connection that says it is a node: what an open node (no cluster secret) takes as one.
+async fn as_node(addr: SocketAddr) -> Channel {
+    Channel::connect(addr, Role::Node, Limits::client(), T)
+        .await
+        .expect("connect")
+}
+
 async fn status(channel: &Channel) -> Option<crate::message::NodeStatus> {
     match channel.call(Request::Status, T).await {
         Ok(Response::Status(s)) => Some(s),
@@ -176,7 +183,8 @@ async fn owner_and_replica<S: Storage + 'static>(storage: S) -> Pair {
         Limits::default(),
     )
     .await;
-    let (a, b) = (client(owner.addr).await, client(replica.addr).await);
+    // `b` reads the replica's own copy, a node-to-node request.
+    let (a, b) = (client(owner.addr).await, as_node(replica.addr).await);
     wait_for(&[&a, &b], "a ring of two, each the other's replica", |s| {
         s.joined && s.pred.is_some() && s.replicas == 2
     })
@@ -452,9 +460,24 @@ async fn serve_sized_answers(limits: Limits) -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
     let (inputs, mut core) = mpsc::channel::<Input>(16);
+    let mut config = Config::new(addr, std::env::temp_dir());
+    config.limits = limits;
+    let intake = Intake {
+        inputs,
+        faults: None,
+        peers: Budget::new("node", 4),
+        clients: Budget::new("client", 4),
+        input_bytes: Arc::new(Semaphore::new(input_budget(limits.max_frame))),
+        config,
+    };
     tokio::spawn(async move {
-        let (stream, peer) = listener.accept().await.expect("accept");
-        serve_connection(stream, peer, 1, inputs, limits, None).await;
+        let (mut stream, peer) = listener.accept().await.expect("accept");
+        let gate = crate::auth::Gate::default();
+        let (_, access) = wire::handshake::accept(&mut stream, &gate, T)
+            .await
+            .expect("handshake");
+        let admitted = intake.clients.admit(1).expect("room");
+        serve_connection(stream, peer, 1, access, admitted, intake).await;
     });
     tokio::spawn(async move {
         let mut answers = None;
