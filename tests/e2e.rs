@@ -11,7 +11,8 @@ mod common;
 
 use chordkv_node::message::Envelope;
 use chordkv_node::storage::{SledStorage, Storage};
-use chordkv_node::wire::{self, HARD_MAX_FRAME, HELLO_LEN, NOTICE_ID, Role};
+use chordkv_node::wire::handshake::{OPEN_ANSWER_LEN, open_connector_bytes};
+use chordkv_node::wire::{self, HARD_MAX_FRAME, NOTICE_ID, Role};
 use common::{
     CONVERGE, Cluster, assert_prints, free_addr, ids, kvctl, put_all, stderr, total_keys,
     wait_until,
@@ -422,15 +423,21 @@ fn exchange(addr: SocketAddr, bytes: &[u8]) -> Vec<u8> {
     }
 }
 
-/// Checks the node's answer to a chordkv client hello is its own hello and then one error
-/// notice, sent before it closed the connection; returns the error.
+/// Checks the node's answer to an open client handshake is its hello, its handshake's answers
+/// and then one error notice, sent before it closed the connection; returns the error.
 fn notice_after_hello(received: &[u8]) -> Error {
     assert!(
-        received.len() >= HELLO_LEN,
-        "the node did not answer the hello: {received:?}"
+        received.len() >= OPEN_ANSWER_LEN,
+        "the node did not answer the handshake: {received:?}"
     );
-    let (hello, rest) = received.split_at(HELLO_LEN);
-    assert_eq!(hello, wire::encode_hello(Role::Node), "the node's hello");
+    let (handshake, rest) = received.split_at(OPEN_ANSWER_LEN);
+    assert_eq!(
+        handshake[..7],
+        wire::encode_hello(Role::Node),
+        "the node's hello"
+    );
+    assert_eq!(handshake[7], 0, "an open node asks for no proof");
+    assert_eq!(handshake[24], 0, "an open node accepts the client");
     match wire::parse_frame(rest, HARD_MAX_FRAME) {
         Ok(Some((Envelope::Response { id, body: Err(e) }, used))) => {
             assert_eq!(id, NOTICE_ID, "the notice's request id");
@@ -457,7 +464,7 @@ fn bad_input_leaves_the_node_serving() {
     let node = cluster.start_node(None, &["--max-value-bytes", "1024", "--replicas", "1"]);
     let addr = cluster.addr(node);
     assert_serving(&cluster, node, "start");
-    let hello = wire::encode_hello(Role::Client);
+    let hello = open_connector_bytes(Role::Client);
 
     // (a) Not chordkv at all: the node closes without saying anything.
     let received = exchange(addr, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
@@ -469,16 +476,16 @@ fn bad_input_leaves_the_node_serving() {
 
     // (a') Another protocol version: the node answers with its own hello, so the peer can say
     // which versions differ, and closes.
-    let received = exchange(addr, b"CHKV\x00\x02\x02");
+    let received = exchange(addr, b"CHKV\x00\x09\x02");
     assert_eq!(
         received,
         wire::encode_hello(Role::Node),
-        "answer to version 2"
+        "answer to version 9"
     );
-    assert_serving(&cluster, node, "version 2");
+    assert_serving(&cluster, node, "version 9");
 
     // (b) A frame announcing 4 GiB: refused from its length prefix alone.
-    let mut bytes = hello.to_vec();
+    let mut bytes = hello.clone();
     bytes.extend_from_slice(&u32::MAX.to_be_bytes());
     let e = notice_after_hello(&exchange(addr, &bytes));
     assert!(
@@ -497,7 +504,7 @@ fn bad_input_leaves_the_node_serving() {
             state.to_be_bytes()[0]
         })
         .collect();
-    let mut bytes = hello.to_vec();
+    let mut bytes = hello;
     bytes.extend_from_slice(&u32::try_from(body.len()).expect("small").to_be_bytes());
     bytes.extend_from_slice(&body);
     let e = notice_after_hello(&exchange(addr, &bytes));

@@ -17,6 +17,7 @@ mod common;
 use chordkv_node::id::in_half_open;
 use chordkv_node::message::{Request, Response};
 use chordkv_node::version::Versioned;
+use chordkv_node::wire::{Dialer, Limits, Role};
 use common::{CLIENT_TIMEOUT, CONVERGE, Cluster, put_all, wait_until};
 use kvctl::{Client, Error, Id, VersionVector};
 use std::collections::btree_map::Entry;
@@ -74,7 +75,9 @@ fn under_replicated(
     cluster.block_on(async {
         let mut clients = BTreeMap::new();
         for &(_, addr) in &ring {
-            let client = Client::connect(&addr.to_string(), CLIENT_TIMEOUT)
+            // Replica reads are node-to-node requests; these open nodes take anyone who says so.
+            let as_node = Dialer::open(Role::Node, Limits::client());
+            let client = Client::connect_with(&addr.to_string(), as_node, CLIENT_TIMEOUT)
                 .await
                 .map_err(|e| format!("cannot connect to {addr}: {e}"))?;
             clients.insert(addr, client);

@@ -28,6 +28,7 @@
 //! node, and every request is coordinated by the node it reaches.
 
 use crate::{Client, Error, NodeRef, Result, RouteOptions, VersionVector};
+use chordkv_node::wire::Dialer;
 use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use rand::rngs::StdRng;
@@ -63,6 +64,8 @@ pub enum Length {
 pub struct Config {
     /// The node to start from (HOST:PORT).
     pub node: String,
+    /// How to connect to the nodes (credentials, TLS).
+    pub dialer: Dialer,
     /// Connection and request timeout.
     pub timeout: Duration,
     /// What to send.
@@ -169,6 +172,8 @@ fn kind(e: &Error) -> &'static str {
         Error::Ambiguous(_) => "ambiguous",
         Error::Overloaded(_) => "overloaded",
         Error::Io(_) => "io",
+        Error::Unauthorized(_) => "unauthorized",
+        Error::Forbidden(_) => "forbidden",
     }
 }
 
@@ -278,7 +283,7 @@ fn progress_bar(cfg: &Config, len: Option<u64>, what: &str) -> ProgressBar {
 /// The clients: one routed client shared by all (direct), or plain clients spread over the
 /// ring's nodes, one connection per node.
 async fn clients(cfg: &Config) -> Result<(Vec<Client>, Option<Client>)> {
-    let home = Client::connect(&cfg.node, cfg.timeout).await?;
+    let home = Client::connect_with(&cfg.node, cfg.dialer.clone(), cfg.timeout).await?;
     if cfg.direct {
         let routed = home.routed(RouteOptions::default()).await;
         return Ok((vec![routed.clone()], Some(routed)));
@@ -294,7 +299,7 @@ async fn clients(cfg: &Config) -> Result<(Vec<Client>, Option<Client>)> {
     let mut out = vec![home];
     for node in nodes {
         if node.addr != out[0].addr() {
-            if let Ok(c) = Client::connect(&node.addr.to_string(), cfg.timeout).await {
+            if let Ok(c) = out[0].connect_to(&node.addr.to_string()).await {
                 out.push(c);
             }
         }

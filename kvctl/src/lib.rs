@@ -42,7 +42,7 @@ pub use chordkv_node::version::{Context, Dot, VersionVector};
 pub use chordkv_node::{Error, Result};
 
 use chordkv_node::message::{Request, Response};
-use chordkv_node::wire::{Channel, Limits, Role};
+use chordkv_node::wire::{Channel, Dialer, Limits, Role};
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::net::SocketAddr;
@@ -57,6 +57,8 @@ pub const MAX_RING_NODES: usize = 10_000;
 #[derive(Clone, Debug)]
 pub struct Client {
     channel: Channel,
+    /// How this client connects: to its node, and to the others (ring walks, routing).
+    dialer: Arc<Dialer>,
     timeout: Duration,
     /// Copies a read merges (R), if not the node's default.
     r: Option<u8>,
@@ -79,12 +81,28 @@ impl Client {
     /// [`Error::InvalidInput`] if `addr` is not HOST:PORT or does not resolve; otherwise the
     /// errors of [`Channel::connect`] for the last address tried.
     pub async fn connect(addr: &str, timeout: Duration) -> Result<Client> {
+        Client::connect_with(addr, Client::open_dialer(), timeout).await
+    }
+
+    /// How a client without credentials connects: plain TCP, proving nothing.
+    pub fn open_dialer() -> Dialer {
+        Dialer::open(Role::Client, Limits::client())
+    }
+
+    /// [`Client::connect`] through `dialer`: with a token to prove, over TLS, or as a node. The
+    /// client reaches every other node it talks to the same way.
+    ///
+    /// # Errors
+    /// As [`Client::connect`]; [`Error::Unauthorized`] if TLS or the token is refused.
+    pub async fn connect_with(addr: &str, dialer: Dialer, timeout: Duration) -> Result<Client> {
+        let dialer = Arc::new(dialer);
         let mut last = None;
         for candidate in resolve(addr, timeout).await? {
-            match Channel::connect(candidate, Role::Client, Limits::client(), timeout).await {
+            match Channel::dial(candidate, &dialer, timeout).await {
                 Ok(channel) => {
                     return Ok(Client {
                         channel,
+                        dialer,
                         timeout,
                         r: None,
                         w: None,
@@ -120,9 +138,24 @@ impl Client {
     /// share the view, the pool and the counts ([`Client::route_stats`]). Must run inside a
     /// tokio runtime: it starts a task that refreshes the view until the last clone is dropped.
     pub async fn routed(mut self, options: RouteOptions) -> Client {
-        let router = route::Router::start(self.channel.clone(), self.timeout, options).await;
+        let router = route::Router::start(
+            self.channel.clone(),
+            Arc::clone(&self.dialer),
+            self.timeout,
+            options,
+        )
+        .await;
         self.router = Some(router);
         self
+    }
+
+    /// A plain client of the node at `addr`, connected as this one is (same credentials, TLS
+    /// and timeout).
+    ///
+    /// # Errors
+    /// As [`Client::connect_with`].
+    pub async fn connect_to(&self, addr: &str) -> Result<Client> {
+        Client::connect_with(addr, Dialer::clone(&self.dialer), self.timeout).await
     }
 
     /// How the requests of a routed client went so far; `None` for a plain client.
@@ -387,9 +420,8 @@ impl Client {
     /// Only if this client's node cannot be asked.
     pub async fn ring_view(&self) -> Result<RingView> {
         let start = self.status().await?;
-        let timeout = self.timeout;
         let view = walk_ring(start, |node: NodeRef| async move {
-            Client::connect(&node.addr.to_string(), timeout)
+            self.connect_to(&node.addr.to_string())
                 .await?
                 .status()
                 .await

@@ -52,7 +52,7 @@
 
 use crate::{Error, Id, NodeRef, NodeStatus, Result, RingMember, walk_ring};
 use chordkv_node::message::{Request, Response};
-use chordkv_node::wire::{Channel, Limits, Role};
+use chordkv_node::wire::{Channel, Dialer};
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::net::SocketAddr;
@@ -238,6 +238,8 @@ fn bump(c: &AtomicU64) {
 pub(crate) struct Router {
     /// The node the client was connected to: the plain path, and where walks start.
     home: Channel,
+    /// How connections to the other nodes are made.
+    dialer: Arc<Dialer>,
     timeout: Duration,
     opts: RouteOptions,
     view: Mutex<View>,
@@ -279,9 +281,15 @@ fn refused_before_coordinating(e: &Error) -> bool {
 impl Router {
     /// A router over the client connected through `home`; takes a first view before
     /// returning (requests go the plain way until one is taken) and starts the refresh timer.
-    pub(crate) async fn start(home: Channel, timeout: Duration, opts: RouteOptions) -> Arc<Router> {
+    pub(crate) async fn start(
+        home: Channel,
+        dialer: Arc<Dialer>,
+        timeout: Duration,
+        opts: RouteOptions,
+    ) -> Arc<Router> {
         let router = Arc::new(Router {
             home,
+            dialer,
             timeout,
             opts,
             view: Mutex::default(),
@@ -478,7 +486,7 @@ impl Router {
             )));
         }
         let connect = self.opts.read_attempt_timeout.min(self.timeout);
-        match Channel::connect(addr, Role::Client, Limits::client(), connect).await {
+        match Channel::dial(addr, &self.dialer, connect).await {
             Ok(channel) => {
                 slot.down_until = None;
                 slot.channel = Some(channel.clone());

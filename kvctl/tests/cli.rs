@@ -10,13 +10,14 @@
 //! Every kvctl here runs with `XDG_STATE_HOME` in a temporary directory of this test process,
 //! so the default session file is never the user's; tests of sessions name their own file.
 
+use chordkv_node::auth::Gate;
 use chordkv_node::id::Id;
 use chordkv_node::message::{
     Envelope, LookupInfo, NodeRef, NodeStatus, ReadReply, Request, Response,
 };
 use chordkv_node::session::{Guarantee, Session};
 use chordkv_node::version::{Context, Dot, VersionVector, Versioned};
-use chordkv_node::wire::{FrameReader, FrameWriter, Limits, Role, read_hello, write_hello};
+use chordkv_node::wire::{FrameReader, FrameWriter, Limits, handshake};
 use chordkv_node::{Error, Result};
 use std::collections::HashMap;
 use std::ffi::OsStr;
@@ -59,10 +60,12 @@ fn fake_node() -> SocketAddr {
 
 async fn serve(mut stream: tokio::net::TcpStream, me: NodeRef, store: Store) {
     let timeout = Duration::from_secs(5);
-    if read_hello(&mut stream, timeout).await.is_err() {
+    if handshake::accept(&mut stream, &Gate::default(), timeout)
+        .await
+        .is_err()
+    {
         return;
     }
-    write_hello(&mut stream, Role::Node).await.expect("hello");
     let (r, w) = stream.into_split();
     let max = Limits::default().max_frame;
     let (mut r, mut w) = (FrameReader::new(r, max), FrameWriter::new(w, max));

@@ -11,6 +11,7 @@
 //! because `cargo test --test e2e` builds only the root package's targets and would otherwise run
 //! stale binaries after a change under `node/src` or `kvctl/src`.
 
+use chordkv_node::wire::Dialer;
 use kvctl::{Client, Id, NodeStatus, RingMember, RingView};
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::fs::OpenOptions;
@@ -201,6 +202,10 @@ struct Node {
 /// directory, which is removed when the cluster is dropped (after the children are killed).
 pub struct Cluster {
     nodes: Vec<Node>,
+    /// How the harness's library clients connect (credentials, TLS); open by default.
+    dialer: Dialer,
+    /// Flags given to every `kvctl` run through [`Cluster::kvctl`] (a token, a CA).
+    kvctl_args: Vec<String>,
     /// Whether nodes started from now on serve metrics (`--metrics`).
     with_metrics: bool,
     runtime: tokio::runtime::Runtime,
@@ -213,6 +218,8 @@ impl Cluster {
     pub fn new() -> Cluster {
         Cluster {
             nodes: Vec::new(),
+            dialer: Client::open_dialer(),
+            kvctl_args: Vec::new(),
             with_metrics: false,
             runtime: tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
@@ -465,8 +472,21 @@ impl Cluster {
         let node = self.addr(i).to_string();
         let timeout = CLIENT_TIMEOUT.as_secs().to_string();
         let mut all = vec!["--node", node.as_str(), "--timeout", timeout.as_str()];
+        all.extend(self.kvctl_args.iter().map(String::as_str));
         all.extend_from_slice(args);
         kvctl_with_input(&all, stdin)
+    }
+
+    /// From now on the harness's library clients connect through `dialer`, and its `kvctl`
+    /// runs get `kvctl_args`: how a test of a secured ring reaches its nodes.
+    pub fn set_client_credentials(&mut self, dialer: Dialer, kvctl_args: &[&str]) {
+        self.dialer = dialer;
+        self.kvctl_args = kvctl_args.iter().map(|a| a.to_string()).collect();
+    }
+
+    /// The cluster's temporary directory, removed with it: where tests put credentials.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
     }
 
     /// Runs `future` on the cluster's runtime, where library clients live.
@@ -477,8 +497,12 @@ impl Cluster {
     /// A library client connected to node `i`.
     pub fn client(&self, i: usize) -> Client {
         let addr = self.addr(i).to_string();
-        self.block_on(Client::connect(&addr, CLIENT_TIMEOUT))
-            .unwrap_or_else(|e| panic!("cannot connect to node {i} at {addr}: {e}"))
+        self.block_on(Client::connect_with(
+            &addr,
+            self.dialer.clone(),
+            CLIENT_TIMEOUT,
+        ))
+        .unwrap_or_else(|e| panic!("cannot connect to node {i} at {addr}: {e}"))
     }
 
     /// Node `i`'s status, asked over a fresh connection.
@@ -486,7 +510,10 @@ impl Cluster {
         let addr = self.addr(i).to_string();
         self.block_on(async {
             let timeout = Duration::from_secs(2);
-            Client::connect(&addr, timeout).await?.status().await
+            Client::connect_with(&addr, self.dialer.clone(), timeout)
+                .await?
+                .status()
+                .await
         })
         .map_err(|e| format!("status of node {i}: {e}"))
     }
@@ -494,8 +521,14 @@ impl Cluster {
     /// The ring as walked from node `i` by the client library.
     pub fn ring(&self, i: usize) -> Result<RingView, String> {
         let addr = self.addr(i).to_string();
-        self.block_on(Client::ring(&addr, Duration::from_secs(2)))
-            .map_err(|e| format!("ring walk from node {i}: {e}"))
+        let timeout = Duration::from_secs(2);
+        self.block_on(async {
+            Client::connect_with(&addr, self.dialer.clone(), timeout)
+                .await?
+                .ring_view()
+                .await
+        })
+        .map_err(|e| format!("ring walk from node {i}: {e}"))
     }
 
     /// `Ok` with the ring walked from the first of `members` if it is converged with exactly

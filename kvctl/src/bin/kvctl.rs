@@ -21,6 +21,9 @@
 //! `put` and `delete` read the key first and replace what that read returned.
 
 use anyhow::{Context, anyhow};
+use chordkv_node::auth::Token;
+use chordkv_node::tls::ClientTls;
+use chordkv_node::wire::{Credential, Dialer};
 use clap::{Parser, Subcommand};
 use kvctl::session_file::{Saved, SessionFile};
 use kvctl::{
@@ -83,6 +86,15 @@ struct Cli {
     /// owner refuses or cannot be reached. Same guarantees, one hop less.
     #[arg(long, global = true)]
     direct: bool,
+
+    /// File holding this client's token (`NAME:SECRET`), for a node that authenticates clients;
+    /// or put the token itself in KVCTL_TOKEN.
+    #[arg(long, global = true, env = "KVCTL_TOKEN_FILE", value_name = "FILE")]
+    token_file: Option<PathBuf>,
+
+    /// Speak TLS, trusting the CA certificate(s) in this PEM file to have signed the nodes'.
+    #[arg(long, global = true, env = "KVCTL_TLS_CA", value_name = "FILE")]
+    tls_ca: Option<PathBuf>,
 
     #[command(subcommand)]
     command: Command,
@@ -308,7 +320,7 @@ async fn run(cli: &Cli) -> anyhow::Result<Outcome> {
         .transpose()
         .map_err(session_file_error)?;
     let in_session = session.is_some();
-    let mut client = Client::connect(&cli.node, cli.timeout)
+    let mut client = Client::connect_with(&cli.node, dialer(cli)?, cli.timeout)
         .await
         .map_err(|e| connect_error(&cli.node, e))?
         .with_quorums(cli.r, cli.w);
@@ -606,6 +618,23 @@ fn shell_word(word: &str) -> String {
     }
 }
 
+/// How to reach the nodes: the token of --token-file or KVCTL_TOKEN, TLS if --tls-ca.
+fn dialer(cli: &Cli) -> anyhow::Result<Dialer> {
+    let mut dialer = Client::open_dialer();
+    let token = match (&cli.token_file, std::env::var("KVCTL_TOKEN")) {
+        (Some(path), _) => Some(Token::from_file(path)?),
+        (None, Ok(text)) => Some(text.parse().map_err(|e| anyhow!("KVCTL_TOKEN: {e}"))?),
+        (None, Err(_)) => None,
+    };
+    if let Some(token) = token {
+        dialer.credential = Credential::Token(token);
+    }
+    if let Some(ca) = &cli.tls_ca {
+        dialer.tls = Some(ClientTls::from_ca_file(ca)?);
+    }
+    Ok(dialer)
+}
+
 // ---- errors: one line, what failed and what to try ----
 
 /// Explains a failure to connect to `node`.
@@ -620,6 +649,9 @@ fn connect_error(node: &str, e: Error) -> anyhow::Error {
         e @ Error::VersionMismatch { .. } => {
             format!("{node}: {e} (use kvctl and chordkv-node from the same release)")
         }
+        e @ Error::Unauthorized(_) => format!(
+            "{e} (pass the node's token with --token-file or KVCTL_TOKEN; for TLS, --tls-ca)"
+        ),
         e => format!("cannot connect to {node}: {e}"),
     })
 }
@@ -905,6 +937,7 @@ async fn bench(cli: &Cli, args: &BenchArgs) -> anyhow::Result<Outcome> {
     };
     let config = kvctl::bench::Config {
         node: cli.node.clone(),
+        dialer: dialer(cli)?,
         timeout: cli.timeout,
         op: match args.op {
             BenchOp::Get => kvctl::bench::Op::Get,
