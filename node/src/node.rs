@@ -459,4 +459,117 @@ mod tests {
         assert!(matches!(second, Ok(Response::Written { .. })), "{second:?}");
         assert_eq!(read(&mut node, b"k"), vec![b"new".to_vec()]);
     }
+
+    /// This node's id, as [`boot`] names it.
+    fn me() -> Id {
+        Id::hash(b"embedded")
+    }
+
+    fn written(answer: Result<Response>) -> crate::version::Dot {
+        match answer {
+            Ok(Response::Written { dot, .. }) => dot,
+            other => panic!("the write was not acknowledged: {other:?}"),
+        }
+    }
+
+    /// A write whose context gave this node a counter near `u64::MAX` used to become its next
+    /// dot and its persisted lease: every later write overflowed, also after a restart.
+    #[test]
+    fn a_context_forging_our_counter_is_refused_and_writes_go_on_after_a_restart() {
+        let mut node = boot(MemoryStorage::new());
+        let first = written(call(&mut node, put(b"k", b"v1", VersionVector::new())));
+        let forged: VersionVector = [(me(), u64::MAX - 1)].into_iter().collect();
+        match call(&mut node, put(b"k", b"evil", forged.clone())) {
+            Err(Error::InvalidInput(m))
+                if m.contains(&(u64::MAX - 1).to_string()) && m.contains("forged") => {}
+            other => panic!("a forged context was not refused as such: {other:?}"),
+        }
+        assert_eq!(read(&mut node, b"k"), vec![b"v1".to_vec()]);
+        let next = written(call(&mut node, put(b"k2", b"v2", VersionVector::new())));
+        assert_eq!(next.counter, first.counter + 1);
+
+        let mut node = boot(node.into_storage());
+        let after = written(call(&mut node, put(b"k3", b"v3", VersionVector::new())));
+        assert!(
+            after.counter > next.counter && after.counter < 1 << 48,
+            "after a restart: {after}"
+        );
+        assert!(call(&mut node, put(b"k", b"evil", forged)).is_err());
+        assert_eq!(read(&mut node, b"k3"), vec![b"v3".to_vec()]);
+    }
+
+    /// A peer's state of `b"k"`: a version of another node's, and one of ours, with a
+    /// counter we never issued.
+    fn forged_state() -> Vec<(Vec<u8>, Vec<u8>)> {
+        let mut state = crate::version::Versioned::empty();
+        state.write(Id([7; 20]), &VersionVector::new(), Some(b"theirs".to_vec()));
+        let mut forged = crate::version::Versioned::empty();
+        forged.raise_dot_floor(u64::MAX - 2);
+        forged.write(me(), &VersionVector::new(), Some(b"forged".to_vec()));
+        state.merge(&forged);
+        vec![(b"k".to_vec(), state.encode())]
+    }
+
+    /// Replication and a hand-over each bring a state claiming a dot of ours
+    /// beyond what we issued: it is adopted without that dot, the node reports it, and its
+    /// counter stays its own.
+    #[test]
+    fn a_peers_state_claiming_our_counter_is_adopted_without_it_and_reported() {
+        let peer = NodeRef {
+            id: Id([7; 20]),
+            addr: "127.0.0.1:7001".parse().expect("addr"),
+        };
+        let requests = [
+            Request::Replicate {
+                items: forged_state(),
+            },
+            Request::Transfer {
+                from: peer,
+                items: forged_state(),
+                deletes: Vec::new(),
+                leaving: false,
+            },
+        ];
+        for request in requests {
+            let kind = request.kind();
+            let mut node = boot(MemoryStorage::new());
+            node.handle_request(1, 1, request, 0);
+            let mut reported = Vec::new();
+            let mut answer = None;
+            while let Some(out) = node.poll_output() {
+                match out {
+                    Output::Respond { response, .. } => answer = Some(response),
+                    Output::Event(Event::Kv(e @ kv::Event::ForgedDots { .. })) => reported.push(e),
+                    _ => {}
+                }
+            }
+            assert!(matches!(answer, Some(Ok(_))), "{kind}: {answer:?}");
+            assert_eq!(
+                reported,
+                vec![kv::Event::ForgedDots {
+                    key: b"k".to_vec(),
+                    claimed: u64::MAX - 1,
+                    issued: 0,
+                }],
+                "{kind}"
+            );
+            let reply = match call(
+                &mut node,
+                Request::Get {
+                    key: b"k".to_vec(),
+                    r: None,
+                    session: None,
+                },
+            ) {
+                Ok(Response::Read(reply)) => reply,
+                other => panic!("{kind}: {other:?}"),
+            };
+            assert_eq!(reply.values, vec![b"theirs".to_vec()], "{kind}");
+            assert_eq!(reply.context.get(&me()), 0, "{kind}");
+            let dot = written(call(&mut node, put(b"k", b"mine", reply.context)));
+            assert_eq!(dot.counter, 1, "{kind}: our counter moved");
+            let dot = written(call(&mut node, put(b"other", b"v", VersionVector::new())));
+            assert_eq!(dot.counter, 2, "{kind}: our counter moved");
+        }
+    }
 }

@@ -877,6 +877,20 @@ fn record_kv_event(me: &NodeRef, event: &kv::Event) {
             metrics::counter!("chordkv_collected_keys_total", "kind" => kind).increment(*keys);
             debug!(node, peer = %with, keys, kind, "collected copies");
         }
+        Event::ForgedDots {
+            key,
+            claimed,
+            issued,
+        } => {
+            metrics::counter!("chordkv_forged_states_total").increment(1);
+            warn!(
+                node,
+                key = %String::from_utf8_lossy(key),
+                claimed,
+                issued,
+                "a peer's state claimed a version of ours beyond what we issued; left it out"
+            );
+        }
         Event::ManySiblings { key, siblings } => {
             metrics::counter!("chordkv_sibling_warnings_total").increment(1);
             warn!(

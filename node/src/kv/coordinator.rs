@@ -8,6 +8,9 @@
 //! floor, and the floor is leased in the storage meta [`DOT_LEASE`] counters ahead (Riak's vnode
 //! counter lease), so a write persists nothing extra except once per lease. A key written again
 //! after its state was collected or moved away therefore gets versions no old context covers.
+//! No number from a client's context or a peer's state moves the counter (FORGED VERSIONS in
+//! `version/mod.rs`): the owner refuses a context that names it beyond what it issued, and
+//! adopts states without what they claim of its dots beyond that.
 
 use super::{Event, Kv, KvIo, Purpose, Routed};
 use crate::error::{Error, Result};
@@ -17,7 +20,7 @@ use crate::ring::{Lookup, Ring};
 use crate::rpc::ConnId;
 use crate::session::{Floor, SessionWrite};
 use crate::storage::Storage;
-use crate::version::{VersionVector, Versioned};
+use crate::version::{Issuer, VersionVector, Versioned};
 use std::collections::{BTreeSet, VecDeque};
 
 /// How many dot counters a node may issue per persisted lease (see [`Kv::issued_dot`]).
@@ -738,14 +741,23 @@ impl<S: Storage> Kv<S> {
                 self.send(io, next, req, Purpose::ReplicaRead { op, from: next });
             }
         }
-        let Some(r) = self.reads.get_mut(&op) else {
+        if !self.reads.contains_key(&op) {
             return;
-        };
+        }
         if let Ok(Response::State(state)) = response {
-            let state = match state.map(|b| Versioned::decode(&b)).transpose() {
+            let mut state = match state.map(|b| Versioned::decode(&b)).transpose() {
                 Ok(s) => s.unwrap_or_default(),
                 Err(_) => Versioned::empty(), // a corrupt copy counts as empty; repair fixes it
             };
+            // What the copy claims of our dots beyond what we issued is not shown to the
+            // client, whose next write would be refused for it (nor repaired into our copy).
+            if let Ok(issuer) = self.issuer()
+                && state.unissued(&issuer).is_some()
+            {
+                let key = self.reads[&op].key.clone();
+                self.disown(&key, &mut state, &issuer);
+            }
+            let r = self.reads.get_mut(&op).expect("present");
             let context = if r.session {
                 state.context().clone()
             } else {
@@ -755,6 +767,7 @@ impl<S: Storage> Kv<S> {
             r.merged.merge(&state);
             r.answered += 1;
         }
+        let r = self.reads.get_mut(&op).expect("present");
         let mut finish = None;
         let unmet = r.unmet();
         if !r.done && r.answered >= r.needed && unmet.is_none() {
@@ -828,7 +841,7 @@ impl<S: Storage> Kv<S> {
     /// Make a new version of `key` as its owner: our dot, superseding what `context` covers.
     ///
     /// # Errors
-    /// As [`Versioned::write_checked`]; [`Error::TooLarge`] if the key's state would grow over
+    /// As [`Versioned::write_issued`]; [`Error::TooLarge`] if the key's state would grow over
     /// [`crate::version::VersionLimits::max_state_bytes`]; storage failures.
     fn write_version(
         &mut self,
@@ -860,19 +873,13 @@ impl<S: Storage> Kv<S> {
                     .into(),
             ));
         }
-        state.raise_dot_floor(self.dot_floor()?);
+        let issuer = self.issuer()?;
         let (replaces, deps) = match session.as_deref() {
             Some(s) => (s.floor.wrote.as_slice(), Some(&s.deps)),
             None => (&[][..], None),
         };
-        let outcome = state.write_checked_replacing(
-            self.me.id,
-            context,
-            replaces,
-            value,
-            deps,
-            &self.opts.versions,
-        )?;
+        let outcome =
+            state.write_issued(&issuer, context, replaces, value, deps, &self.opts.versions)?;
         self.issued_dot(outcome.dot.counter)?;
         state.record_applied(write_id, outcome.dot);
         if outcome.warn {
@@ -922,11 +929,24 @@ impl<S: Storage> Kv<S> {
         Ok(self.dot_floor)
     }
 
+    /// This node as the issuer of its dots: its actor and its [`Kv::dot_floor`], beyond which
+    /// no number from a client or a peer may take its counter (FORGED VERSIONS in
+    /// `version/mod.rs`).
+    ///
+    /// # Errors
+    /// As [`Kv::dot_floor`].
+    pub(super) fn issuer(&mut self) -> Result<Issuer> {
+        Ok(Issuer {
+            actor: self.me.id,
+            issued: self.dot_floor()?,
+        })
+    }
+
     /// Record that this node is about to issue a dot with `counter`, before the version is
     /// stored: every counter issued stays at or below the persisted lease, renewed
     /// [`DOT_LEASE`] counters ahead when a counter passes it, so a write persists nothing
-    /// extra except once per lease. A key last written through a busier node carries that
-    /// node's floor, so a counter can jump well past ours.
+    /// extra except once per lease. Counters are issued one after another
+    /// ([`Versioned::write_issued`]), so only this node's own writes move the lease.
     fn issued_dot(&mut self, counter: u64) -> Result<()> {
         self.dot_floor = self.dot_floor.max(counter);
         if self.dot_lease.is_none_or(|lease| counter > lease) {

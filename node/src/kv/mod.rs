@@ -321,6 +321,17 @@ pub enum Event {
         /// The byte budget of the next state-carrying messages.
         batch_bytes: u64,
     },
+    /// A peer's state of `key` claimed a version of ours beyond every counter we issued
+    /// (forged, or from a life of this node whose data directory was lost): that part of it
+    /// was not adopted (FORGED VERSIONS in `version/mod.rs`).
+    ForgedDots {
+        /// The key.
+        key: Vec<u8>,
+        /// The largest counter of ours the state claimed.
+        claimed: u64,
+        /// The largest counter we may have issued.
+        issued: u64,
+    },
     /// A storage operation failed.
     StorageError {
         /// The failure.
@@ -558,6 +569,9 @@ pub struct Kv<S: Storage> {
     /// until the persisted lease is read.
     dot_lease: Option<u64>,
     calls: Calls<Purpose>,
+    /// Events met where no [`KvIo`] was at hand (merges of peers' states), reported at the end
+    /// of the input.
+    reports: Vec<Event>,
     /// The byte budget of the next message that carries states: [`Options::batch_bytes`],
     /// halved after each failed send (down to [`MIN_BATCH_BYTES`]), doubled back after each
     /// one that succeeded.
@@ -612,6 +626,7 @@ impl<S: Storage> Kv<S> {
             dot_floor: 0,
             dot_lease: None,
             calls: Calls::default(),
+            reports: Vec::new(),
             batch_bytes: opts.batch_bytes,
             opts,
         }
@@ -735,6 +750,7 @@ impl<S: Storage> Kv<S> {
     /// node is in the ring, report a change in copies and run anti-entropy, tombstone
     /// collection and hinted handoff when they are due.
     pub fn tick(&mut self, ring: &mut Ring, io: &mut dyn KvIo) {
+        self.flush_reports(io);
         let now = io.now();
         if !self.storage.is_built() {
             if let Err(error) = self
@@ -794,6 +810,20 @@ impl<S: Storage> Kv<S> {
 
     /// A data or client request arrived. Returns the answer, or `None` if it comes later.
     pub fn handle_request(
+        &mut self,
+        ring: &mut Ring,
+        io: &mut dyn KvIo,
+        conn: ConnId,
+        id: RequestId,
+        request: Request,
+    ) -> Option<Result<Response>> {
+        let response = self.dispatch_request(ring, io, conn, id, request);
+        self.flush_reports(io);
+        response
+    }
+
+    /// [`Kv::handle_request`], but for the reports.
+    fn dispatch_request(
         &mut self,
         ring: &mut Ring,
         io: &mut dyn KvIo,
@@ -899,6 +929,18 @@ impl<S: Storage> Kv<S> {
 
     /// The answer to one of this layer's requests (after the ring observed it).
     pub(crate) fn on_answer(
+        &mut self,
+        ring: &mut Ring,
+        io: &mut dyn KvIo,
+        purpose: Purpose,
+        response: Result<Response>,
+    ) {
+        self.dispatch_answer(ring, io, purpose, response);
+        self.flush_reports(io);
+    }
+
+    /// [`Kv::on_answer`], but for the reports.
+    fn dispatch_answer(
         &mut self,
         ring: &mut Ring,
         io: &mut dyn KvIo,
@@ -1027,8 +1069,19 @@ impl<S: Storage> Kv<S> {
     }
 
     /// Merge `incoming` into our copy of `key`, writing only if something changed.
-    /// Returns whether it did.
+    /// Returns whether it did. What `incoming` claims of our own dots beyond what we issued is
+    /// left out, and reported ([`Kv::disown`]): every state a peer sends is adopted here, or
+    /// goes through [`Kv::disown`] first.
     fn merge_into_storage(&mut self, key: &[u8], incoming: &Versioned) -> Result<bool> {
+        let issuer = self.issuer()?;
+        let mut disowned;
+        let incoming = if incoming.unissued(&issuer).is_some() {
+            disowned = incoming.clone();
+            self.disown(key, &mut disowned, &issuer);
+            &disowned
+        } else {
+            incoming
+        };
         let mut state = self.read_versions(key)?;
         let before = state.digest();
         state.merge(incoming);
@@ -1037,6 +1090,26 @@ impl<S: Storage> Kv<S> {
             self.storage.put(key, &state.encode())?;
         }
         Ok(changed)
+    }
+
+    /// Drop from `state`, a peer's state of `key`, what it claims of our dots beyond what we
+    /// issued ([`Versioned::disown_unissued`]), and report it ([`Event::ForgedDots`], at the
+    /// end of the input that met it).
+    fn disown(&mut self, key: &[u8], state: &mut Versioned, issuer: &crate::version::Issuer) {
+        if let Some(claimed) = state.disown_unissued(issuer) {
+            self.reports.push(Event::ForgedDots {
+                key: key.to_vec(),
+                claimed,
+                issued: issuer.issued,
+            });
+        }
+    }
+
+    /// Report the events met where no [`KvIo`] was at hand.
+    fn flush_reports(&mut self, io: &mut dyn KvIo) {
+        for event in self.reports.drain(..) {
+            io.report(event);
+        }
     }
 
     /// An empty batch for a message that carries states, within the current byte budget.

@@ -175,9 +175,7 @@ impl<S: Storage> Kv<S> {
         // Versions merge: a hand-over never replaces a newer version with an older one, and
         // concurrent ones stay as siblings.
         for (k, v) in &items {
-            let mut state = self.read_versions(k)?;
-            state.merge(&Versioned::decode(v)?);
-            self.storage.put(k, &state.encode())?;
+            self.merge_into_storage(k, &Versioned::decode(v)?)?;
         }
         for k in &deletes {
             self.storage.delete(k)?;

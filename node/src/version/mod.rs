@@ -73,19 +73,58 @@
 //! replicas' contexts still cover, and they would drop the new write as already replaced. So a
 //! state remembers the largest counter it ever pruned, and new dots are numbered above it too.
 //!
+//! FORGED VERSIONS
+//!
+//! Dots are unique only if a coordinator never numbers a key's events from a lower counter than
+//! it used before. Its state for a key can go backwards (the copy moved away, or was collected
+//! as a stray or a tombstone), so a node numbers every dot above a node-wide floor, the largest
+//! counter it ever issued, kept across restarts by a lease in the storage meta
+//! (`kv/coordinator.rs`): the node is the [`Issuer`] of its dots, and
+//! [`Versioned::write_issued`] gives its next write `(actor, issued + 1)`.
+//!
+//! Counters also arrive from outside: a client sends a context back with its writes, and peers
+//! send whole states (replication, read answers, anti-entropy, hand-overs, hints). Taken as
+//! they came, one number near `u64::MAX` for a node's own actor became its next dot and its
+//! persisted lease, and every later write it coordinated overflowed, also after a restart. So
+//! no number from outside reaches a node's counter:
+//!
+//! - The next dot is `issued + 1`, never numbered from the pruning floor a state carries (a
+//!   peer's number; [`Versioned::raise_dot_floor`] serves the pure model of tests). The floor
+//!   the pruning hazard above asks for is the node-wide one: a pruned entry of ours held a
+//!   counter we issued, so it is at most `issued`.
+//! - A write whose context names the coordinator beyond `issued` is refused, and the error
+//!   names the actor and both numbers ([`Issuer::forged_context`]).
+//! - A write whose context names another actor above [`MAX_COUNTER`] (2^48) is refused too. A
+//!   node cannot know what another issued. Bounding by what the key's copies have seen would
+//!   be exact but refuses honest contexts: one read before the key's tombstone was collected
+//!   (a key written again behaves like a new key, `tests/sim_collect.rs`), or while the owner's
+//!   copy lags the replicas a read merged. A slack above what the node has seen fails the same
+//!   way. The ceiling refuses no honest context: a node issuing a million dots a second
+//!   reaches it after nine years, and each restart skips at most one lease (2^20), so 2^28
+//!   restarts; a node refuses to issue past it rather than overflow. What it does not stop is a
+//!   client planting a counter below it that the named node never issued: that moves no node's
+//!   counter (each numbers from its own), and the named node disowns it (below) whenever the
+//!   key's state reaches it.
+//! - A state from a peer is adopted without what it claims of our actor beyond `issued`
+//!   ([`Versioned::disown_unissued`]: those siblings, applied-write records and the excess of
+//!   the context's entry are dropped; the node counts and logs it). Like pruning, that makes
+//!   the state cover less, so versions can only look concurrent; no other version is dropped.
+//!   Refusing the whole state instead would stop every batch that carries it (a hand-over
+//!   would never finish).
+//!
 //! CAVEATS
 //!
-//! - Dots are unique only if a coordinator never numbers a key's events from a lower counter
-//!   than it used before. Its state for a key can go backwards (the copy moved away, or was
-//!   collected as a stray or a tombstone), so the node numbers every dot above a node-wide
-//!   floor ([`Versioned::raise_dot_floor`]), the largest counter it ever issued, kept across
-//!   restarts by a lease in the storage meta. A node that loses its disk and comes back under
-//!   the same id (ids are derived from addresses) loses the lease too, and can reissue a dot
-//!   that other replicas' contexts cover: a blind write through it may then be dropped. Riak
-//!   gives each vnode a new id after data loss; here the way out is a new address. Should two
-//!   siblings still meet with one dot and different values, merge keeps both (it compares
-//!   whole siblings, not just dots), so such a collision shows up as a sibling rather than
-//!   disappearing.
+//! - A node that loses its disk and comes back under the same id (ids are derived from
+//!   addresses) loses its lease too: it can reissue a dot that other replicas' contexts cover,
+//!   so a blind write through it may be dropped, and it disowns the versions of its earlier
+//!   life that peers' states hold, and refuses contexts that name them. Riak gives each vnode a
+//!   new id after data loss; here the way out is a new address. Should two siblings still meet
+//!   with one dot and different values, merge keeps both (it compares whole siblings, not just
+//!   dots), so such a collision shows up as a sibling rather than disappearing.
+//! - A planted counter of node `b` below the ceiling (from a client, or from a peer, which is
+//!   trusted with third nodes' counters) keeps `b`'s copy of that key apart from the others:
+//!   `b` disowns it at every merge, and anti-entropy finds the key different every round.
+//!   Authenticated clients and peers are the rest of issue 10.
 //! - A plain version vector cannot say "everything up to `a:3`, and `a:7`". So a write reply must
 //!   carry either the whole state written (values and context, like Riak's `return_body`) or no
 //!   context at all; handing back the client's context joined with the new dot would let its next
@@ -208,6 +247,16 @@ impl VersionVector {
     /// The entries `(actor, counter)` in actor order.
     pub fn iter(&self) -> impl Iterator<Item = (Id, u64)> + '_ {
         self.0.iter().map(|(a, n)| (*a, *n))
+    }
+
+    /// Lower `actor`'s entry to at most `max` (removing it at 0). The vector then covers less,
+    /// like a pruned one.
+    pub fn cap(&mut self, actor: &Id, max: u64) {
+        if max == 0 {
+            self.0.remove(actor);
+        } else if let Some(n) = self.0.get_mut(actor) {
+            *n = (*n).min(max);
+        }
     }
 
     /// Drop entries until at most `max_entries` are left, smallest counters first (ties: smallest
@@ -334,6 +383,35 @@ impl Default for VersionLimits {
         }
     }
 }
+
+/// A node as the issuer of its own dots: every counter it ever issued as `actor`, for any key
+/// and in any run on its data directory, is at most `issued` (its node-wide dot floor, see
+/// FORGED VERSIONS in the module docs).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Issuer {
+    /// The node's id, the actor of its dots.
+    pub actor: Id,
+    /// The largest counter it may have issued.
+    pub issued: u64,
+}
+
+impl Issuer {
+    /// The refusal of a write whose context names this actor at `claimed`, above what it
+    /// issued.
+    pub fn forged_context(&self, claimed: u64) -> Error {
+        Error::InvalidInput(format!(
+            "the context claims version {actor}:{claimed}, but {actor} has issued counters only up \
+             to {issued}: the context is forged (or from a data directory this node lost); \
+             write with the context of a fresh read, or without one",
+            actor = self.actor.short(),
+            issued = self.issued,
+        ))
+    }
+}
+
+/// The largest counter a client's context may name for a node other than the write's
+/// coordinator, and the largest a node issues: 2^48 (see FORGED VERSIONS in the module docs).
+pub const MAX_COUNTER: u64 = 1 << 48;
 
 /// What a [`Versioned::write_checked`] did.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -498,7 +576,7 @@ impl Versioned {
     /// covers are replaced, the others stay as concurrent siblings, and the new version is added
     /// with a fresh dot, which is returned. `value: None` writes a tombstone.
     ///
-    /// No bounds are checked: the server should call [`Versioned::write_checked`]. A counter at
+    /// No bounds are checked: a node calls [`Versioned::write_issued`]. A counter at
     /// `u64::MAX` (possible only from a forged context) saturates.
     pub fn write(&mut self, actor: Id, ctx: &VersionVector, value: Option<Vec<u8>>) -> Dot {
         self.write_replacing(actor, ctx, &[], value, None)
@@ -516,6 +594,20 @@ impl Versioned {
         deps: Option<&Deps>,
     ) -> Dot {
         let dot = Dot::new(actor, self.next_counter(&actor, ctx).unwrap_or(u64::MAX));
+        self.apply(dot, ctx, replaces, value, deps);
+        dot
+    }
+
+    /// Add the version `dot` of a write with context `ctx` that also replaces the dots
+    /// `replaces` names (the caller chose a fresh `dot`).
+    fn apply(
+        &mut self,
+        dot: Dot,
+        ctx: &VersionVector,
+        replaces: &[Dot],
+        value: Option<Vec<u8>>,
+        deps: Option<&Deps>,
+    ) {
         let replaced = self.replaced_by(ctx, replaces);
         self.siblings.retain(|s| !replaced.contains(&s.dot));
         let deps = deps
@@ -527,7 +619,6 @@ impl Versioned {
         }
         self.context.merge(ctx);
         self.context.add(&dot);
-        dot
     }
 
     /// [`Versioned::write`] within `limits`: refuse a write that would leave more than
@@ -563,16 +654,7 @@ impl Versioned {
         deps: Option<&Deps>,
         limits: &VersionLimits,
     ) -> Result<WriteOutcome> {
-        let replaced = self.replaced_by(ctx, replaces);
-        let kept = self.dots().filter(|d| !replaced.contains(d)).count();
-        if kept + 1 > limits.max_siblings {
-            return Err(Error::InvalidInput(format!(
-                "key has {} siblings, the limit is {}: read it and write back with its context \
-                 to resolve them",
-                self.siblings.len(),
-                limits.max_siblings
-            )));
-        }
+        self.check_siblings(ctx, replaces, limits)?;
         if self.next_counter(&actor, ctx).is_none() {
             return Err(Error::InvalidInput(format!(
                 "version counter for {} overflows; the context is forged",
@@ -587,6 +669,111 @@ impl Versioned {
             warn: self.siblings.len() > limits.warn_siblings,
             pruned,
         })
+    }
+
+    /// Refuse a write with context `ctx` naming `replaces` that would leave more than
+    /// `limits.max_siblings` siblings.
+    fn check_siblings(
+        &self,
+        ctx: &VersionVector,
+        replaces: &[Dot],
+        limits: &VersionLimits,
+    ) -> Result<()> {
+        let replaced = self.replaced_by(ctx, replaces);
+        let kept = self.dots().filter(|d| !replaced.contains(d)).count();
+        if kept + 1 > limits.max_siblings {
+            return Err(Error::InvalidInput(format!(
+                "key has {} siblings, the limit is {}: read it and write back with its context \
+                 to resolve them",
+                self.siblings.len(),
+                limits.max_siblings
+            )));
+        }
+        Ok(())
+    }
+
+    /// [`Versioned::write_checked_replacing`] by a coordinator that numbers its dots node-wide,
+    /// `issuer` (see FORGED VERSIONS in the module docs): the new dot is
+    /// `(issuer.actor, max(issuer.issued, context[actor]) + 1)`, whatever the state's pruning
+    /// floor or the client's context say, and a context that names versions nobody issued is
+    /// refused. The caller must record the new counter as issued before it stores the state.
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`], with the state unchanged, if `ctx` names `issuer.actor` beyond
+    /// [`Issuer::issued`] ([`Issuer::forged_context`]) or another actor above [`MAX_COUNTER`],
+    /// if the new counter would pass [`MAX_COUNTER`], or as [`Versioned::write_checked`] for
+    /// siblings.
+    pub fn write_issued(
+        &mut self,
+        issuer: &Issuer,
+        ctx: &VersionVector,
+        replaces: &[Dot],
+        value: Option<Vec<u8>>,
+        deps: Option<&Deps>,
+        limits: &VersionLimits,
+    ) -> Result<WriteOutcome> {
+        let actor = issuer.actor;
+        if ctx.get(&actor) > issuer.issued {
+            return Err(issuer.forged_context(ctx.get(&actor)));
+        }
+        if let Some((other, n)) = ctx.iter().find(|&(a, n)| a != actor && n > MAX_COUNTER) {
+            return Err(Error::InvalidInput(format!(
+                "the context claims version {}:{n}, above the ceiling of {MAX_COUNTER} that no \
+                 node's counter reaches: the context is forged; write with the context of a \
+                 fresh read, or without one",
+                other.short()
+            )));
+        }
+        self.check_siblings(ctx, replaces, limits)?;
+        // The state's own entry is at most what we issued, unless it was stored before that
+        // was checked: then it is still never numbered below.
+        let counter = issuer.issued.max(self.context.get(&actor)) + 1;
+        if counter > MAX_COUNTER {
+            return Err(Error::InvalidInput(format!(
+                "the version counter of {} is exhausted (it reached {MAX_COUNTER}); run the \
+                 node under a new address",
+                actor.short()
+            )));
+        }
+        let dot = Dot::new(actor, counter);
+        self.apply(dot, ctx, replaces, value, deps);
+        let pruned = self.prune(limits.max_clock_entries);
+        Ok(WriteOutcome {
+            dot,
+            siblings: self.siblings.len(),
+            warn: self.siblings.len() > limits.warn_siblings,
+            pruned,
+        })
+    }
+
+    /// The largest counter of `issuer.actor` that this state claims (in its context or among
+    /// the dots of its applied writes) beyond [`Issuer::issued`], if any: versions of ours we
+    /// never made.
+    pub fn unissued(&self, issuer: &Issuer) -> Option<u64> {
+        let actor = issuer.actor;
+        let applied = self
+            .applied
+            .values()
+            .flat_map(Applied::forms)
+            .filter(|d| d.actor == actor)
+            .map(|d| d.counter);
+        std::iter::once(self.context.get(&actor))
+            .chain(applied)
+            .filter(|&n| n > issuer.issued)
+            .max()
+    }
+
+    /// Drop what this state claims of `issuer.actor` beyond [`Issuer::issued`]: the siblings
+    /// with such dots, the applied writes with such a form, and the context's entry above it.
+    /// Returns the largest counter dropped ([`Versioned::unissued`]), `None` if there was none.
+    /// The state then covers less, as after pruning: versions can only look concurrent.
+    pub fn disown_unissued(&mut self, issuer: &Issuer) -> Option<u64> {
+        let claimed = self.unissued(issuer)?;
+        let beyond = |d: &Dot| d.actor == issuer.actor && d.counter > issuer.issued;
+        self.siblings.retain(|s| !beyond(&s.dot));
+        self.applied.retain(|_, a| !a.forms().any(|d| beyond(&d)));
+        self.context.cap(&issuer.actor, issuer.issued);
+        Some(claimed)
     }
 
     /// Synchronize with another replica's state of the same key: keep the siblings both hold,

@@ -932,3 +932,183 @@ proptest! {
         check_no_write_lost(&pruned, &[], history::Supersession::Any)?;
     }
 }
+
+// ---------------------------------------------------------------- forged versions
+
+/// A node, actor 1, that has issued counters up to 10.
+fn issuer() -> Issuer {
+    Issuer {
+        actor: n(1),
+        issued: 10,
+    }
+}
+
+#[test]
+fn a_write_numbers_its_dot_from_what_the_issuer_issued_not_from_the_state() {
+    let limits = VersionLimits::default();
+    let mut s = Versioned::empty();
+    // A floor a peer's state carries (its pruning floor) does not move our counter.
+    s.raise_dot_floor(1 << 40);
+    let out = s
+        .write_issued(
+            &issuer(),
+            &VersionVector::new(),
+            &[],
+            val("a"),
+            None,
+            &limits,
+        )
+        .unwrap();
+    assert_eq!(out.dot, dot(1, 11));
+    // Never below the state's own entry of ours either, even if the issuer lagged it.
+    let out = s
+        .write_issued(
+            &issuer(),
+            &VersionVector::new(),
+            &[],
+            val("b"),
+            None,
+            &limits,
+        )
+        .unwrap();
+    assert_eq!(out.dot, dot(1, 12));
+}
+
+#[test]
+fn a_context_claiming_the_issuers_counter_beyond_what_it_issued_is_refused() {
+    let limits = VersionLimits::default();
+    let mut s = Versioned::empty();
+    // The issuer's first dot is 11 (it issued up to 10 before), which it then records.
+    let out = s
+        .write_issued(
+            &issuer(),
+            &VersionVector::new(),
+            &[],
+            val("a"),
+            None,
+            &limits,
+        )
+        .unwrap();
+    let me = Issuer {
+        issued: out.dot.counter,
+        ..issuer()
+    };
+    let before = s.clone();
+    for claimed in [12, 1 << 48, u64::MAX - 1, u64::MAX] {
+        let ctx = vv(&[(1, claimed)]);
+        let err = s
+            .write_issued(&me, &ctx, &[], val("x"), None, &limits)
+            .unwrap_err();
+        let Error::InvalidInput(msg) = &err else {
+            panic!("{err:?}")
+        };
+        assert!(
+            msg.contains(&format!("{}:{claimed}", n(1).short()))
+                && msg.contains("up to 11")
+                && msg.contains("forged"),
+            "{msg}"
+        );
+        assert_eq!(s, before, "a refused write changed the state");
+    }
+    // Up to what it issued is fine.
+    let out = s
+        .write_issued(&me, &vv(&[(1, 11)]), &[], val("b"), None, &limits)
+        .unwrap();
+    assert_eq!(values(&s), ["b"]);
+    assert_eq!(out.dot.counter, 12);
+}
+
+#[test]
+fn a_context_naming_another_actor_above_the_ceiling_is_refused() {
+    let limits = VersionLimits::default();
+    let mut s = Versioned::empty();
+    for claimed in [MAX_COUNTER + 1, u64::MAX - 1] {
+        let ctx = vv(&[(2, claimed)]);
+        let err = s
+            .write_issued(&issuer(), &ctx, &[], val("x"), None, &limits)
+            .unwrap_err();
+        let Error::InvalidInput(msg) = &err else {
+            panic!("{err:?}")
+        };
+        assert!(
+            msg.contains(&format!("{}:{claimed}", n(2).short())) && msg.contains("forged"),
+            "{msg}"
+        );
+        assert_eq!(s, Versioned::empty());
+    }
+    // At the ceiling, another actor's entry is taken as it is: its node numbers its own dots.
+    let ctx = vv(&[(2, MAX_COUNTER)]);
+    let out = s
+        .write_issued(&issuer(), &ctx, &[], val("y"), None, &limits)
+        .unwrap();
+    assert_eq!(out.dot, dot(1, 11));
+}
+
+#[test]
+fn the_issuer_never_issues_past_the_ceiling() {
+    let limits = VersionLimits::default();
+    let mut s = Versioned::empty();
+    let spent = Issuer {
+        actor: n(1),
+        issued: MAX_COUNTER,
+    };
+    let err = s
+        .write_issued(&spent, &VersionVector::new(), &[], val("x"), None, &limits)
+        .unwrap_err();
+    assert!(
+        matches!(err, Error::InvalidInput(ref m) if m.contains("exhausted")),
+        "{err:?}"
+    );
+}
+
+#[test]
+fn a_peers_state_is_disowned_of_our_dots_beyond_what_we_issued() {
+    let me = issuer();
+    // A peer's state: an honest version of actor 2 and one of ours we never issued, with the
+    // context to match.
+    let mut peer = Versioned::empty();
+    peer.write(n(2), &VersionVector::new(), val("theirs"));
+    let mut forged = Versioned::empty();
+    forged.raise_dot_floor(u64::MAX - 2);
+    forged.write(n(1), &VersionVector::new(), val("forged"));
+    peer.merge(&forged);
+    assert_eq!(peer.unissued(&me), Some(u64::MAX - 1));
+
+    let mut adopted = peer.clone();
+    assert_eq!(adopted.disown_unissued(&me), Some(u64::MAX - 1));
+    assert_eq!(values(&adopted), ["theirs"]);
+    assert_eq!(adopted.context().get(&n(1)), 10, "capped at what we issued");
+    assert_eq!(adopted.unissued(&me), None);
+    // Still a valid state, and disowning again changes nothing.
+    assert_eq!(Versioned::decode(&adopted.encode()).unwrap(), adopted);
+    let again = adopted.clone();
+    assert_eq!(adopted.disown_unissued(&me), None);
+    assert_eq!(adopted, again);
+
+    // A state that claims only what we issued is left alone.
+    let mut honest = Versioned::empty();
+    honest.raise_dot_floor(4);
+    honest.write(n(1), &VersionVector::new(), val("ours"));
+    honest.write(n(2), &vv(&[(1, 10)]), val("fine"));
+    let before = honest.clone();
+    assert_eq!(honest.unissued(&me), None);
+    assert_eq!(honest.disown_unissued(&me), None);
+    assert_eq!(honest, before);
+}
+
+#[test]
+fn an_applied_write_record_with_an_unissued_dot_is_disowned() {
+    let me = issuer();
+    let mut peer = Versioned::empty();
+    let d = peer.write(n(2), &VersionVector::new(), val("v"));
+    let id = WriteId {
+        coordinator: n(2),
+        incarnation: 1,
+        seq: 1,
+    };
+    peer.record_applied(id, Dot::new(n(1), 1 << 50));
+    assert_eq!(peer.unissued(&me), Some(1 << 50));
+    peer.disown_unissued(&me);
+    assert_eq!(peer.applied_dot(&id), None);
+    assert_eq!(peer.dots().collect::<Vec<_>>(), [d]);
+}
