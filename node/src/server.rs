@@ -83,16 +83,37 @@
 //!
 //! BOUNDS
 //!
-//! Connections are limited by a semaphore (a connection over the limit is told so and closed);
-//! frames, keys and values by [`Limits`] (an oversized request gets an error answer; a frame that
-//! cannot be parsed gets an error notice and its connection closes). A response too large for a
-//! frame is replaced by an [`Error::TooLarge`] answer on the live connection (counted in
-//! `chordkv_oversized_responses_total`, logged as a warning): closing the connection instead
-//! would fail every call multiplexed on it, and a peer would take it for a crash. A request of
-//! ours too large for a frame is never sent; the state machine gets the error as its answer,
-//! which is no sign of the peer being down. The input channel is bounded, so a flood of requests
-//! slows its readers instead of growing memory; so does a backlog of outputs held for a flush
-//! (`MAX_HELD`), which pauses the intake until the flusher catches up.
+//! Nothing a connection sends costs memory or time before it is checked:
+//! - **Handshake first.** A connection gets [`HANDSHAKE_TIMEOUT`] to finish TLS (if the node
+//!   speaks it) and the authenticating handshake ([`wire::handshake`]); at most
+//!   [`MAX_HANDSHAKES`] may be in it at once, and a connection beyond that is closed unread.
+//!   Only then does it take a place in its role's budget.
+//! - **Separate budgets.** Peers ([`Config::max_peer_connections`]) and clients
+//!   ([`Config::max_connections`]) never compete for places, so a flood of clients cannot lock
+//!   a peer out. When a budget is full, a new connection takes the place of the one idle
+//!   longest if that one has said nothing for [`EVICT_IDLE`] (it is closed with an
+//!   [`Error::Overloaded`] notice); otherwise the new one gets that notice and is closed.
+//! - **Idle connections close** after [`Config::idle_timeout`] with neither a request read nor
+//!   an answer written.
+//! - **Access.** Every request is checked against the access the handshake granted
+//!   ([`crate::auth::Access::permits`]); one beyond it is answered [`Error::Forbidden`],
+//!   counted in `chordkv_requests_forbidden_total`, and the connection serves on.
+//! - **Sizes.** Frames, keys and values are bounded by [`Limits`] (an oversized request gets
+//!   an error answer; a frame that cannot be parsed gets an error notice and its connection
+//!   closes). A response too large for a frame is replaced by an [`Error::TooLarge`] answer on
+//!   the live connection (counted in `chordkv_oversized_responses_total`, logged as a warning):
+//!   closing the connection instead would fail every call multiplexed on it, and a peer would
+//!   take it for a crash. A request of ours too large for a frame is never sent; the state
+//!   machine gets the error as its answer, which is no sign of the peer being down.
+//! - **The input queue** is bounded in count and in bytes: a request read takes its frame's
+//!   size from a budget of [`input_budget`] bytes and gives it back once the core has handled
+//!   it, so readers wait (and stop reading their sockets) instead of memory growing. A backlog
+//!   of outputs held for a flush (`MAX_HELD`) pauses the intake too, until the flusher catches
+//!   up.
+//! - **Outbound.** Each request to a peer fails within its own RPC timeout, whatever it waits
+//!   for (another sender's connect, its own, a slot, the answer), so the requests queued for a
+//!   peer that swallows packets fail by their own deadlines and drop their payloads. The pool
+//!   of peer connections drops, every [`PRUNE_EVERY`], the slots of peers no longer talked to.
 
 use crate::auth::{Access, Gate};
 use crate::error::{Error, Result};
