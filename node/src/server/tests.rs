@@ -534,3 +534,45 @@ async fn an_oversized_response_is_an_error_answer_on_a_live_connection() {
     let next = c.call(get_sized(1000), T).await;
     assert_eq!(next, Ok(Response::State(Some(vec![7; 1000]))));
 }
+
+/// Requests queued for a peer that accepts connections and then says nothing (a blackhole)
+/// each fail by their own deadline, not one per timeout behind each other's connects.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_to_a_silent_peer_fail_by_their_own_deadlines() {
+    const TIMEOUT_MS: u64 = 300;
+    const QUEUED: u64 = 12;
+    let silent = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let to = silent.local_addr().expect("addr");
+    let held = tokio::spawn(async move {
+        let mut open = Vec::new();
+        while let Ok((stream, _)) = silent.accept().await {
+            open.push(stream);
+        }
+    });
+    let mut config = Config::new(to, std::env::temp_dir());
+    config.node.ring.rpc_timeout = TIMEOUT_MS;
+    let (inputs, mut answers) = mpsc::channel::<Input>(64);
+    let peers = Peers::new(config, inputs);
+    let began = Instant::now();
+    for id in 1..=QUEUED {
+        peers.send(to, id, Request::Ping);
+    }
+    let mut failed = 0;
+    while failed < QUEUED {
+        match answers.recv().await {
+            Some(Input::Response { response, .. }) => {
+                assert!(matches!(response, Err(Error::Timeout(_))), "{response:?}");
+                failed += 1;
+            }
+            Some(_) => {}
+            None => panic!("the answers channel closed"),
+        }
+    }
+    // Queued one behind the other, the last would fail after QUEUED timeouts (3.6 s).
+    let took = began.elapsed();
+    assert!(
+        took < Duration::from_millis(4 * TIMEOUT_MS),
+        "{QUEUED} requests to a silent peer took {took:?} to fail"
+    );
+    held.abort();
+}
