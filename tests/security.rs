@@ -606,3 +606,41 @@ fn idle_connections_lock_out_neither_peers_nor_clients() {
     }
     drop(idle);
 }
+
+#[test]
+fn a_clients_read_at_the_owner_is_checked_like_a_get() {
+    use chordkv_node::session::{Floor, MAX_WROTE};
+    use chordkv_node::version::Dot;
+    let mut cluster = Cluster::new();
+    let node = cluster.start_node(None, &["--replicas", "1"]);
+    assert_prints(&cluster.kvctl(node, &["put", "k", "v"]), b"ok\n");
+    let client = cluster.client(node);
+    let read = |r: Option<u8>, session: Option<Box<Floor>>| Request::StoreGet {
+        key: b"k".to_vec(),
+        r,
+        session,
+    };
+    let floor = Floor {
+        wrote: (1..=MAX_WROTE as u64 + 1)
+            .map(|counter| Dot {
+                actor: Id::hash(b"n"),
+                counter,
+            })
+            .collect(),
+        ..Floor::default()
+    };
+    for (request, says) in [
+        (read(Some(0), None), "quorum"),
+        (read(Some(9), None), "quorum"),
+        (read(None, Some(Box::new(floor))), "written dots"),
+    ] {
+        match cluster.block_on(client.call(request)) {
+            Err(Error::InvalidInput(m)) => assert!(m.contains(says), "{m}"),
+            other => panic!("expected a refusal saying {says:?}, got {other:?}"),
+        }
+    }
+    assert!(matches!(
+        cluster.block_on(client.call(read(None, None))),
+        Ok(Response::Read(_))
+    ));
+}

@@ -838,7 +838,12 @@ impl<S: Storage> Kv<S> {
                 deletes,
                 leaving,
             } => self.on_transfer(ring, from, items, deletes, leaving),
-            Request::StoreGet { key, r, session } => match self.check_serving(ring, &key) {
+            // A client may send this (zero-hop reads): its R and floor are checked as a Get's.
+            Request::StoreGet { key, r, session } => match self
+                .check_serving(ring, &key)
+                .and_then(|()| r.map_or(Ok(()), |q| self.check_quorum(q)))
+                .and_then(|()| session.as_ref().map_or(Ok(()), |f| f.validate()))
+            {
                 Ok(()) => {
                     let responder = Responder::Conn { conn, id };
                     self.coordinate_read(ring, io, responder, key, r, session);
@@ -880,12 +885,9 @@ impl<S: Storage> Kv<S> {
             Request::Get { r: Some(q), .. }
             | Request::Put { w: Some(q), .. }
             | Request::Delete { w: Some(q), .. }
-                if q == 0 || usize::from(q) > self.opts.replicas =>
+                if self.check_quorum(q).is_err() =>
             {
-                Err(Error::InvalidInput(format!(
-                    "a quorum of {q} is outside 1..={}: there are {} copies of each key",
-                    self.opts.replicas, self.opts.replicas
-                )))
+                Err(self.check_quorum(q).expect_err("checked"))
             }
             // A session part over its bounds is refused before it costs anything more.
             Request::Get {
@@ -1012,6 +1014,20 @@ impl<S: Storage> Kv<S> {
     // ---------------------------------------------------------------- shared helpers
 
     /// Whether we may coordinate a request for `key` as its owner.
+    /// A client's R or W: within 1..=N.
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] naming the range.
+    fn check_quorum(&self, q: u8) -> Result<()> {
+        if q == 0 || usize::from(q) > self.opts.replicas {
+            return Err(Error::InvalidInput(format!(
+                "a quorum of {q} is outside 1..={}: there are {} copies of each key",
+                self.opts.replicas, self.opts.replicas
+            )));
+        }
+        Ok(())
+    }
+
     fn check_serving(&self, ring: &Ring, key: &[u8]) -> Result<()> {
         if !ring.is_joined() || ring.is_leaving() {
             return Err(Error::Unavailable("node is not serving data".into()));
