@@ -28,7 +28,7 @@ use crate::error::{Error, Result};
 use crate::kv::{self, Kv, KvIo};
 use crate::message::{NodeRef, NodeStatus, Request, RequestId, Response};
 use crate::ring::{self, Ring, RingIo};
-use crate::rpc::{ConnId, Io};
+use crate::rpc::{ConnId, Io, Refusals};
 use crate::storage::Storage;
 use std::collections::VecDeque;
 use std::fmt;
@@ -225,6 +225,14 @@ impl<S: Storage> Node<S> {
     /// on it).
     pub fn into_storage(self) -> S {
         self.kv.into_storage()
+    }
+
+    /// The requests this node refused as implausible for its view of the ring, by kind (both
+    /// layers'; see PLAUSIBILITY in [`crate::ring`] and [`crate::kv`]). For metrics and tests.
+    pub fn refusals(&self) -> Refusals {
+        let mut all = self.ring.refusals().clone();
+        all.add(self.kv.refusals());
+        all
     }
 
     /// The node's view of itself, as answered to [`Request::Status`].

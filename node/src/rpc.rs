@@ -8,7 +8,7 @@
 //! [`Io`] once for both layers, so request ids and operation numbers are unique node-wide and
 //! every output of either layer joins one queue in the order it was made.
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::id::Id;
 use crate::message::{NodeRef, Request, RequestId, Response};
 use std::collections::BTreeMap;
@@ -109,6 +109,43 @@ impl<P> Calls<P> {
             .iter()
             .filter(move |(_, p)| p.deadline <= now)
             .map(|(id, _)| *id)
+    }
+}
+
+/// Requests refused as implausible, counted by kind ([`Request::kind`]), for metrics and tests.
+///
+/// A request that changes ownership or deletes data is checked against the receiver's view of
+/// the ring (its predecessor, successor list, replicas and hand-overs) before it is applied; one
+/// that no correct node could have sent in that view is refused with [`Error::InvalidInput`]
+/// (`refused <kind>: <why>`), nothing changed, and counted here. Not retryable: the sender's view
+/// is what is wrong, and the protocol repairs views by itself (stabilize, notify, heartbeats).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Refusals {
+    counts: BTreeMap<&'static str, u64>,
+}
+
+impl Refusals {
+    /// Count one refused request of `kind` and make its error.
+    pub fn refuse(&mut self, kind: &'static str, why: impl std::fmt::Display) -> Error {
+        *self.counts.entry(kind).or_default() += 1;
+        Error::InvalidInput(format!("refused {kind}: {why}"))
+    }
+
+    /// How many requests of `kind` were refused.
+    pub fn of(&self, kind: &str) -> u64 {
+        self.counts.get(kind).copied().unwrap_or(0)
+    }
+
+    /// Every kind with a refusal, and how many, in kind order.
+    pub fn counts(&self) -> impl Iterator<Item = (&'static str, u64)> + '_ {
+        self.counts.iter().map(|(k, n)| (*k, *n))
+    }
+
+    /// Add another layer's counts to these.
+    pub fn add(&mut self, other: &Refusals) {
+        for (k, n) in other.counts() {
+            *self.counts.entry(k).or_default() += n;
+        }
     }
 }
 

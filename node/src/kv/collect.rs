@@ -24,6 +24,11 @@
 //!   holds the key in another state holds the collection up and is sent our state; one that
 //!   holds it identically, or not at all, agrees.
 //!
+//! A replica takes a commit only for a tombstone outside its own range that the owner checked
+//! with it moments before (it remembers the checks it answered "held"): the request does not name
+//! the owner, and a commit that deleted whatever matched a digest let one message delete live
+//! values on every node.
+//!
 //! Neither touches a key a transfer of ours may be moving (every key while we leave; the
 //! newcomer's part of our range during a join hand-over): a transfer round tells its receiver
 //! to delete the keys it sent earlier that have vanished since. Strays of other ranges are never
@@ -54,6 +59,16 @@ const MAX_TOMBS: usize = 100_000;
 
 /// Most former replicas remembered for tombstone collection.
 const MAX_FORMERS: usize = 16;
+
+/// How many RPC timeouts after a replica answered a tombstone check a commit of it is taken:
+/// the owner commits once every replica answered (each within one timeout), and waits for its
+/// flush first.
+const REAP_WINDOW: u64 = 10;
+
+/// Most tombstone checks a replica remembers for the commits that follow them: a few rounds of
+/// each of the owners it keeps copies for. Beyond it, a check is answered but not remembered,
+/// and its commit refused: the tombstone stays until a later round.
+const MAX_REAP_CHECKS: usize = 16 * SYNC_BATCH;
 
 /// A tombstone collection waiting for the replicas' checks.
 #[derive(Clone, Debug)]
@@ -384,13 +399,25 @@ impl<S: Storage> Kv<S> {
     /// A replica's side of [`Request::Reap`]: which of the keys we hold with exactly the given
     /// digest (with `commit`, deleting those), and which we hold not at all. None of either
     /// while a transfer of ours may be moving the key: it would tell its receiver to delete it
-    /// too, or may be carrying it elsewhere.
+    /// too, or may be carrying it elsewhere. A check we answer "held" is remembered for
+    /// [`REAP_WINDOW`] RPC timeouts, and a commit is taken only as the end of such a check
+    /// ([`Kv::check_reap_commit`]).
     pub(super) fn on_reap(
         &mut self,
         ring: &Ring,
+        io: &mut dyn KvIo,
         items: Vec<(Vec<u8>, u64)>,
         commit: bool,
     ) -> Result<Response> {
+        let now = io.now();
+        if commit {
+            if let Err(why) = self.check_reap_commit(ring, now, &items) {
+                return Err(self.refusals.refuse("reap", why));
+            }
+        } else {
+            self.reap_checks.retain(|_, (_, until)| *until > now);
+        }
+        let until = now.saturating_add(REAP_WINDOW.saturating_mul(io.rpc_timeout()));
         let (mut keys, mut absent) = (Vec::new(), Vec::new());
         for (key, digest) in items {
             if self.moving_key(ring, Id::hash(&key)) {
@@ -400,6 +427,11 @@ impl<S: Storage> Kv<S> {
                 Some(v) if state_digest(&v) == digest => {
                     if commit {
                         self.storage.delete(&key)?;
+                        self.reap_checks.remove(&key);
+                    } else if self.reap_checks.len() < MAX_REAP_CHECKS
+                        || self.reap_checks.contains_key(&key)
+                    {
+                        self.reap_checks.insert(key.clone(), (digest, until));
                     }
                     keys.push(key);
                 }
@@ -408,6 +440,51 @@ impl<S: Storage> Kv<S> {
             }
         }
         Ok(Response::Reaped { keys, absent })
+    }
+
+    /// Whether a tombstone-collection commit is one a key's owner could send us (see
+    /// PLAUSIBILITY in the [data layer essay](super)); if not, why. The request does not name
+    /// its sender, so what it says is checked against what we hold and were asked: an owner
+    /// commits only keys outside our own range (it is their owner, not we), only tombstones, and
+    /// only after it asked us whether we hold them with that digest and we said yes, moments ago.
+    /// A key we no longer hold with that digest is no reason to refuse (a write may have come
+    /// in between): it is left alone, as before.
+    pub(super) fn check_reap_commit(
+        &self,
+        ring: &Ring,
+        now: u64,
+        items: &[(Vec<u8>, u64)],
+    ) -> Result<(), String> {
+        for (key, digest) in items {
+            let name = String::from_utf8_lossy(key);
+            if self.in_own_range(ring, Id::hash(key)) {
+                return Err(format!("{name} is in our own range: only we collect it"));
+            }
+            let Ok(Some(bytes)) = self.storage.get(key) else {
+                continue;
+            };
+            let Ok(state) = Versioned::decode(&bytes) else {
+                continue;
+            };
+            if state.digest() != *digest {
+                continue;
+            }
+            if !state.is_deleted() {
+                return Err(format!(
+                    "{name} holds a live value here: only tombstones are collected"
+                ));
+            }
+            let checked = self
+                .reap_checks
+                .get(key)
+                .is_some_and(|&(d, until)| d == *digest && now < until);
+            if !checked {
+                return Err(format!(
+                    "{name} was not checked with us in the last {REAP_WINDOW} RPC timeouts"
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// A replica answered a tombstone check; once all have, [`Kv::finish_reap`]. A former

@@ -83,6 +83,28 @@
 //! copies left where they do not belong, and tombstones that have done their work, are
 //! collected (`kv/collect.rs`). Each module's essay says how.
 //!
+//! PLAUSIBILITY
+//!
+//! The data requests that delete copies are checked against this node's view of the ring before
+//! anything is applied; one no correct node could send in that view is refused with an error
+//! saying why, counted by kind ([`Kv::refusals`]), state untouched. (Authentication is the
+//! server's; this stops a member that is stale, confused or buggy.)
+//! - *Transfer*, a join hand-over: only from one of our successors, only while our successor
+//!   has not named us its predecessor (once it has, its hand-over is over; an installed node is
+//!   handed a range only after a partition, by a successor with another predecessor), and only
+//!   keys in `(sender, us]`, deletes included. A leave's hand-over: from a node that is (or lies
+//!   where) our predecessor, as before (one with a newer node between is redirected); its
+//!   deletes, which nothing in a leave produces, only from our predecessor itself. A round is
+//!   refused whole.
+//! - *Reap* with `commit`: only for keys outside our own range, only tombstones, and only as the
+//!   end of a check (`commit` false) we answered "held with this digest" within the last ten RPC
+//!   timeouts. The request does not name its sender (the owner), so "from the key's owner, or
+//!   one we recently replicated for" cannot be checked; the check-before-commit is what stands
+//!   in for it. A commit we refuse leaves a tombstone, which a later round collects.
+//! - *Handoff* is taken as before: the owner merges only the copies of its own range, merging
+//!   never loses a version, and nothing it is sent deletes anything here; only the sender
+//!   deletes, and only what the owner confirms.
+//!
 //! CAVEATS
 //!
 //! W and R are floors. A key's copies are its owner and the owner's first `N − 1` live
@@ -121,7 +143,7 @@ use crate::error::{Error, Result};
 use crate::id::{Id, in_half_open};
 use crate::message::{NodeRef, Request, RequestId, Response, WriteId};
 use crate::ring::{Notice, Ring, RingIo};
-use crate::rpc::{Calls, ConnId, Pending, timer_phase};
+use crate::rpc::{Calls, ConnId, Pending, Refusals, timer_phase};
 use crate::storage::Storage;
 use crate::version::{VersionLimits, Versioned};
 use coordinator::{ClientOp, FloorOp, ReadOp, Responder, Settles, StoreWrite, WriteOp};
@@ -558,6 +580,11 @@ pub struct Kv<S: Storage> {
     /// collection asks them too: they may still hold copies of values our tombstones replaced.
     formers: Vec<(NodeRef, u64)>,
     reaping: Option<collect::ReapOp>,
+    /// Tombstone checks we agreed to, by key: the digest we hold and until when a commit of it
+    /// is plausible (a commit no check preceded is refused; see `kv/collect.rs`).
+    reap_checks: BTreeMap<Vec<u8>, (u64, u64)>,
+    /// Requests refused as implausible (`kv/transfer.rs`, `kv/collect.rs`).
+    refusals: Refusals,
     next_sync: u64,
     /// Answers to writes applied here, by write id, so retries are applied at most once.
     applied: BTreeMap<WriteId, Response>,
@@ -621,6 +648,8 @@ impl<S: Storage> Kv<S> {
             reap_targets: Vec::new(),
             formers: Vec::new(),
             reaping: None,
+            reap_checks: BTreeMap::new(),
+            refusals: Refusals::default(),
             applied: BTreeMap::new(),
             applied_order: VecDeque::new(),
             dot_floor: 0,
@@ -709,6 +738,12 @@ impl<S: Storage> Kv<S> {
             .take(self.opts.replicas.saturating_sub(1))
             .copied()
             .collect()
+    }
+
+    /// The data requests this node refused as implausible, by kind (see PLAUSIBILITY in the
+    /// module essay).
+    pub fn refusals(&self) -> &Refusals {
+        &self.refusals
     }
 
     /// The node a hand-over of ours (to a newcomer, or our leave) is sending keys to, if one
@@ -881,7 +916,7 @@ impl<S: Storage> Kv<S> {
                 self.on_handoff(ring, io, Responder::Conn { conn, id }, from, items);
                 return None;
             }
-            Request::Reap { items, commit } => self.on_reap(ring, items, commit),
+            Request::Reap { items, commit } => self.on_reap(ring, io, items, commit),
             Request::Get { r: Some(q), .. }
             | Request::Put { w: Some(q), .. }
             | Request::Delete { w: Some(q), .. }

@@ -1,6 +1,7 @@
 //! Handing keys over when the ring changes: part of our range to a newcomer before the ring
 //! adopts it, or everything to our successor when we leave (see the [data layer essay](super)
-//! under KEYS ON JOIN AND LEAVE).
+//! under KEYS ON JOIN AND LEAVE). The receiver takes a round only from a node that could be
+//! handing it a range now, and only keys of that range (PLAUSIBILITY there).
 
 use super::{Event, Kv, KvIo, Purpose};
 use crate::error::{Error, Result};
@@ -148,7 +149,8 @@ impl<S: Storage> Kv<S> {
         }
     }
 
-    /// The receiver's side of [`Request::Transfer`].
+    /// The receiver's side of [`Request::Transfer`], once it is found plausible
+    /// ([`Kv::check_transfer`]).
     pub(super) fn on_transfer(
         &mut self,
         ring: &Ring,
@@ -172,6 +174,9 @@ impl<S: Storage> Kv<S> {
                 return Ok(Response::Redirect { to: p });
             }
         }
+        if let Err(why) = self.check_transfer(ring, from, &items, &deletes, leaving) {
+            return Err(self.refusals.refuse("transfer", why));
+        }
         // Versions merge: a hand-over never replaces a newer version with an older one, and
         // concurrent ones stay as siblings.
         for (k, v) in &items {
@@ -181,6 +186,64 @@ impl<S: Storage> Kv<S> {
             self.storage.delete(k)?;
         }
         Ok(Response::Ack)
+    }
+
+    /// Whether a hand-over round from `from` is one a correct node could send us now (see
+    /// PLAUSIBILITY in the [data layer essay](super)); if not, why. Nothing is applied from a
+    /// round refused: a round is all or nothing, as its acknowledgement is.
+    ///
+    /// - A join hand-over (not `leaving`) comes from one of our successors, handing us part of
+    ///   its range: so every key lies in `(from, me]`, and only while that successor has not
+    ///   adopted us. Once our successor named us its predecessor (and we are installed), its
+    ///   hand-over is over, and a round from anyone is stale or forged: no join hand-over goes
+    ///   to an installed node but after a partition, whose successor then has another
+    ///   predecessor.
+    /// - A leave's hand-over comes from a node that is (or lies where) our predecessor (one
+    ///   with a newer node between it and us was redirected before this): its keys, all it
+    ///   holds, are merged. But its deletes, which nothing in a leave produces, we take only
+    ///   from our predecessor itself.
+    fn check_transfer(
+        &self,
+        ring: &Ring,
+        from: NodeRef,
+        items: &[(Vec<u8>, Vec<u8>)],
+        deletes: &[Vec<u8>],
+        leaving: bool,
+    ) -> Result<(), String> {
+        if from.id == self.me.id {
+            return Err("a hand-over from ourselves".into());
+        }
+        if leaving {
+            if !deletes.is_empty() && ring.predecessor() != Some(from) {
+                return Err(format!(
+                    "deletes from {from}, which leaves but is not our predecessor ({:?})",
+                    ring.predecessor()
+                ));
+            }
+            return Ok(());
+        }
+        if !ring.successors().iter().any(|s| s.id == from.id) {
+            return Err(format!(
+                "{from} is none of our successors: only a successor hands us a range on a join"
+            ));
+        }
+        if ring.is_installed() && ring.successor_adopted_me() {
+            return Err(format!(
+                "our successor {} adopted us already: no hand-over to us is under way",
+                ring.successor()
+            ));
+        }
+        let keys = items.iter().map(|(k, _)| k).chain(deletes);
+        if let Some(k) = keys
+            .into_iter()
+            .find(|k| !in_half_open(from.id, self.me.id, Id::hash(k)))
+        {
+            return Err(format!(
+                "key {} lies between us and {from}: in no range {from} could hand us",
+                String::from_utf8_lossy(k)
+            ));
+        }
+        Ok(())
     }
 
     pub(super) fn begin_leave_transfer(&mut self, ring: &mut Ring, io: &mut dyn KvIo) {

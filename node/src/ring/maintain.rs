@@ -6,7 +6,7 @@ use super::detector::{Cause, Verdict};
 use super::lookup::Then;
 use super::{Event, MAX_LOST, Notice, Purpose, Ring, RingIo};
 use crate::error::Result;
-use crate::id::{Id, in_open};
+use crate::id::{Id, distance, in_half_open, in_open};
 use crate::message::{NodeRef, Request, Response};
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
@@ -44,6 +44,7 @@ impl Ring {
         match response {
             Ok(Response::Neighbors { pred, succs }) => {
                 self.adopt_successors(io, succ, succs);
+                self.note_successor_pred(succ, pred);
                 // A node restarting in the place the ring kept for it is installed already.
                 self.installed = pred.is_some_and(|p| p.id == self.me.id);
                 self.joined = true;
@@ -89,10 +90,19 @@ impl Ring {
         match response {
             Ok(Response::Neighbors { pred, succs }) => {
                 self.adopt_successors(io, succ, succs);
+                self.note_successor_pred(succ, pred);
                 if !self.installed && pred.is_some_and(|p| p.id == self.me.id) {
-                    // Our successor handed us our range and adopted us: we own it now.
+                    // Our successor handed us our range and adopted us: we own it now, from
+                    // where its `Adopted` said (if that came first).
                     self.installed = true;
                     io.emit(Event::Installed);
+                    if let Some(start) = self.adopted_start.take() {
+                        if self.pred.is_none() {
+                            self.pred = start.filter(|p| p.id != self.me.id);
+                            self.range_start = self.pred;
+                            io.emit(Event::PredecessorChanged { pred: self.pred });
+                        }
+                    }
                 }
                 match pred {
                     Some(p) if p != self.me && in_open(self.me.id, succ.id, p.id) => {
@@ -116,8 +126,9 @@ impl Ring {
     ) {
         self.stabilizing = false;
         // A candidate that does not answer is simply not adopted.
-        if let Ok(Response::Neighbors { succs, .. }) = response {
+        if let Ok(Response::Neighbors { pred, succs }) = response {
             self.adopt_successors(io, cand, succs);
+            self.note_successor_pred(cand, pred);
         }
         self.finish_stabilize(io);
     }
@@ -155,6 +166,14 @@ impl Ring {
         }
     }
 
+    /// Remember whom `succ` named its predecessor, if it is our successor: whether it adopted
+    /// us ([`Ring::successor_adopted_me`]).
+    fn note_successor_pred(&mut self, succ: NodeRef, pred: Option<NodeRef>) {
+        if self.successor().id == succ.id {
+            self.succ_pred = Some((succ.id, pred.map(|p| p.id)));
+        }
+    }
+
     /// Put `node` first in the successor list, keeping the rest (a leaving node's hand-over
     /// was redirected to a node that joined between us and our successor).
     pub fn adopt_successor(&mut self, io: &mut dyn RingIo, node: NodeRef) {
@@ -164,11 +183,33 @@ impl Ring {
 
     // ---------------------------------------------------------------- notify and adoption
 
-    pub(super) fn on_notify(&mut self, io: &mut dyn RingIo, node: NodeRef) {
+    /// Chord's notify, with Zave's rectify: a notifier between our predecessor and us is a
+    /// newcomer, to be handed its part of our range and then adopted. It is first pinged at the
+    /// address it gave and must answer as itself ([`Ring::on_newcomer_verified`]): a hand-over
+    /// streams a range to that address, and one with nothing to move adopts at once.
+    ///
+    /// # Errors
+    /// A notify naming ourselves is refused: no correct node sends one.
+    pub(super) fn on_notify(&mut self, io: &mut dyn RingIo, node: NodeRef) -> Result<()> {
+        if node.id == self.me.id {
+            return Err(self.refusals.refuse("notify", "it names us"));
+        }
+        if !self.notify_closer(io, node) {
+            return Ok(());
+        }
+        if self.verifying.insert(node.id) {
+            let purpose = Purpose::VerifyNewcomer { node };
+            self.send(io, node, Request::Ping, purpose);
+        }
+        Ok(())
+    }
+
+    /// Whether a notify from `node` would make it our predecessor (once its keys are its).
+    fn notify_closer(&self, io: &dyn RingIo, node: NodeRef) -> bool {
         // A node that does not hold its own range yet must not hand part of it on: the newcomer
         // would get an empty range and the keys would later land on the wrong node.
         if node.id == self.me.id || self.leaving || !self.installed {
-            return;
+            return false;
         }
         // A notify can overtake the leave notice its sender sent later; a node that just left
         // must not be adopted back.
@@ -177,15 +218,39 @@ impl Ring {
             .get(&node.id)
             .is_some_and(|&until| io.now() < until)
         {
-            return;
+            return false;
         }
-        let closer = match self.pred {
+        match self.pred {
             None => true,
             Some(p) => in_open(p.id, self.me.id, node.id),
-        };
-        if closer {
+        }
+    }
+
+    /// A notifier answered our ping (or did not). One that answers as itself, and would still
+    /// be adopted, goes to the layer above as a newcomer; one that answers as another node is
+    /// refused (counted as a notify): its address is not its own.
+    pub(super) fn on_newcomer_verified(
+        &mut self,
+        io: &mut dyn RingIo,
+        node: NodeRef,
+        response: Result<Response>,
+    ) {
+        self.verifying.remove(&node.id);
+        match response {
             // Adopted only once the layer above has handed it its keys.
-            self.notices.push_back(Notice::Newcomer(node));
+            Ok(Response::Pong { node: answered })
+                if answered == node && self.notify_closer(io, node) =>
+            {
+                self.notices.push_back(Notice::Newcomer(node));
+            }
+            Ok(Response::Pong { node: answered }) if answered == node => {}
+            Ok(Response::Pong { node: answered }) => {
+                let why = format!("{node} gave the address of {answered}");
+                let _ = self.refusals.refuse("notify", why);
+            }
+            // Not answering (or answering nonsense): nothing to adopt; a live newcomer notifies
+            // again at its next round.
+            _ => {}
         }
     }
 
@@ -210,18 +275,26 @@ impl Ring {
         self.send(io, to, Request::Adopted { pred: start }, purpose);
     }
 
-    /// The newcomer's side of [`Request::Adopted`].
-    pub(super) fn on_adopted(&mut self, io: &mut dyn RingIo, pred: Option<NodeRef>) {
+    /// The newcomer's side of [`Request::Adopted`]: a claim that our successor adopted us, which
+    /// we take only from our successor itself. The request does not name its sender, so we ask
+    /// the successor at once (a stabilize round) and are installed when it names us its
+    /// predecessor; this request only says where our range starts, which that round applies.
+    ///
+    /// # Errors
+    /// A start between us and our successor is refused: our range cannot start after us.
+    pub(super) fn on_adopted(&mut self, io: &mut dyn RingIo, pred: Option<NodeRef>) -> Result<()> {
         if self.installed {
-            return;
+            return Ok(()); // a resend, or news we confirmed already
         }
-        self.installed = true;
-        io.emit(Event::Installed);
-        if self.pred.is_none() {
-            self.pred = pred.filter(|p| p.id != self.me.id);
-            self.range_start = self.pred;
-            io.emit(Event::PredecessorChanged { pred: self.pred });
+        let succ = self.successor();
+        if let Some(p) = pred.filter(|p| succ != self.me && in_half_open(self.me.id, succ.id, p.id))
+        {
+            let why = format!("a range start {p} between us and our successor {succ}");
+            return Err(self.refusals.refuse("adopted", why));
         }
+        self.adopted_start = Some(pred);
+        self.next_stabilize = io.now();
+        Ok(())
     }
 
     // ---------------------------------------------------------------- leave
@@ -249,39 +322,72 @@ impl Ring {
         io.emit(Event::Left { handed_over });
     }
 
+    /// A neighbour leaves (it handed its keys to its successor): close the gap at once. Only
+    /// our predecessor or one of our successors sends this. To its successor it names its
+    /// predecessor, which becomes ours (our range grows by its range, whose keys it handed us);
+    /// to its predecessor it names its successors, which join ours: the list becomes the
+    /// nearest `r` of both, so no node we know of is dropped for one the leaver knows of.
+    ///
+    /// # Errors
+    /// Refused, nothing changed: a leave notice naming ourselves, from a node that is neither
+    /// our predecessor nor one of our successors, or naming itself as its own predecessor.
     pub(super) fn on_leaving(
         &mut self,
         io: &mut dyn RingIo,
         node: NodeRef,
         pred: Option<NodeRef>,
         succs: Vec<NodeRef>,
-    ) {
+    ) -> Result<()> {
+        if let Err(why) = self.check_leaving(node, pred) {
+            return Err(self.refusals.refuse("leaving", why));
+        }
         let now = io.now();
         let until = now + 10 * self.opts.rpc_timeout;
         self.departed.retain(|_, t| *t > now);
         self.departed.insert(node.id, until);
-        if self.pred == Some(node) {
+        if self.pred.is_some_and(|p| p.id == node.id) {
             self.pred = pred.filter(|p| p.id != self.me.id);
             self.range_start = self.pred.or(self.range_start);
             io.emit(Event::PredecessorChanged { pred: self.pred });
         }
         if self.succs.iter().any(|s| s.id == node.id) {
-            let rest: Vec<NodeRef> = succs.into_iter().filter(|s| s.id != node.id).collect();
+            let first = self.succs.first().is_some_and(|s| s.id == node.id);
+            let theirs = if first { succs } else { Vec::new() };
+            let me = self.me.id;
             let mut list: Vec<NodeRef> = self
                 .succs
                 .iter()
                 .copied()
-                .filter(|s| s.id != node.id)
+                .chain(theirs)
+                .filter(|s| s.id != node.id && s.id != me)
                 .collect();
-            if self.succs.first() == Some(&node) {
-                list = rest.into_iter().chain(list).collect();
-            }
+            list.sort_by_key(|s| distance(me, s.id));
+            list.dedup_by_key(|s| s.id);
             match list.first().copied() {
                 Some(first) => self.adopt_successors(io, first, list[1..].to_vec()),
                 None => self.adopt_successors(io, self.me, Vec::new()),
             }
         }
         self.forget_finger(node.id);
+        Ok(())
+    }
+
+    /// Whether a leave notice from `node` naming `pred` is one a correct node could send us.
+    fn check_leaving(&self, node: NodeRef, pred: Option<NodeRef>) -> Result<(), String> {
+        if node.id == self.me.id {
+            return Err("it names us".into());
+        }
+        let is_pred = self.pred.is_some_and(|p| p.id == node.id);
+        if !is_pred && !self.succs.iter().any(|s| s.id == node.id) {
+            return Err(format!(
+                "{node} is neither our predecessor ({:?}) nor one of our successors",
+                self.pred
+            ));
+        }
+        if pred.is_some_and(|p| p.id == node.id) {
+            return Err(format!("{node} names itself its predecessor"));
+        }
+        Ok(())
     }
 
     // ---------------------------------------------------------------- failures
@@ -418,10 +524,11 @@ impl Ring {
         cand: NodeRef,
         response: Result<Response>,
     ) {
-        if let Ok(Response::Neighbors { succs, .. }) = response {
+        if let Ok(Response::Neighbors { pred, succs }) = response {
             let mine = self.succs.clone();
             let merged: Vec<NodeRef> = succs.into_iter().chain(mine).collect();
             self.adopt_successors(io, cand, merged);
+            self.note_successor_pred(cand, pred);
             self.send(io, cand, Request::Notify { node: self.me }, Purpose::Notify);
             self.next_stabilize = io.now();
         }

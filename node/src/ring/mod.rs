@@ -45,13 +45,15 @@
 //! OWNERSHIP AND HAND-OVER
 //!
 //! Adopting a newcomer `m` as predecessor moves the range `(p, m]` (`p`: the predecessor `n` had)
-//! from `n` to `m`, and the keys in it must move first. So a notify that would make `n` adopt `m` does not: the ring tells the
-//! layer above ([`Notice::Newcomer`]), which hands the keys over and then calls
-//! [`Ring::adopt_predecessor`]. Until then `n` keeps its predecessor and its range, so reads never
-//! see a gap. On adoption `n` tells `m` so (`Adopted`, naming where `m`'s range starts). Only then
-//! is `m` *installed*: it owns its range and may hand part of it to a newer node. A node that is
-//! not installed owns nothing and ignores notifies; otherwise two newcomers in one gap could adopt
-//! each other before either held its keys, and keys would land on the wrong node.
+//! from `n` to `m`, and the keys in it must move first. So a notify that would make `n` adopt `m`
+//! does not: once `m` answered a ping as itself, the ring tells the layer above
+//! ([`Notice::Newcomer`]), which hands the keys over and then calls [`Ring::adopt_predecessor`].
+//! Until then `n` keeps its predecessor and its range, so reads never see a gap. On adoption `n`
+//! tells `m` so (`Adopted`, naming where `m`'s range starts), and `m` checks it by asking `n` for
+//! its predecessor. Only then is `m` *installed*: it owns its range and may hand part of it to a
+//! newer node. A node that is not installed owns nothing and ignores notifies; otherwise two
+//! newcomers in one gap could adopt each other before either held its keys, and keys would land
+//! on the wrong node.
 //!
 //! A graceful leave is the mirror image: the layer above hands everything to the successor, then
 //! [`Ring::announce_leave`] tells both neighbours, which close the gap at once. A node that left
@@ -78,6 +80,34 @@
 //! (after it answered), which stabilization spreads until the rings are one again (after
 //! Shafaat et al., "Dealing with network partitions in structured overlay networks", 2009).
 //!
+//! PLAUSIBILITY
+//!
+//! The requests that move ownership or drop a neighbour are checked against this node's view
+//! before they act; one no correct node could send in that view is refused with an error that
+//! says why ([`crate::rpc::Refusals`], counted by kind in [`Ring::refusals`]), nothing changed.
+//! Authentication (only cluster members may send) is the server's; this is the layer behind it,
+//! against a member that is stale, confused or buggy. What each request carries is compared with
+//! the ring state, as none names its sender beyond what it says:
+//! - *Notify*: Chord's rule (a notifier between our predecessor and us) stands, but the
+//!   notifier is pinged at the address it gave and must answer as itself before the layer above
+//!   hears of it: a hand-over streams our range to that address, and one with nothing to move
+//!   adopts at once. One answering as another node is refused; one not answering is dropped (a
+//!   live newcomer notifies again). A notify naming ourselves is refused.
+//! - *Adopted*: only a claim. A newcomer is installed when its successor itself names it its
+//!   predecessor (in the stabilize round the claim sets off at once); the claim only says where
+//!   the range starts. A start between us and our successor is refused.
+//! - *Leaving*: only from our predecessor or one of our successors, and not naming itself its
+//!   own predecessor. The successor list becomes the nearest `r` of ours and the leaver's
+//!   (its list only when it was our first successor), so no node we know is dropped for the
+//!   leaver's word.
+//! - *FailureNotice*: it suspects a neighbour only once our own probe of it has gone unanswered
+//!   for an interval (see the [`detector`]): a neighbour that answers is never dropped however
+//!   many notices come. One naming ourselves is refused.
+//!
+//! What cannot be checked without the sender: that an `Adopted` or a `Leaving` came from the
+//! node it concerns; a connection bound to a node's address by the server's handshake would let
+//! the ring compare the two.
+//!
 //! CAVEATS
 //!
 //! A node joining through a node that is itself still joining waits for it.
@@ -97,7 +127,7 @@
 use crate::error::{Error, Result};
 use crate::id::{BITS, Id, distance, in_half_open};
 use crate::message::{NodeRef, Request, RequestId, Response};
-use crate::rpc::{Calls, ConnId, Io, Pending, timer_phase};
+use crate::rpc::{Calls, ConnId, Io, Pending, Refusals, timer_phase};
 use detector::{Detector, DetectorOptions};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::SocketAddr;
@@ -254,6 +284,9 @@ pub(crate) enum Purpose {
     MergeCandidate { cand: NodeRef },
     /// Notify; the answer carries nothing.
     Notify,
+    /// Checking that a notifier answers as itself at the address it gave, before its
+    /// hand-over begins.
+    VerifyNewcomer { node: NodeRef },
     /// A heartbeat probe of a neighbour.
     Probe,
     /// A failure notice; the answer carries nothing.
@@ -285,6 +318,16 @@ pub struct Ring {
     /// The last predecessor we had: the start of the range we own while `pred` is unknown.
     range_start: Option<NodeRef>,
     succs: Vec<NodeRef>,
+    /// The predecessor our successor last named (successor id, its predecessor's id): whether it
+    /// has adopted us, which ends any hand-over to us.
+    succ_pred: Option<(Id, Option<Id>)>,
+    /// Notifiers being checked (pinged at the address they gave) before the layer above hears
+    /// of them.
+    verifying: BTreeSet<Id>,
+    /// Where our range starts by an `Adopted` that our successor has not confirmed yet.
+    adopted_start: Option<Option<NodeRef>>,
+    /// Requests refused as implausible, by kind.
+    refusals: Refusals,
     fingers: Vec<Option<NodeRef>>,
     next_finger: usize,
     finger_lookup: bool,
@@ -330,6 +373,10 @@ impl Ring {
             pred: None,
             range_start: None,
             succs: Vec::new(),
+            succ_pred: None,
+            verifying: BTreeSet::new(),
+            adopted_start: None,
+            refusals: Refusals::default(),
             fingers: vec![None; BITS],
             next_finger: 0,
             finger_lookup: false,
@@ -415,6 +462,18 @@ impl Ring {
     /// The successor list, nearest first (empty when alone).
     pub fn successors(&self) -> &[NodeRef] {
         &self.succs
+    }
+
+    /// Whether our successor, when last asked, named us its predecessor: it has adopted us, so
+    /// no hand-over to us is under way.
+    pub fn successor_adopted_me(&self) -> bool {
+        self.succ_pred == Some((self.successor().id, Some(self.me.id)))
+    }
+
+    /// The ring requests this node refused as implausible, by kind (see PLAUSIBILITY in the
+    /// [module documentation](self)).
+    pub fn refusals(&self) -> &Refusals {
+        &self.refusals
     }
 
     /// Finger `i` (`successor(self + 2^i)`), if known.
@@ -534,24 +593,20 @@ impl Ring {
                 pred: self.pred,
                 succs: self.succs.clone(),
             }),
-            Request::Notify { node } => {
-                self.on_notify(io, node);
-                Ok(Response::Ack)
-            }
-            Request::Leaving { node, pred, succs } => {
-                self.on_leaving(io, node, pred, succs);
-                Ok(Response::Ack)
-            }
+            Request::Notify { node } => self.on_notify(io, node).map(|()| Response::Ack),
+            Request::Leaving { node, pred, succs } => self
+                .on_leaving(io, node, pred, succs)
+                .map(|()| Response::Ack),
+            Request::FailureNotice { dead } if dead.id == self.me.id => Err(self
+                .refusals
+                .refuse("failure_notice", "it names us, and we are answering")),
             Request::FailureNotice { dead } => {
                 if let Some(v) = self.detector.on_notice(dead, io.now()) {
                     self.on_verdict(io, v);
                 }
                 Ok(Response::Ack)
             }
-            Request::Adopted { pred } => {
-                self.on_adopted(io, pred);
-                Ok(Response::Ack)
-            }
+            Request::Adopted { pred } => self.on_adopted(io, pred).map(|()| Response::Ack),
             Request::Lookup { key } => {
                 if !self.joined {
                     Err(Error::Unavailable("node is still joining the ring".into()))
@@ -628,6 +683,7 @@ impl Ring {
             Purpose::JoinNeighbors { succ } => self.on_join_neighbors(io, succ, response),
             Purpose::Stabilize { succ } => self.on_stabilize_answer(io, succ, response),
             Purpose::StabilizeCandidate { cand } => self.on_candidate_answer(io, cand, response),
+            Purpose::VerifyNewcomer { node } => self.on_newcomer_verified(io, node, response),
             Purpose::Notify | Purpose::Probe | Purpose::Notice => {}
             Purpose::Adopted { to, start } => {
                 if response.is_err() && self.pred == Some(to) {

@@ -33,11 +33,15 @@
 //! FAILURE NOTICES
 //!
 //! A node that detects a failure tells the others, so repair does not wait for every node's own
-//! timeout ([`Detector::on_notice`]). A notice suspects a monitored peer at once, *unless* we
-//! heard from that peer within the last `interval` ms: first-hand evidence of life beats
-//! second-hand news of death (the notifier may itself be wrong, or partitioned from the peer only).
-//! An overridden notice still makes the peer due for a probe at once, so a real failure is
-//! confirmed within one timeout.
+//! timeout ([`Detector::on_notice`]). A notice suspects a monitored peer at once only if our own
+//! probe of it has gone unanswered for at least `interval` ms: first-hand evidence of life
+//! beats second-hand news of death (the notifier may itself be wrong, stale, buggy, or
+//! partitioned from the peer only), and a peer that answers within the interval is never dropped
+//! on anyone's word, however many notices arrive. An overridden notice still makes the peer due
+//! for a probe at once (unless we heard from it within the interval), so a real failure is
+//! confirmed within one timeout, and repeated notices cost no more than one probe each interval.
+//! Where the peer did die, our probe is usually that overdue by the time a notice comes: the
+//! notifier waited a whole timeout, longer than the interval, before it sent it.
 //!
 //! MEMORY
 //!
@@ -425,21 +429,29 @@ impl Detector {
     }
 
     /// Another node says `dead` failed. Suspects it at once ([`Cause::Notice`]) if it is
-    /// monitored, not yet suspected, and we have not heard from it within the last `interval` ms
-    /// (`now < last_heard + interval` overrides the notice: first-hand evidence of life beats
-    /// second-hand news; the peer is then probed at once to settle it). Unmonitored peers are
-    /// ignored. Returns the verdict, if the notice caused one.
+    /// monitored, not yet suspected, and our own probe of it has gone unanswered for at least
+    /// `interval` ms: second-hand news of death only hastens a suspicion we have grounds for
+    /// ourselves. Otherwise the notice is overridden; the peer is probed at once to settle it,
+    /// unless we heard from it within the last `interval` ms (then its next probe is soon
+    /// anyway), so no number of notices costs a live peer more than its usual probes or evicts
+    /// it. Unmonitored peers are ignored. Returns the verdict, if the notice caused one.
     pub fn on_notice(&mut self, dead: NodeRef, now: u64) -> Option<Verdict> {
         let state = self.peers.get_mut(&dead.id)?;
         if state.suspicion.is_some() {
             return None;
         }
-        let heard_recently = state
-            .last_heard
-            .is_some_and(|heard| now < heard.saturating_add(self.opts.interval));
-        if heard_recently {
+        // Our own probe has gone unanswered for an interval: we have doubts of our own. (Any
+        // message from the peer clears its probe, so we have not heard from it since either.)
+        let overdue = state.probe_deadline.is_some()
+            && state
+                .last_probe
+                .is_some_and(|sent| now >= sent.saturating_add(self.opts.interval));
+        if !overdue {
             self.stats.notices_overridden += 1;
-            if state.probe_deadline.is_none() {
+            let heard_recently = state
+                .last_heard
+                .is_some_and(|heard| now < heard.saturating_add(self.opts.interval));
+            if state.probe_deadline.is_none() && !heard_recently {
                 state.next_probe = state.next_probe.min(now);
             }
             return None;

@@ -374,24 +374,31 @@ fn transport_error_other_than_refused_only_hastens_the_next_probe() {
 }
 
 #[test]
-fn notice_suspects_a_monitored_peer_unless_we_heard_from_it_within_the_interval() {
-    // (last heard, notice at, suspected?)
+fn notice_suspects_a_monitored_peer_only_once_our_own_probe_is_an_interval_overdue() {
+    // (probe sent at, answered at, notice at, suspected?, probed at once?)
     let cases = [
-        (None, 10, true),
-        (Some(1_000), 1_000, false),
-        (Some(1_000), 1_499, false),
-        (Some(1_000), 1_500, true),
-        (Some(1_000), 9_000, true),
+        (None, None, 10, false, true),
+        (Some(1_000), None, 1_000, false, false),
+        (Some(1_000), None, 1_499, false, false),
+        (Some(1_000), None, 1_500, true, false),
+        (Some(1_000), None, 1_900, true, false),
+        // Answered: heard within the interval, so not even an extra probe.
+        (Some(1_000), Some(1_010), 1_200, false, false),
+        // Answered long ago and not probed since: probed at once, not suspected.
+        (Some(1_000), Some(1_010), 9_000, false, true),
     ];
-    for (heard, at, suspects) in cases {
+    for (probed, answered, at, suspects, probes) in cases {
         let mut det = Detector::new(DetectorOptions::default());
         let p = peer(1);
         det.monitor([p], 0);
-        if let Some(heard) = heard {
+        if let Some(sent) = probed {
+            assert_eq!(det.poll_probes(sent), [p]);
+        }
+        if let Some(heard) = answered {
             det.on_ack(p.id, heard);
         }
         let verdict = det.on_notice(p, at);
-        let case = (heard, at);
+        let case = (probed, answered, at);
         assert_eq!(det.is_suspected(&p.id), suspects, "case {case:?}");
         if suspects {
             assert_eq!(
@@ -399,7 +406,7 @@ fn notice_suspects_a_monitored_peer_unless_we_heard_from_it_within_the_interval(
                 Some(Verdict::Suspected {
                     peer: p,
                     cause: Cause::Notice,
-                    detection_ms: at - heard.unwrap_or(0)
+                    detection_ms: at
                 }),
                 "case {case:?}"
             );
@@ -418,10 +425,40 @@ fn notice_suspects_a_monitored_peer_unless_we_heard_from_it_within_the_interval(
         } else {
             assert_eq!(verdict, None, "case {case:?}");
             assert_eq!(det.stats().notices_overridden, 1);
-            // ... and the peer is probed at once to settle it.
-            assert_eq!(det.poll_probes(at), [p], "case {case:?}");
+            let due: &[NodeRef] = if probes { &[p] } else { &[] };
+            assert_eq!(det.poll_probes(at), due, "case {case:?}");
         }
     }
+}
+
+/// A stale or buggy node repeating "it is dead" about a neighbour that answers its probes in
+/// 50 ms gets nowhere: the neighbour is never suspected, and is probed no more often than once
+/// an interval.
+#[test]
+fn repeated_notices_about_a_live_peer_neither_suspect_it_nor_multiply_its_probes() {
+    let opts = DetectorOptions::default();
+    let mut det = Detector::new(opts);
+    let p = peer(1);
+    det.monitor([p], 0);
+    let mut answers: Vec<u64> = Vec::new();
+    let mut probes = 0;
+    for now in (0..20_000).step_by(10) {
+        answers.retain(|&at| {
+            if at <= now {
+                assert_eq!(det.on_ack(p.id, now), None);
+            }
+            at > now
+        });
+        assert_eq!(det.tick(now), []);
+        for _ in det.poll_probes(now) {
+            probes += 1;
+            answers.push(now + 50);
+        }
+        assert_eq!(det.on_notice(p, now), None, "at {now} ms");
+    }
+    assert!(!det.is_suspected(&p.id));
+    assert_eq!(det.stats().notices_applied, 0);
+    assert!(probes <= 20_000 / opts.interval + 1, "{probes} probes");
 }
 
 #[test]
