@@ -8,6 +8,7 @@
 //! are what crosses the network, and [`server`] drives a node with real sockets, clocks and
 //! disks. [`testing`] holds the simulator and the history and session checkers.
 
+pub(crate) mod bounded;
 pub mod error;
 pub mod id;
 pub mod kv;

@@ -932,3 +932,46 @@ proptest! {
         check_no_write_lost(&pruned, &[], history::Supersession::Any)?;
     }
 }
+
+/// A state whose sibling list announces `count` siblings, with none present: context empty,
+/// then the list's length as a varint u64 (tag 253 and 8 bytes).
+fn state_announcing_siblings(count: u64) -> Vec<u8> {
+    let mut bytes = vec![0, 253];
+    bytes.extend_from_slice(&count.to_le_bytes());
+    bytes
+}
+
+#[test]
+fn a_state_announcing_more_siblings_than_its_bound_is_refused_from_the_length() {
+    // Refused for the length, before a sibling is decoded (none is there to decode).
+    let over = state_announcing_siblings(MAX_SIBLINGS as u64 + 1);
+    let err = Versioned::decode(&over).unwrap_err().to_string();
+    assert!(err.contains("at most 65536"), "{err}");
+    let within = state_announcing_siblings(MAX_SIBLINGS as u64);
+    let err = Versioned::decode(&within).unwrap_err().to_string();
+    assert!(!err.contains("at most"), "{err}");
+    // Four billion announced: the same, at once.
+    let huge = state_announcing_siblings(u64::from(u32::MAX));
+    assert!(matches!(
+        Versioned::decode(&huge),
+        Err(Error::InvalidData(_))
+    ));
+}
+
+#[test]
+fn version_vectors_decode_up_to_their_bound() {
+    let at: VersionVector = (0..MAX_VECTOR_ENTRIES as u32)
+        .map(|i| {
+            let mut id = [0u8; 20];
+            id[..4].copy_from_slice(&i.to_be_bytes());
+            (Id(id), 1)
+        })
+        .collect();
+    let bytes = bincode::serde::encode_to_vec(&at, bincode::config::standard()).unwrap();
+    assert_eq!(decode_exact::<VersionVector>(&bytes).unwrap(), at);
+    let mut over = at.clone();
+    over.add(&Dot::new(Id::MAX, 1));
+    let bytes = bincode::serde::encode_to_vec(&over, bincode::config::standard()).unwrap();
+    let err = decode_exact::<VersionVector>(&bytes).unwrap_err();
+    assert!(err.contains("at most 4096"), "{err}");
+}
