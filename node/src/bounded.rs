@@ -54,6 +54,48 @@ where
     deserializer.deserialize_map(MapVisitor::<K, V, N>(PhantomData))
 }
 
+/// Deserializes optional bytes (as `serde_bytes` encodes them) from the input itself: with a
+/// borrowing decoder (bincode's `decode_from_slice`) the announced length is checked against the
+/// bytes left before anything is allocated, where `serde_bytes::ByteBuf`'s own impl makes bincode
+/// allocate the announced length first (a state whose dependencies announced a terabyte aborted
+/// the process: found by the `version_state` fuzz target).
+///
+/// # Errors
+/// The decoder's, for a length beyond the input or malformed data.
+pub(crate) fn opt_bytes<'de, D>(deserializer: D) -> Result<Option<serde_bytes::ByteBuf>, D::Error>
+where
+    D: Deserializer<'de>,
+{
+    Option::<Bytes>::deserialize(deserializer).map(|bytes| bytes.map(|b| b.0))
+}
+
+/// Bytes asked of the decoder as a borrowed slice, see [`opt_bytes`].
+struct Bytes(serde_bytes::ByteBuf);
+
+impl<'de> Deserialize<'de> for Bytes {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Bytes, D::Error> {
+        deserializer.deserialize_bytes(BytesVisitor).map(Bytes)
+    }
+}
+
+struct BytesVisitor;
+
+impl<'de> Visitor<'de> for BytesVisitor {
+    type Value = serde_bytes::ByteBuf;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("bytes")
+    }
+
+    fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<Self::Value, E> {
+        Ok(serde_bytes::ByteBuf::from(v.to_vec()))
+    }
+
+    fn visit_byte_buf<E: serde::de::Error>(self, v: Vec<u8>) -> Result<Self::Value, E> {
+        Ok(serde_bytes::ByteBuf::from(v))
+    }
+}
+
 struct VecVisitor<T, const N: usize>(PhantomData<T>);
 
 impl<'de, T: Deserialize<'de>, const N: usize> Visitor<'de> for VecVisitor<T, N> {

@@ -298,6 +298,7 @@ pub struct Sibling {
     /// What the write depended on, if a session wrote it ([`crate::session`]): readers that
     /// see this version inherit them. Kept encoded ([`Deps::encode`]): a node decodes them only
     /// to answer a session read, not every time it reads, merges or digests the state.
+    #[serde(deserialize_with = "crate::bounded::opt_bytes")]
     pub deps: Option<serde_bytes::ByteBuf>,
 }
 
@@ -837,8 +838,10 @@ impl Versioned {
 pub(crate) fn decode_exact<T: serde::de::DeserializeOwned>(
     bytes: &[u8],
 ) -> std::result::Result<T, String> {
-    let (v, used) = bincode::serde::decode_from_slice(bytes, bincode::config::standard())
-        .map_err(|e| e.to_string())?;
+    // The limit bounds what length fields may claim, as on the wire: no state, dependencies or
+    // token is larger than a frame.
+    let config = bincode::config::standard().with_limit::<{ crate::wire::HARD_MAX_FRAME }>();
+    let (v, used) = bincode::serde::decode_from_slice(bytes, config).map_err(|e| e.to_string())?;
     if used != bytes.len() {
         return Err(format!("{} trailing bytes", bytes.len() - used));
     }

@@ -975,3 +975,44 @@ fn version_vectors_decode_up_to_their_bound() {
     let err = decode_exact::<VersionVector>(&bytes).unwrap_err();
     assert!(err.contains("at most 4096"), "{err}");
 }
+
+/// A state of one sibling whose dependencies announce `len` bytes (and carry none).
+fn state_with_deps_announcing(len: u64) -> Vec<u8> {
+    // Empty context, one sibling: dot (actor of 20 bytes, counter 1), no value, deps present.
+    let mut bytes = vec![0, 1];
+    bytes.extend_from_slice(&[7; 20]);
+    bytes.extend_from_slice(&[1, 0, 1, 253]);
+    bytes.extend_from_slice(&len.to_le_bytes());
+    bytes
+}
+
+#[test]
+fn fuzz_a_state_whose_deps_announce_a_terabyte_is_refused_without_allocating_it() {
+    // Found by the version_state fuzz target: bincode allocated the announced length of a
+    // sibling's deps (serde_bytes::ByteBuf) before reading them, and a terabyte aborted the
+    // process. Now the length is checked against the input first.
+    let err = Versioned::decode(&state_with_deps_announcing(1 << 40)).unwrap_err();
+    assert!(matches!(err, Error::InvalidData(_)), "{err}");
+    // The fuzzer's own input: a cut byte, then two states split at it.
+    let input: &[u8] = &[
+        98, 2, 191, 139, 69, 48, 216, 210, 70, 221, 116, 89, 91, 161, 52, 113, 187, 161, 121, 65,
+        223, 247, 1, 196, 234, 33, 54, 91, 187, 190, 234, 84, 137, 62, 86, 209, 226, 184, 196, 78,
+        1, 1, 191, 139, 69, 48, 216, 210, 70, 221, 116, 172, 83, 79, 52, 113, 187, 161, 121, 65,
+        223, 247, 2, 0, 1, 29, 1, 5, 111, 116, 104, 101, 114, 1, 253, 255, 255, 255, 0, 10, 255, 0,
+        0, 18, 96, 79, 148, 84, 20, 196, 78, 1, 249, 2, 118, 49, 52, 113, 187, 161, 121, 65, 223,
+        247, 2, 0,
+    ];
+    let (&cut, rest) = input.split_first().unwrap();
+    let (a, b) = rest.split_at(usize::from(cut));
+    for state in [a, b] {
+        if let Ok(v) = Versioned::decode(state) {
+            assert_eq!(Versioned::decode(&v.encode()).unwrap(), v);
+        }
+    }
+    // Deps that are there still decode.
+    let mut s = Versioned::empty();
+    let mut deps = Deps::new();
+    deps.add(b"other", &vv(&[(3, 4)]));
+    s.write_replacing(n(1), &VersionVector::new(), &[], val("v"), Some(&deps));
+    assert_eq!(Versioned::decode(&s.encode()).unwrap(), s);
+}
