@@ -30,6 +30,7 @@
 //! on the way are one enum.
 
 pub mod bench;
+pub mod context_token;
 pub mod route;
 pub mod session_file;
 

@@ -9,6 +9,7 @@
 //! disks. [`testing`] holds the simulator and the history and session checkers.
 
 pub mod auth;
+pub(crate) mod bounded;
 pub mod error;
 pub mod id;
 pub mod kv;

@@ -8,6 +8,18 @@
 //! Requests fall in three groups: ring maintenance between nodes (Chord's RPCs), data placement
 //! between nodes (store operations on the owner and key transfers), and client requests, which any
 //! node accepts and coordinates.
+//!
+//! BOUNDS
+//!
+//! Every list a message carries has a bound on its length, checked while the frame is decoded,
+//! from the length bincode announces before the elements ([`crate::bounded`]): a frame that
+//! breaks one is [`Error::InvalidData`] before its list is allocated. Without them a peer could
+//! fill an 8 MiB frame with four million one-byte keys, which take some 220 MB and a second to
+//! decode. Each bound sits well above what the protocol itself sends, and every sender keeps to
+//! it: [`MAX_ITEMS`] for keys and items, [`MAX_NODES`] for nodes, ids and addresses,
+//! [`MAX_TREE_NODES`] for hash-tree nodes, and [`crate::version::MAX_SIBLINGS`] for the values of
+//! a read. The lists nested inside (version vectors, session floors and dependencies, a state's
+//! siblings) have their own bounds beside their types.
 
 use crate::Error;
 use crate::id::Id;
@@ -20,6 +32,60 @@ use std::net::SocketAddr;
 
 /// Chosen by the sender of a request, unique among its requests in flight on that connection.
 pub type RequestId = u64;
+
+/// Most keys or items one list of a data-placement message carries: the items of a
+/// [`Request::Transfer`], [`Request::Replicate`], [`Request::Handoff`] and [`Request::Reap`],
+/// the keys of a [`Request::SyncFetch`], and the lists of their answers. The protocol's batches
+/// hold at most `kv::Options::transfer_batch` (512 by default, validated against this bound)
+/// and `SYNC_BATCH` (256) items; a [`Response::SyncKeys`] listing, bounded by bytes, stops at
+/// this count too. 4096 one-byte items cost well under a megabyte to decode.
+pub const MAX_ITEMS: usize = 4096;
+
+/// Most nodes, node ids or addresses in one list: successor lists (at most 64, the node's
+/// `--successors` bound), finger lists (at most [`crate::id::BITS`] distinct nodes), a lookup's
+/// avoid list (one entry per failed hop, within the ring's hop limit of 256 by default) and the
+/// peers of a [`Request::Block`].
+pub const MAX_NODES: usize = 1024;
+
+/// Most hash-tree nodes one [`Request::SyncTree`] names, and so one [`Response::SyncKeys`]
+/// names back: [`crate::kv::tree::FANOUT`]², as the anti-entropy descent sends.
+pub const MAX_TREE_NODES: usize = crate::kv::tree::FANOUT * crate::kv::tree::FANOUT;
+
+/// Decodes a list of at most [`MAX_ITEMS`].
+fn items<'de, D, T>(d: D) -> Result<Vec<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    crate::bounded::vec::<_, _, MAX_ITEMS>(d)
+}
+
+/// Decodes a list of at most [`MAX_NODES`].
+fn nodes<'de, D, T>(d: D) -> Result<Vec<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    crate::bounded::vec::<_, _, MAX_NODES>(d)
+}
+
+/// Decodes a list of at most [`MAX_TREE_NODES`].
+fn tree_nodes<'de, D, T>(d: D) -> Result<Vec<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    crate::bounded::vec::<_, _, MAX_TREE_NODES>(d)
+}
+
+/// Decodes a list of at most [`crate::version::MAX_SIBLINGS`].
+fn siblings<'de, D, T>(d: D) -> Result<Vec<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    crate::bounded::vec::<_, _, { crate::version::MAX_SIBLINGS }>(d)
+}
 
 /// A node as others see it: where it sits on the ring and where to reach it.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -72,7 +138,8 @@ pub enum Request {
     FindSuccessor {
         /// The identifier whose successor is sought.
         target: Id,
-        /// Nodes the asker found dead; the answer must not name them.
+        /// Nodes the asker found dead; the answer must not name them. At most [`MAX_NODES`].
+        #[serde(deserialize_with = "nodes")]
         avoid: Vec<Id>,
     },
     /// Stabilization: tell me your predecessor and successor list ([`Response::Neighbors`]).
@@ -89,7 +156,8 @@ pub enum Request {
         node: NodeRef,
         /// Its predecessor, for its successor to adopt.
         pred: Option<NodeRef>,
-        /// Its successor list, for its predecessor to adopt.
+        /// Its successor list, for its predecessor to adopt. At most [`MAX_NODES`].
+        #[serde(deserialize_with = "nodes")]
         succs: Vec<NodeRef>,
     },
     /// A neighbour found `dead` unresponsive: suspect it now unless you heard from it very
@@ -111,9 +179,12 @@ pub enum Request {
     Transfer {
         /// The node handing them over.
         from: NodeRef,
-        /// Key/value pairs to store, overwriting what the receiver holds.
+        /// Key/value pairs to store, overwriting what the receiver holds. At most [`MAX_ITEMS`].
+        #[serde(deserialize_with = "items")]
         items: Vec<(Vec<u8>, Vec<u8>)>,
-        /// Keys the sender handed over earlier and that have since been deleted.
+        /// Keys the sender handed over earlier and that have since been deleted. At most
+        /// [`MAX_ITEMS`].
+        #[serde(deserialize_with = "items")]
         deletes: Vec<Vec<u8>>,
         /// The sender is leaving and hands over everything it holds. The receiver takes it only
         /// if the sender is its predecessor; if a newer node sits between them it answers
@@ -153,7 +224,8 @@ pub enum Request {
     /// Answered with [`Response::Ack`] once stored. The owner sends it on every write and to
     /// repair replicas (read repair, anti-entropy).
     Replicate {
-        /// Keys and their encoded [`crate::version::Versioned`] states.
+        /// Keys and their encoded [`crate::version::Versioned`] states. At most [`MAX_ITEMS`].
+        #[serde(deserialize_with = "items")]
         items: Vec<(Vec<u8>, Vec<u8>)>,
     },
     /// Replication: send me your copy of `key` ([`Response::State`]), for a quorum read.
@@ -177,13 +249,16 @@ pub enum Request {
         to: Id,
         /// The tree level, 0 (the root) to [`crate::kv::tree::DEPTH`] (the leaves).
         level: u8,
-        /// (node index within the level, the asker's summary hash of it).
+        /// (node index within the level, the asker's summary hash of it). At most
+        /// [`MAX_TREE_NODES`].
+        #[serde(deserialize_with = "tree_nodes")]
         nodes: Vec<(u32, u64)>,
     },
     /// Anti-entropy: send me your states of these keys ([`Response::SyncItems`]), in this
     /// order, within `max_bytes`.
     SyncFetch {
-        /// The keys.
+        /// The keys. At most [`MAX_ITEMS`].
+        #[serde(deserialize_with = "items")]
         keys: Vec<Vec<u8>>,
         /// Most bytes of keys and states the answer may carry (it carries one state at least,
         /// whatever its size); the answerer's own budget bounds it too.
@@ -196,7 +271,8 @@ pub enum Request {
     Handoff {
         /// The node handing its copies off.
         from: NodeRef,
-        /// Keys and their encoded [`crate::version::Versioned`] states.
+        /// Keys and their encoded [`crate::version::Versioned`] states. At most [`MAX_ITEMS`].
+        #[serde(deserialize_with = "items")]
         items: Vec<(Vec<u8>, Vec<u8>)>,
     },
     /// Tombstone collection, sent by a key's owner to its replicas (and to its former replicas
@@ -204,7 +280,9 @@ pub enum Request {
     /// of these keys do you hold with exactly this state digest? With `commit` true: delete
     /// those you still hold with exactly this digest. Answered with [`Response::Reaped`].
     Reap {
-        /// Keys and the digests of their tombstone-only states at the owner.
+        /// Keys and the digests of their tombstone-only states at the owner. At most
+        /// [`MAX_ITEMS`].
+        #[serde(deserialize_with = "items")]
         items: Vec<(Vec<u8>, u64)>,
         /// Delete (true) or only check (false).
         commit: bool,
@@ -263,7 +341,8 @@ pub enum Request {
     /// `peers` (an empty list heals), as a network partition would. Refused with
     /// [`Error::InvalidInput`] unless the node runs with `--allow-fault-injection`.
     Block {
-        /// The peers to cut this node off from.
+        /// The peers to cut this node off from. At most [`MAX_NODES`].
+        #[serde(deserialize_with = "nodes")]
         peers: Vec<SocketAddr>,
     },
 }
@@ -282,7 +361,8 @@ pub enum Response {
     Neighbors {
         /// The answering node's predecessor, if it knows one.
         pred: Option<NodeRef>,
-        /// The answering node's successor list, nearest first.
+        /// The answering node's successor list, nearest first. At most [`MAX_NODES`].
+        #[serde(deserialize_with = "nodes")]
         succs: Vec<NodeRef>,
     },
     /// The request was carried out (and any data it carried is stored).
@@ -313,9 +393,12 @@ pub enum Response {
     /// entry hashes, in ring order from the start of the range, so the asker can tell exactly
     /// which keys differ.
     SyncKeys {
-        /// The nodes asked about that differ, in the order asked.
+        /// The nodes asked about that differ, in the order asked. At most [`MAX_TREE_NODES`].
+        #[serde(deserialize_with = "tree_nodes")]
         differ: Vec<u32>,
-        /// At the leaf level, the keys in the differing leaves and their entry hashes.
+        /// At the leaf level, the keys in the differing leaves and their entry hashes. At most
+        /// [`MAX_ITEMS`].
+        #[serde(deserialize_with = "items")]
         keys: Vec<(Vec<u8>, u64)>,
         /// Whether `keys` lists every such key; if not, it stops at a size bound and the keys
         /// after the last one listed are compared in a later exchange.
@@ -327,7 +410,8 @@ pub enum Response {
     /// Answer to [`Request::SyncFetch`]: the answerer's states of the keys asked for that it
     /// holds.
     SyncItems {
-        /// Keys and their encoded [`crate::version::Versioned`] states.
+        /// Keys and their encoded [`crate::version::Versioned`] states. At most [`MAX_ITEMS`].
+        #[serde(deserialize_with = "items")]
         items: Vec<(Vec<u8>, Vec<u8>)>,
         /// Whether every key asked for was considered; if not, the answer stopped at its byte
         /// budget and the keys asked for after the last one answered were left out.
@@ -337,17 +421,22 @@ pub enum Response {
     /// owner and all its replicas now store states that include them, and the owner's merged
     /// states of the keys it took, for the sender to bring the copies it keeps up to date.
     HandedOff {
-        /// The keys the sender may delete.
+        /// The keys the sender may delete. At most [`MAX_ITEMS`].
+        #[serde(deserialize_with = "items")]
         keys: Vec<Vec<u8>>,
-        /// Keys and the owner's encoded [`crate::version::Versioned`] states.
+        /// Keys and the owner's encoded [`crate::version::Versioned`] states. At most
+        /// [`MAX_ITEMS`].
+        #[serde(deserialize_with = "items")]
         states: Vec<(Vec<u8>, Vec<u8>)>,
     },
     /// Answer to [`Request::Reap`]: the keys held with the given digest (or deleted), and those
     /// not held at all.
     Reaped {
-        /// The keys held with the digest asked about.
+        /// The keys held with the digest asked about. At most [`MAX_ITEMS`].
+        #[serde(deserialize_with = "items")]
         keys: Vec<Vec<u8>>,
-        /// The keys held in no state at all.
+        /// The keys held in no state at all. At most [`MAX_ITEMS`].
+        #[serde(deserialize_with = "items")]
         absent: Vec<Vec<u8>>,
     },
     /// Answer to [`Request::Lookup`].
@@ -360,7 +449,8 @@ pub enum Response {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReadReply {
     /// The live values, one per concurrent version (sibling); empty if the key is absent or
-    /// deleted.
+    /// deleted. At most [`crate::version::MAX_SIBLINGS`].
+    #[serde(deserialize_with = "siblings")]
     pub values: Vec<Vec<u8>>,
     /// The causal context: pass it back with a write to replace exactly these versions.
     pub context: VersionVector,
@@ -403,9 +493,12 @@ pub struct NodeStatus {
     pub joined: bool,
     /// Its predecessor, if known.
     pub pred: Option<NodeRef>,
-    /// Its successor list, nearest first.
+    /// Its successor list, nearest first. At most [`MAX_NODES`].
+    #[serde(deserialize_with = "nodes")]
     pub succs: Vec<NodeRef>,
-    /// The distinct nodes in its finger table, in ring order from the node.
+    /// The distinct nodes in its finger table, in ring order from the node. At most
+    /// [`MAX_NODES`].
+    #[serde(deserialize_with = "nodes")]
     pub fingers: Vec<NodeRef>,
     /// How many keys it stores: its own and its copies of its predecessors' keys.
     pub keys: u64,

@@ -522,6 +522,7 @@ pub async fn serve<S: Storage>(
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let mut shutdown = std::pin::pin!(shutdown);
     let mut leave_deadline: Option<Instant> = None;
+    let mut exported = Instant::now();
     let batch = match config.durability {
         Durability::PerWrite => 1,
         _ => BATCH,
@@ -548,6 +549,15 @@ pub async fn serve<S: Storage>(
             }
             _ = ticker.tick() => {
                 node.tick(now());
+                if exported.elapsed() >= Duration::from_secs(1) {
+                    exported = Instant::now();
+                    // Requests the ring or data layer found implausible (a forged or stale
+                    // hand-over, notice or collection), by kind.
+                    for (kind, n) in node.refusals().counts() {
+                        metrics::counter!("chordkv_requests_implausible_total", "kind" => kind)
+                            .absolute(n);
+                    }
+                }
                 if leave_deadline.is_some_and(|d| Instant::now() > d) {
                     warn!("graceful leave did not finish in time; exiting anyway");
                     break 'core None;

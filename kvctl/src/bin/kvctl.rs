@@ -25,6 +25,7 @@ use chordkv_node::auth::Token;
 use chordkv_node::tls::ClientTls;
 use chordkv_node::wire::{Credential, Dialer};
 use clap::{Parser, Subcommand};
+use kvctl::context_token::parse_context;
 use kvctl::session_file::{Saved, SessionFile};
 use kvctl::{
     Client, Error, LookupInfo, NodeRef, ReadReply, RingMember, RingView, Session, VersionVector,
@@ -585,19 +586,6 @@ async fn command(
     }
 }
 
-/// Parses a `--context` TOKEN.
-fn parse_context(token: &str) -> anyhow::Result<VersionVector> {
-    kvctl::Context::from_token(token)
-        .map(VersionVector::from)
-        .map_err(|e| {
-            let why = match e {
-                Error::InvalidInput(m) => m,
-                e => e.to_string(),
-            };
-            anyhow!("{why} (pass --context the TOKEN that `kvctl get` printed, unchanged)")
-        })
-}
-
 /// The stderr line for a key with several values: how many, and the command that replaces them.
 fn siblings_hint(key: &str, read: &ReadReply) -> String {
     format!(
@@ -1087,17 +1075,6 @@ mod tests {
         let v = read_json("k", &read(&[]));
         assert_eq!(v["found"], false);
         assert_eq!(v["values"], json!([]));
-    }
-
-    #[test]
-    fn context_tokens_parse_or_fail_in_one_line() {
-        let token = kvctl::Context::empty().to_token();
-        assert_eq!(parse_context(&token).ok(), Some(VersionVector::new()));
-        for bad in ["", "zz", "abc", "00ff"] {
-            let err = parse_context(bad).expect_err(bad).to_string();
-            assert!(err.starts_with("bad context token: "), "{bad}: {err}");
-            assert_eq!(err.lines().count(), 1, "{bad}: {err}");
-        }
     }
 
     #[test]

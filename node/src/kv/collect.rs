@@ -45,7 +45,7 @@ use super::sync::{SYNC_BATCH, state_digest};
 use super::{Event, Kv, KvIo, Purpose};
 use crate::error::{Error, Result};
 use crate::id::{Id, in_half_open};
-use crate::message::{NodeRef, Request, Response};
+use crate::message::{MAX_ITEMS, NodeRef, Request, Response};
 use crate::ring::Ring;
 use crate::storage::Storage;
 use crate::version::Versioned;
@@ -155,7 +155,8 @@ impl<S: Storage> Kv<S> {
         from: NodeRef,
         items: Vec<(Vec<u8>, Vec<u8>)>,
     ) {
-        let mut merged = self.batch(usize::MAX);
+        // At most one state per item handed off, and those are at most MAX_ITEMS.
+        let mut merged = self.batch(MAX_ITEMS);
         for (key, bytes) in items {
             let owned = self.in_own_range(ring, Id::hash(&key));
             // A copy that does not decode is left where it is; the rest go on.

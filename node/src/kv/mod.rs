@@ -175,7 +175,8 @@ pub struct Options {
     pub request_timeout: u64,
     /// Pause before retrying a request that met a changing ring, in ms.
     pub retry_delay: u64,
-    /// Most key/value pairs in one transfer message.
+    /// Most key/value pairs in one transfer message (and most deletes), at most
+    /// [`crate::message::MAX_ITEMS`].
     pub transfer_batch: usize,
     /// Most bytes of keys and states in one message that carries them, one item at least: a
     /// transfer round, an anti-entropy push or fetch answer, a hash-tree answer's key list, a hint
@@ -219,15 +220,24 @@ impl Options {
         }
     }
 
-    /// Checks that the quorums fit the replication factor.
+    /// Checks that the quorums fit the replication factor and a transfer batch fits what a
+    /// receiver decodes.
     ///
     /// # Errors
-    /// [`Error::InvalidInput`] naming the first quorum outside `1..=N`.
+    /// [`Error::InvalidInput`] naming the first quorum outside `1..=N`, or a transfer batch over
+    /// [`crate::message::MAX_ITEMS`].
     pub fn validate(&self) -> Result<()> {
         if self.replicas == 0 {
             return Err(Error::InvalidInput(
                 "replicas (N) must be at least 1".into(),
             ));
+        }
+        if self.transfer_batch > crate::message::MAX_ITEMS {
+            return Err(Error::InvalidInput(format!(
+                "the transfer batch {} is over {}: a receiver refuses longer lists",
+                self.transfer_batch,
+                crate::message::MAX_ITEMS
+            )));
         }
         for (name, q) in [("write", self.write_quorum), ("read", self.read_quorum)] {
             if q == 0 || q > self.replicas {

@@ -57,7 +57,7 @@ use super::tree::{self, Cover, DEPTH, FANOUT, LEAVES, entry_hash, level_width};
 use super::{Batch, Event, FetchOp, Kv, KvIo, Purpose, Routed, SyncOp};
 use crate::error::{Error, Result};
 use crate::id::{Id, in_half_open, in_open};
-use crate::message::{NodeRef, Request, Response};
+use crate::message::{MAX_ITEMS, MAX_TREE_NODES, NodeRef, Request, Response};
 use crate::ring::{Lookup, Ring};
 use crate::storage::Storage;
 use crate::version::Versioned;
@@ -68,6 +68,9 @@ pub(super) const SYNC_BATCH: usize = 256;
 
 /// Most hash-tree nodes in one descent request: the children of [`FANOUT`] nodes.
 pub(super) const MAX_SYNC_NODES: usize = FANOUT * FANOUT;
+
+// What the messages' decoders accept (message.rs, BOUNDS) must hold what we send.
+const _: () = assert!(SYNC_BATCH <= MAX_ITEMS && MAX_SYNC_NODES <= MAX_TREE_NODES);
 
 /// Most batches of anti-entropy or hand-off a node chains per sync interval after the first: an
 /// exchange with more to do goes on at once, one in flight at a time, up to this many more.
@@ -310,7 +313,8 @@ impl<S: Storage> Kv<S> {
         let (mut keys, mut bytes, mut complete) = (Vec::new(), 0, true);
         if level == DEPTH {
             complete = self.storage.visit_leaves(&cover, &differ, &mut |k, v| {
-                if bytes >= self.opts.batch_bytes {
+                // Bounded by count too: a receiver refuses a list longer than MAX_ITEMS.
+                if bytes >= self.opts.batch_bytes || keys.len() >= MAX_ITEMS {
                     return false;
                 }
                 bytes += k.len() + 16;
@@ -330,7 +334,8 @@ impl<S: Storage> Kv<S> {
     /// within the asker's byte budget and ours; `complete` says whether all fitted.
     pub(super) fn on_sync_fetch(&self, keys: Vec<Vec<u8>>, max_bytes: u64) -> Result<Response> {
         let max_bytes = usize::try_from(max_bytes).unwrap_or(usize::MAX);
-        let mut batch = Batch::new(max_bytes.min(self.opts.batch_bytes), usize::MAX);
+        // At most one item per key asked for, and a request's keys are at most MAX_ITEMS.
+        let mut batch = Batch::new(max_bytes.min(self.opts.batch_bytes), MAX_ITEMS);
         let mut complete = true;
         for k in keys {
             if let Some(v) = self.storage.get(&k)? {

@@ -6,7 +6,7 @@
 use super::{Event, Kv, KvIo, Purpose};
 use crate::error::{Error, Result};
 use crate::id::{Id, distance, in_half_open, in_open};
-use crate::message::{NodeRef, Request, Response};
+use crate::message::{MAX_ITEMS, NodeRef, Request, Response};
 use crate::ring::Ring;
 use crate::storage::Storage;
 use crate::version::Versioned;
@@ -294,7 +294,10 @@ impl<S: Storage> Kv<S> {
         let Some(t) = self.transfer.as_ref() else {
             return;
         };
-        let mut batch = self.batch(self.opts.transfer_batch);
+        // Items and deletes are each bounded by this count; a receiver refuses more than
+        // MAX_ITEMS (Options::validate says so, and an unvalidated option is clamped here).
+        let per_round = self.opts.transfer_batch.min(MAX_ITEMS);
+        let mut batch = self.batch(per_round);
         let mut hashes = Vec::new();
         let mut deletes = Vec::new();
         let mut sweep = Sweep::Done;
@@ -326,7 +329,7 @@ impl<S: Storage> Kv<S> {
             }
             // Swept: what was written since.
             _ => {
-                let (keys, overflowed) = self.storage.take_watched(self.opts.transfer_batch);
+                let (keys, overflowed) = self.storage.take_watched(per_round);
                 if overflowed {
                     // Some writes went unnoted: sweep the range again.
                     sweep = Sweep::At(None);

@@ -118,6 +118,16 @@ pub const MAX_DEPS_BYTES: usize = 32 << 10;
 /// Most written dots a floor names (one per process that shared the session concurrently).
 pub const MAX_WROTE: usize = 8;
 
+/// Most written dots a decoded [`Floor`] may name: a bound on decoding memory, above
+/// [`MAX_WROTE`] so that a floor over the policy bound but not absurd is still refused with
+/// [`Floor::validate`]'s clear answer rather than as an undecodable frame.
+const MAX_WROTE_DECODED: usize = 8 * MAX_WROTE;
+
+/// Most keys decoded [`Deps`] may name: a bound on decoding memory. A write carries at most
+/// [`MAX_DEPS`] (checked by [`Deps::validate`]); a read's, the union over its siblings, feeds a
+/// session that holds at most [`MAX_KEYS`] keys anyway.
+const MAX_DEPS_DECODED: usize = MAX_KEYS;
+
 /// Magic and format version of [`Session::to_bytes`].
 const MAGIC: &[u8; 4] = b"CKVS";
 const FORMAT: u8 = 1;
@@ -156,6 +166,7 @@ pub struct Floor {
     pub read: VersionVector,
     /// The dots of the session's latest acknowledged writes of the key: one, unless several
     /// processes shared the session (see [`Session::merge`]); at most [`MAX_WROTE`].
+    #[serde(deserialize_with = "crate::bounded::vec::<_, _, MAX_WROTE_DECODED>")]
     pub wrote: Vec<Dot>,
     /// What the values the session read of other keys depended on, for this key.
     pub deps: VersionVector,
@@ -244,7 +255,10 @@ impl fmt::Display for SessionId {
 /// What a write depended on: per other key, the vector a reader must see of it. Sorted by key,
 /// one entry per key.
 #[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub struct Deps(Vec<(Vec<u8>, VersionVector)>);
+pub struct Deps(
+    #[serde(deserialize_with = "crate::bounded::vec::<_, _, MAX_DEPS_DECODED>")]
+    Vec<(Vec<u8>, VersionVector)>,
+);
 
 impl Deps {
     /// No dependencies.

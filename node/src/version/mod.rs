@@ -184,9 +184,31 @@ pub enum Causality {
 /// and zero entries are never stored, so equal histories are equal values. The derived order
 /// (`Ord`) is lexicographic over the entries, for sorting; the causal order is
 /// [`VersionVector::compare`].
-#[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(from = "BTreeMap<Id, u64>", into = "BTreeMap<Id, u64>")]
+///
+/// Decoding refuses more than [`MAX_VECTOR_ENTRIES`] entries.
+#[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(into = "BTreeMap<Id, u64>")]
 pub struct VersionVector(BTreeMap<Id, u64>);
+
+/// Most entries a decoded [`VersionVector`] may have: a bound on decoding memory, far above the
+/// actors a key meets (a write prunes its context to [`VersionLimits::max_clock_entries`], 64 by
+/// default, and a context token holds about a thousand).
+pub const MAX_VECTOR_ENTRIES: usize = 4096;
+
+/// Most siblings a decoded [`Versioned`] may have (and values a read may return): a bound on
+/// decoding memory, far above [`VersionLimits::max_siblings`] (100 by default), which a merge of
+/// replicas may exceed for a while.
+pub const MAX_SIBLINGS: usize = 1 << 16;
+
+/// Most applied write ids a decoded [`Versioned`] may remember:
+/// [`APPLIED_PER_COORDINATOR`] for each of [`MAX_VECTOR_ENTRIES`] coordinators.
+const MAX_APPLIED: usize = APPLIED_PER_COORDINATOR * MAX_VECTOR_ENTRIES;
+
+impl<'de> Deserialize<'de> for VersionVector {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        crate::bounded::btree_map::<_, _, _, MAX_VECTOR_ENTRIES>(d).map(VersionVector::from)
+    }
+}
 
 impl VersionVector {
     /// The empty vector: has seen nothing.
@@ -325,6 +347,7 @@ pub struct Sibling {
     /// What the write depended on, if a session wrote it ([`crate::session`]): readers that
     /// see this version inherit them. Kept encoded ([`Deps::encode`]): a node decodes them only
     /// to answer a session read, not every time it reads, merges or digests the state.
+    #[serde(deserialize_with = "crate::bounded::opt_bytes")]
     pub deps: Option<serde_bytes::ByteBuf>,
 }
 
@@ -453,6 +476,7 @@ pub struct Versioned {
 struct Applied {
     dot: Dot,
     /// Sorted, without `dot`; at most [`MAX_FORMS`] − 1.
+    #[serde(deserialize_with = "crate::bounded::vec::<_, _, MAX_FORMS>")]
     also: Vec<Dot>,
 }
 
@@ -484,8 +508,10 @@ pub struct WriteId {
 #[derive(Deserialize)]
 struct VersionedRepr {
     context: VersionVector,
+    #[serde(deserialize_with = "crate::bounded::vec::<_, _, MAX_SIBLINGS>")]
     siblings: Vec<Sibling>,
     pruned: u64,
+    #[serde(deserialize_with = "crate::bounded::btree_map::<_, _, _, MAX_APPLIED>")]
     applied: BTreeMap<WriteId, Applied>,
 }
 
@@ -999,8 +1025,10 @@ impl Versioned {
 pub(crate) fn decode_exact<T: serde::de::DeserializeOwned>(
     bytes: &[u8],
 ) -> std::result::Result<T, String> {
-    let (v, used) = bincode::serde::decode_from_slice(bytes, bincode::config::standard())
-        .map_err(|e| e.to_string())?;
+    // The limit bounds what length fields may claim, as on the wire: no state, dependencies or
+    // token is larger than a frame.
+    let config = bincode::config::standard().with_limit::<{ crate::wire::HARD_MAX_FRAME }>();
+    let (v, used) = bincode::serde::decode_from_slice(bytes, config).map_err(|e| e.to_string())?;
     if used != bytes.len() {
         return Err(format!("{} trailing bytes", bytes.len() - used));
     }

@@ -1112,3 +1112,87 @@ fn an_applied_write_record_with_an_unissued_dot_is_disowned() {
     assert_eq!(peer.applied_dot(&id), None);
     assert_eq!(peer.dots().collect::<Vec<_>>(), [d]);
 }
+
+/// A state whose sibling list announces `count` siblings, with none present: context empty,
+/// then the list's length as a varint u64 (tag 253 and 8 bytes).
+fn state_announcing_siblings(count: u64) -> Vec<u8> {
+    let mut bytes = vec![0, 253];
+    bytes.extend_from_slice(&count.to_le_bytes());
+    bytes
+}
+
+#[test]
+fn a_state_announcing_more_siblings_than_its_bound_is_refused_from_the_length() {
+    // Refused for the length, before a sibling is decoded (none is there to decode).
+    let over = state_announcing_siblings(MAX_SIBLINGS as u64 + 1);
+    let err = Versioned::decode(&over).unwrap_err().to_string();
+    assert!(err.contains("at most 65536"), "{err}");
+    let within = state_announcing_siblings(MAX_SIBLINGS as u64);
+    let err = Versioned::decode(&within).unwrap_err().to_string();
+    assert!(!err.contains("at most"), "{err}");
+    // Four billion announced: the same, at once.
+    let huge = state_announcing_siblings(u64::from(u32::MAX));
+    assert!(matches!(
+        Versioned::decode(&huge),
+        Err(Error::InvalidData(_))
+    ));
+}
+
+#[test]
+fn version_vectors_decode_up_to_their_bound() {
+    let at: VersionVector = (0..MAX_VECTOR_ENTRIES as u32)
+        .map(|i| {
+            let mut id = [0u8; 20];
+            id[..4].copy_from_slice(&i.to_be_bytes());
+            (Id(id), 1)
+        })
+        .collect();
+    let bytes = bincode::serde::encode_to_vec(&at, bincode::config::standard()).unwrap();
+    assert_eq!(decode_exact::<VersionVector>(&bytes).unwrap(), at);
+    let mut over = at.clone();
+    over.add(&Dot::new(Id::MAX, 1));
+    let bytes = bincode::serde::encode_to_vec(&over, bincode::config::standard()).unwrap();
+    let err = decode_exact::<VersionVector>(&bytes).unwrap_err();
+    assert!(err.contains("at most 4096"), "{err}");
+}
+
+/// A state of one sibling whose dependencies announce `len` bytes (and carry none).
+fn state_with_deps_announcing(len: u64) -> Vec<u8> {
+    // Empty context, one sibling: dot (actor of 20 bytes, counter 1), no value, deps present.
+    let mut bytes = vec![0, 1];
+    bytes.extend_from_slice(&[7; 20]);
+    bytes.extend_from_slice(&[1, 0, 1, 253]);
+    bytes.extend_from_slice(&len.to_le_bytes());
+    bytes
+}
+
+#[test]
+fn fuzz_a_state_whose_deps_announce_a_terabyte_is_refused_without_allocating_it() {
+    // Found by the version_state fuzz target: bincode allocated the announced length of a
+    // sibling's deps (serde_bytes::ByteBuf) before reading them, and a terabyte aborted the
+    // process. Now the length is checked against the input first.
+    let err = Versioned::decode(&state_with_deps_announcing(1 << 40)).unwrap_err();
+    assert!(matches!(err, Error::InvalidData(_)), "{err}");
+    // The fuzzer's own input: a cut byte, then two states split at it.
+    let input: &[u8] = &[
+        98, 2, 191, 139, 69, 48, 216, 210, 70, 221, 116, 89, 91, 161, 52, 113, 187, 161, 121, 65,
+        223, 247, 1, 196, 234, 33, 54, 91, 187, 190, 234, 84, 137, 62, 86, 209, 226, 184, 196, 78,
+        1, 1, 191, 139, 69, 48, 216, 210, 70, 221, 116, 172, 83, 79, 52, 113, 187, 161, 121, 65,
+        223, 247, 2, 0, 1, 29, 1, 5, 111, 116, 104, 101, 114, 1, 253, 255, 255, 255, 0, 10, 255, 0,
+        0, 18, 96, 79, 148, 84, 20, 196, 78, 1, 249, 2, 118, 49, 52, 113, 187, 161, 121, 65, 223,
+        247, 2, 0,
+    ];
+    let (&cut, rest) = input.split_first().unwrap();
+    let (a, b) = rest.split_at(usize::from(cut));
+    for state in [a, b] {
+        if let Ok(v) = Versioned::decode(state) {
+            assert_eq!(Versioned::decode(&v.encode()).unwrap(), v);
+        }
+    }
+    // Deps that are there still decode.
+    let mut s = Versioned::empty();
+    let mut deps = Deps::new();
+    deps.add(b"other", &vv(&[(3, 4)]));
+    s.write_replacing(n(1), &VersionVector::new(), &[], val("v"), Some(&deps));
+    assert_eq!(Versioned::decode(&s.encode()).unwrap(), s);
+}

@@ -761,3 +761,267 @@ fn channel_is_send_and_sync() {
     fn check<T: Send + Sync + Clone>() {}
     check::<Channel>();
 }
+
+// ---- bounds on the lists a message carries (message.rs, BOUNDS) ----
+
+/// One message per list a message carries, each list `n` long (the lists of one kind share
+/// one bound, so one length stands for all of them): items for [`MAX_ITEMS`], nodes for
+/// [`MAX_NODES`], tree nodes for [`MAX_TREE_NODES`], values for the siblings' bound.
+fn every_list(
+    items: usize,
+    nodes: usize,
+    tree: usize,
+    values: usize,
+) -> Vec<(&'static str, Envelope)> {
+    let key = |i: usize| (i as u32).to_be_bytes().to_vec();
+    let keys = |n: usize| (0..n).map(key).collect::<Vec<_>>();
+    let pairs = |n: usize| (0..n).map(|i| (key(i), vec![0])).collect::<Vec<_>>();
+    let digests = |n: usize| (0..n).map(|i| (key(i), i as u64)).collect::<Vec<_>>();
+    let refs = vec![node_ref(); nodes];
+    let request = |body| Envelope::Request { id: 1, body };
+    let response = |body| Envelope::Response {
+        id: 1,
+        body: Ok(body),
+    };
+    vec![
+        (
+            "transfer items",
+            request(Request::Transfer {
+                from: node_ref(),
+                items: pairs(items),
+                deletes: vec![],
+                leaving: false,
+            }),
+        ),
+        (
+            "transfer deletes",
+            request(Request::Transfer {
+                from: node_ref(),
+                items: vec![],
+                deletes: keys(items),
+                leaving: true,
+            }),
+        ),
+        (
+            "replicate",
+            request(Request::Replicate {
+                items: pairs(items),
+            }),
+        ),
+        (
+            "sync fetch",
+            request(Request::SyncFetch {
+                keys: keys(items),
+                max_bytes: 1,
+            }),
+        ),
+        (
+            "handoff",
+            request(Request::Handoff {
+                from: node_ref(),
+                items: pairs(items),
+            }),
+        ),
+        (
+            "reap",
+            request(Request::Reap {
+                items: digests(items),
+                commit: true,
+            }),
+        ),
+        (
+            "sync tree",
+            request(Request::SyncTree {
+                asker: node_ref(),
+                from: Id::ZERO,
+                to: Id::MAX,
+                level: 1,
+                nodes: (0..tree as u32).map(|i| (i, 7)).collect(),
+            }),
+        ),
+        (
+            "find successor",
+            request(Request::FindSuccessor {
+                target: Id::ZERO,
+                avoid: vec![Id::MAX; nodes],
+            }),
+        ),
+        (
+            "leaving",
+            request(Request::Leaving {
+                node: node_ref(),
+                pred: None,
+                succs: refs.clone(),
+            }),
+        ),
+        (
+            "block",
+            request(Request::Block {
+                peers: vec![node_ref().addr; nodes],
+            }),
+        ),
+        (
+            "neighbors",
+            response(Response::Neighbors {
+                pred: None,
+                succs: refs.clone(),
+            }),
+        ),
+        (
+            "sync keys differ",
+            response(Response::SyncKeys {
+                differ: (0..tree as u32).collect(),
+                keys: vec![],
+                complete: true,
+                stray: false,
+            }),
+        ),
+        (
+            "sync keys keys",
+            response(Response::SyncKeys {
+                differ: vec![],
+                keys: digests(items),
+                complete: false,
+                stray: false,
+            }),
+        ),
+        (
+            "sync items",
+            response(Response::SyncItems {
+                items: pairs(items),
+                complete: true,
+            }),
+        ),
+        (
+            "handed off keys",
+            response(Response::HandedOff {
+                keys: keys(items),
+                states: vec![],
+            }),
+        ),
+        (
+            "handed off states",
+            response(Response::HandedOff {
+                keys: vec![],
+                states: pairs(items),
+            }),
+        ),
+        (
+            "reaped keys",
+            response(Response::Reaped {
+                keys: keys(items),
+                absent: vec![],
+            }),
+        ),
+        (
+            "reaped absent",
+            response(Response::Reaped {
+                keys: vec![],
+                absent: keys(items),
+            }),
+        ),
+        (
+            "read values",
+            response(Response::Read(crate::message::ReadReply {
+                values: vec![vec![1]; values],
+                context: VersionVector::new(),
+                deps: Default::default(),
+                stable: false,
+            })),
+        ),
+        (
+            "status",
+            response(Response::Status(crate::message::NodeStatus {
+                node: node_ref(),
+                joined: true,
+                pred: None,
+                succs: refs.clone(),
+                fingers: refs,
+                keys: 0,
+                owned: 0,
+                replicas: 1,
+                replicas_wanted: 1,
+                successors_wanted: 1,
+            })),
+        ),
+    ]
+}
+
+#[test]
+fn the_longest_lists_the_protocol_may_send_decode() {
+    use crate::message::{MAX_ITEMS, MAX_NODES, MAX_TREE_NODES};
+    use crate::version::MAX_SIBLINGS;
+    for (what, envelope) in every_list(MAX_ITEMS, MAX_NODES, MAX_TREE_NODES, MAX_SIBLINGS) {
+        let frame = encode_frame(&envelope, Limits::default().max_frame).expect(what);
+        let (decoded, _) = parse_frame(&frame, Limits::default().max_frame)
+            .unwrap_or_else(|e| panic!("{what}: {e}"))
+            .expect(what);
+        assert_eq!(decoded, envelope, "{what}");
+    }
+}
+
+#[test]
+fn a_list_one_over_its_bound_is_invalid_data() {
+    use crate::message::{MAX_ITEMS, MAX_NODES, MAX_TREE_NODES};
+    use crate::version::MAX_SIBLINGS;
+    let over = every_list(
+        MAX_ITEMS + 1,
+        MAX_NODES + 1,
+        MAX_TREE_NODES + 1,
+        MAX_SIBLINGS + 1,
+    );
+    for (what, envelope) in over {
+        let frame = frame(&envelope);
+        match parse_frame(&frame, HARD_MAX_FRAME) {
+            Err(Error::InvalidData(m)) => assert!(m.contains("at most"), "{what}: {m}"),
+            other => panic!("{what}: {other:?}"),
+        }
+    }
+}
+
+/// A frame of `SyncFetch` whose key list announces `count` keys, followed by `present` of
+/// them (one byte each): written by hand, as no sender would make it.
+fn sync_fetch_flood(count: u64, present: usize) -> Vec<u8> {
+    // Envelope::Request (0), id 1, Request::SyncFetch (13), the count as a varint u64 (tag
+    // 253 and 8 bytes), the keys (length 1, one byte), max_bytes 0.
+    let mut body = vec![0u8, 1, 13, 253];
+    body.extend_from_slice(&count.to_le_bytes());
+    for i in 0..present {
+        body.extend_from_slice(&[1, i as u8]);
+    }
+    body.push(0);
+    let mut frame = (body.len() as u32).to_be_bytes().to_vec();
+    frame.extend_from_slice(&body);
+    frame
+}
+
+#[test]
+fn a_default_frame_of_four_million_one_byte_keys_is_refused_before_they_are_decoded() {
+    // Before the bound this decoded, taking some 220 MB and half a second to a second
+    // (examples/decode_flood.rs measures it). The refusal comes from the announced length:
+    // the same frame with no key present at all is refused the same way, not as a frame that
+    // ends too early, so no key was decoded (or allocated) before it.
+    let max_frame = Limits::default().max_frame;
+    let count = (max_frame - 13) / 2;
+    for present in [count, 0] {
+        let frame = sync_fetch_flood(count as u64, present);
+        assert!(frame.len() <= PREFIX_LEN + max_frame);
+        match parse_frame(&frame, max_frame) {
+            Err(Error::InvalidData(m)) => {
+                assert!(m.contains(&format!("invalid length {count}")), "{m}");
+                assert!(m.contains("at most 4096"), "{m}");
+            }
+            other => panic!(
+                "{present} keys present: {:?}",
+                other.map(|o| o.map(|(_, n)| n))
+            ),
+        }
+    }
+    // And at the bound, the same shape decodes.
+    let frame = sync_fetch_flood(crate::message::MAX_ITEMS as u64, crate::message::MAX_ITEMS);
+    assert!(matches!(
+        parse_frame(&frame, max_frame),
+        Ok(Some((Envelope::Request { body: Request::SyncFetch { keys, .. }, .. }, _)))
+            if keys.len() == crate::message::MAX_ITEMS
+    ));
+}
