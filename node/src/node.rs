@@ -509,34 +509,66 @@ mod tests {
     /// A peer's state of `b"k"`: a version of another node's, and one of ours, with a
     /// counter we never issued.
     fn forged_state() -> Vec<(Vec<u8>, Vec<u8>)> {
+        state_with_our_dot(u64::MAX - 1)
+    }
+
+    /// A state of "k" holding a peer's value and a value under our dot `counter`.
+    fn state_with_our_dot(counter: u64) -> Vec<(Vec<u8>, Vec<u8>)> {
         let mut state = crate::version::Versioned::empty();
         state.write(Id([7; 20]), &VersionVector::new(), Some(b"theirs".to_vec()));
-        let mut forged = crate::version::Versioned::empty();
-        forged.raise_dot_floor(u64::MAX - 2);
-        forged.write(me(), &VersionVector::new(), Some(b"forged".to_vec()));
-        state.merge(&forged);
+        let mut ours = crate::version::Versioned::empty();
+        ours.raise_dot_floor(counter - 1);
+        ours.write(me(), &VersionVector::new(), Some(b"ours".to_vec()));
+        state.merge(&ours);
         vec![(b"k".to_vec(), state.encode())]
     }
 
-    /// Replication and a hand-over each bring a state claiming a dot of ours
-    /// beyond what we issued: it is adopted without that dot, the node reports it, and its
+    /// A peer's state naming our dots a little past our counter holds writes of ours this data
+    /// directory forgot (a restore from a backup): they are kept, and our counter moves above
+    /// them, so none is issued twice.
+    #[test]
+    fn a_peers_state_with_our_dots_just_ahead_is_kept_and_our_counter_moves_past_them() {
+        let mut node = boot(MemoryStorage::new());
+        let answer = call(
+            &mut node,
+            Request::Replicate {
+                items: state_with_our_dot(5_000),
+            },
+        );
+        assert!(matches!(answer, Ok(Response::Ack)), "{answer:?}");
+        let reply = match call(
+            &mut node,
+            Request::Get {
+                key: b"k".to_vec(),
+                r: None,
+                session: None,
+            },
+        ) {
+            Ok(Response::Read(reply)) => reply,
+            other => panic!("{other:?}"),
+        };
+        let mut values = reply.values.clone();
+        values.sort();
+        assert_eq!(values, vec![b"ours".to_vec(), b"theirs".to_vec()]);
+        assert_eq!(reply.context.get(&me()), 5_000);
+        let dot = written(call(&mut node, put(b"k", b"next", reply.context)));
+        assert_eq!(dot.counter, 5_001, "numbered above the adopted dot");
+        let dot = written(call(&mut node, put(b"other", b"v", VersionVector::new())));
+        assert_eq!(dot.counter, 5_002);
+    }
+
+    /// Replication brings a state claiming a dot of ours far beyond what we issued (past
+    /// [`kv::OWN_DOTS_WINDOW`]): it is adopted without that dot, the node reports it, and its
     /// counter stays its own.
     #[test]
     fn a_peers_state_claiming_our_counter_is_adopted_without_it_and_reported() {
-        let peer = NodeRef {
-            id: Id([7; 20]),
-            addr: "127.0.0.1:7001".parse().expect("addr"),
-        };
         let requests = [
             Request::Replicate {
                 items: forged_state(),
             },
-            Request::Transfer {
-                from: peer,
-                items: forged_state(),
-                deletes: Vec::new(),
-                leaving: false,
-            },
+            // A Transfer carrying it is refused before this, by the plausibility check (a lone
+            // node has no successor to be handed a range by); a Handoff to a lone node keeps
+            // no copy.
         ];
         for request in requests {
             let kind = request.kind();

@@ -922,6 +922,21 @@ fn record_kv_event(me: &NodeRef, event: &kv::Event) {
                 "a peer's state claimed a version of ours beyond what we issued; left it out"
             );
         }
+        Event::OwnDotsAhead {
+            key,
+            claimed,
+            issued,
+        } => {
+            metrics::counter!("chordkv_own_dots_adopted_total").increment(1);
+            debug!(
+                node,
+                key = %String::from_utf8_lossy(key),
+                claimed,
+                issued,
+                "a peer holds versions of ours newer than this data directory remembers \
+                 (restored from a backup?); numbering from above them"
+            );
+        }
         Event::ManySiblings { key, siblings } => {
             metrics::counter!("chordkv_sibling_warnings_total").increment(1);
             warn!(

@@ -755,7 +755,9 @@ impl<S: Storage> Kv<S> {
                 && state.unissued(&issuer).is_some()
             {
                 let key = self.reads[&op].key.clone();
-                self.disown(&key, &mut state, &issuer);
+                if let Err(e) = self.own_dots_ahead(&key, &mut state) {
+                    io.report(Event::StorageError { error: e });
+                }
             }
             let r = self.reads.get_mut(&op).expect("present");
             let context = if r.session {
@@ -947,7 +949,7 @@ impl<S: Storage> Kv<S> {
     /// [`DOT_LEASE`] counters ahead when a counter passes it, so a write persists nothing
     /// extra except once per lease. Counters are issued one after another
     /// ([`Versioned::write_issued`]), so only this node's own writes move the lease.
-    fn issued_dot(&mut self, counter: u64) -> Result<()> {
+    pub(super) fn issued_dot(&mut self, counter: u64) -> Result<()> {
         self.dot_floor = self.dot_floor.max(counter);
         if self.dot_lease.is_none_or(|lease| counter > lease) {
             let renewed = counter.saturating_add(DOT_LEASE);

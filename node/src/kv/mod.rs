@@ -149,6 +149,11 @@ use crate::version::{VersionLimits, Versioned};
 use coordinator::{ClientOp, FloorOp, ReadOp, Responder, Settles, StoreWrite, WriteOp};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::hash::{DefaultHasher, Hash, Hasher};
+
+/// How far past our own counter a peer's state may name dots of ours and still be taken for
+/// ours ([`Kv::own_dots_ahead`]): more than a node issues between a backup of its data
+/// directory and its restore (2^32 writes), far less than the counter's ceiling (2^48).
+pub const OWN_DOTS_WINDOW: u64 = 1 << 32;
 use tree::{Cover, Indexed};
 
 mod collect;
@@ -353,15 +358,25 @@ pub enum Event {
         /// The byte budget of the next state-carrying messages.
         batch_bytes: u64,
     },
-    /// A peer's state of `key` claimed a version of ours beyond every counter we issued
-    /// (forged, or from a life of this node whose data directory was lost): that part of it
-    /// was not adopted (FORGED VERSIONS in `version/mod.rs`).
+    /// A peer's state of `key` claimed a version of ours beyond every counter we could have
+    /// issued (more than [`OWN_DOTS_WINDOW`] past ours): forged, and that part of it was not
+    /// adopted (FORGED VERSIONS in `version/mod.rs`).
     ForgedDots {
         /// The key.
         key: Vec<u8>,
         /// The largest counter of ours the state claimed.
         claimed: u64,
         /// The largest counter we may have issued.
+        issued: u64,
+    },
+    /// A peer's state of `key` holds versions of ours beyond the counter this data directory
+    /// remembers, within [`OWN_DOTS_WINDOW`]: adopted, and our counter raised above them.
+    OwnDotsAhead {
+        /// The key.
+        key: Vec<u8>,
+        /// The largest counter of ours the state holds.
+        claimed: u64,
+        /// Our counter before.
         issued: u64,
     },
     /// A storage operation failed.
@@ -1131,14 +1146,13 @@ impl<S: Storage> Kv<S> {
 
     /// Merge `incoming` into our copy of `key`, writing only if something changed.
     /// Returns whether it did. What `incoming` claims of our own dots beyond what we issued is
-    /// left out, and reported ([`Kv::disown`]): every state a peer sends is adopted here, or
-    /// goes through [`Kv::disown`] first.
+    /// first weighed by [`Kv::own_dots_ahead`]: every state a peer sends is adopted here.
     fn merge_into_storage(&mut self, key: &[u8], incoming: &Versioned) -> Result<bool> {
         let issuer = self.issuer()?;
         let mut disowned;
         let incoming = if incoming.unissued(&issuer).is_some() {
             disowned = incoming.clone();
-            self.disown(key, &mut disowned, &issuer);
+            self.own_dots_ahead(key, &mut disowned)?;
             &disowned
         } else {
             incoming
@@ -1151,6 +1165,36 @@ impl<S: Storage> Kv<S> {
             self.storage.put(key, &state.encode())?;
         }
         Ok(changed)
+    }
+
+    /// A peer's state of `key` names dots of ours beyond what we issued. Within
+    /// [`OWN_DOTS_WINDOW`] of our counter they are ours from a life this data directory does not
+    /// remember (it was restored from a backup, or the node crashed after its replication left
+    /// and before its lease was flushed): we adopt them, and number from above them
+    /// ([`Event::OwnDotsAhead`]); dropping them would lose those writes, and issuing their
+    /// counters again would mint two versions under one dot. Beyond the window (or the
+    /// counter's ceiling) no life of ours could have issued them: they are left out
+    /// ([`Kv::disown`]), so a forged state cannot exhaust our counter in one message.
+    ///
+    /// # Errors
+    /// If the raised counter's lease cannot be stored.
+    fn own_dots_ahead(&mut self, key: &[u8], state: &mut Versioned) -> Result<()> {
+        let issuer = self.issuer()?;
+        let Some(claimed) = state.unissued(&issuer) else {
+            return Ok(());
+        };
+        let window = issuer.issued.saturating_add(OWN_DOTS_WINDOW);
+        if claimed <= window.min(crate::version::MAX_COUNTER) {
+            self.issued_dot(claimed)?;
+            self.reports.push(Event::OwnDotsAhead {
+                key: key.to_vec(),
+                claimed,
+                issued: issuer.issued,
+            });
+        } else {
+            self.disown(key, state, &issuer);
+        }
+        Ok(())
     }
 
     /// Drop from `state`, a peer's state of `key`, what it claims of our dots beyond what we

@@ -105,12 +105,20 @@
 //!   client planting a counter below it that the named node never issued: that moves no node's
 //!   counter (each numbers from its own), and the named node disowns it (below) whenever the
 //!   key's state reaches it.
-//! - A state from a peer is adopted without what it claims of our actor beyond `issued`
+//! - A state from a peer that names dots of our actor beyond `issued` is weighed by how far
+//!   (`Kv::own_dots_ahead` in the data layer). Within a window of 2^32 past our counter they
+//!   are ours from a life this data directory does not remember: it was restored from a
+//!   backup, or the node crashed after its replication left and before its lease was flushed.
+//!   They are kept, and our counter and lease move above them, since dropping them would lose
+//!   those writes and reissuing their counters would mint two versions under one dot
+//!   (`tests/anti_entropy.rs` restores a backup and needs exactly this). Beyond the window no
+//!   life of ours could have issued them: the state is adopted without them
 //!   ([`Versioned::disown_unissued`]: those siblings, applied-write records and the excess of
 //!   the context's entry are dropped; the node counts and logs it). Like pruning, that makes
-//!   the state cover less, so versions can only look concurrent; no other version is dropped.
-//!   Refusing the whole state instead would stop every batch that carries it (a hand-over
-//!   would never finish).
+//!   the state cover less, so versions can only look concurrent. Refusing the whole state
+//!   instead would stop every batch that carries it (a hand-over would never finish). Only
+//!   authenticated peers send states (the cluster secret), so a forged one comes from a member;
+//!   the window keeps even that from exhausting our counter in one message.
 //!
 //! CAVEATS
 //!
