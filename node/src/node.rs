@@ -512,6 +512,21 @@ mod tests {
         state_with_our_dot(u64::MAX - 1)
     }
 
+    /// A plain read of "k".
+    fn read_k(node: &mut Node<MemoryStorage>) -> crate::message::ReadReply {
+        match call(
+            node,
+            Request::Get {
+                key: b"k".to_vec(),
+                r: None,
+                session: None,
+            },
+        ) {
+            Ok(Response::Read(reply)) => reply,
+            other => panic!("a read of k answered {other:?}"),
+        }
+    }
+
     /// A state of "k" holding a peer's value and a value under our dot `counter`.
     fn state_with_our_dot(counter: u64) -> Vec<(Vec<u8>, Vec<u8>)> {
         let mut state = crate::version::Versioned::empty();
@@ -536,17 +551,7 @@ mod tests {
             },
         );
         assert!(matches!(answer, Ok(Response::Ack)), "{answer:?}");
-        let reply = match call(
-            &mut node,
-            Request::Get {
-                key: b"k".to_vec(),
-                r: None,
-                session: None,
-            },
-        ) {
-            Ok(Response::Read(reply)) => reply,
-            other => panic!("{other:?}"),
-        };
+        let reply = read_k(&mut node);
         let mut values = reply.values.clone();
         values.sort();
         assert_eq!(values, vec![b"ours".to_vec(), b"theirs".to_vec()]);
@@ -593,17 +598,7 @@ mod tests {
                 }],
                 "{kind}"
             );
-            let reply = match call(
-                &mut node,
-                Request::Get {
-                    key: b"k".to_vec(),
-                    r: None,
-                    session: None,
-                },
-            ) {
-                Ok(Response::Read(reply)) => reply,
-                other => panic!("{kind}: {other:?}"),
-            };
+            let reply = read_k(&mut node);
             assert_eq!(reply.values, vec![b"theirs".to_vec()], "{kind}");
             assert_eq!(reply.context.get(&me()), 0, "{kind}");
             let dot = written(call(&mut node, put(b"k", b"mine", reply.context)));

@@ -806,34 +806,16 @@ impl Channel {
         };
         // Requests are small and latency matters more than packet count.
         stream.set_nodelay(true)?;
-        let (role, credential, limits) = (dialer.role, &dialer.credential, dialer.limits);
-        let Some(tls) = &dialer.tls else {
-            let remaining = deadline.saturating_duration_since(Instant::now());
-            return Channel::start(
-                stream,
-                addr,
-                role,
-                credential,
-                limits,
-                remaining,
-                MAX_IN_FLIGHT,
-            )
-            .await;
-        };
-        let stream = tokio::time::timeout_at(deadline, tls.connect(addr, stream))
-            .await
-            .map_err(|_| late())??;
-        let remaining = deadline.saturating_duration_since(Instant::now());
-        Channel::start(
-            stream,
-            addr,
-            role,
-            credential,
-            limits,
-            remaining,
-            MAX_IN_FLIGHT,
-        )
-        .await
+        let remaining = || deadline.saturating_duration_since(Instant::now());
+        match &dialer.tls {
+            None => Channel::start(stream, addr, dialer, remaining(), MAX_IN_FLIGHT).await,
+            Some(tls) => {
+                let stream = tokio::time::timeout_at(deadline, tls.connect(addr, stream))
+                    .await
+                    .map_err(|_| late())??;
+                Channel::start(stream, addr, dialer, remaining(), MAX_IN_FLIGHT).await
+            }
+        }
     }
 
     /// Runs a channel over an already open stream to `peer`: runs the handshake (hello first,
@@ -852,43 +834,39 @@ impl Channel {
     where
         S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
     {
-        let none = Credential::None;
-        Channel::start(
-            stream,
-            peer,
-            role,
-            &none,
-            limits,
-            handshake_timeout,
-            MAX_IN_FLIGHT,
-        )
-        .await
+        let dialer = Dialer::open(role, limits);
+        Channel::start(stream, peer, &dialer, handshake_timeout, MAX_IN_FLIGHT).await
     }
 
-    /// [`Channel::from_stream`] with the credential and the in-flight bound as parameters.
+    /// [`Channel::from_stream`] with the dialer's role, credential and limits (its TLS, if any,
+    /// already spoken over `stream`) and the in-flight bound as parameters.
     async fn start<S>(
         mut stream: S,
         peer: SocketAddr,
-        role: Role,
-        credential: &Credential,
-        limits: Limits,
+        dialer: &Dialer,
         handshake_timeout: Duration,
         max_in_flight: usize,
     ) -> Result<Channel>
     where
         S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
     {
-        handshake::connect(&mut stream, role, credential, handshake_timeout)
-            .await
-            .map_err(|e| match e {
-                Error::Io(m) | Error::Unavailable(m) => {
-                    Error::Unreachable(format!("{peer}: handshake failed: {m}"))
-                }
-                Error::InvalidData(m) => Error::InvalidData(format!("{peer}: {m}")),
-                Error::Timeout(m) => Error::Timeout(format!("{peer}: {m}")),
-                Error::Unauthorized(m) => Error::Unauthorized(format!("{peer}: {m}")),
-                other => other,
-            })?;
+        let limits = dialer.limits;
+        handshake::connect(
+            &mut stream,
+            dialer.role,
+            &dialer.credential,
+            handshake_timeout,
+        )
+        .await
+        .map_err(|e| match e {
+            Error::Io(m) | Error::Unavailable(m) => {
+                Error::Unreachable(format!("{peer}: handshake failed: {m}"))
+            }
+            Error::InvalidData(m) => Error::InvalidData(format!("{peer}: {m}")),
+            Error::Timeout(m) => Error::Timeout(format!("{peer}: {m}")),
+            Error::Unauthorized(m) => Error::Unauthorized(format!("{peer}: {m}")),
+            other => other,
+        })?;
         let (rd, wr) = tokio::io::split(stream);
 
         let (closed, _) = watch::channel(false);

@@ -733,18 +733,10 @@ async fn channel_bounds_calls_in_flight() {
             }
         }
     });
-    let none = Credential::None;
-    let channel = Channel::start(
-        client_end,
-        peer,
-        Role::Client,
-        &none,
-        Limits::default(),
-        T,
-        BOUND,
-    )
-    .await
-    .expect("channel");
+    let dialer = Dialer::open(Role::Client, Limits::default());
+    let channel = Channel::start(client_end, peer, &dialer, T, BOUND)
+        .await
+        .expect("channel");
     let mut calls = tokio::task::JoinSet::new();
     for _ in 0..CALLS {
         let channel = channel.clone();
