@@ -71,8 +71,9 @@ impl Ring {
     }
 
     /// One lookup step from this node's state: the owner of `target` if it is our successor (or
-    /// ourselves), else the closest preceding node we know that is not in `avoid`.
-    pub(super) fn route(&self, target: Id, avoid: &BTreeSet<Id>) -> Route {
+    /// ourselves), else the closest preceding node we know that is not in `avoid`. What a
+    /// [`Request::FindSuccessor`] is answered with; public so benchmarks can time it.
+    pub fn route(&self, target: Id, avoid: &BTreeSet<Id>) -> Route {
         if let Some(p) = self.pred {
             if in_half_open(p.id, self.me.id, target) && !avoid.contains(&self.me.id) {
                 return Route::Found(self.me);
