@@ -206,6 +206,11 @@ impl<S: Storage> Node<S> {
         &self.ring
     }
 
+    /// The node's view of the ring, mutably (for the simulator's settled rings).
+    pub(crate) fn ring_mut(&mut self) -> &mut Ring {
+        &mut self.ring
+    }
+
     /// The node's data layer.
     pub fn kv(&self) -> &Kv<S> {
         &self.kv

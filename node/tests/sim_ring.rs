@@ -93,3 +93,60 @@ fn ring_of_1024_converges_exactly_and_lookups_take_half_log_n_hops() {
     );
     assert!(mean <= 5.0, "mean hops {mean} exceeds ½·log2(1024) = 5");
 }
+
+/// The benchmarks build large rings with `Sim::grow_settled` instead of joining node by node:
+/// that must be the very state joins and stabilization reach, and one the protocol keeps.
+#[test]
+fn a_settled_ring_is_the_state_joins_converge_to_and_stays_so() {
+    let n = 64;
+    let opts = SimOptions {
+        seed: 9,
+        port: 7100,
+        ..SimOptions::default()
+    };
+    let mut grown = grow(opts.clone(), n, 20);
+    assert!(
+        grown.run_until(120_000, |s| s.ring_errors(true).is_empty()),
+        "{:#?}",
+        grown.ring_errors(true)
+    );
+    let mut settled = Sim::new(opts);
+    settled.grow_settled(n);
+    assert!(settled.ring_errors(true).is_empty());
+    for i in 0..n {
+        let (a, b) = (grown.node(i).expect("up"), settled.node(i).expect("up"));
+        assert_eq!(a.me(), b.me());
+        assert_eq!(a.ring().successors(), b.ring().successors(), "n{i}");
+        assert_eq!(a.ring().predecessor(), b.ring().predecessor(), "n{i}");
+        assert_eq!(
+            a.ring().distinct_fingers(),
+            b.ring().distinct_fingers(),
+            "n{i}"
+        );
+        assert!(b.ring().is_installed());
+    }
+    // The protocol running on it changes nothing, and serves writes and lookups.
+    settled.run_for(10_000);
+    assert!(
+        settled.ring_errors(true).is_empty(),
+        "{:#?}",
+        settled.ring_errors(true)
+    );
+    for k in 0..50 {
+        let key = format!("settled-{k}").into_bytes();
+        let put = Request::Put {
+            key: key.clone(),
+            value: b"v".to_vec(),
+            context: Default::default(),
+            w: None,
+            session: None,
+        };
+        assert!(settled.request(k % n, put, 10_000).is_ok(), "put {k}");
+        match settled.request((k * 7) % n, Request::Lookup { key: key.clone() }, 10_000) {
+            Ok(Response::Lookup(info)) => {
+                assert_eq!(Some(info.owner), settled.true_successor(info.key_id));
+            }
+            other => panic!("lookup {k}: {other:?}"),
+        }
+    }
+}

@@ -528,6 +528,29 @@ impl Ring {
         self.calls.expired(now)
     }
 
+    /// Take the pointers a settled ring gives this node: `pred`, the successor list `succs`
+    /// (nearest first) and every finger, as a member that joined long ago and owns its range.
+    /// For the simulator, which builds rings of thousands of nodes in the state the protocol
+    /// converges to ([`crate::testing::sim::Sim::grow_settled`]) instead of joining them one
+    /// by one; nothing else may skip the protocol.
+    pub(crate) fn set_settled(
+        &mut self,
+        pred: Option<NodeRef>,
+        succs: Vec<NodeRef>,
+        fingers: Vec<Option<NodeRef>>,
+    ) {
+        assert_eq!(fingers.len(), BITS, "one finger per bit");
+        self.joined = true;
+        self.installed = true;
+        self.pred = pred;
+        self.range_start = pred;
+        self.succ_pred = succs.first().map(|s| (s.id, Some(self.me.id)));
+        self.round_succ = succs.first().copied().unwrap_or(self.me);
+        self.succs = succs;
+        self.fingers = fingers;
+        self.next_finger = 0;
+    }
+
     // ---------------------------------------------------------------- inputs
 
     /// Time passed: retry a join that failed, then run the ring's timers (stabilize, heartbeats,

@@ -3,7 +3,8 @@
 //! Time is logical (milliseconds). Messages travel through one priority queue with seeded random
 //! delays and, optionally, drops; a partition silently drops messages between two groups, as a
 //! network would; a crashed node's peers get "cannot reach" at once, as TCP's connection refused
-//! does on a real host. The same seed gives the same run, byte for byte, so a failing seed replays.
+//! does on a real host (with [`SimOptions::silent_crashes`], nothing at all, as from a host that
+//! is gone). The same seed gives the same run, byte for byte, so a failing seed replays.
 //!
 //! The simulator drives exactly the code the tokio server drives: it calls
 //! [`Node::handle_request`], [`Node::handle_response`] and [`Node::tick`] and carries out what
@@ -60,6 +61,14 @@ pub struct SimOptions {
     /// Encode every message, record its size, and refuse one whose body exceeds this many
     /// bytes (see the module docs); `None` skips the encoding, which costs time.
     pub max_frame: Option<usize>,
+    /// The port every simulated node listens on (see [`Sim::addr_on`]). A node's id is the hash
+    /// of its address, so another port gives another ring of ids: how a benchmark draws a new
+    /// ring per seed.
+    pub port: u16,
+    /// Crashed nodes vanish from the network, as a powered-off host does: what is sent to
+    /// them is lost and the sender waits out its timeout. Off (the default), a crashed node's
+    /// peers are refused at once, as by a host whose process died.
+    pub silent_crashes: bool,
 }
 
 impl Default for SimOptions {
@@ -74,6 +83,8 @@ impl Default for SimOptions {
             record_events: false,
             trace: std::env::var_os("CHORDKV_TRACE").is_some(),
             max_frame: None,
+            port: 7000,
+            silent_crashes: false,
         }
     }
 }
@@ -97,6 +108,15 @@ enum Msg {
         id: RequestId,
         response: Result<Response>,
     },
+}
+
+/// Messages of one kind sent so far, and their bytes on the wire (frame prefix included).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Traffic {
+    /// How many were sent.
+    pub messages: u64,
+    /// Their encoded frames' total length.
+    pub bytes: u64,
 }
 
 /// A simulated cluster. Nodes are named by index, in the order they were added.
@@ -133,6 +153,8 @@ pub struct Sim {
     /// request each pending answer is for, by answering node, connection and request id.
     largest: BTreeMap<String, usize>,
     asked: BTreeMap<(usize, ConnId, RequestId), &'static str>,
+    /// With [`SimOptions::max_frame`]: what was sent between nodes, by kind.
+    traffic: BTreeMap<String, Traffic>,
 }
 
 impl Sim {
@@ -165,6 +187,7 @@ impl Sim {
             by_id: BTreeMap::new(),
             largest: BTreeMap::new(),
             asked: BTreeMap::new(),
+            traffic: BTreeMap::new(),
         }
     }
 
@@ -175,6 +198,18 @@ impl Sim {
         &self.largest
     }
 
+    /// With [`SimOptions::max_frame`]: every message sent between nodes since the start (or the
+    /// last [`Sim::reset_traffic`]), by kind as in [`Sim::largest_messages`]: what maintenance
+    /// costs. Refused messages are not counted; messages lost in transit are (they were sent).
+    pub fn traffic(&self) -> &BTreeMap<String, Traffic> {
+        &self.traffic
+    }
+
+    /// Start counting [`Sim::traffic`] afresh.
+    pub fn reset_traffic(&mut self) {
+        self.traffic.clear();
+    }
+
     /// With [`SimOptions::max_frame`]: record the size of `envelope`, a message of `kind`, and
     /// the refusal a real connection would give if it exceeds the bound.
     fn check_frame(&mut self, kind: String, envelope: &Envelope) -> Option<Error> {
@@ -183,13 +218,21 @@ impl Sim {
             Ok(frame) => frame.len() - wire::PREFIX_LEN,
             Err(e) => return Some(e),
         };
+        if size > max_frame {
+            let largest = self.largest.entry(kind).or_default();
+            *largest = (*largest).max(size);
+            return Some(Error::TooLarge {
+                what: "frame".into(),
+                size: size as u64,
+                limit: max_frame as u64,
+            });
+        }
+        let traffic = self.traffic.entry(kind.clone()).or_default();
+        traffic.messages += 1;
+        traffic.bytes += (size + wire::PREFIX_LEN) as u64;
         let largest = self.largest.entry(kind).or_default();
         *largest = (*largest).max(size);
-        (size > max_frame).then(|| Error::TooLarge {
-            what: "frame".into(),
-            size: size as u64,
-            limit: max_frame as u64,
-        })
+        None
     }
 
     /// A digest of every output every node produced so far, with the time and the node (only
@@ -213,11 +256,16 @@ impl Sim {
         self.slots.is_empty()
     }
 
-    /// The simulated address of node `i`: 127.x.y.z:7000, unique per index.
+    /// The simulated address of node `i` at the default port: 127.x.y.z:7000, unique per index.
     pub fn addr(i: usize) -> SocketAddr {
+        Sim::addr_on(i, SimOptions::default().port)
+    }
+
+    /// The simulated address of node `i` at `port`: 127.x.y.z:port, unique per index.
+    pub fn addr_on(i: usize, port: u16) -> SocketAddr {
         let i = i as u32 + 1;
         let ip = Ipv4Addr::new(127, 1 + (i >> 16) as u8, (i >> 8) as u8, i as u8);
-        SocketAddr::new(IpAddr::V4(ip), 7000)
+        SocketAddr::new(IpAddr::V4(ip), port)
     }
 
     /// The index of the node at `addr`, if it is one of ours.
@@ -236,15 +284,59 @@ impl Sim {
 
     /// Add a node and start it: alone when `bootstrap` is `None`, else joining through that node.
     pub fn add_node(&mut self, bootstrap: Option<usize>) -> usize {
+        let i = self.place_node();
+        self.boot(i, bootstrap);
+        i
+    }
+
+    /// Give the next node index an address and an empty, stopped slot.
+    fn place_node(&mut self) -> usize {
         let i = self.slots.len();
-        let addr = Sim::addr(i);
+        let addr = Sim::addr_on(i, self.opts.port);
         self.addrs.push(addr);
         self.by_addr.insert(addr, i);
         self.by_id.insert(self.node_ref(i).id, i);
         self.checked_lists.push(None);
         self.slots.push(Slot::Down(MemoryStorage::new()));
-        self.boot(i, bootstrap);
         i
+    }
+
+    /// Add `n` nodes to an empty simulation as a ring that has settled: every node starts with
+    /// the successor list, predecessor and fingers the protocol converges to
+    /// ([`Sim::ring_errors`] is empty at once), owning its range, with empty storage. Growing
+    /// a ring of thousands by joins takes hours of simulation; the protocol runs from this
+    /// state as from any other (tests/sim_ring checks it is the state joins reach).
+    ///
+    /// # Panics
+    /// If nodes were added before.
+    pub fn grow_settled(&mut self, n: usize) {
+        assert!(self.slots.is_empty(), "grow_settled builds a whole ring");
+        for _ in 0..n {
+            let i = self.place_node();
+            let mut opts = self.opts.node.clone();
+            opts.seed = self.opts.seed;
+            let node = Node::new(self.node_ref(i), opts, MemoryStorage::new(), self.now);
+            self.slots[i] = Slot::Up(Box::new(node));
+        }
+        let ring = self.true_ring_of(|_| true);
+        let r = self.opts.node.ring.successors.min(n.saturating_sub(1));
+        for (pos, me) in ring.iter().enumerate() {
+            let succs: Vec<NodeRef> = (1..=r).map(|k| ring[(pos + k) % n]).collect();
+            let pred = (n > 1).then(|| ring[(pos + n - 1) % n]);
+            let fingers = (0..BITS)
+                .map(|f| successor_in(&ring, me.id.add_pow2(f)).filter(|o| o.id != me.id))
+                .collect();
+            let i = self.by_addr[&me.addr];
+            if let Some(node) = self.node_mut(i) {
+                node.ring_mut().set_settled(pred, succs, fingers);
+            }
+        }
+        for i in 0..n {
+            self.watch_ring(i);
+        }
+        for i in 0..n {
+            self.check_ring(i);
+        }
     }
 
     fn boot(&mut self, i: usize, bootstrap: Option<usize>) {
@@ -463,11 +555,15 @@ impl Sim {
                 if let (Some(t), Some(_)) = (target, self.opts.max_frame) {
                     self.asked.insert((t, from as ConnId, id), request.kind());
                 }
+                let silent = self.opts.silent_crashes && target.is_some();
                 match target.and_then(|t| self.node_mut(t).map(|c| (t, c))) {
                     Some((t, c)) => {
                         c.handle_request(from as ConnId, id, request, now);
                         self.drain(t);
                         self.check_ring(t);
+                    }
+                    None if silent => {
+                        // A host that is gone: the request is lost.
                     }
                     None => {
                         // Nothing listens there: connection refused, answered at once.
@@ -662,9 +758,14 @@ impl Sim {
 
     /// The running, joined nodes sorted by id: the ring as it truly is.
     pub fn true_ring(&self) -> Vec<NodeRef> {
+        self.true_ring_of(|c| c.is_joined())
+    }
+
+    /// The running nodes for which `member` holds, sorted by id.
+    pub fn true_ring_of(&self, member: impl Fn(&Node<MemoryStorage>) -> bool) -> Vec<NodeRef> {
         let mut ring: Vec<NodeRef> = (0..self.slots.len())
             .filter_map(|i| self.node(i))
-            .filter(|c| c.is_joined())
+            .filter(|c| member(c))
             .map(|c| c.me())
             .collect();
         ring.sort();
@@ -873,7 +974,7 @@ impl Drop for Sim {
 }
 
 /// The first node of the sorted `ring` at or after `id`, wrapping around.
-fn successor_in(ring: &[NodeRef], id: Id) -> Option<NodeRef> {
+pub fn successor_in(ring: &[NodeRef], id: Id) -> Option<NodeRef> {
     let at = ring.partition_point(|n| n.id < id);
     ring.get(at).or(ring.first()).copied()
 }
