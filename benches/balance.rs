@@ -34,7 +34,8 @@ fn main() {
     println!();
     println!(
         "{hosts} hosts; keys per host as a multiple of the mean in the last two columns; \
-         \"empty\" counts hosts with no key."
+         \"empty\" counts hosts with no key. No randomness: the hosts' addresses and the keys' \
+         names are fixed, so every run prints this table."
     );
     println!();
     let table = Table::new(&[

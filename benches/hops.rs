@@ -44,9 +44,17 @@ fn main() {
     println!();
     println!(
         "{lookups} lookups of random keys from random nodes per ring, seeds {seeds:?} (one ring \
-         each), {}; hops = remote nodes asked (see the bench's docs); visits = hops + 1 for a \
-         remote lookup.",
+         each), {}.",
         Timers::Default.describe()
+    );
+    println!();
+    println!(
+        "hops: the remote nodes an iterative lookup asks (FindSuccessor), from the node the \
+         client asked up to the key's predecessor, which names the owner; 0 when the first node \
+         answers from its own state (the Chord paper's count). visits: the nodes a lookup \
+         message visits, counting the answer's return to the originator as one = hops + 1 for \
+         a remote lookup, 0 for a local one. failed: lookups that gave up; wrong: lookups that \
+         named another node than the true owner."
     );
     let mut plotted = Vec::new();
     for (index, &r) in lists.iter().enumerate() {

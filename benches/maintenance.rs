@@ -42,7 +42,7 @@ fn main() {
     println!();
     println!(
         "Per node per second, requests and answers counted both, in a settled idle ring \
-         (r = 8): messages, and bytes on the wire in parentheses."
+         (r = 8, seed 1): messages, and bytes on the wire in parentheses."
     );
     for timers in [Timers::Default, Timers::Chord] {
         let secs = if timers == Timers::Chord {
