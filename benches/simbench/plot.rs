@@ -107,7 +107,10 @@ pub fn lines(
         .build_cartesian_2d((x0 - pad)..(x1 + pad), y0..y1)
         .expect("draw");
     let x_fmt = |v: &f64| match x_axis {
-        XAxis::Linear => format!("{v}"),
+        XAxis::Linear => {
+            let text = format!("{v:.3}");
+            text.trim_end_matches('0').trim_end_matches('.').to_string()
+        }
         XAxis::Log2 => format!("{}", 2f64.powf(*v).round()),
     };
     let x_ticks = match x_axis {
