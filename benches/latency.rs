@@ -3,7 +3,10 @@
 //! SVG plots of the latency percentiles per configuration.
 //!
 //! The default run takes about 4 minutes on a 2-core machine (36 runs of 5 s, each after
-//! loading its keys, and three rings to start), plus the release build of the node and kvctl.
+//! loading its keys, and three rings to start), plus the release build of the node and kvctl
+//! (about 2 minutes more when the bench itself was just rebuilt: on this machine `cargo bench`
+//! and the bench's own `cargo build --release` of the binaries each found `chordkv-node` stale
+//! after the other and rebuilt it; `CHORDKV_NODE_BIN` names a node binary to run instead).
 //!
 //! Release-built `chordkv-node` processes on loopback in a temporary directory, with the node's
 //! default flags (N = 3 copies, majority quorums R = W = 2) except `--replicas 1` on the lone
@@ -17,7 +20,11 @@
 //! key space loaded once by another process would cost every first put of a key). With
 //! `--sessions`, each client's session is the one that loaded its keys, so its reads carry
 //! floors and its writes dependencies, as a session that reads what it wrote does. A mix is
-//! 90% gets.
+//! 90% gets. What a session costs here is its bounds: a mix's gets range over the whole key
+//! space, so each client's session comes to hold most of it, and every write of a session
+//! carries the session's keys not yet on all copies as dependencies; on the first run (2,000
+//! keys) such puts took seconds and some failed with `session_full`, while the get-only and
+//! put-only runs, whose sessions hold a client's own 63 keys, cost 2 to 8 times plain latency.
 //!
 //! `cargo bench --bench latency`; `CHORDKV_LATENCY_NODES=1,3` picks ring sizes. Plots:
 //! `latency-get.svg`, `latency-put.svg` and `latency-mix.svg` in `CHORDKV_PLOTS_DIR` (default
