@@ -2,10 +2,11 @@
 //! (closest preceding node) on a settled ring, frame encode/decode, version merge and state
 //! encoding, storage get/put (sled and memory).
 //!
-//! `cargo bench --bench micro` (about 2 minutes); `cargo bench --bench micro -- frame` runs
-//! the benchmarks whose names contain `frame`. Each group measures for 2 s after 0.5 s of
-//! warmup, 30 samples; criterion prints the time per iteration (median-centred estimate with
-//! its confidence interval) and keeps the last run under target/criterion to compare against.
+//! `cargo bench --bench micro` (75 s on a 2-core machine, besides building);
+//! `cargo bench --bench micro -- frame` runs the benchmarks whose names contain `frame`. Each
+//! group measures for 2 s after 0.5 s of warmup, 30 samples; criterion prints the time per
+//! iteration (its estimate with a 95% confidence interval) and keeps the last run under
+//! target/criterion to compare against.
 
 use chordkv_node::id::{self, Id};
 use chordkv_node::message::{Envelope, ReadReply, Request, Response};
