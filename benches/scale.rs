@@ -19,36 +19,9 @@
 
 mod common;
 
-use common::{node_binary, release_binary, start_nodes, wait_for_nodes};
+use common::{bench, env_or, node_binary, num as f, release_binary, start_nodes, wait_for_nodes};
 use serde_json::Value;
 use std::path::Path;
-use std::process::Command;
-
-fn env_or(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.replace('_', "").parse().ok())
-        .unwrap_or(default)
-}
-
-/// Runs `kvctl --json bench ARGS` against `node` and returns its report.
-fn bench(kvctl: &Path, node: &str, args: &[String]) -> Value {
-    let out = Command::new(kvctl)
-        .args(["--node", node, "--json", "--timeout", "12", "bench"])
-        .args(args)
-        .output()
-        .expect("kvctl runs");
-    assert!(
-        out.status.success(),
-        "kvctl bench {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("kvctl bench prints JSON")
-}
-
-fn f(v: &Value) -> f64 {
-    v.as_f64().unwrap_or(f64::NAN)
-}
 
 /// One row of the table.
 struct Row {

@@ -1,7 +1,12 @@
 //! What the benchmarks that run a real ring share: the release-built node binary (and kvctl),
-//! a ring of child processes in a temporary directory, and waiting for it to form.
+//! a ring of child processes in a temporary directory, waiting for it to form, driving
+//! `kvctl --json bench` against it, and drawing plots ([`plot`]).
+
+#[allow(dead_code)] // not every bench draws
+pub mod plot;
 
 use kvctl::Client;
+use serde_json::Value;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -52,6 +57,16 @@ impl Ring {
         self.children.iter().map(Child::id).collect()
     }
 
+    /// Panics if a node has exited (a flag it refused, a port taken): waiting for the ring
+    /// would only time out.
+    pub fn assert_running(&mut self) {
+        for (i, c) in self.children.iter_mut().enumerate() {
+            if let Ok(Some(status)) = c.try_wait() {
+                panic!("node {i} ({}) exited: {status}", self.addrs[i]);
+            }
+        }
+    }
+
     /// Node `i`'s data directory.
     pub fn data_dir(&self, i: usize) -> PathBuf {
         self.dir.path().join(format!("n{i}"))
@@ -76,6 +91,16 @@ pub fn start_ring(bin: &Path, args: &[&str]) -> Ring {
 
 /// [`start_ring`] with `n` nodes.
 pub fn start_nodes(bin: &Path, n: usize, args: &[&str]) -> Ring {
+    start_nodes_each(bin, n, args, |_| Vec::new())
+}
+
+/// [`start_nodes`], node `i` also given `each(i)`.
+pub fn start_nodes_each(
+    bin: &Path,
+    n: usize,
+    args: &[&str],
+    each: impl Fn(usize) -> Vec<String>,
+) -> Ring {
     let dir = tempfile::tempdir().expect("temp dir");
     let mut children = Vec::new();
     let mut addrs: Vec<String> = Vec::new();
@@ -84,6 +109,7 @@ pub fn start_nodes(bin: &Path, n: usize, args: &[&str]) -> Ring {
         let mut cmd = Command::new(bin);
         cmd.args(["--listen", &addr])
             .args(args)
+            .args(each(i))
             .arg("--data-dir")
             .arg(dir.path().join(format!("n{i}")))
             .stdout(Stdio::null())
@@ -111,7 +137,12 @@ pub async fn wait_for_ring(addr: &str) {
 /// Waits (at most 30 s) until the ring through `addr` is consistent, of `n` nodes, each
 /// keeping `replicas` copies of its keys.
 pub async fn wait_for_nodes(addr: &str, n: usize, replicas: u32) {
-    let deadline = Instant::now() + Duration::from_secs(30);
+    wait_for_nodes_within(addr, n, replicas, Duration::from_secs(30)).await;
+}
+
+/// [`wait_for_nodes`], waiting at most `limit`.
+pub async fn wait_for_nodes_within(addr: &str, n: usize, replicas: u32, limit: Duration) {
+    let deadline = Instant::now() + limit;
     while Instant::now() < deadline {
         if let Ok(c) = Client::connect(addr, Duration::from_secs(1)).await {
             if let Ok(view) = c.ring_view().await {
@@ -127,5 +158,37 @@ pub async fn wait_for_nodes(addr: &str, n: usize, replicas: u32) {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    panic!("the ring did not form");
+    panic!("the ring did not form within {limit:?}");
+}
+
+/// The number in environment variable `name` (`_` allowed as a digit separator), else
+/// `default`.
+#[allow(dead_code)] // not every bench reads numbers from the environment
+pub fn env_or(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.replace('_', "").parse().ok())
+        .unwrap_or(default)
+}
+
+/// Runs `kvctl --json bench ARGS` against `node` and returns its report.
+#[allow(dead_code)] // not every bench runs kvctl bench
+pub fn bench(kvctl: &Path, node: &str, args: &[String]) -> Value {
+    let out = Command::new(kvctl)
+        .args(["--node", node, "--json", "--timeout", "12", "bench"])
+        .args(args)
+        .output()
+        .expect("kvctl runs");
+    assert!(
+        out.status.success(),
+        "kvctl bench {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("kvctl bench prints JSON")
+}
+
+/// A number of a JSON report, NaN if it is missing or not a number.
+#[allow(dead_code)] // not every bench reads reports
+pub fn num(v: &Value) -> f64 {
+    v.as_f64().unwrap_or(f64::NAN)
 }
