@@ -81,14 +81,15 @@ fn main() {
             series.push(Series::new(format!("{name}, {count} keys"), points));
         }
     }
-    let path = simbench::plots_dir().join("balance.svg");
+    let path = plot::plots_dir().join("balance.svg");
     plot::lines(
         &path,
         &format!("Keys per host against ids per host ({hosts} hosts)"),
         ("ids per host (v)", XAxis::Linear),
         "keys per host ÷ mean",
         &series,
-    );
+    )
+    .expect("write the plot");
     println!();
     println!("plot: {}", path.display());
 }

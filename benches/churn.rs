@@ -83,7 +83,7 @@ fn main() {
         wrong.push(Point::at(rate, per_10k(t.wrong)));
         hops.push(Point::at(rate, t.hops.mean()));
     }
-    let dir = simbench::plots_dir();
+    let dir = plot::plots_dir();
     plot::lines(
         &dir.join("churn.svg"),
         &format!("Lookups under churn ({n} nodes, stabilization every 30 s)"),
@@ -93,7 +93,8 @@ fn main() {
             Series::new("failed (gave up)", failed),
             Series::new("wrong owner", wrong),
         ],
-    );
+    )
+    .expect("write the plot");
     println!();
     println!("plot: {}", dir.join("churn.svg").display());
 }

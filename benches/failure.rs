@@ -90,7 +90,7 @@ fn main() {
     println!(
         "repaired and fingers: the slowest seed. Wrong answers: none unless the table says so."
     );
-    let dir = simbench::plots_dir();
+    let dir = plot::plots_dir();
     plot::lines(
         &dir.join("failure-correct.svg"),
         &format!("Correct lookups after a fraction of {n} nodes fails at once (r = {r})"),
@@ -100,7 +100,8 @@ fn main() {
             Series::new("right after the failure", correct_now),
             Series::new("after stabilization", correct_after),
         ],
-    );
+    )
+    .expect("write the plot");
     plot::lines(
         &dir.join("failure-timeouts.svg"),
         &format!("Timeouts per lookup after a fraction of {n} nodes fails at once (r = {r})"),
@@ -110,7 +111,8 @@ fn main() {
             Series::new("right after the failure (mean, p1–p99)", timeouts_now),
             Series::new("after stabilization", timeouts_after),
         ],
-    );
+    )
+    .expect("write the plot");
     println!(
         "plots: {}/failure-correct.svg, failure-timeouts.svg",
         dir.display()

@@ -122,14 +122,15 @@ fn main() {
         .map(|&n| Point::at(n as f64, 0.5 * (n as f64).log2()))
         .collect();
     plotted.push(Series::reference("½·log2 N", reference));
-    let path = simbench::plots_dir().join("hops.svg");
+    let path = plot::plots_dir().join("hops.svg");
     plot::lines(
         &path,
         "Lookup hops against ring size (simulated, settled ring)",
         ("nodes N", XAxis::Log2),
         "hops (remote nodes asked)",
         &plotted,
-    );
+    )
+    .expect("write the plot");
     println!();
     println!("plot: {}", path.display());
 }

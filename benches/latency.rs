@@ -34,7 +34,9 @@ mod common;
 
 use chordkv_node::kv;
 use common::plot::{self, Bars};
-use common::{bench, env_or, node_binary, num, release_binary, start_nodes, wait_for_nodes};
+use common::{
+    bench, bench_args, env_or, node_binary, num, release_binary, start_nodes, wait_for_nodes,
+};
 use kvctl::Client;
 use serde_json::Value;
 use std::time::Duration;
@@ -134,25 +136,9 @@ fn main() {
             for direct in [true, false] {
                 for sessions in [false, true] {
                     let routing = if direct { "--direct" } else { "--via-node" };
-                    let mut args: Vec<String> = [
-                        "--op",
-                        op,
-                        "--clients",
-                        &clients.to_string(),
-                        "--keys",
-                        &keys.to_string(),
-                        "--value-size",
-                        "16",
-                        "--duration",
-                        &secs.to_string(),
-                        "--load",
-                        "--key-prefix",
-                        &format!("lat-{op}{routing}-{sessions}-"),
-                        routing,
-                    ]
-                    .iter()
-                    .map(|s| s.to_string())
-                    .collect();
+                    let mut args = bench_args(op, clients, keys, secs);
+                    let prefix = format!("lat-{op}{routing}-{sessions}-");
+                    args.extend(["--load", "--key-prefix", &prefix, routing].map(String::from));
                     if sessions {
                         args.push("--sessions".into());
                     }

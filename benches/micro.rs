@@ -72,15 +72,7 @@ fn route(c: &mut Criterion) {
         seed: 42,
         ..SimOptions::default()
     });
-    sim.add_node(None);
-    for _ in 1..RING {
-        sim.add_node(Some(0));
-        sim.run_for(20);
-    }
-    let settled = sim.run_until(600_000, |s| {
-        s.now() % 1000 == 0 && s.ring_errors(true).is_empty()
-    });
-    assert!(settled, "the simulated ring did not settle");
+    sim.grow_settled(RING);
     let targets = random_ids(4096, 2);
     let none = BTreeSet::new();
     let mut g = c.benchmark_group("route");

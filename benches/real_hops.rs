@@ -56,22 +56,14 @@ fn sim_id(i: usize) -> Id {
     Id::hash(Sim::addr(i).to_string().as_bytes())
 }
 
-/// The same lookups in the simulator: a ring of `n` nodes grown through node 0, run until
-/// every successor list and finger is exact (seed 42).
+/// The same lookups in the simulator, on a settled ring of `n` nodes (`Sim::grow_settled`: the
+/// state joins and stabilization converge to, every successor list and finger exact; seed 42).
 fn sim_lookups(n: usize, lookups: &[(usize, String)]) -> Vec<Option<Found>> {
     let mut sim = Sim::new(SimOptions {
         seed: 42,
         ..SimOptions::default()
     });
-    sim.add_node(None);
-    for _ in 1..n {
-        sim.add_node(Some(0));
-        sim.run_for(20);
-    }
-    let settled = sim.run_until(600_000, |s| {
-        s.now() % 1000 == 0 && s.ring_errors(true).is_empty()
-    });
-    assert!(settled, "the simulated ring did not settle");
+    sim.grow_settled(n);
     let tokens: Vec<_> = lookups
         .iter()
         .map(|(from, key)| {

@@ -19,7 +19,9 @@
 
 mod common;
 
-use common::{bench, env_or, node_binary, num as f, release_binary, start_nodes, wait_for_nodes};
+use common::{
+    bench, bench_args, env_or, node_binary, num as f, release_binary, start_nodes, wait_for_nodes,
+};
 use serde_json::Value;
 use std::path::Path;
 
@@ -75,21 +77,7 @@ fn main() {
     let rt = tokio::runtime::Runtime::new().expect("runtime");
 
     let common = |op: &str, keys: u64, direct: bool| -> Vec<String> {
-        let mut a: Vec<String> = [
-            "--op",
-            op,
-            "--clients",
-            &clients.to_string(),
-            "--keys",
-            &keys.to_string(),
-            "--value-size",
-            "16",
-            "--duration",
-            &secs.to_string(),
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+        let mut a = bench_args(op, clients, keys, secs);
         a.push(if direct { "--direct" } else { "--via-node" }.into());
         if op == "put" {
             a.push("--insert".into());

@@ -171,6 +171,28 @@ pub fn env_or(name: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
+/// The arguments of a `kvctl bench` run of `op` by `clients` clients over `keys` keys, 16-byte
+/// values, for `secs` seconds; callers add the routing and what else they need.
+#[allow(dead_code)] // not every bench runs kvctl bench
+pub fn bench_args(op: &str, clients: u64, keys: u64, secs: u64) -> Vec<String> {
+    let (clients, keys, secs) = (clients.to_string(), keys.to_string(), secs.to_string());
+    [
+        "--op",
+        op,
+        "--clients",
+        &clients,
+        "--keys",
+        &keys,
+        "--value-size",
+        "16",
+        "--duration",
+        &secs,
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
 /// Runs `kvctl --json bench ARGS` against `node` and returns its report.
 #[allow(dead_code)] // not every bench runs kvctl bench
 pub fn bench(kvctl: &Path, node: &str, args: &[String]) -> Value {

@@ -5,6 +5,7 @@
 // Each benchmark uses its part of what is here.
 #![allow(dead_code)]
 
+#[path = "../common/plot.rs"]
 pub mod plot;
 
 use chordkv_node::id::Id;
@@ -13,7 +14,6 @@ use chordkv_node::node::Options;
 use chordkv_node::ring;
 use chordkv_node::rpc::ConnId;
 use chordkv_node::testing::sim::{Sim, successor_in};
-use std::path::PathBuf;
 
 /// Whether the long run was asked for: `cargo bench --bench NAME -- --full`, or
 /// `CHORDKV_BENCH_FULL=1`.
@@ -40,15 +40,6 @@ pub fn env_u64(name: &str, default: u64) -> u64 {
         .first()
         .copied()
         .unwrap_or(default)
-}
-
-/// Where the plots go: `CHORDKV_PLOTS_DIR`, else `target/plots` in the workspace.
-pub fn plots_dir() -> PathBuf {
-    let dir = std::env::var_os("CHORDKV_PLOTS_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/plots"));
-    std::fs::create_dir_all(&dir).expect("create the plots directory");
-    dir
 }
 
 /// The ring timers a run uses.
