@@ -2,11 +2,9 @@
 //! and 8 nodes × {get, put, mix} × {direct, via a node} × {plain, in sessions}. One table, and
 //! SVG plots of the latency percentiles per configuration.
 //!
-//! The default run takes about 4 minutes on a 2-core machine (36 runs of 5 s, each after
+//! The default run takes about 5 minutes on a 2-core machine (36 runs of 5 s, each after
 //! loading its keys, and three rings to start), plus the release build of the node and kvctl
-//! (about 2 minutes more when the bench itself was just rebuilt: on this machine `cargo bench`
-//! and the bench's own `cargo build --release` of the binaries each found `chordkv-node` stale
-//! after the other and rebuilt it; `CHORDKV_NODE_BIN` names a node binary to run instead).
+//! the first time (`CHORDKV_NODE_BIN` names a node binary to run instead).
 //!
 //! Release-built `chordkv-node` processes on loopback in a temporary directory, with the node's
 //! default flags (N = 3 copies, majority quorums R = W = 2) except `--replicas 1` on the lone
