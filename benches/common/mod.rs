@@ -23,32 +23,11 @@ pub fn node_binary() -> PathBuf {
 }
 
 /// Builds binary `bin` of package `package` in release and returns its path.
-///
-/// The build runs without the variables `cargo bench` sets for the bench it runs
-/// (`CARGO_MANIFEST_DIR`, `CARGO_PKG_*`, …): `ring`'s build script reruns when
-/// `CARGO_MANIFEST_DIR` changes, so with them every bench rebuilt ring, rustls and the node
-/// (a minute or two), and the next `cargo build` from a shell rebuilt them again.
 #[allow(dead_code)] // not every bench uses every binary
 pub fn release_binary(bin: &str, package: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("bench path");
     let dir = exe.parent().and_then(Path::parent).expect("target dir");
-    let mut cargo = Command::new(env!("CARGO"));
-    for (name, _) in std::env::vars_os() {
-        let name = name.to_string_lossy();
-        let set_for_the_bench = [
-            "CARGO_MANIFEST_",
-            "CARGO_PKG_",
-            "CARGO_CRATE_",
-            "CARGO_BIN_",
-        ]
-        .iter()
-        .any(|p| name.starts_with(p))
-            || ["CARGO_PRIMARY_PACKAGE", "CARGO_TARGET_TMPDIR"].contains(&name.as_ref());
-        if set_for_the_bench {
-            cargo.env_remove(name.as_ref());
-        }
-    }
-    let status = cargo
+    let status = chordkv_node::testing::cargo::command(env!("CARGO"))
         .args(["build", "--release", "--bin", bin, "-p", package])
         .status()
         .expect("cargo build");

@@ -87,8 +87,7 @@ fn build_binaries() {
     BUILD.call_once(|| {
         let profile_dir = bin_dir();
         let target_dir = profile_dir.parent().expect("target/<profile> has a parent");
-        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| env!("CARGO").into());
-        let mut build = Command::new(cargo);
+        let mut build = chordkv_node::testing::cargo::command(env!("CARGO"));
         build
             .args(["build", "--bins", "-p", "chordkv-node", "-p", "kvctl"])
             .arg("--manifest-path")

@@ -6,6 +6,7 @@
 //! all drive the simulator and judge histories with the checker, and only a library module can
 //! be shared between them.
 
+pub mod cargo;
 pub mod faulty;
 pub mod history;
 pub mod seeds;
