@@ -16,13 +16,14 @@ mod simbench;
 
 use chordkv_node::id::Id;
 use chordkv_node::testing::sim::Sim;
+use simbench::env;
 use simbench::plot::{self, Point, Series, XAxis};
 use simbench::{Dist, Table, fmt};
 
 fn main() {
-    let hosts = simbench::env_u64("BALANCE_HOSTS", 10_000) as usize;
-    let key_counts = simbench::env_list("BALANCE_KEYS", &[100_000, 1_000_000]);
-    let ids_per_host = simbench::env_list("BALANCE_IDS", &[1, 2, 5, 10, 20]);
+    let hosts = env::env_or("BALANCE_HOSTS", 10_000) as usize;
+    let key_counts = env::env_list("BALANCE_KEYS", &[100_000, 1_000_000]);
+    let ids_per_host = env::env_list("BALANCE_IDS", &[1, 2, 5, 10, 20]);
     let most = key_counts.iter().copied().max().unwrap_or(0) as usize;
     let keys: Vec<Id> = (0..most)
         .map(|k| Id::hash(format!("balance-{k}").as_bytes()))

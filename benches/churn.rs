@@ -23,23 +23,24 @@ mod simbench;
 use chordkv_node::testing::sim::{Sim, SimOptions};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
+use simbench::env;
 use simbench::plot::{self, Point, Series, XAxis};
 use simbench::{Lookups, Table, Tally, Timers, fmt};
 use std::time::Instant;
 
 fn main() {
-    let full = simbench::full();
+    let full = env::full();
     let default_rates: &[u64] = if full {
         &[5, 10, 15, 20, 25, 30, 35, 40]
     } else {
         &[5, 10, 20, 40]
     };
-    let rates = simbench::env_list("CHURN_RATES", default_rates);
-    let secs = simbench::env_u64("CHURN_SECS", if full { 1_800 } else { 600 });
-    let n = simbench::env_u64("CHURN_NODES", 500) as usize;
-    let per_s = simbench::env_u64("CHURN_LOOKUPS_PER_S", 100);
-    let seed = simbench::env_u64("CHURN_SEED", 1);
-    let r = simbench::env_u64("CHURN_SUCCESSORS", 8) as usize;
+    let rates = env::env_list("CHURN_RATES", default_rates);
+    let secs = env::env_or("CHURN_SECS", if full { 1_800 } else { 600 });
+    let n = env::env_or("CHURN_NODES", 500) as usize;
+    let per_s = env::env_or("CHURN_LOOKUPS_PER_S", 100);
+    let seed = env::env_or("CHURN_SEED", 1);
+    let r = env::env_or("CHURN_SUCCESSORS", 8) as usize;
     println!("# Lookups under churn");
     println!();
     println!(

@@ -20,14 +20,15 @@ use chordkv_node::testing::sim::{Sim, SimOptions};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
+use simbench::env;
 use simbench::plot::{self, Point, Series, XAxis};
 use simbench::{Lookups, Outcome, Table, Tally, Timers, fmt};
 
 fn main() {
-    let n = simbench::env_u64("FAILURE_NODES", 1_000) as usize;
-    let r = simbench::env_u64("FAILURE_SUCCESSORS", 20) as usize;
-    let seeds = simbench::env_list("FAILURE_SEEDS", &[1, 2, 3]);
-    let lookups = simbench::env_u64("FAILURE_LOOKUPS", 2_000) as usize;
+    let n = env::env_or("FAILURE_NODES", 1_000) as usize;
+    let r = env::env_or("FAILURE_SUCCESSORS", 20) as usize;
+    let seeds = env::env_list("FAILURE_SEEDS", &[1, 2, 3]);
+    let lookups = env::env_or("FAILURE_LOOKUPS", 2_000) as usize;
     println!("# Lookups after a massive failure");
     println!();
     println!(

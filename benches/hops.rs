@@ -29,17 +29,18 @@ mod simbench;
 use chordkv_node::testing::sim::{Sim, SimOptions};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
+use simbench::env;
 use simbench::plot::{self, Point, Series, XAxis};
 use simbench::{Dist, Lookups, Outcome, Table, Tally, Timers, fmt};
 use std::time::Instant;
 
 fn main() {
-    let top = if simbench::full() { 14 } else { 12 };
+    let top = if env::full() { 14 } else { 12 };
     let default_sizes: Vec<u64> = (3..=top).map(|b| 1u64 << b).collect();
-    let sizes = simbench::env_list("HOPS_SIZES", &default_sizes);
-    let seeds = simbench::env_list("HOPS_SEEDS", &[1, 2, 3]);
-    let lookups = simbench::env_u64("HOPS_LOOKUPS", 10_000) as usize;
-    let lists = simbench::env_list("HOPS_SUCCESSORS", &[8, 16]);
+    let sizes = env::env_list("HOPS_SIZES", &default_sizes);
+    let seeds = env::env_list("HOPS_SEEDS", &[1, 2, 3]);
+    let lookups = env::env_or("HOPS_LOOKUPS", 10_000) as usize;
+    let lists = env::env_list("HOPS_SUCCESSORS", &[8, 16]);
     println!("# Lookup hops at scale");
     println!();
     println!(

@@ -31,10 +31,9 @@
 mod common;
 
 use chordkv_node::kv;
+use common::env::env_or;
 use common::plot::{self, Bars};
-use common::{
-    bench, bench_args, env_or, node_binary, num, release_binary, start_nodes, wait_for_nodes,
-};
+use common::{bench, bench_args, node_binary, num, release_binary, start_nodes, wait_for_nodes};
 use kvctl::Client;
 use serde_json::Value;
 use std::time::Duration;
@@ -91,10 +90,10 @@ fn main() {
     let secs = env_or("CHORDKV_BENCH_SECS", 5).max(1);
     let clients = env_or("CHORDKV_BENCH_CLIENTS", 32).max(1);
     let keys = env_or("CHORDKV_BENCH_KEYS", 2_000).max(1);
-    let sizes: Vec<usize> = std::env::var("CHORDKV_LATENCY_NODES")
-        .ok()
-        .map(|s| s.split(',').filter_map(|x| x.trim().parse().ok()).collect())
-        .unwrap_or_else(|| vec![1, 3, 8]);
+    let sizes: Vec<usize> = common::env::env_list("CHORDKV_LATENCY_NODES", &[1, 3, 8])
+        .into_iter()
+        .map(|n| n as usize)
+        .collect();
     let node_bin = node_binary();
     let kvctl = release_binary("kvctl", "kvctl");
     let rt = tokio::runtime::Runtime::new().expect("runtime");

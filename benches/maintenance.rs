@@ -19,7 +19,7 @@ mod simbench;
 
 use chordkv_node::testing::sim::{Sim, SimOptions, Traffic};
 use chordkv_node::wire;
-use simbench::{Table, Timers, fmt};
+use simbench::{Table, Timers, env, fmt};
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Instant;
 
@@ -31,13 +31,13 @@ const KINDS: [(&str, &[&str]); 3] = [
 ];
 
 fn main() {
-    let default_sizes: &[u64] = if simbench::full() {
+    let default_sizes: &[u64] = if env::full() {
         &[64, 256, 1024, 4096]
     } else {
         &[64, 256, 1024]
     };
-    let sizes = simbench::env_list("MAINTENANCE_SIZES", default_sizes);
-    let window = simbench::env_u64("MAINTENANCE_SECS", 20);
+    let sizes = env::env_list("MAINTENANCE_SIZES", default_sizes);
+    let window = env::env_or("MAINTENANCE_SECS", 20);
     println!("# Maintenance cost");
     println!();
     println!(

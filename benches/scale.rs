@@ -19,8 +19,9 @@
 
 mod common;
 
+use common::env::env_or;
 use common::{
-    bench, bench_args, env_or, node_binary, num as f, release_binary, start_nodes, wait_for_nodes,
+    bench, bench_args, node_binary, num as f, release_binary, start_nodes, wait_for_nodes,
 };
 use serde_json::Value;
 use std::path::Path;

@@ -28,11 +28,9 @@ use common::{node_binary, start_ring, wait_for_ring};
 use kvctl::{Client, Session};
 use std::time::{Duration, Instant};
 
+/// A count from env var `name`, else `default`.
 fn env_or(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(default)
+    common::env::env_or(name, default as u64) as usize
 }
 
 /// Latencies of one (setup, variant, operation), in microseconds.

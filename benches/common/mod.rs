@@ -2,6 +2,8 @@
 //! a ring of child processes in a temporary directory, waiting for it to form, driving
 //! `kvctl --json bench` against it, and drawing plots ([`plot`]).
 
+#[allow(dead_code)] // not every bench reads every knob
+pub mod env;
 #[allow(dead_code)] // not every bench draws
 pub mod plot;
 
@@ -159,16 +161,6 @@ pub async fn wait_for_nodes_within(addr: &str, n: usize, replicas: u32, limit: D
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     panic!("the ring did not form within {limit:?}");
-}
-
-/// The number in environment variable `name` (`_` allowed as a digit separator), else
-/// `default`.
-#[allow(dead_code)] // not every bench reads numbers from the environment
-pub fn env_or(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.replace('_', "").parse().ok())
-        .unwrap_or(default)
 }
 
 /// The arguments of a `kvctl bench` run of `op` by `clients` clients over `keys` keys, 16-byte

@@ -5,6 +5,8 @@
 // Each benchmark uses its part of what is here.
 #![allow(dead_code)]
 
+#[path = "../common/env.rs"]
+pub mod env;
 #[path = "../common/plot.rs"]
 pub mod plot;
 
@@ -14,33 +16,6 @@ use chordkv_node::node::Options;
 use chordkv_node::ring;
 use chordkv_node::rpc::ConnId;
 use chordkv_node::testing::sim::{Sim, successor_in};
-
-/// Whether the long run was asked for: `cargo bench --bench NAME -- --full`, or
-/// `CHORDKV_BENCH_FULL=1`.
-pub fn full() -> bool {
-    std::env::args().any(|a| a == "--full")
-        || std::env::var("CHORDKV_BENCH_FULL").is_ok_and(|v| v == "1")
-}
-
-/// A comma-separated list of numbers from env var `name`, else `default`.
-pub fn env_list(name: &str, default: &[u64]) -> Vec<u64> {
-    std::env::var(name)
-        .ok()
-        .map(|s| {
-            s.split(',')
-                .filter_map(|x| x.trim().replace('_', "").parse().ok())
-                .collect()
-        })
-        .unwrap_or_else(|| default.to_vec())
-}
-
-/// A number from env var `name`, else `default`.
-pub fn env_u64(name: &str, default: u64) -> u64 {
-    env_list(name, &[default])
-        .first()
-        .copied()
-        .unwrap_or(default)
-}
 
 /// The ring timers a run uses.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
