@@ -24,8 +24,9 @@
 mod common;
 
 use chordkv_node::id::Id;
+use chordkv_node::message::NodeRef;
 use chordkv_node::message::{Request, Response};
-use chordkv_node::testing::sim::{Sim, SimOptions};
+use chordkv_node::testing::sim::{Sim, SimOptions, successor_in};
 use common::env::env_or;
 use common::{node_binary, plot, release_binary, start_nodes_each, wait_for_nodes_within};
 use kvctl::{Client, RingView};
@@ -86,40 +87,35 @@ fn sim_lookups(n: usize, lookups: &[(usize, String)]) -> Vec<Option<Found>> {
         .collect()
 }
 
-/// The first node at or after `x` among the sorted `ids`.
-fn successor(ids: &[Id], x: Id) -> Id {
-    let i = ids.partition_point(|id| *id < x);
-    ids[i % ids.len()]
-}
-
 /// How many nodes of `view` are not settled: their predecessor, successor list (`r` long) or
 /// finger table (the distinct nodes in it) differ from the exact ones over the ring's members
 /// (0: every node routes as in a settled ring).
 fn unsettled(view: &RingView, r: usize) -> usize {
-    let mut ids: Vec<Id> = view
+    let mut ring: Vec<NodeRef> = view
         .nodes
         .iter()
         .filter_map(|m| m.status())
-        .map(|s| s.node.id)
+        .map(|s| s.node)
         .collect();
-    ids.sort_unstable();
-    let n = ids.len();
+    ring.sort_unstable();
+    let n = ring.len();
+    let ids = |nodes: &[NodeRef]| -> Vec<Id> { nodes.iter().map(|x| x.id).collect() };
     let mut wrong = 0;
     for s in view.nodes.iter().filter_map(|m| m.status()) {
         let me = s.node.id;
-        let pos = ids.partition_point(|id| *id < me);
-        let succs: Vec<Id> = (1..=r.min(n - 1)).map(|k| ids[(pos + k) % n]).collect();
-        let pred = ids[(pos + n - 1) % n];
+        let pos = ring.partition_point(|x| x.id < me);
+        let succs: Vec<Id> = (1..=r.min(n - 1)).map(|k| ring[(pos + k) % n].id).collect();
+        let pred = ring[(pos + n - 1) % n].id;
         let mut want: Vec<Id> = (0..chordkv_node::id::BITS)
-            .map(|i| successor(&ids, me.add_pow2(i)))
+            .filter_map(|i| successor_in(&ring, me.add_pow2(i)))
+            .map(|x| x.id)
             .filter(|id| *id != me)
             .collect();
         want.sort_unstable();
         want.dedup();
-        let mut have: Vec<Id> = s.fingers.iter().map(|f| f.id).collect();
+        let mut have = ids(&s.fingers);
         have.sort_unstable();
-        let have_succs: Vec<Id> = s.succs.iter().map(|f| f.id).collect();
-        if have != want || have_succs != succs || s.pred.map(|p| p.id) != Some(pred) {
+        if have != want || ids(&s.succs) != succs || s.pred.map(|p| p.id) != Some(pred) {
             wrong += 1;
         }
     }
