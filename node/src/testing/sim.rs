@@ -552,8 +552,11 @@ impl Sim {
                 request,
             } => {
                 let target = self.by_addr.get(&to).copied();
+                // Only a running node answers (and so has an answer to measure).
                 if let (Some(t), Some(_)) = (target, self.opts.max_frame) {
-                    self.asked.insert((t, from as ConnId, id), request.kind());
+                    if self.is_up(t) {
+                        self.asked.insert((t, from as ConnId, id), request.kind());
+                    }
                 }
                 let silent = self.opts.silent_crashes && target.is_some();
                 match target.and_then(|t| self.node_mut(t).map(|c| (t, c))) {
