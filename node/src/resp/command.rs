@@ -489,7 +489,11 @@ impl Client {
             "setnx" => self
                 .set_with(&a[0], &a[1], Cond::IfAbsent, false)
                 .await
-                .map(|r| Reply::Integer(i64::from(!matches!(r, Reply::Null)))),
+                .map(|r| match r {
+                    Reply::Null => Reply::Integer(0),
+                    Reply::Simple(_) => Reply::Integer(1),
+                    other => other,
+                }),
             "getset" => self.set_with(&a[0], &a[1], Cond::Always, true).await,
             "getdel" => {
                 self.update(&a[0], |old| match old {
