@@ -1,0 +1,3 @@
+//! The Redis protocol (RESP) port: [`frame`] turns bytes into commands and replies into bytes.
+
+pub mod frame;
