@@ -37,10 +37,7 @@ fn decode(limits: Limits, stream: &[u8], mut next_read: impl FnMut() -> usize) -
                 Ok(Some(item)) => items.push(item),
                 Ok(None) => break,
                 Err(e) => {
-                    return Outcome {
-                        items,
-                        end: Err(e),
-                    };
+                    return Outcome { items, end: Err(e) };
                 }
             }
         }
@@ -50,7 +47,10 @@ fn decode(limits: Limits, stream: &[u8], mut next_read: impl FnMut() -> usize) -
             buf.len(),
             limits.max_pending()
         );
-        assert!(decoder.held() <= limits.max_command, "decoder over max_command");
+        assert!(
+            decoder.held() <= limits.max_command,
+            "decoder over max_command"
+        );
         if rest.is_empty() {
             return Outcome {
                 items,
