@@ -1256,8 +1256,7 @@ impl Client {
                 let mut requests = Vec::with_capacity(keys.len());
                 for key in &keys {
                     // Not through the session: a session of every key would be full at once.
-                    let mut delete =
-                        Request::write(key.clone(), None, VersionVector::new(), None);
+                    let mut delete = Request::write(key.clone(), None, VersionVector::new(), None);
                     if let Request::Delete { mode, .. } = &mut delete {
                         *mode = WriteMode::Overwrite;
                     }
