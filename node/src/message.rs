@@ -490,6 +490,30 @@ pub enum Response {
     },
 }
 
+impl Response {
+    /// The variant's name, for errors about an answer that does not fit its request (the
+    /// answer itself may be megabytes long).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Response::Pong { .. } => "Pong",
+            Response::Route { .. } => "Route",
+            Response::Neighbors { .. } => "Neighbors",
+            Response::Ack => "Ack",
+            Response::Redirect { .. } => "Redirect",
+            Response::Read { .. } => "Read",
+            Response::Written { .. } => "Written",
+            Response::State { .. } => "State",
+            Response::SyncKeys { .. } => "SyncKeys",
+            Response::SyncItems { .. } => "SyncItems",
+            Response::HandedOff { .. } => "HandedOff",
+            Response::Reaped { .. } => "Reaped",
+            Response::Lookup { .. } => "Lookup",
+            Response::Status { .. } => "Status",
+            Response::Keys { .. } => "Keys",
+        }
+    }
+}
+
 /// What a read found.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReadReply {

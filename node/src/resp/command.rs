@@ -1359,7 +1359,7 @@ fn too_large(size: usize, max: usize) -> Reply {
 }
 
 fn unexpected(what: &str, got: &Response) -> Error {
-    Error::InvalidData(format!("unexpected answer to {what}: {got:?}"))
+    Error::InvalidData(format!("the node answered {what} with {}", got.kind()))
 }
 
 /// `COMMAND`, `COMMAND COUNT`, `COMMAND INFO name…`, `COMMAND DOCS [name…]`.
