@@ -159,8 +159,9 @@ struct Args {
     /// Let FLUSHALL and FLUSHDB on the RESP port delete every key of the ring.
     #[arg(long, requires = "resp")]
     resp_flushall: bool,
-    /// Most open RESP connections at once; one more is refused.
-    #[arg(long, default_value_t = 10_000)]
+    /// Most open RESP connections at once; one more is refused. Each takes a file descriptor:
+    /// keep it, --max-connections and --max-peer-connections together under `ulimit -n`.
+    #[arg(long, default_value_t = 1024)]
     resp_max_connections: usize,
 }
 
@@ -213,6 +214,7 @@ fn run(args: Args) -> Result<(), String> {
         let mut resp = chordkv_node::resp::Config::new(listen);
         resp.allow_flushall = args.resp_flushall;
         resp.max_connections = args.resp_max_connections.max(1);
+        resp.idle_timeout = Some(Duration::from_millis(args.idle_timeout_ms.max(1)));
         config.resp = Some(resp);
     }
     config.durability = match args.durability.as_str() {

@@ -20,7 +20,29 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 /// How often a read-modify-write command reads and tries again when the key changed under it.
-pub const MAX_ATTEMPTS: u32 = 32;
+pub const MAX_ATTEMPTS: u32 = 100;
+
+/// A connection's session keeps at most this many keys: past it, after each command, it
+/// forgets its oldest floors that every copy holds ([`Session::forget_stable`]). A write
+/// carries the session's other unstable floors and looks over all of its keys, so a session
+/// that kept every key a long-lived connection touched would make each write slower.
+pub const SESSION_KEYS: usize = 256;
+
+/// Most keys a session compaction reads (from all N copies) before one write.
+const MAX_COMPACTION_READS: usize = crate::session::MAX_DEPS;
+
+/// Most bytes of values one multi-key read (`MGET`) returns; past it the command is refused.
+pub const MAX_REPLY_BYTES: usize = 16 << 20;
+
+/// Keys of an `MGET` read at once: values may be megabytes each, so a batch is small, and the
+/// reply's bound is checked after each.
+const READ_BATCH: usize = 16;
+
+/// Keys of a multi-key command handed to the core at once.
+const BATCH: usize = 256;
+
+/// Most bytes of a session blob `CKV.SESSION SET` takes.
+const MAX_SESSION_BLOB: usize = 1 << 20;
 
 /// Keys per page of `FLUSHALL`'s listing of a node's range.
 const FLUSH_PAGE: u32 = 512;
@@ -334,13 +356,34 @@ fn text(arg: &[u8]) -> String {
     String::from_utf8_lossy(arg).into_owned()
 }
 
+/// An integer as Redis reads one (`string2ll`): an optional `-`, then digits without a
+/// leading zero (`0` alone excepted); no `+`, no `-0`, no spaces.
 fn parse_i64(arg: &[u8]) -> Option<i64> {
+    let digits = arg.strip_prefix(b"-").unwrap_or(arg);
+    let canonical = match digits {
+        [b'0'] => arg.len() == 1,
+        [b'1'..=b'9', rest @ ..] => rest.iter().all(u8::is_ascii_digit),
+        _ => false,
+    };
+    if !canonical {
+        return None;
+    }
     std::str::from_utf8(arg).ok()?.parse().ok()
 }
 
+/// A float as `INCRBYFLOAT` takes one: no spaces around it, finite.
 fn parse_f64(arg: &[u8]) -> Option<f64> {
-    let f: f64 = std::str::from_utf8(arg).ok()?.trim().parse().ok()?;
+    let text = std::str::from_utf8(arg).ok()?;
+    if text.is_empty() || text.trim() != text {
+        return None;
+    }
+    let f: f64 = text.parse().ok()?;
     f.is_finite().then_some(f)
+}
+
+/// Whether a client name is one Redis takes: printable ASCII without spaces (`!` to `~`).
+fn valid_name(name: &[u8]) -> bool {
+    name.iter().all(|b| (b'!'..=b'~').contains(b))
 }
 
 /// How Redis prints a float it stores: no exponent, no trailing zeros.
@@ -431,11 +474,11 @@ impl Client {
             let shown: Vec<String> = args[1..]
                 .iter()
                 .take(8)
-                .map(|a| format!("'{}'", text(a)))
+                .map(|a| format!("'{}'", text(&a[..a.len().min(128)])))
                 .collect();
             let reply = err(format!(
                 "unknown command '{}', with args beginning with: {}",
-                text(first),
+                text(&first[..first.len().min(128)]),
                 shown.join(" ")
             ));
             return (reply, Flow::Continue);
@@ -465,7 +508,21 @@ impl Client {
         if spec.name == "quit" {
             return (ok(), Flow::Close);
         }
-        (self.run(spec.name, &args[1..]).await, Flow::Continue)
+        let reply = self.run(spec.name, &args[1..]).await;
+        self.trim_session();
+        (reply, Flow::Continue)
+    }
+
+    /// Keep the session within [`SESSION_KEYS`] where its floors allow.
+    fn trim_session(&mut self) {
+        if self.session.len() > SESSION_KEYS {
+            self.session.forget_stable(SESSION_KEYS);
+        }
+    }
+
+    /// Whether the connection may run commands: it proved a token, or the node asks none.
+    pub fn authenticated(&self) -> bool {
+        self.access.is_some()
     }
 
     async fn run(&mut self, name: &str, a: &[Vec<u8>]) -> Reply {
@@ -593,20 +650,30 @@ impl Client {
             };
             rest = tail;
         }
+        // Every option is checked before any takes effect, as Redis does.
         let mut name = None;
+        let mut credentials = None;
         while let Some((option, tail)) = rest.split_first() {
             match (text(option).to_ascii_lowercase().as_str(), tail) {
                 ("auth", [user, pass, more @ ..]) => {
-                    if let Reply::Error(e) = self.auth(&[user.clone(), pass.clone()]) {
-                        return Reply::Error(e);
-                    }
+                    credentials = Some([user.clone(), pass.clone()]);
                     rest = more;
                 }
                 ("setname", [n, more @ ..]) => {
+                    if !valid_name(n) {
+                        return err(
+                            "Client names cannot contain spaces, newlines or special characters.",
+                        );
+                    }
                     name = Some(text(n));
                     rest = more;
                 }
                 _ => return syntax(),
+            }
+        }
+        if let Some(credentials) = credentials {
+            if let Reply::Error(e) = self.auth(&credentials) {
+                return Reply::Error(e);
             }
         }
         if self.access.is_none() {
@@ -673,12 +740,12 @@ impl Client {
         let sub = text(&a[0]).to_ascii_lowercase();
         match (sub.as_str(), &a[1..]) {
             ("setname", [n]) => {
-                let n = text(n);
-                if n.contains(|c: char| c.is_whitespace() || c.is_control()) {
+                if !valid_name(n) {
                     return err(
                         "Client names cannot contain spaces, newlines or special characters.",
                     );
                 }
+                let n = text(n);
                 self.name = (!n.is_empty()).then_some(n);
                 ok()
             }
@@ -713,10 +780,25 @@ impl Client {
     fn session_command(&mut self, a: &[Vec<u8>]) -> Reply {
         match (text(&a[0]).to_ascii_lowercase().as_str(), &a[1..]) {
             ("get", []) => Reply::Bulk(self.session.to_bytes()),
+            ("set", [blob]) if blob.len() > MAX_SESSION_BLOB => err(format!(
+                "a session blob is at most {MAX_SESSION_BLOB} bytes, this one is {}",
+                blob.len()
+            )),
             ("set", [blob]) => match Session::from_bytes(blob) {
+                Ok(s) if s.len() > crate::session::MAX_KEYS => err(format!(
+                    "the session holds {} keys, more than the {} a session may",
+                    s.len(),
+                    crate::session::MAX_KEYS
+                )),
                 Ok(s) => {
-                    self.session = s;
-                    ok()
+                    let valid = s.iter().try_for_each(|(_, floor, _)| floor.validate());
+                    match valid {
+                        Ok(()) => {
+                            self.session = s;
+                            ok()
+                        }
+                        Err(e) => error_reply(&e),
+                    }
                 }
                 Err(e) => error_reply(&e),
             },
@@ -823,8 +905,18 @@ impl Client {
         context: &VersionVector,
         mode: WriteMode,
     ) -> Result<bool> {
-        let request = self.write_request(key, value, context, mode).await?;
+        let request = self
+            .write_request(key, value.clone(), context, mode)
+            .await?;
         let response = self.conn.call(request).await;
+        if mode == WriteMode::Overwrite && matches!(response, Err(Error::Ambiguous(_))) {
+            // The node could not tell whether its retry of this write had been applied. An
+            // overwrite applied twice is the same write (the value stands either way), so it
+            // is sent once more as a new write rather than failing the SET.
+            let request = self.write_request(key, value, context, mode).await?;
+            let response = self.conn.call(request).await;
+            return self.observe_write(key, response);
+        }
         self.observe_write(key, response)
     }
 
@@ -836,7 +928,8 @@ impl Client {
             return;
         }
         let all = u8::try_from(self.gateway.quorums.0).ok();
-        let keys = self.session.compaction_candidates();
+        let mut keys = self.session.compaction_candidates();
+        keys.truncate(MAX_COMPACTION_READS);
         let mut requests = Vec::new();
         for key in &keys {
             if let Ok(r) = self.get_request(key, all) {
@@ -855,6 +948,12 @@ impl Client {
         key: &[u8],
         mut decide: impl FnMut(Option<&[u8]>) -> std::result::Result<Step, Reply>,
     ) -> Result<Reply> {
+        let stripes = std::sync::Arc::clone(&self.gateway.stripes);
+        let stripe = crate::id::Id::hash(key).0[0..2]
+            .iter()
+            .fold(0usize, |n, b| n << 8 | usize::from(*b))
+            % stripes.len();
+        let _turn = stripes[stripe].lock().await;
         for attempt in 0..MAX_ATTEMPTS {
             let read = self.read(key).await?;
             let current = match single(key, &read) {
@@ -872,15 +971,18 @@ impl Client {
                 Ok(_) => return Ok(reply),
                 Err(Error::Changed(_)) => {
                     metrics::counter!("chordkv_resp_rmw_retries_total").increment(1);
-                    // Let the other writer finish; a little longer each time.
-                    tokio::time::sleep(Duration::from_micros(100 << attempt.min(6))).await;
+                    // Let the other writers finish: a random pause, up to twice as long each
+                    // time (to 6.4 ms), so contenders spread out instead of colliding again.
+                    let most = 100u64 << attempt.min(6);
+                    let pause = rand::random_range(most / 2..=most);
+                    tokio::time::sleep(Duration::from_micros(pause)).await;
                 }
                 Err(e) => return Err(e),
             }
         }
-        Ok(err(format!(
-            "{} changed under {MAX_ATTEMPTS} attempts to update it; retry",
-            text(key)
+        Ok(Reply::Error(format!(
+            "TRYAGAIN {} changed under {MAX_ATTEMPTS} attempts to update it; retry",
+            text(&key[..key.len().min(128)])
         )))
     }
 
@@ -897,13 +999,14 @@ impl Client {
         let (key, value) = (&a[0], &a[1]);
         let mut cond = Cond::Always;
         let mut get = false;
-        for option in &a[2..] {
+        let mut options = a[2..].iter();
+        while let Some(option) = options.next() {
             match text(option).to_ascii_uppercase().as_str() {
-                "NX" if cond == Cond::Always => cond = Cond::IfAbsent,
-                "XX" if cond == Cond::Always => cond = Cond::IfPresent,
+                "NX" if cond != Cond::IfPresent => cond = Cond::IfAbsent,
+                "XX" if cond != Cond::IfAbsent => cond = Cond::IfPresent,
                 "GET" => get = true,
                 "KEEPTTL" => {}
-                "EX" | "PX" | "EXAT" | "PXAT" => {
+                "EX" | "PX" | "EXAT" | "PXAT" if options.next().is_some() => {
                     return Ok(err(
                         "chordkv has no TTLs yet: SET with EX, PX, EXAT or PXAT is refused \
                          (the key was not written)",
@@ -957,21 +1060,35 @@ impl Client {
         .await
     }
 
+    /// `MGET`, a batch of reads at a time; refused once the values pass [`MAX_REPLY_BYTES`].
     async fn mget(&mut self, keys: &[Vec<u8>]) -> Result<Reply> {
-        let mut requests = Vec::with_capacity(keys.len());
-        for key in keys {
-            requests.push(self.get_request(key, None)?);
-        }
-        let answers = self.conn.call_all(requests).await;
         let mut values = Vec::with_capacity(keys.len());
-        for (key, answer) in keys.iter().zip(answers) {
-            values.push(match self.observe_read(key, answer) {
-                Ok(read) => match single(key, &read) {
-                    Ok(v) => bulk_or_null(v),
-                    Err(conflict) => conflict,
-                },
-                Err(e) => error_reply(&e),
-            });
+        let mut bytes = 0;
+        for batch in keys.chunks(READ_BATCH) {
+            let mut requests = Vec::with_capacity(batch.len());
+            for key in batch {
+                requests.push(self.get_request(key, None)?);
+            }
+            let answers = self.conn.call_all(requests).await;
+            self.trim_session();
+            for (key, answer) in batch.iter().zip(answers) {
+                values.push(match self.observe_read(key, answer) {
+                    Ok(read) => match single(key, &read) {
+                        Ok(v) => {
+                            bytes += v.as_ref().map_or(0, Vec::len);
+                            bulk_or_null(v)
+                        }
+                        Err(conflict) => conflict,
+                    },
+                    Err(e) => error_reply(&e),
+                });
+            }
+            if bytes > MAX_REPLY_BYTES {
+                return Ok(err(format!(
+                    "reply too large: these keys hold more than {MAX_REPLY_BYTES} bytes; ask \
+                     for fewer at a time"
+                )));
+            }
         }
         Ok(Reply::Array(values))
     }
@@ -980,24 +1097,27 @@ impl Client {
         if !a.len().is_multiple_of(2) {
             return Ok(err("wrong number of arguments for 'mset' command"));
         }
-        let mut requests = Vec::with_capacity(a.len() / 2);
-        for pair in a.chunks(2) {
-            let request = self
-                .write_request(
-                    &pair[0],
-                    Some(pair[1].clone()),
-                    &VersionVector::new(),
-                    WriteMode::Overwrite,
-                )
-                .await?;
-            requests.push(request);
-        }
-        let answers = self.conn.call_all(requests).await;
         let mut first_error = None;
-        for (pair, answer) in a.chunks(2).zip(answers) {
-            if let Err(e) = self.observe_write(&pair[0], answer) {
-                first_error.get_or_insert(e);
+        for batch in a.chunks(2 * BATCH) {
+            let mut requests = Vec::with_capacity(batch.len() / 2);
+            for pair in batch.chunks(2) {
+                let request = self
+                    .write_request(
+                        &pair[0],
+                        Some(pair[1].clone()),
+                        &VersionVector::new(),
+                        WriteMode::Overwrite,
+                    )
+                    .await?;
+                requests.push(request);
             }
+            let answers = self.conn.call_all(requests).await;
+            for (pair, answer) in batch.chunks(2).zip(answers) {
+                if let Err(e) = self.observe_write(&pair[0], answer) {
+                    first_error.get_or_insert(e);
+                }
+            }
+            self.trim_session();
         }
         match first_error {
             Some(e) => Err(e),
@@ -1008,6 +1128,15 @@ impl Client {
     /// `DEL`: read the keys, then delete those with a value (writing no tombstone for a key
     /// that has none).
     async fn del(&mut self, keys: &[Vec<u8>]) -> Result<Reply> {
+        let mut deleted = 0;
+        for batch in keys.chunks(BATCH) {
+            deleted += self.del_batch(batch).await?;
+            self.trim_session();
+        }
+        Ok(Reply::Integer(deleted))
+    }
+
+    async fn del_batch(&mut self, keys: &[Vec<u8>]) -> Result<i64> {
         let mut requests = Vec::with_capacity(keys.len());
         for key in keys {
             requests.push(self.get_request(key, None)?);
@@ -1034,20 +1163,23 @@ impl Client {
                 deleted += 1;
             }
         }
-        Ok(Reply::Integer(deleted))
+        Ok(deleted)
     }
 
     async fn exists(&mut self, keys: &[Vec<u8>]) -> Result<Reply> {
-        let mut requests = Vec::with_capacity(keys.len());
-        for key in keys {
-            requests.push(self.get_request(key, None)?);
-        }
-        let answers = self.conn.call_all(requests).await;
         let mut count = 0;
-        for (key, answer) in keys.iter().zip(answers) {
-            if !self.observe_read(key, answer)?.values.is_empty() {
-                count += 1;
+        for batch in keys.chunks(BATCH) {
+            let mut requests = Vec::with_capacity(batch.len());
+            for key in batch {
+                requests.push(self.get_request(key, None)?);
             }
+            let answers = self.conn.call_all(requests).await;
+            for (key, answer) in batch.iter().zip(answers) {
+                if !self.observe_read(key, answer)?.values.is_empty() {
+                    count += 1;
+                }
+            }
+            self.trim_session();
         }
         Ok(Reply::Integer(count))
     }
@@ -1481,7 +1613,10 @@ mod tests {
     #[test]
     fn every_command_in_the_table_is_found_and_has_a_sane_arity() {
         for c in COMMANDS {
-            assert_eq!(find(c.name).map(|f| (f.name, f.arity)), Some((c.name, c.arity)));
+            assert_eq!(
+                find(c.name).map(|f| (f.name, f.arity)),
+                Some((c.name, c.arity))
+            );
             assert!(c.arity != 0, "{}", c.name);
             assert_eq!(c.name, c.name.to_ascii_lowercase());
         }

@@ -97,6 +97,28 @@ pub struct Config {
     /// Close a connection that sends no command for this long; `None` keeps it (as Redis's
     /// default `timeout 0`).
     pub idle_timeout: Option<Duration>,
+    /// How many connections at once may hold a command of more than [`SMALL_COMMAND`] bytes
+    /// while it arrives; others wait for a place before they read on. With the per-connection
+    /// bound of a command, this bounds what partly sent commands hold in all.
+    pub large_commands: usize,
+}
+
+/// A command up to this size is read without a place among [`Config::large_commands`].
+pub const SMALL_COMMAND: usize = 256 << 10;
+
+/// How long a connection holding a place for a large command may go without sending a byte of
+/// it before it is closed (so a stalled sender cannot keep the place).
+const LARGE_COMMAND_STALL: Duration = Duration::from_secs(10);
+
+/// The bounds on a connection's commands before it proves a token: enough for `AUTH` and
+/// `HELLO`, so a stranger cannot make the node hold megabytes.
+fn unauthenticated_limits() -> frame::Limits {
+    frame::Limits {
+        max_args: 16,
+        max_bulk: 4 << 10,
+        max_command: 16 << 10,
+        max_inline: 16 << 10,
+    }
 }
 
 impl Config {
@@ -105,8 +127,9 @@ impl Config {
         Config {
             listen,
             allow_flushall: false,
-            max_connections: 10_000,
-            idle_timeout: None,
+            max_connections: 1024,
+            idle_timeout: Some(Duration::from_secs(300)),
+            large_commands: 16,
         }
     }
 }
@@ -126,14 +149,22 @@ pub(crate) struct Gateway {
     pub(crate) client_ids: Arc<AtomicU64>,
     pub(crate) connected: Arc<AtomicU64>,
     pub(crate) commands: Arc<AtomicU64>,
+    /// Places for connections receiving a large command ([`Config::large_commands`]).
+    pub(crate) large: Arc<Semaphore>,
+    /// Read-modify-write commands of one key through this node take turns on its stripe, so
+    /// they do not keep failing each other's compare-and-set; the owner's check still orders
+    /// them against writes through other nodes.
+    pub(crate) stripes: Arc<[tokio::sync::Mutex<()>]>,
 }
+
+/// How many stripes [`Gateway::stripes`] has.
+const STRIPES: usize = 1024;
 
 impl Gateway {
     /// The gateway of a node run with `server`'s configuration, over `core`.
     pub(crate) fn new(config: Config, server: &crate::server::Config, core: Core) -> Gateway {
         let kv = &server.node.kv;
         Gateway {
-            config,
             core,
             tokens: server.security.gate.tokens.clone(),
             dialer: Arc::new(server.security.dialer(server.limits)),
@@ -143,6 +174,9 @@ impl Gateway {
             client_ids: Arc::new(AtomicU64::new(1)),
             connected: Arc::new(AtomicU64::new(0)),
             commands: Arc::new(AtomicU64::new(0)),
+            large: Arc::new(Semaphore::new(config.large_commands.max(1))),
+            stripes: (0..STRIPES).map(|_| tokio::sync::Mutex::new(())).collect(),
+            config,
         }
     }
 
@@ -210,8 +244,14 @@ async fn serve_connection(mut stream: TcpStream, peer: SocketAddr, gateway: &Gat
             .max(gateway.core.limits().max_key),
         ..frame::Limits::default()
     };
-    let mut decoder = frame::Decoder::new(limits);
     let mut client = command::Client::new(gateway.clone(), conn, peer);
+    let mut decoder = frame::Decoder::new(if client.authenticated() {
+        limits
+    } else {
+        unauthenticated_limits()
+    });
+    // The place among the large commands this connection holds, while it holds one.
+    let mut large: Option<tokio::sync::OwnedSemaphorePermit> = None;
     let mut input = BytesMut::with_capacity(READ_CHUNK);
     let mut output: Vec<u8> = Vec::with_capacity(READ_CHUNK);
     loop {
@@ -221,7 +261,13 @@ async fn serve_connection(mut stream: TcpStream, peer: SocketAddr, gateway: &Gat
             match decoder.decode(&mut input) {
                 Ok(Some(frame::Item::Command(args))) => {
                     gateway.commands.fetch_add(1, Ordering::Relaxed);
+                    let before = client.authenticated();
                     let (reply, flow) = client.execute(args).await;
+                    if !before && client.authenticated() {
+                        // Between commands the decoder holds nothing: the new bounds apply
+                        // from the next command on.
+                        decoder = frame::Decoder::new(limits);
+                    }
                     reply.encode(client.protocol(), &mut output);
                     if flow == command::Flow::Close {
                         closing = true;
@@ -257,9 +303,29 @@ async fn serve_connection(mut stream: TcpStream, peer: SocketAddr, gateway: &Gat
             let _ = stream.shutdown().await;
             return;
         }
+        // A command growing past SMALL_COMMAND reads on only with a place among the large ones.
+        let pending = input.len() + decoder.held();
+        if pending <= SMALL_COMMAND {
+            large = None;
+        } else if large.is_none() {
+            let place = Arc::clone(&gateway.large).acquire_owned();
+            match tokio::time::timeout(LARGE_COMMAND_STALL, place).await {
+                Ok(Ok(place)) => large = Some(place),
+                _ => {
+                    let _ = stream
+                        .write_all(b"-ERR busy: too many large commands arriving at once\r\n")
+                        .await;
+                    return;
+                }
+            }
+        }
         input.reserve(READ_CHUNK);
         let read = stream.read_buf(&mut input);
-        let n = match gateway.config.idle_timeout {
+        let idle = match (&large, gateway.config.idle_timeout) {
+            (Some(_), _) => Some(LARGE_COMMAND_STALL),
+            (None, idle) => idle,
+        };
+        let n = match idle {
             Some(idle) => match tokio::time::timeout(idle, read).await {
                 Ok(n) => n,
                 Err(_) => {

@@ -357,3 +357,59 @@ async fn flushall_is_off_unless_enabled_and_then_deletes_every_key_page_by_page(
     assert_eq!(c.call(&["EXISTS", "key0", "key999", "key1299"]).await, ":0");
     assert_eq!(c.call(&["GET", "key500"]).await, "(nil)");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_lived_connection_keeps_a_bounded_session_and_replies() {
+    let (addr, _stop) = node(None, 4 << 20).await;
+    let mut c = Conn::open(addr).await.expect("connect");
+    let mut mset = vec!["MSET".to_string()];
+    for i in 0..3000 {
+        mset.extend([format!("key{i}"), "v".to_string()]);
+    }
+    let args: Vec<&str> = mset.iter().map(String::as_str).collect();
+    assert_eq!(c.call(&args).await, "+OK");
+    for i in 0..300 {
+        assert_eq!(c.call(&["SET", &format!("seq{i}"), "v"]).await, "+OK");
+    }
+    let info = c.call(&["CLIENT", "INFO"]).await;
+    let keys: usize = info
+        .split_whitespace()
+        .find_map(|f| f.strip_prefix("session-keys="))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no session-keys in {info}"));
+    assert!(
+        keys <= super::command::SESSION_KEYS,
+        "{keys} keys in {info}"
+    );
+    // A multi-key read whose values pass the reply bound is refused, not buffered.
+    let big = "x".repeat(3 << 20);
+    assert_eq!(c.call(&["SET", "big", &big]).await, "+OK");
+    let mut mget = vec!["MGET"];
+    mget.extend(std::iter::repeat_n("big", 8));
+    let r = c.call(&mget).await;
+    assert!(
+        r.starts_with("-ERR reply too large"),
+        "{}",
+        &r[..r.len().min(80)]
+    );
+    assert_eq!(c.call(&["PING"]).await, "+PONG");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn before_auth_a_connection_may_send_only_small_commands() {
+    let tokens: Tokens = format!("read-write app:{SECRET}\n")
+        .parse()
+        .expect("tokens");
+    let (addr, _stop) = node(Some(tokens), 4 << 20).await;
+    let mut c = Conn::open(addr).await.expect("connect");
+    let big = "x".repeat(64 << 10);
+    let r = c.call(&["SET", "k", &big]).await;
+    assert!(r.starts_with("-ERR value too large"), "{r}");
+    assert_eq!(c.call(&["AUTH", "app", SECRET]).await, "+OK");
+    assert_eq!(
+        c.call(&["SET", "k", &big]).await,
+        "+OK",
+        "after AUTH the node's bounds apply"
+    );
+    assert_eq!(c.call(&["STRLEN", "k"]).await, ":65536");
+}

@@ -465,16 +465,27 @@ impl Session {
             .map(|(k, e)| (!e.stable, e.touched, k, e.floor.vector()))
             .collect();
         others.sort_by_key(|o| (o.0, o.1));
+        // The stable keys come first, oldest first: those are left out, in that order, while
+        // the rest breaks a bound. The count bound needs no encoding, so it is met in one pass;
+        // only then is the rest encoded, and again per key left out for the byte bound (at most
+        // MAX_DEPS times). Measuring bytes after every key left out made a write of a session
+        // of n keys cost O(n²) encodings (thousands of keys stalled a RESP connection for
+        // minutes).
+        let stable = others.iter().take_while(|o| !o.0).count();
+        let mut counted = others.iter().filter(|o| !o.3.is_empty()).count();
+        let mut dropped = 0;
+        while counted > MAX_DEPS && dropped < stable {
+            if !others[dropped].3.is_empty() {
+                counted -= 1;
+            }
+            dropped += 1;
+        }
         let mut deps = Deps::new();
-        for (_, _, k, v) in &others {
+        for (_, _, k, v) in &others[dropped..] {
             deps.add(k, v);
         }
-        // Encoding costs microseconds: measure once, and again only while leaving keys out.
         let mut bytes = deps.encoded_len();
-        let mut dropped = 0;
-        while (deps.len() > MAX_DEPS || bytes > MAX_DEPS_BYTES)
-            && others.get(dropped).is_some_and(|o| !o.0)
-        {
+        while bytes > MAX_DEPS_BYTES && dropped < stable {
             deps.remove(others[dropped].2);
             dropped += 1;
             bytes = deps.encoded_len();
