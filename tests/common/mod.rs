@@ -11,6 +11,7 @@
 //! because `cargo test --test e2e` builds only the root package's targets and would otherwise run
 //! stale binaries after a change under `node/src` or `kvctl/src`.
 
+use chordkv_node::message::{Request, Response};
 use chordkv_node::wire::Dialer;
 use kvctl::{Client, Id, NodeStatus, RingMember, RingView};
 use std::collections::{BTreeMap, BTreeSet, HashSet};
@@ -551,6 +552,57 @@ impl Cluster {
     pub fn wait_for_ring(&self, members: &[usize]) -> RingView {
         let what = format!("a consistent ring of nodes {members:?}");
         wait_until(CONVERGE, &what, || self.converged(members))
+    }
+
+    /// The index of the cluster's node at `addr`.
+    pub fn index_of(&self, addr: SocketAddr) -> usize {
+        self.all()
+            .into_iter()
+            .find(|&i| self.addr(i) == addr)
+            .unwrap_or_else(|| panic!("{addr} is none of the cluster's nodes"))
+    }
+
+    /// The owner of `key` as `kvctl --json lookup` through node `via` reports it.
+    pub fn owner_of(&self, via: usize, key: &str) -> Result<usize, String> {
+        let out = self.kvctl(via, &["--json", "lookup", key]);
+        if !out.status.success() {
+            return Err(format!("lookup {key} through node {via}: {}", stderr(&out)));
+        }
+        let v: serde_json::Value =
+            serde_json::from_slice(&out.stdout).map_err(|e| e.to_string())?;
+        let addr: SocketAddr = v["owner"]["addr"]
+            .as_str()
+            .and_then(|a| a.parse().ok())
+            .ok_or_else(|| format!("no owner address in {v}"))?;
+        Ok(self.index_of(addr))
+    }
+
+    /// The nodes after node `i` in ring order, nearest first, as node indices (the ring must
+    /// be converged with all the cluster's nodes).
+    pub fn successors_of(&self, i: usize) -> Vec<usize> {
+        let view = self.converged(&self.all()).expect("a converged ring");
+        let mut order: Vec<usize> = view
+            .nodes
+            .iter()
+            .map(|m| self.index_of(m.node().addr))
+            .collect();
+        let at = order
+            .iter()
+            .position(|&n| n == i)
+            .expect("node i is on the ring");
+        order.rotate_left(at);
+        order.remove(0);
+        order
+    }
+
+    /// Tells node `i` to drop every request it sends to `peers` from now on (none: heal).
+    /// Needs nodes started with `--allow-fault-injection`.
+    pub fn block(&self, i: usize, peers: Vec<SocketAddr>) {
+        let client = self.client(i);
+        match self.block_on(client.call(Request::Block { peers })) {
+            Ok(Response::Ack) => {}
+            other => panic!("node {i} did not take the block: {other:?}"),
+        }
     }
 
     /// The last lines of node `i`'s log.
