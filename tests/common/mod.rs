@@ -147,6 +147,27 @@ pub fn free_addr() -> SocketAddr {
     }
 }
 
+/// Sends an inline `PING` to the Redis port at `addr` and checks the answer is a reply to it.
+fn resp_ping(addr: SocketAddr) -> Result<(), String> {
+    use std::io::Read;
+    let mut stream = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2))
+        .map_err(|e| format!("connect: {e}"))?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(2)))
+        .map_err(|e| e.to_string())?;
+    stream
+        .write_all(b"PING\r\n")
+        .map_err(|e| format!("write: {e}"))?;
+    let mut answer = [0u8; 64];
+    let n = stream.read(&mut answer).map_err(|e| format!("read: {e}"))?;
+    let answer = &answer[..n];
+    if answer == b"+PONG\r\n" || answer.starts_with(b"-NOAUTH") {
+        Ok(())
+    } else {
+        Err(format!("answered {:?}", String::from_utf8_lossy(answer)))
+    }
+}
+
 /// Runs the real `kvctl` binary with `args`, feeding it `stdin`.
 ///
 /// Without `--session FILE` or `--no-session` among `args` it runs with `--no-session`: the default session
@@ -194,6 +215,8 @@ struct Node {
     extra_args: Vec<String>,
     /// Where it serves Prometheus metrics, if asked to.
     metrics: Option<SocketAddr>,
+    /// Where it serves the Redis protocol (`--resp`), if asked to.
+    resp: Option<SocketAddr>,
     /// The running process, if any.
     child: Option<Child>,
 }
@@ -208,6 +231,8 @@ pub struct Cluster {
     kvctl_args: Vec<String>,
     /// Whether nodes started from now on serve metrics (`--metrics`).
     with_metrics: bool,
+    /// Whether nodes started from now on serve the Redis protocol (`--resp`).
+    with_resp: bool,
     runtime: tokio::runtime::Runtime,
     // Dropped last: the children must be gone before their directories.
     dir: tempfile::TempDir,
@@ -221,6 +246,7 @@ impl Cluster {
             dialer: Client::open_dialer(),
             kvctl_args: Vec::new(),
             with_metrics: false,
+            with_resp: false,
             runtime: tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
                 .enable_all()
@@ -261,6 +287,24 @@ impl Cluster {
         cluster
     }
 
+    /// [`Cluster::start_with`], each node also serving the Redis protocol on a port of its own
+    /// ([`Cluster::resp_addr`]), and answering PING there before this returns.
+    pub fn start_with_resp(n: usize, extra_args: &[&str]) -> Cluster {
+        let mut cluster = Cluster::new();
+        cluster.serve_resp();
+        for i in 0..n {
+            cluster.start_node((i > 0).then_some(0), extra_args);
+        }
+        cluster.wait_for_ring(&cluster.all());
+        cluster
+    }
+
+    /// Nodes started from now on also serve the Redis protocol (`--resp ADDR`, a free loopback
+    /// port each), and [`Cluster::start_node`] returns only once that port answers PING.
+    pub fn serve_resp(&mut self) {
+        self.with_resp = true;
+    }
+
     /// The cluster's node indices in ring order, as walked in `view`, rotated to start at
     /// node 0.
     pub fn ring_order(&self, view: &RingView) -> Vec<usize> {
@@ -289,9 +333,13 @@ impl Cluster {
             let addr = free_addr();
             let data_dir = self.dir.path().join(format!("node{i}-{}", addr.port()));
             let metrics = self.with_metrics.then(free_addr);
+            let resp = self.with_resp.then(free_addr);
             let mut args: Vec<String> = extra_args.iter().map(|a| a.to_string()).collect();
             if let Some(m) = metrics {
                 args.extend(["--metrics".to_string(), m.to_string()]);
+            }
+            if let Some(r) = resp {
+                args.extend(["--resp".to_string(), r.to_string()]);
             }
             self.nodes.truncate(i);
             self.nodes.push(Node {
@@ -300,10 +348,16 @@ impl Cluster {
                 log: self.dir.path().join(format!("node{i}.log")),
                 extra_args: args,
                 metrics,
+                resp,
                 child: None,
             });
             match self.spawn(i, bootstrap) {
-                Ok(()) => return i,
+                Ok(()) => {
+                    if self.with_resp {
+                        self.wait_for_resp(i);
+                    }
+                    return i;
+                }
                 Err(log)
                     if attempt < 5
                         && (log.contains("cannot listen") || log.contains("cannot serve")) =>
@@ -431,6 +485,35 @@ impl Cluster {
     /// Node `i`'s address.
     pub fn addr(&self, i: usize) -> SocketAddr {
         self.nodes[i].addr
+    }
+
+    /// Where node `i` serves the Redis protocol. Needs a cluster that serves it
+    /// ([`Cluster::start_with_resp`], [`Cluster::serve_resp`]).
+    pub fn resp_addr(&self, i: usize) -> SocketAddr {
+        self.nodes[i]
+            .resp
+            .unwrap_or_else(|| panic!("node {i} was started without --resp"))
+    }
+
+    /// Waits until node `i`'s Redis port answers an inline `PING` with `+PONG` (before AUTH, a
+    /// node with tokens answers `-NOAUTH`, which shows it serves as well). Panics with its log
+    /// if it does not within the start timeout.
+    pub fn wait_for_resp(&self, i: usize) {
+        let addr = self.resp_addr(i);
+        let what = format!("node {i}'s Redis port {addr} to answer PING");
+        let deadline = Instant::now() + START;
+        loop {
+            match resp_ping(addr) {
+                Ok(()) => return,
+                Err(e) if Instant::now() >= deadline => {
+                    panic!(
+                        "timed out waiting for {what}: {e}; its log:\n{}",
+                        self.log_tail(i)
+                    )
+                }
+                Err(_) => std::thread::sleep(POLL),
+            }
+        }
     }
 
     /// The value of the sample `name` (with its labels, e.g. `m{quantile="1"}`) in node `i`'s
