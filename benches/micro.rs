@@ -102,6 +102,7 @@ fn frames(c: &mut Criterion) {
             context: context.clone(),
             w: None,
             session: None,
+            mode: Default::default(),
         },
     };
     let cases = [

@@ -101,6 +101,7 @@ fn envelopes() -> Vec<(&'static str, Envelope)> {
                     context: context(&[(1, 2), (2, 1)]),
                     w: None,
                     session: None,
+                    mode: Default::default(),
                 },
             ),
         ),

@@ -195,6 +195,7 @@ fn node_requests(key: &[u8], someone: NodeRef) -> Vec<Request> {
             },
             w: None,
             session: None,
+            mode: Default::default(),
         },
         Request::ReplicaRead { key: key.to_vec() },
         Request::SyncFetch {

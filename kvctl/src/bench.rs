@@ -155,28 +155,6 @@ impl OpStats {
     }
 }
 
-/// The name an error is counted under.
-fn kind(e: &Error) -> &'static str {
-    match e {
-        Error::InvalidInput(_) => "invalid_input",
-        Error::InvalidData(_) => "invalid_data",
-        Error::TooLarge { .. } => "too_large",
-        Error::VersionMismatch { .. } => "version_mismatch",
-        Error::Unavailable(_) => "unavailable",
-        Error::Unreachable(_) => "unreachable",
-        Error::Conflict(_) => "conflict",
-        Error::SessionUnmet { .. } => "session_unmet",
-        Error::SessionFull(_) => "session_full",
-        Error::WrongOwner => "wrong_owner",
-        Error::Timeout(_) => "timeout",
-        Error::Ambiguous(_) => "ambiguous",
-        Error::Overloaded(_) => "overloaded",
-        Error::Io(_) => "io",
-        Error::Unauthorized(_) => "unauthorized",
-        Error::Forbidden(_) => "forbidden",
-    }
-}
-
 /// One client's state: its connection, its keys' contexts, its results.
 struct Worker {
     index: u64,
@@ -252,7 +230,7 @@ impl Worker {
             let _ = stats.latency.record(us.min(120_000_000));
             match result {
                 Ok(()) => stats.ok += 1,
-                Err(e) => *stats.errors.entry(kind(&e).to_string()).or_default() += 1,
+                Err(e) => *stats.errors.entry(e.kind().to_string()).or_default() += 1,
             }
         }
     }

@@ -389,6 +389,7 @@ mod tests {
             context: Default::default(),
             w: None,
             session: None,
+            mode: Default::default(),
         };
         let transfer = Request::Transfer {
             from: crate::message::NodeRef {

@@ -86,9 +86,37 @@ pub enum Error {
     /// client, or a write with a read-only token. The connection stays usable.
     #[error("forbidden: {0}")]
     Forbidden(String),
+    /// A compare-and-set write ([`crate::message::WriteMode::IfUnchanged`]) found the key
+    /// changed since the read its context came from: nothing was written. Read again, then
+    /// write again.
+    #[error("changed: {0}")]
+    Changed(String),
 }
 
 impl Error {
+    /// A short name of the variant, for metrics labels and counts of errors by kind.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Error::InvalidInput(_) => "invalid_input",
+            Error::InvalidData(_) => "invalid_data",
+            Error::TooLarge { .. } => "too_large",
+            Error::VersionMismatch { .. } => "version_mismatch",
+            Error::Unavailable(_) => "unavailable",
+            Error::Unreachable(_) => "unreachable",
+            Error::Conflict(_) => "conflict",
+            Error::SessionUnmet { .. } => "session_unmet",
+            Error::SessionFull(_) => "session_full",
+            Error::WrongOwner => "wrong_owner",
+            Error::Timeout(_) => "timeout",
+            Error::Ambiguous(_) => "ambiguous",
+            Error::Overloaded(_) => "overloaded",
+            Error::Io(_) => "io",
+            Error::Unauthorized(_) => "unauthorized",
+            Error::Forbidden(_) => "forbidden",
+            Error::Changed(_) => "changed",
+        }
+    }
+
     /// Whether retrying the same request later may succeed.
     pub fn is_retryable(&self) -> bool {
         matches!(

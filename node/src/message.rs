@@ -218,6 +218,8 @@ pub enum Request {
         w: Option<u8>,
         /// The client's session part, as in [`Request::Put`].
         session: Option<Box<SessionWrite>>,
+        /// What the write replaces beyond `context` ([`WriteMode`]); the owner decides it.
+        mode: WriteMode,
     },
 
     /// Replication: merge these versioned states (key, encoded state) into your copies.
@@ -317,6 +319,8 @@ pub enum Request {
         /// else [`Error::SessionUnmet`]; it also replaces the floor's written dots, and its
         /// dependencies are stored with the version.
         session: Option<Box<SessionWrite>>,
+        /// What the write replaces beyond `context` ([`WriteMode`]); the owner decides it.
+        mode: WriteMode,
     },
     /// Delete a key wherever it lives: writes a tombstone version that replaces what `context`
     /// covers. [`Response::Written`].
@@ -329,6 +333,8 @@ pub enum Request {
         w: Option<u8>,
         /// A session delete, as in [`Request::Put`].
         session: Option<Box<SessionWrite>>,
+        /// What the write replaces beyond `context` ([`WriteMode`]); the owner decides it.
+        mode: WriteMode,
     },
     /// Find the owner of a key: [`Response::Lookup`].
     Lookup {
@@ -345,6 +351,26 @@ pub enum Request {
         #[serde(deserialize_with = "nodes")]
         peers: Vec<SocketAddr>,
     },
+}
+
+/// What a write replaces, decided by the key's owner when it applies the write. Every mode
+/// supersedes what the write's context covers; they differ in what else they do with the
+/// versions the owner holds. Only the owner's own copy counts: see SIBLINGS AND
+/// READ-MODIFY-WRITE in [`crate::resp`] for what that means when ownership moves.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum WriteMode {
+    /// Replace exactly what the context covers; versions it does not cover stay as siblings.
+    /// The Dynamo write: a blind write (an empty context) adds a sibling.
+    #[default]
+    Context,
+    /// Replace every version the owner holds, whatever the context: writes through one owner
+    /// are ordered as they arrive and the last one stands, as in Redis's `SET`. Versions only
+    /// a replica holds (written under another owner) still become siblings when copies merge.
+    Overwrite,
+    /// Compare-and-set: apply the write only if its context covers every version the owner
+    /// holds (nothing was written since the read it came from), else [`Error::Changed`] and
+    /// nothing is written. Read-modify-write commands build on it.
+    IfUnchanged,
 }
 
 /// Everything a node can answer.
@@ -529,12 +555,14 @@ impl Request {
                 context,
                 w,
                 session: None,
+                mode: WriteMode::Context,
             },
             None => Request::Delete {
                 key,
                 context,
                 w,
                 session: None,
+                mode: WriteMode::Context,
             },
         }
     }

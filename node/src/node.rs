@@ -381,13 +381,77 @@ mod tests {
     }
 
     fn put(key: &[u8], value: &[u8], context: VersionVector) -> Request {
+        put_mode(key, value, context, Default::default())
+    }
+
+    fn put_mode(
+        key: &[u8],
+        value: &[u8],
+        context: VersionVector,
+        mode: crate::message::WriteMode,
+    ) -> Request {
         Request::Put {
             key: key.to_vec(),
             value: value.to_vec(),
             context,
             w: None,
             session: None,
+            mode,
         }
+    }
+
+    /// The values and context of `key`.
+    fn read_reply<S: Storage>(node: &mut Node<S>, key: &[u8]) -> (Vec<Vec<u8>>, VersionVector) {
+        let get = Request::Get {
+            key: key.to_vec(),
+            r: None,
+            session: None,
+        };
+        match call(node, get) {
+            Ok(Response::Read(reply)) => (reply.values, reply.context),
+            other => panic!("read of {key:?}: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn write_modes_decide_what_else_a_write_replaces_at_the_owner() {
+        use crate::message::WriteMode;
+        let mut node = boot(MemoryStorage::new());
+        let blind = |value: &[u8], mode| put_mode(b"k", value, VersionVector::new(), mode);
+        // Context: a blind write keeps what it did not see.
+        assert!(call(&mut node, blind(b"a", WriteMode::Context)).is_ok());
+        assert!(call(&mut node, blind(b"b", WriteMode::Context)).is_ok());
+        let (mut values, seen) = read_reply(&mut node, b"k");
+        values.sort();
+        assert_eq!(values, [b"a".to_vec(), b"b".to_vec()]);
+        // Overwrite: a blind write replaces every version the owner holds.
+        assert!(call(&mut node, blind(b"c", WriteMode::Overwrite)).is_ok());
+        assert_eq!(read_reply(&mut node, b"k").0, [b"c".to_vec()]);
+        // IfUnchanged: refused with a context from before the overwrite, nothing written...
+        let stale = put_mode(b"k", b"d", seen, WriteMode::IfUnchanged);
+        assert!(matches!(call(&mut node, stale), Err(Error::Changed(_))));
+        assert_eq!(read_reply(&mut node, b"k").0, [b"c".to_vec()]);
+        // ...applied with a fresh one, and a delete may be conditional too.
+        let (_, fresh) = read_reply(&mut node, b"k");
+        let cas = put_mode(b"k", b"e", fresh.clone(), WriteMode::IfUnchanged);
+        assert!(call(&mut node, cas).is_ok());
+        let stale_delete = Request::Delete {
+            key: b"k".to_vec(),
+            context: fresh,
+            w: None,
+            session: None,
+            mode: WriteMode::IfUnchanged,
+        };
+        assert!(matches!(
+            call(&mut node, stale_delete),
+            Err(Error::Changed(_))
+        ));
+        assert_eq!(read_reply(&mut node, b"k").0, [b"e".to_vec()]);
+        // IfUnchanged on an absent key: an empty context covers nothing, so it is a create.
+        let create = put_mode(b"new", b"1", VersionVector::new(), WriteMode::IfUnchanged);
+        assert!(call(&mut node, create.clone()).is_ok());
+        let again = put_mode(b"new", b"2", VersionVector::new(), WriteMode::IfUnchanged);
+        assert!(matches!(call(&mut node, again), Err(Error::Changed(_))));
     }
 
     fn read<S: Storage>(node: &mut Node<S>, key: &[u8]) -> Vec<Vec<u8>> {

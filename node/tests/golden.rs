@@ -138,6 +138,7 @@ impl Runner {
                     context,
                     w: None,
                     session: None,
+                    mode: Default::default(),
                 };
                 out += &answer(self.sim().request(via, req, 30_000));
             }
@@ -149,6 +150,7 @@ impl Runner {
                     context: VersionVector::new(),
                     w: None,
                     session: None,
+                    mode: Default::default(),
                 };
                 out += &answer(self.sim().request(via, req, 30_000));
             }
@@ -169,6 +171,7 @@ impl Runner {
                     context,
                     w: None,
                     session: None,
+                    mode: Default::default(),
                 };
                 out += &answer(self.sim().request(via, req, 30_000));
             }

@@ -67,12 +67,14 @@ fn session_write(sim: &mut Sim, via: usize, s: &mut Session, key: &[u8], value: 
             context,
             w: None,
             session: part,
+            mode: Default::default(),
         },
         None => Request::Delete {
             key: key.to_vec(),
             context,
             w: None,
             session: part,
+            mode: Default::default(),
         },
     };
     match sim.request(via, req, 10_000) {
@@ -102,6 +104,7 @@ fn a_forged_dependency_does_not_make_honest_sessions_unable_to_read_another_key(
             floor: Floor::default(),
             deps,
         })),
+        mode: Default::default(),
     };
     assert!(matches!(
         sim.request(1, put, 5_000),
@@ -168,6 +171,7 @@ fn a_session_write_cannot_replace_a_version_it_never_saw_by_naming_its_dot() {
         context: VersionVector::new(),
         w: None,
         session: None,
+        mode: Default::default(),
     };
     let Ok(Response::Written { dot, .. }) = sim.request(0, plain, 5_000) else {
         panic!("alice's write failed");
@@ -190,6 +194,7 @@ fn a_session_write_cannot_replace_a_version_it_never_saw_by_naming_its_dot() {
             },
             deps: Deps::new(),
         })),
+        mode: Default::default(),
     };
     assert!(matches!(
         sim.request(1, forged, 5_000),
@@ -345,6 +350,7 @@ fn a_session_write_refused_as_unmet_was_not_applied() {
         context: VersionVector::new(),
         w: Some(1),
         session: Some(Box::new(s.for_write(&key).expect("review"))),
+        mode: Default::default(),
     };
     match sim.request(owner, put, 5_000) {
         Ok(Response::Written { dot, stable, .. }) => s.observe_write(&key, dot, stable),
@@ -357,6 +363,7 @@ fn a_session_write_refused_as_unmet_was_not_applied() {
         context: s.write_context(&key, &VersionVector::new()),
         w: None,
         session: Some(Box::new(s.for_write(&key).expect("review"))),
+        mode: Default::default(),
     };
     let token = sim.submit(via, put);
     assert!(sim.run_until(5_000, |sim| {
@@ -514,6 +521,7 @@ fn unmeetable_floors_are_refused_and_do_not_hold_up_other_requests() {
                     },
                     deps: Deps::new(),
                 })),
+                mode: Default::default(),
             }
         };
         tokens.push(sim.submit((i % 3) as usize, req));

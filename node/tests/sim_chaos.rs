@@ -44,6 +44,7 @@ fn write(sim: &mut Sim, via: usize, key: Vec<u8>, blind: bool, h: &mut History, 
         context,
         w: None,
         session: None,
+        mode: Default::default(),
     };
     if let Ok(Response::Written { dot, .. }) = sim.request(via, req, 15_000) {
         h.record_ack(id, dot);
@@ -224,6 +225,7 @@ fn a_write_applied_by_a_crashed_owner_and_again_on_retry_reads_as_one_version() 
         context: VersionVector::new(),
         w: None,
         session: None,
+        mode: Default::default(),
     };
     let token = sim.submit(coordinator, put);
     assert!(
@@ -298,6 +300,7 @@ fn a_retry_the_key_may_have_forgotten_is_refused_not_applied_twice() {
         },
         w: None,
         session: None,
+        mode: Default::default(),
     };
     // Write 1, then four newer writes through the same coordinator, each replacing the last.
     let mut context = VersionVector::new();
@@ -348,6 +351,7 @@ fn per_request_write_quorums_are_honoured_and_bounded_by_n() {
         context: VersionVector::new(),
         w,
         session: None,
+        mode: Default::default(),
     };
     let refused = sim.request(owner, put(Some(4), b"x"), 5_000);
     assert!(
@@ -400,6 +404,7 @@ fn a_write_missed_by_a_cut_off_replica_is_handed_over_when_it_returns() {
         context: VersionVector::new(),
         w: None,
         session: None,
+        mode: Default::default(),
     };
     let acked = sim.request(owner, put, 10_000);
     assert!(matches!(acked, Ok(Response::Written { .. })), "{acked:?}");

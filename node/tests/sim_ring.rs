@@ -140,6 +140,7 @@ fn a_settled_ring_is_the_state_joins_converge_to_and_stays_so() {
             context: Default::default(),
             w: None,
             session: None,
+            mode: Default::default(),
         };
         assert!(settled.request(k % n, put, 10_000).is_ok(), "put {k}");
         match settled.request((k * 7) % n, Request::Lookup { key: key.clone() }, 10_000) {

@@ -189,6 +189,7 @@ fn start(
             value,
             w: None,
             session: Some(Box::new(part)),
+            mode: Default::default(),
         };
         (op, request)
     } else {
@@ -326,6 +327,7 @@ fn a_session_part_over_its_bounds_is_refused_and_the_node_serves_on() {
             floor: Floor::default(),
             deps,
         })),
+        mode: Default::default(),
     };
     match sim.request(1, put, 5_000) {
         Err(Error::InvalidInput(m)) => assert!(m.contains("dependencies"), "{m}"),
@@ -376,6 +378,7 @@ fn a_read_of_a_state_every_copy_stored_is_stable() {
             context: session.write_context(key, &VersionVector::new()),
             w: None,
             session: Some(Box::new(session.for_write(key).expect("within bounds"))),
+            mode: Default::default(),
         };
         match sim.request(0, put, 5_000) {
             Ok(Response::Written { dot, stable, .. }) => session.observe_write(key, dot, stable),

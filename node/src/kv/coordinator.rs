@@ -15,7 +15,7 @@
 use super::{Event, Kv, KvIo, Purpose, Routed};
 use crate::error::{Error, Result};
 use crate::id::Id;
-use crate::message::{NodeRef, ReadReply, Request, RequestId, Response, WriteId};
+use crate::message::{NodeRef, ReadReply, Request, RequestId, Response, WriteId, WriteMode};
 use crate::ring::{Lookup, Ring};
 use crate::rpc::ConnId;
 use crate::session::{Floor, SessionWrite};
@@ -165,6 +165,7 @@ pub(super) struct FloorOp {
     write_id: WriteId,
     w: Option<u8>,
     session: Box<SessionWrite>,
+    mode: WriteMode,
     outstanding: usize,
 }
 
@@ -221,6 +222,7 @@ impl<S: Storage> Kv<S> {
                 context,
                 w,
                 session,
+                mode,
             } => Request::StoreWrite {
                 key,
                 value: Some(value),
@@ -228,12 +230,14 @@ impl<S: Storage> Kv<S> {
                 write_id: op.write_id,
                 w,
                 session,
+                mode,
             },
             Request::Delete {
                 key,
                 context,
                 w,
                 session,
+                mode,
             } => Request::StoreWrite {
                 key,
                 value: None,
@@ -241,6 +245,7 @@ impl<S: Storage> Kv<S> {
                 write_id: op.write_id,
                 w,
                 session,
+                mode,
             },
             _ => return,
         };
@@ -390,6 +395,7 @@ impl<S: Storage> Kv<S> {
             write_id,
             w,
             session,
+            mode,
         } = write;
         if self
             .writes
@@ -434,6 +440,7 @@ impl<S: Storage> Kv<S> {
                     write_id,
                     w,
                     session: session.expect("checked"),
+                    mode,
                     outstanding,
                 };
                 self.floors.insert(op, floor);
@@ -444,7 +451,7 @@ impl<S: Storage> Kv<S> {
         // replicated once more and the first answer returned.
         let response = match self.applied.get(&write_id) {
             Some(first) => first.clone(),
-            None => match self.write_version(io, &key, value, &context, write_id, session) {
+            None => match self.write_version(io, &key, value, &context, write_id, session, mode) {
                 Ok(r) => {
                     self.remember_applied(write_id, r.clone());
                     r
@@ -525,6 +532,7 @@ impl<S: Storage> Kv<S> {
                         write_id: f.write_id,
                         w: f.w,
                         session: Some(f.session),
+                        mode: f.mode,
                     };
                     self.coordinate_write(ring, io, f.responder, write);
                 }
@@ -840,11 +848,15 @@ impl<S: Storage> Kv<S> {
         }
     }
 
-    /// Make a new version of `key` as its owner: our dot, superseding what `context` covers.
+    /// Make a new version of `key` as its owner: our dot, superseding what `context` covers,
+    /// and with [`WriteMode::Overwrite`] everything we hold.
     ///
     /// # Errors
     /// As [`Versioned::write_issued`]; [`Error::TooLarge`] if the key's state would grow over
-    /// [`crate::version::VersionLimits::max_state_bytes`]; storage failures.
+    /// [`crate::version::VersionLimits::max_state_bytes`]; [`Error::Changed`] for a
+    /// [`WriteMode::IfUnchanged`] write whose context misses a version we hold; storage
+    /// failures.
+    #[allow(clippy::too_many_arguments)]
     fn write_version(
         &mut self,
         io: &mut dyn KvIo,
@@ -853,6 +865,7 @@ impl<S: Storage> Kv<S> {
         context: &VersionVector,
         write_id: WriteId,
         session: Option<Box<SessionWrite>>,
+        mode: WriteMode,
     ) -> Result<Response> {
         let mut state = self.read_versions(key)?;
         let existed = !state.is_deleted();
@@ -875,6 +888,24 @@ impl<S: Storage> Kv<S> {
                     .into(),
             ));
         }
+        let overwritten;
+        let context = match mode {
+            WriteMode::Context => context,
+            WriteMode::Overwrite => {
+                let mut all = context.clone();
+                all.merge(state.context());
+                overwritten = all;
+                &overwritten
+            }
+            WriteMode::IfUnchanged => {
+                if !context.dominates(state.context()) {
+                    return Err(Error::Changed(
+                        "the key was written since it was read; read it again".into(),
+                    ));
+                }
+                context
+            }
+        };
         let issuer = self.issuer()?;
         let (replaces, deps) = match session.as_deref() {
             Some(s) => (s.floor.wrote.as_slice(), Some(&s.deps)),
@@ -982,6 +1013,7 @@ pub(super) struct StoreWrite {
     pub(super) write_id: WriteId,
     pub(super) w: Option<u8>,
     pub(super) session: Option<Box<SessionWrite>>,
+    pub(super) mode: WriteMode,
 }
 
 impl StoreWrite {
@@ -995,6 +1027,7 @@ impl StoreWrite {
                 write_id,
                 w,
                 session,
+                mode,
             } => Some(StoreWrite {
                 key,
                 value,
@@ -1002,6 +1035,7 @@ impl StoreWrite {
                 write_id,
                 w,
                 session,
+                mode,
             }),
             _ => None,
         }

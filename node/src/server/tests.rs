@@ -121,6 +121,7 @@ fn put(key: &[u8], w: u8) -> Request {
         context: VersionVector::new(),
         w: Some(w),
         session: None,
+        mode: Default::default(),
     }
 }
 

@@ -92,8 +92,9 @@ use tokio::time::Instant;
 pub const MAGIC: [u8; 4] = *b"CHKV";
 
 /// The protocol version this build speaks. Peers must speak the same one. Version 2 added the
-/// authenticating exchange after the hellos ([`handshake`]).
-pub const VERSION: u16 = 2;
+/// authenticating exchange after the hellos ([`handshake`]); version 3 the write mode of puts,
+/// deletes and owner writes ([`crate::message::WriteMode`]).
+pub const VERSION: u16 = 3;
 
 /// Length of a hello: magic, version, role.
 pub const HELLO_LEN: usize = 7;

@@ -133,6 +133,7 @@ fn encode_frame_refuses_what_the_peer_would_refuse() {
             context: VersionVector::new(),
             w: None,
             session: None,
+            mode: Default::default(),
         },
     };
     match encode_frame(&big, 1024) {
@@ -172,6 +173,7 @@ fn check_request_table() {
         context: VersionVector::new(),
         w: None,
         session: None,
+        mode: Default::default(),
     };
     let store_write = |k: &[u8], v: Option<Vec<u8>>| Request::StoreWrite {
         key: k.to_vec(),
@@ -184,6 +186,7 @@ fn check_request_table() {
             seq: 1,
         },
         session: None,
+        mode: Default::default(),
     };
     let transfer = |items: Vec<(&[u8], &[u8])>, deletes: Vec<&[u8]>| Request::Transfer {
         from: node_ref(),
@@ -204,6 +207,7 @@ fn check_request_table() {
                 context: VersionVector::new(),
                 w: None,
                 session: None,
+                mode: Default::default(),
             },
             Err(empty()),
         ),
@@ -317,6 +321,7 @@ fn a_maximal_put_fits_a_default_frame() {
             context: VersionVector::new(),
             w: None,
             session: None,
+            mode: Default::default(),
         },
     };
     let encoded = encode_frame(&put, limits.max_frame).expect("fits");
@@ -390,6 +395,7 @@ async fn frame_reader_and_writer_round_trip() {
                 context: VersionVector::new(),
                 w: None,
                 session: None,
+                mode: Default::default(),
             },
         })
         .collect();
