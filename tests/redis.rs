@@ -775,11 +775,7 @@ fn an_oversized_value_gets_an_error_and_the_connection_serves_on() {
 #[test]
 fn three_nodes_read_through_each_node_what_was_written_through_the_others() {
     let cluster = Cluster::start_with_resp(3, &[]);
-    let ports: Vec<SocketAddr> = cluster
-        .all()
-        .iter()
-        .map(|&i| cluster.resp_addr(i))
-        .collect();
+    let ports = cluster.resp_addrs();
     // 1,000 keys through each node, each read back through the two others; then 1,000 DELs.
     python("ring", &ports, &["--protocol", "2"]);
     for &port in &ports {
@@ -850,11 +846,7 @@ fn three_nodes_read_through_each_node_what_was_written_through_the_others() {
 #[test]
 fn siblings_from_a_blind_ckv_put_conflict_until_a_put_with_their_context() {
     let cluster = Cluster::start_with_resp(3, &[]);
-    let ports: Vec<SocketAddr> = cluster
-        .all()
-        .iter()
-        .map(|&i| cluster.resp_addr(i))
-        .collect();
+    let ports = cluster.resp_addrs();
     python("siblings", &ports, &["--chordkv", "--protocol", "2"]);
     python("siblings", &ports, &["--chordkv", "--protocol", "3"]);
 }
@@ -880,18 +872,7 @@ fn a_connection_reads_its_own_write_when_the_copy_that_answers_lags() {
         cluster.start_node((i > 0).then_some(0), &flags);
     }
     cluster.wait_for_ring(&cluster.all());
-    wait_until(CONVERGE, "every node to know N - 1 successors", || {
-        for i in cluster.all() {
-            let st = cluster.status(i)?;
-            if st.replicas < st.replicas_wanted {
-                return Err(format!(
-                    "node {i} has {} of {} copies",
-                    st.replicas, st.replicas_wanted
-                ));
-            }
-        }
-        Ok(())
-    });
+    cluster.wait_for_all_copies();
     let owner = cluster.owner_of(0, "x").expect("x has an owner");
     let succs = cluster.successors_of(owner);
     let (next, last) = (succs[0], succs[2]);

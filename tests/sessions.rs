@@ -50,21 +50,9 @@ struct Setup {
 
 fn setup() -> Setup {
     let cluster = Cluster::start_with(4, &FLAGS);
-    // A consistent ring is not enough: a node whose successor list is still short replicates
-    // to fewer nodes, and a write the owner sends only to the node it blocks would reach no
-    // other copy. Wait until every node has all N copies' worth of successors.
-    wait_until(REPAIR, "every node to know N - 1 successors", || {
-        for i in cluster.all() {
-            let st = cluster.status(i)?;
-            if st.replicas < st.replicas_wanted {
-                return Err(format!(
-                    "node {i} has {} of {} copies",
-                    st.replicas, st.replicas_wanted
-                ));
-            }
-        }
-        Ok(())
-    });
+    // A write the owner sends only to the node it blocks would reach no other copy if the
+    // owner's successor list were still short.
+    cluster.wait_for_all_copies();
     let owner = cluster.owner_of(0, "x").expect("x has an owner");
     let succs = cluster.successors_of(owner);
     assert_eq!(

@@ -495,6 +495,11 @@ impl Cluster {
             .unwrap_or_else(|| panic!("node {i} was started without --resp"))
     }
 
+    /// Where each node serves the Redis protocol, in node order.
+    pub fn resp_addrs(&self) -> Vec<SocketAddr> {
+        self.all().into_iter().map(|i| self.resp_addr(i)).collect()
+    }
+
     /// Waits until node `i`'s Redis port answers an inline `PING` with `+PONG` (before AUTH, a
     /// node with tokens answers `-NOAUTH`, which shows it serves as well). Panics with its log
     /// if it does not within the start timeout.
@@ -635,6 +640,23 @@ impl Cluster {
     pub fn wait_for_ring(&self, members: &[usize]) -> RingView {
         let what = format!("a consistent ring of nodes {members:?}");
         wait_until(CONVERGE, &what, || self.converged(members))
+    }
+
+    /// Waits until every node keeps all N copies of its keys. A consistent ring is not enough
+    /// for that: a node whose successor list is still short replicates to fewer nodes.
+    pub fn wait_for_all_copies(&self) {
+        wait_until(CONVERGE, "every node to know N - 1 successors", || {
+            for i in self.all() {
+                let st = self.status(i)?;
+                if st.replicas < st.replicas_wanted {
+                    return Err(format!(
+                        "node {i} has {} of {} copies",
+                        st.replicas, st.replicas_wanted
+                    ));
+                }
+            }
+            Ok(())
+        });
     }
 
     /// The index of the cluster's node at `addr`.
