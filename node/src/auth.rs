@@ -102,6 +102,19 @@ impl Secret {
         self.mac(label, transcript).finalize().into_bytes().into()
     }
 
+    /// Whether `given` is this secret, compared in constant time (through HMACs keyed by each):
+    /// for the RESP port's `AUTH`, where the client sends its secret as Redis clients do.
+    pub fn matches(&self, given: &[u8]) -> bool {
+        const LABEL: &[u8] = b"chordkv plain secret";
+        let theirs = <Hmac<Sha256> as Mac>::new_from_slice(given)
+            .map(|mut mac| {
+                mac.update(LABEL);
+                mac.finalize().into_bytes()
+            })
+            .unwrap_or_else(|_| unreachable!("HMAC accepts keys of every length"));
+        self.verify(LABEL, b"", &theirs)
+    }
+
     /// Whether `proof` is [`Secret::prove`] of the same label and transcript; in constant time.
     pub fn verify(&self, label: &[u8], transcript: &[u8], proof: &[u8]) -> bool {
         self.mac(label, transcript).verify_slice(proof).is_ok()
@@ -335,6 +348,10 @@ mod tests {
         assert!(!s.verify(b"acceptor", b"transcript", &proof));
         assert!(!s.verify(b"connector", b"transcripT", &proof));
         assert!(!s.verify(b"connector", b"transcript", &proof[..31]));
+        assert!(s.matches(KEY.as_bytes()));
+        assert!(!s.matches(b"another secret of enough bytes"));
+        assert!(!s.matches(&KEY.as_bytes()[..31]));
+        assert!(!s.matches(b""));
     }
 
     #[test]

@@ -15,6 +15,7 @@ pub mod id;
 pub mod kv;
 pub mod message;
 pub mod node;
+pub mod resp;
 pub mod ring;
 pub mod rpc;
 pub mod server;

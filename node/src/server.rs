@@ -171,6 +171,8 @@ pub struct Config {
     pub durability: Durability,
     /// Whether [`Request::Block`] (a simulated partition, for tests) is honoured.
     pub allow_fault_injection: bool,
+    /// The Redis protocol port, if the node opens one ([`crate::resp`]).
+    pub resp: Option<crate::resp::Config>,
 }
 
 /// What a node asks of whoever connects, and how it talks to its peers: see [`crate::auth`] and
@@ -237,6 +239,7 @@ impl Config {
             leave_timeout: Duration::from_secs(30),
             durability: Durability::Group,
             allow_fault_injection: false,
+            resp: None,
         }
     }
 }
@@ -511,9 +514,26 @@ pub async fn serve<S: Storage>(
 
     let (tx, mut rx) = mpsc::channel::<Input>(4096);
     let peers = Peers::new(config.clone(), tx.clone());
+    let core = local::Core {
+        inputs: tx.clone(),
+        input_bytes: Arc::new(Semaphore::new(input_budget(config.limits.max_frame))),
+        conn_ids: Arc::new(AtomicU64::new(1)),
+        limits: config.limits,
+        timeout: Duration::from_millis(config.node.kv.request_timeout) + Duration::from_secs(5),
+    };
+    let resp = match &config.resp {
+        Some(resp) => {
+            let listener = TcpListener::bind(resp.listen).await.map_err(|e| {
+                Error::Io(format!("cannot listen for RESP on {}: {e}", resp.listen))
+            })?;
+            let gateway = crate::resp::Gateway::new(resp.clone(), &config, core.clone());
+            Some(tokio::spawn(crate::resp::accept_loop(listener, gateway)))
+        }
+        None => None,
+    };
     let accept = tokio::spawn(accept_loop(
         listener,
-        tx.clone(),
+        core.clone(),
         config.clone(),
         peers.clone(),
     ));
@@ -605,6 +625,9 @@ pub async fn serve<S: Storage>(
         metrics::gauge!("chordkv_keys").set(node.kv().keys_stored() as f64);
     };
     accept.abort();
+    if let Some(resp) = resp {
+        resp.abort();
+    }
     // What a turn cut short by the node's leave made ready.
     for output in ready.drain(..) {
         out.deliver(&conns, output);
@@ -1237,22 +1260,16 @@ fn input_budget(max_frame: usize) -> usize {
 }
 
 /// Accept connections, each served by [`serve_connection`] once its handshake is done.
-async fn accept_loop(
-    listener: TcpListener,
-    inputs: mpsc::Sender<Input>,
-    config: Config,
-    peers: Peers,
-) {
+async fn accept_loop(listener: TcpListener, core: local::Core, config: Config, peers: Peers) {
     let intake = Intake {
         faults: config.allow_fault_injection.then_some(peers),
         peers: Budget::new("node", config.max_peer_connections),
         clients: Budget::new("client", config.max_connections),
-        input_bytes: Arc::new(Semaphore::new(input_budget(config.limits.max_frame))),
-        inputs,
+        input_bytes: core.input_bytes,
+        inputs: core.inputs,
         config,
     };
     let handshakes = Arc::new(Semaphore::new(MAX_HANDSHAKES));
-    let mut next_conn: ConnId = 1;
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(x) => x,
@@ -1268,8 +1285,8 @@ async fn accept_loop(
                 .increment(1);
             continue;
         };
-        let conn = next_conn;
-        next_conn += 1;
+        // One count for these and the local connections (the RESP gateway's).
+        let conn: ConnId = core.conn_ids.fetch_add(1, Ordering::Relaxed);
         let intake = intake.clone();
         tokio::spawn(async move {
             let _ = stream.set_nodelay(true);
@@ -1524,6 +1541,8 @@ async fn serve_connection<S>(
     drop(tx);
     let _ = writer.await;
 }
+
+pub(crate) mod local;
 
 #[cfg(test)]
 mod tests;

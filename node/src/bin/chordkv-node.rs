@@ -151,6 +151,17 @@ struct Args {
     /// Serve Prometheus metrics over HTTP on this address (e.g. 127.0.0.1:9100).
     #[arg(long)]
     metrics: Option<SocketAddr>,
+    /// Also speak the Redis protocol (RESP2/RESP3) on this address (e.g. 127.0.0.1:6380), for
+    /// redis-cli, redis-benchmark and Redis client libraries. It speaks no TLS: a non-loopback
+    /// address needs --insecure.
+    #[arg(long, env = "CHORDKV_RESP")]
+    resp: Option<SocketAddr>,
+    /// Let FLUSHALL and FLUSHDB on the RESP port delete every key of the ring.
+    #[arg(long, requires = "resp")]
+    resp_flushall: bool,
+    /// Most open RESP connections at once; one more is refused.
+    #[arg(long, default_value_t = 10_000)]
+    resp_max_connections: usize,
 }
 
 fn main() -> ExitCode {
@@ -191,6 +202,19 @@ fn run(args: Args) -> Result<(), String> {
     config.security = security(&args)?;
     config.cache_bytes = args.cache_mb.max(1) << 20;
     config.allow_fault_injection = args.allow_fault_injection;
+    if let Some(listen) = args.resp {
+        if !listen.ip().is_loopback() && !args.insecure {
+            return Err(format!(
+                "refusing to serve RESP on {listen}: the Redis port speaks no TLS, so passwords \
+                 and data would cross the network in the clear; use a loopback address (and a \
+                 TLS proxy), or pass --insecure"
+            ));
+        }
+        let mut resp = chordkv_node::resp::Config::new(listen);
+        resp.allow_flushall = args.resp_flushall;
+        resp.max_connections = args.resp_max_connections.max(1);
+        config.resp = Some(resp);
+    }
     config.durability = match args.durability.as_str() {
         "per-write" => Durability::PerWrite,
         "relaxed" => Durability::Relaxed,

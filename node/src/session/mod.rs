@@ -587,6 +587,32 @@ impl Session {
         e.stable = stable;
     }
 
+    /// Forget the oldest floors known stable until the session holds at most `keep` keys, and
+    /// return how many were forgotten. What a long-lived session (a RESP connection) does at
+    /// its key bound: a stable floor is one every copy holds, the same floors the dependency
+    /// bound leaves out first (STABILITY AND BOUNDS), so only a partition cutting every copy of
+    /// such a key off from the reader could then show it an older state. Unstable floors are
+    /// never forgotten.
+    pub fn forget_stable(&mut self, keep: usize) -> usize {
+        let excess = self.entries.len().saturating_sub(keep);
+        if excess == 0 {
+            return 0;
+        }
+        let mut stable: Vec<(u64, Vec<u8>)> = self
+            .entries
+            .iter()
+            .filter(|(_, e)| e.stable)
+            .map(|(k, e)| (e.touched, k.clone()))
+            .collect();
+        stable.sort();
+        let mut forgotten = 0;
+        for (_, key) in stable.into_iter().take(excess) {
+            self.entries.remove(&key);
+            forgotten += 1;
+        }
+        forgotten
+    }
+
     /// Forget `key`: nothing is required of it any more. Returns whether it was held.
     pub fn forget(&mut self, key: &[u8]) -> bool {
         self.entries.remove(key).is_some()

@@ -227,3 +227,24 @@ fn a_session_write_replaces_its_own_earlier_write_and_nothing_it_did_not_see() {
     assert_eq!(state.deps(), deps);
     assert_eq!(state.siblings().len(), 3);
 }
+
+#[test]
+fn forgetting_at_the_key_bound_drops_only_the_oldest_stable_floors() {
+    let mut s = session(9);
+    // Keys 0..6 in order: the even ones stable.
+    for i in 0..6u8 {
+        s.observe_write(&[i], dot(1, u64::from(i) + 1), i % 2 == 0);
+    }
+    assert_eq!(s.forget_stable(6), 0, "within the bound nothing goes");
+    assert_eq!(s.forget_stable(4), 2);
+    let keys: Vec<Vec<u8>> = s.iter().map(|(k, _, _)| k.to_vec()).collect();
+    assert_eq!(
+        keys,
+        [vec![1], vec![3], vec![4], vec![5]],
+        "0 and 2 were the oldest stable"
+    );
+    // Below the count of unstable floors it stops at them.
+    assert_eq!(s.forget_stable(0), 1);
+    assert_eq!(s.len(), 3);
+    assert_eq!(s.unstable(), 3);
+}

@@ -1,0 +1,1452 @@
+//! The commands of the RESP port: each mapped onto the ring's reads and writes in one
+//! connection's session (see the module essay for what each kind guarantees).
+//!
+//! [`COMMANDS`] is the table: name, arity (Redis's convention: `n` exactly, `-n` at least),
+//! flags and key positions, as `COMMAND` reports them. [`Client::execute`] checks a command
+//! against it and against the connection's access, then runs it.
+
+use super::Gateway;
+use super::frame::{Protocol, Reply, VerbatimFormat};
+use crate::auth::Access;
+use crate::message::{NodeRef, NodeStatus, ReadReply, Request, Response, WriteMode};
+use crate::server::local::LocalConn;
+use crate::session::Session;
+use crate::version::{Context, VersionVector};
+use crate::wire::Channel;
+use crate::{Error, Result};
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+/// How often a read-modify-write command reads and tries again when the key changed under it.
+pub const MAX_ATTEMPTS: u32 = 32;
+
+/// Most nodes a ring walk (`DBSIZE`, `INFO keyspace`, `CKV.RING`) visits.
+const MAX_RING_NODES: usize = 4096;
+
+/// Whether the connection goes on after a command.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Flow {
+    /// Read the next command.
+    Continue,
+    /// Send the reply, then close (`QUIT`).
+    Close,
+}
+
+/// What a command does, for `COMMAND` and for the access check.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    /// Reads keys.
+    Read,
+    /// Writes keys: needs a read-write token.
+    Write,
+    /// Touches no key (connection, server, ring).
+    Other,
+}
+
+/// One command's row of the table.
+struct Spec {
+    name: &'static str,
+    /// Redis's arity: the argument count with the name, exactly (n) or at least (-n).
+    arity: i64,
+    kind: Kind,
+    /// Key positions: first, last (-1: the last argument), step; 0, 0, 0 for none.
+    keys: (i64, i64, i64),
+    /// One line for `COMMAND DOCS`.
+    summary: &'static str,
+}
+
+const fn spec(
+    name: &'static str,
+    arity: i64,
+    kind: Kind,
+    keys: (i64, i64, i64),
+    summary: &'static str,
+) -> Spec {
+    Spec {
+        name,
+        arity,
+        kind,
+        keys,
+        summary,
+    }
+}
+
+use Kind::{Other, Read, Write};
+
+/// Every command the port takes.
+const COMMANDS: &[Spec] = &[
+    spec("get", 2, Read, (1, 1, 1), "Returns the value of a key."),
+    spec(
+        "set",
+        -3,
+        Write,
+        (1, 1, 1),
+        "Sets the value of a key (NX, XX, GET; no TTLs).",
+    ),
+    spec(
+        "setnx",
+        3,
+        Write,
+        (1, 1, 1),
+        "Sets a key only if it does not exist.",
+    ),
+    spec(
+        "getset",
+        3,
+        Write,
+        (1, 1, 1),
+        "Sets a key and returns its old value.",
+    ),
+    spec(
+        "getdel",
+        2,
+        Write,
+        (1, 1, 1),
+        "Returns a key's value and deletes it.",
+    ),
+    spec("mget", -2, Read, (1, -1, 1), "Returns the values of keys."),
+    spec(
+        "mset",
+        -3,
+        Write,
+        (1, -1, 2),
+        "Sets keys (not atomically across keys).",
+    ),
+    spec(
+        "del",
+        -2,
+        Write,
+        (1, -1, 1),
+        "Deletes keys; returns how many existed.",
+    ),
+    spec("unlink", -2, Write, (1, -1, 1), "Deletes keys, as DEL."),
+    spec(
+        "exists",
+        -2,
+        Read,
+        (1, -1, 1),
+        "Counts the given keys that exist.",
+    ),
+    spec(
+        "strlen",
+        2,
+        Read,
+        (1, 1, 1),
+        "Returns the length of a key's value.",
+    ),
+    spec("append", 3, Write, (1, 1, 1), "Appends to a key's value."),
+    spec(
+        "getrange",
+        4,
+        Read,
+        (1, 1, 1),
+        "Returns a substring of a key's value.",
+    ),
+    spec(
+        "setrange",
+        4,
+        Write,
+        (1, 1, 1),
+        "Overwrites part of a key's value.",
+    ),
+    spec("incr", 2, Write, (1, 1, 1), "Adds one to a key's integer."),
+    spec(
+        "decr",
+        2,
+        Write,
+        (1, 1, 1),
+        "Subtracts one from a key's integer.",
+    ),
+    spec("incrby", 3, Write, (1, 1, 1), "Adds to a key's integer."),
+    spec(
+        "decrby",
+        3,
+        Write,
+        (1, 1, 1),
+        "Subtracts from a key's integer.",
+    ),
+    spec(
+        "incrbyfloat",
+        3,
+        Write,
+        (1, 1, 1),
+        "Adds to a key's floating-point number.",
+    ),
+    spec(
+        "type",
+        2,
+        Read,
+        (1, 1, 1),
+        "Returns the type of a key: string or none.",
+    ),
+    spec(
+        "dbsize",
+        1,
+        Read,
+        (0, 0, 0),
+        "Counts the keys of the whole ring.",
+    ),
+    spec(
+        "flushall",
+        -1,
+        Write,
+        (0, 0, 0),
+        "Deletes every key of the ring (if enabled).",
+    ),
+    spec(
+        "flushdb",
+        -1,
+        Write,
+        (0, 0, 0),
+        "Deletes every key of the ring, as FLUSHALL.",
+    ),
+    spec(
+        "ping",
+        -1,
+        Other,
+        (0, 0, 0),
+        "Returns PONG, or the argument.",
+    ),
+    spec("echo", 2, Other, (0, 0, 0), "Returns the argument."),
+    spec(
+        "hello",
+        -1,
+        Other,
+        (0, 0, 0),
+        "Picks RESP2 or RESP3, authenticates, names.",
+    ),
+    spec(
+        "auth",
+        -2,
+        Other,
+        (0, 0, 0),
+        "Authenticates with a client token.",
+    ),
+    spec(
+        "select",
+        2,
+        Other,
+        (0, 0, 0),
+        "Selects database 0 (the only one).",
+    ),
+    spec("quit", -1, Other, (0, 0, 0), "Closes the connection."),
+    spec(
+        "client",
+        -2,
+        Other,
+        (0, 0, 0),
+        "SETNAME, GETNAME, ID, INFO, SETINFO.",
+    ),
+    spec("command", -1, Other, (0, 0, 0), "Describes the commands."),
+    spec(
+        "info",
+        -1,
+        Other,
+        (0, 0, 0),
+        "Describes the node and the ring.",
+    ),
+    spec(
+        "config",
+        -2,
+        Other,
+        (0, 0, 0),
+        "CONFIG GET, for tools that ask.",
+    ),
+    spec(
+        "ckv.siblings",
+        2,
+        Read,
+        (1, 1, 1),
+        "Returns a key's context and every value.",
+    ),
+    spec(
+        "ckv.put",
+        4,
+        Write,
+        (1, 1, 1),
+        "Writes a value replacing what a context covers.",
+    ),
+    spec(
+        "ckv.lookup",
+        2,
+        Other,
+        (1, 1, 1),
+        "Names a key's owner and the lookup's hops.",
+    ),
+    spec(
+        "ckv.ring",
+        1,
+        Other,
+        (0, 0, 0),
+        "Lists the nodes of the ring in id order.",
+    ),
+    spec(
+        "ckv.session",
+        -2,
+        Other,
+        (0, 0, 0),
+        "GET, SET or RESET the connection's session.",
+    ),
+];
+
+fn find(name: &str) -> Option<&'static Spec> {
+    COMMANDS.iter().find(|c| c.name == name)
+}
+
+/// The error a chordkv error becomes: retryable ones as `TRYAGAIN` (what Redis answers when
+/// a request may succeed later), refusals by access as `NOPERM`, the rest as `ERR`.
+fn error_reply(e: &Error) -> Reply {
+    let prefix = match e {
+        Error::Forbidden(_) => "NOPERM",
+        Error::Conflict(_) => "CONFLICT",
+        e if e.is_retryable() => "TRYAGAIN",
+        _ => "ERR",
+    };
+    Reply::Error(format!("{prefix} {e}"))
+}
+
+fn err(text: impl Into<String>) -> Reply {
+    Reply::Error(format!("ERR {}", text.into()))
+}
+
+fn syntax() -> Reply {
+    err("syntax error")
+}
+
+fn not_integer() -> Reply {
+    err("value is not an integer or out of range")
+}
+
+fn ok() -> Reply {
+    Reply::Simple("OK".into())
+}
+
+fn bulk_or_null(v: Option<Vec<u8>>) -> Reply {
+    v.map_or(Reply::Null, Reply::Bulk)
+}
+
+fn text(arg: &[u8]) -> String {
+    String::from_utf8_lossy(arg).into_owned()
+}
+
+fn parse_i64(arg: &[u8]) -> Option<i64> {
+    std::str::from_utf8(arg).ok()?.parse().ok()
+}
+
+fn parse_f64(arg: &[u8]) -> Option<f64> {
+    let f: f64 = std::str::from_utf8(arg).ok()?.trim().parse().ok()?;
+    f.is_finite().then_some(f)
+}
+
+/// How Redis prints a float it stores: no exponent, no trailing zeros.
+fn format_float(f: f64) -> String {
+    let s = format!("{f}");
+    if s.contains('e') {
+        format!("{f:.17}")
+            .trim_end_matches('0')
+            .trim_end_matches('.')
+            .to_string()
+    } else {
+        s
+    }
+}
+
+/// A key's one value: `None` if it has none, `CONFLICT` if it has siblings.
+fn single(key: &[u8], read: &ReadReply) -> std::result::Result<Option<Vec<u8>>, Reply> {
+    match read.values.as_slice() {
+        [] => Ok(None),
+        [v] => Ok(Some(v.clone())),
+        many => Err(Reply::Error(format!(
+            "CONFLICT {} has {} concurrent values; read them with CKV.SIBLINGS",
+            text(key),
+            many.len()
+        ))),
+    }
+}
+
+/// What a read-modify-write step decides from the value it read.
+enum Step {
+    /// Write this value (or delete, for `None`) if the key is unchanged, then answer this.
+    Write(Option<Vec<u8>>, Reply),
+    /// Write nothing; answer this.
+    Answer(Reply),
+}
+
+/// Redis's substring indices: negative from the end, clamped; `None` when empty.
+fn range(len: usize, start: i64, end: i64) -> Option<(usize, usize)> {
+    let len = i64::try_from(len).ok()?;
+    let fix = |i: i64| if i < 0 { (len + i).max(0) } else { i };
+    let (start, end) = (fix(start), fix(end).min(len - 1));
+    (len > 0 && start <= end && start < len).then_some((start as usize, end as usize))
+}
+
+/// One connection's state: its protocol, name, access and session, and its way into the core.
+pub struct Client {
+    gateway: Gateway,
+    conn: LocalConn,
+    peer: SocketAddr,
+    id: u64,
+    name: Option<String>,
+    protocol: Protocol,
+    /// `None` until a token is proven on a node with a tokens file.
+    access: Option<Access>,
+    session: Session,
+    last_command: String,
+}
+
+impl Client {
+    /// A new connection's state.
+    pub(crate) fn new(gateway: Gateway, conn: LocalConn, peer: SocketAddr) -> Client {
+        let id = gateway.client_ids.fetch_add(1, Ordering::Relaxed);
+        Client {
+            access: gateway.initial_access(),
+            gateway,
+            conn,
+            peer,
+            id,
+            name: None,
+            protocol: Protocol::Resp2,
+            session: Session::new(),
+            last_command: String::new(),
+        }
+    }
+
+    /// The protocol the replies are in.
+    pub fn protocol(&self) -> Protocol {
+        self.protocol
+    }
+
+    /// Run one command: its arguments, the name first.
+    pub async fn execute(&mut self, args: Vec<Vec<u8>>) -> (Reply, Flow) {
+        let Some(first) = args.first() else {
+            return (err("empty command"), Flow::Continue);
+        };
+        let name = text(first).to_ascii_lowercase();
+        let Some(spec) = find(&name) else {
+            let shown: Vec<String> = args[1..]
+                .iter()
+                .take(8)
+                .map(|a| format!("'{}'", text(a)))
+                .collect();
+            let reply = err(format!(
+                "unknown command '{}', with args beginning with: {}",
+                text(first),
+                shown.join(" ")
+            ));
+            return (reply, Flow::Continue);
+        };
+        let n = args.len() as i64;
+        if (spec.arity > 0 && n != spec.arity) || (spec.arity < 0 && n < -spec.arity) {
+            let reply = err(format!("wrong number of arguments for '{name}' command"));
+            return (reply, Flow::Continue);
+        }
+        self.last_command.clone_from(&name);
+        match self.access {
+            None if !matches!(spec.name, "auth" | "hello" | "quit") => {
+                return (
+                    Reply::Error("NOAUTH Authentication required.".into()),
+                    Flow::Continue,
+                );
+            }
+            Some(Access::ReadOnly) if spec.kind == Kind::Write => {
+                let reply = Reply::Error(format!(
+                    "NOPERM this connection's token is read-only; '{name}' writes"
+                ));
+                return (reply, Flow::Continue);
+            }
+            _ => {}
+        }
+        metrics::counter!("chordkv_resp_commands_total", "command" => spec.name).increment(1);
+        if spec.name == "quit" {
+            return (ok(), Flow::Close);
+        }
+        (self.run(spec.name, &args[1..]).await, Flow::Continue)
+    }
+
+    async fn run(&mut self, name: &str, a: &[Vec<u8>]) -> Reply {
+        let result = match name {
+            "ping" => Ok(match a {
+                [] => Reply::Simple("PONG".into()),
+                [m] => Reply::Bulk(m.clone()),
+                _ => return err("wrong number of arguments for 'ping' command"),
+            }),
+            "echo" => Ok(Reply::Bulk(a[0].clone())),
+            "select" => Ok(match parse_i64(&a[0]) {
+                Some(0) => ok(),
+                Some(_) => err("DB index is out of range (chordkv has database 0 only)"),
+                None => not_integer(),
+            }),
+            "hello" => Ok(self.hello(a)),
+            "auth" => Ok(self.auth(a)),
+            "client" => Ok(self.client(a)),
+            "command" => Ok(command(a)),
+            "config" => Ok(config(a)),
+            "info" => self.info(a).await,
+            "get" => self.get(&a[0]).await,
+            "set" => self.set(a).await,
+            "setnx" => self
+                .set_with(&a[0], &a[1], Cond::IfAbsent, false)
+                .await
+                .map(|r| match r {
+                    Reply::Null => Reply::Integer(0),
+                    Reply::Simple(_) => Reply::Integer(1),
+                    other => other,
+                }),
+            "getset" => self.set_with(&a[0], &a[1], Cond::Always, true).await,
+            "getdel" => {
+                self.update(&a[0], |old| match old {
+                    None => Ok(Step::Answer(Reply::Null)),
+                    Some(v) => Ok(Step::Write(None, Reply::Bulk(v.to_vec()))),
+                })
+                .await
+            }
+            "mget" => self.mget(a).await,
+            "mset" => self.mset(a).await,
+            "del" | "unlink" => self.del(a).await,
+            "exists" => self.exists(a).await,
+            "strlen" => self.read_value(&a[0]).await.map(|v| match v {
+                Ok(v) => Reply::Integer(v.map_or(0, |v| v.len() as i64)),
+                Err(reply) => reply,
+            }),
+            "type" => self.read_value(&a[0]).await.map(|v| match v {
+                Ok(Some(_)) => Reply::Simple("string".into()),
+                Ok(None) => Reply::Simple("none".into()),
+                Err(reply) => reply,
+            }),
+            "getrange" => {
+                let (Some(start), Some(end)) = (parse_i64(&a[1]), parse_i64(&a[2])) else {
+                    return not_integer();
+                };
+                self.read_value(&a[0]).await.map(|v| match v {
+                    Ok(v) => {
+                        let v = v.unwrap_or_default();
+                        Reply::Bulk(
+                            range(v.len(), start, end)
+                                .map_or(Vec::new(), |(s, e)| v[s..=e].to_vec()),
+                        )
+                    }
+                    Err(reply) => reply,
+                })
+            }
+            "append" => {
+                let max = self.gateway.core.limits().max_value;
+                let tail = a[1].clone();
+                self.update(&a[0], |old| {
+                    let mut v = old.map(<[u8]>::to_vec).unwrap_or_default();
+                    if v.len() + tail.len() > max {
+                        return Err(too_large(v.len() + tail.len(), max));
+                    }
+                    v.extend_from_slice(&tail);
+                    let len = v.len() as i64;
+                    Ok(Step::Write(Some(v), Reply::Integer(len)))
+                })
+                .await
+            }
+            "setrange" => self.setrange(a).await,
+            "incr" => self.incr_by(&a[0], 1).await,
+            "decr" => self.incr_by(&a[0], -1).await,
+            "incrby" | "decrby" => {
+                let Some(by) = parse_i64(&a[1]) else {
+                    return not_integer();
+                };
+                let by = if name == "decrby" {
+                    match by.checked_neg() {
+                        Some(b) => b,
+                        None => return err("decrement would overflow"),
+                    }
+                } else {
+                    by
+                };
+                self.incr_by(&a[0], by).await
+            }
+            "incrbyfloat" => self.incr_by_float(a).await,
+            "dbsize" => self.dbsize().await,
+            "flushall" | "flushdb" => self.flushall(a).await,
+            "ckv.siblings" => self.siblings(&a[0]).await,
+            "ckv.put" => self.ckv_put(a).await,
+            "ckv.lookup" => self.lookup(&a[0]).await,
+            "ckv.ring" => self.ring().await,
+            "ckv.session" => Ok(self.session_command(a)),
+            _ => Ok(err(format!("'{name}' is in the table but not served"))),
+        };
+        result.unwrap_or_else(|e| error_reply(&e))
+    }
+
+    // ------------------------------------------------------------------ connection
+
+    fn hello(&mut self, a: &[Vec<u8>]) -> Reply {
+        let mut protocol = self.protocol;
+        let mut rest = a;
+        if let Some((version, tail)) = a.split_first() {
+            protocol = match parse_i64(version) {
+                Some(2) => Protocol::Resp2,
+                Some(3) => Protocol::Resp3,
+                Some(_) => {
+                    return Reply::Error("NOPROTO unsupported protocol version".into());
+                }
+                None => return err("Protocol version is not an integer or out of range"),
+            };
+            rest = tail;
+        }
+        let mut name = None;
+        while let Some((option, tail)) = rest.split_first() {
+            match (text(option).to_ascii_lowercase().as_str(), tail) {
+                ("auth", [user, pass, more @ ..]) => {
+                    if let Reply::Error(e) = self.auth(&[user.clone(), pass.clone()]) {
+                        return Reply::Error(e);
+                    }
+                    rest = more;
+                }
+                ("setname", [n, more @ ..]) => {
+                    name = Some(text(n));
+                    rest = more;
+                }
+                _ => return syntax(),
+            }
+        }
+        if self.access.is_none() {
+            return Reply::Error(
+                "NOAUTH HELLO must be called with the client already authenticated, otherwise \
+                 the HELLO <proto> AUTH <user> <pass> option can be used to authenticate the \
+                 client and select the RESP protocol version at the same time"
+                    .into(),
+            );
+        }
+        if let Some(n) = name {
+            self.name = Some(n);
+        }
+        self.protocol = protocol;
+        let proto = match protocol {
+            Protocol::Resp2 => 2,
+            Protocol::Resp3 => 3,
+        };
+        let pair = |k: &str, v: Reply| (Reply::Bulk(k.into()), v);
+        Reply::Map(vec![
+            pair("server", Reply::Bulk(b"redis".to_vec())),
+            pair("version", Reply::Bulk(REDIS_VERSION.into())),
+            pair("proto", Reply::Integer(proto)),
+            pair("id", Reply::Integer(self.id as i64)),
+            pair("mode", Reply::Bulk(b"standalone".to_vec())),
+            pair("role", Reply::Bulk(b"master".to_vec())),
+            pair("modules", Reply::Array(vec![])),
+        ])
+    }
+
+    fn auth(&mut self, a: &[Vec<u8>]) -> Reply {
+        let Some(tokens) = &self.gateway.tokens else {
+            return err(
+                "AUTH <password> called without any password configured for the default user. \
+                 Are you sure your configuration is correct?",
+            );
+        };
+        // `AUTH name secret`, or `AUTH name:secret` as a token is written.
+        let (name, secret) = match a {
+            [user, pass] => (text(user), pass.clone()),
+            [token] => {
+                let token = text(token);
+                match token.split_once(':') {
+                    Some((n, s)) => (n.to_string(), s.as_bytes().to_vec()),
+                    None => (String::new(), token.into_bytes()),
+                }
+            }
+            _ => return syntax(),
+        };
+        match tokens.get(&name) {
+            Some((expected, access)) if expected.matches(&secret) => {
+                self.access = Some(access);
+                ok()
+            }
+            _ => {
+                metrics::counter!("chordkv_handshakes_failed_total", "why" => "resp_auth")
+                    .increment(1);
+                Reply::Error("WRONGPASS invalid username-password pair or user is disabled.".into())
+            }
+        }
+    }
+
+    fn client(&mut self, a: &[Vec<u8>]) -> Reply {
+        let sub = text(&a[0]).to_ascii_lowercase();
+        match (sub.as_str(), &a[1..]) {
+            ("setname", [n]) => {
+                let n = text(n);
+                if n.contains(|c: char| c.is_whitespace() || c.is_control()) {
+                    return err(
+                        "Client names cannot contain spaces, newlines or special characters.",
+                    );
+                }
+                self.name = (!n.is_empty()).then_some(n);
+                ok()
+            }
+            ("getname", []) => bulk_or_null(self.name.clone().map(String::into_bytes)),
+            ("id", []) => Reply::Integer(self.id as i64),
+            ("info", []) => Reply::Bulk(self.client_line().into_bytes()),
+            ("list", _) => Reply::Bulk(self.client_line().into_bytes()),
+            ("setinfo", [_, _]) => ok(),
+            _ => err(format!(
+                "unknown subcommand or wrong number of arguments for 'client|{sub}'"
+            )),
+        }
+    }
+
+    fn client_line(&self) -> String {
+        let proto = match self.protocol {
+            Protocol::Resp2 => 2,
+            Protocol::Resp3 => 3,
+        };
+        format!(
+            "id={} addr={} laddr={} name={} db=0 cmd={} resp={} session-keys={}\n",
+            self.id,
+            self.peer,
+            self.gateway.config.listen,
+            self.name.as_deref().unwrap_or(""),
+            self.last_command,
+            proto,
+            self.session.len()
+        )
+    }
+
+    fn session_command(&mut self, a: &[Vec<u8>]) -> Reply {
+        match (text(&a[0]).to_ascii_lowercase().as_str(), &a[1..]) {
+            ("get", []) => Reply::Bulk(self.session.to_bytes()),
+            ("set", [blob]) => match Session::from_bytes(blob) {
+                Ok(s) => {
+                    self.session = s;
+                    ok()
+                }
+                Err(e) => error_reply(&e),
+            },
+            ("reset", []) => {
+                self.session = Session::new();
+                ok()
+            }
+            _ => err("CKV.SESSION GET | SET <blob> | RESET"),
+        }
+    }
+
+    // ------------------------------------------------------------------ reads and writes
+
+    /// Make room in the session for `key`: at the key bound, forget the oldest stable floors.
+    fn admit(&mut self, key: &[u8]) -> Result<()> {
+        if self.session.admit(key).is_err() {
+            self.session
+                .forget_stable(crate::session::MAX_KEYS.saturating_sub(1));
+        }
+        self.session.admit(key)
+    }
+
+    fn get_request(&mut self, key: &[u8], r: Option<u8>) -> Result<Request> {
+        self.admit(key)?;
+        Ok(Request::Get {
+            key: key.to_vec(),
+            r,
+            session: Some(Box::new(self.session.floor(key))),
+        })
+    }
+
+    fn observe_read(&mut self, key: &[u8], response: Result<Response>) -> Result<ReadReply> {
+        match response? {
+            Response::Read(reply) => {
+                self.session
+                    .observe_read(key, &reply.context, &reply.deps, reply.stable);
+                Ok(reply)
+            }
+            other => Err(unexpected("get", &other)),
+        }
+    }
+
+    /// Read `key` in the session.
+    async fn read(&mut self, key: &[u8]) -> Result<ReadReply> {
+        let request = self.get_request(key, None)?;
+        let response = self.conn.call(request).await;
+        self.observe_read(key, response)
+    }
+
+    /// Read `key`'s one value; the inner error is the `CONFLICT` reply.
+    async fn read_value(
+        &mut self,
+        key: &[u8],
+    ) -> Result<std::result::Result<Option<Vec<u8>>, Reply>> {
+        let read = self.read(key).await?;
+        Ok(single(key, &read))
+    }
+
+    /// A write of `key` in the session, ready to send.
+    async fn write_request(
+        &mut self,
+        key: &[u8],
+        value: Option<Vec<u8>>,
+        context: &VersionVector,
+        mode: WriteMode,
+    ) -> Result<Request> {
+        self.compact_if_needed().await;
+        self.admit(key)?;
+        let part = self.session.for_write(key)?;
+        let context = self.session.write_context(key, context);
+        let mut request = Request::write(key.to_vec(), value, context, None);
+        if let Request::Put {
+            session, mode: m, ..
+        }
+        | Request::Delete {
+            session, mode: m, ..
+        } = &mut request
+        {
+            *session = Some(Box::new(part));
+            *m = mode;
+        }
+        Ok(request)
+    }
+
+    /// Record a write's answer in the session; returns whether the key had a live value.
+    fn observe_write(&mut self, key: &[u8], response: Result<Response>) -> Result<bool> {
+        match response? {
+            Response::Written {
+                dot,
+                existed,
+                stable,
+            } => {
+                self.session.observe_write(key, dot, stable);
+                Ok(existed)
+            }
+            other => Err(unexpected("write", &other)),
+        }
+    }
+
+    async fn write(
+        &mut self,
+        key: &[u8],
+        value: Option<Vec<u8>>,
+        context: &VersionVector,
+        mode: WriteMode,
+    ) -> Result<bool> {
+        let request = self.write_request(key, value, context, mode).await?;
+        let response = self.conn.call(request).await;
+        self.observe_write(key, response)
+    }
+
+    /// At the session's dependency bound, read its oldest unstable keys from all N copies to
+    /// learn which every copy holds (as the native client does); a probe that fails leaves its
+    /// key unstable, and the write is then refused `session full`.
+    async fn compact_if_needed(&mut self) {
+        if !self.session.needs_compaction() {
+            return;
+        }
+        let all = u8::try_from(self.gateway.quorums.0).ok();
+        let keys = self.session.compaction_candidates();
+        let mut requests = Vec::new();
+        for key in &keys {
+            if let Ok(r) = self.get_request(key, all) {
+                requests.push(r);
+            }
+        }
+        let answers = self.conn.call_all(requests).await;
+        for (key, answer) in keys.iter().zip(answers) {
+            let _ = self.observe_read(key, answer);
+        }
+    }
+
+    /// Read, decide, and write back only if the key is unchanged; again while it changes.
+    async fn update(
+        &mut self,
+        key: &[u8],
+        mut decide: impl FnMut(Option<&[u8]>) -> std::result::Result<Step, Reply>,
+    ) -> Result<Reply> {
+        for attempt in 0..MAX_ATTEMPTS {
+            let read = self.read(key).await?;
+            let current = match single(key, &read) {
+                Ok(v) => v,
+                Err(conflict) => return Ok(conflict),
+            };
+            let (value, reply) = match decide(current.as_deref()) {
+                Ok(Step::Answer(reply)) | Err(reply) => return Ok(reply),
+                Ok(Step::Write(value, reply)) => (value, reply),
+            };
+            match self
+                .write(key, value, &read.context, WriteMode::IfUnchanged)
+                .await
+            {
+                Ok(_) => return Ok(reply),
+                Err(Error::Changed(_)) => {
+                    metrics::counter!("chordkv_resp_rmw_retries_total").increment(1);
+                    // Let the other writer finish; a little longer each time.
+                    tokio::time::sleep(Duration::from_micros(100 << attempt.min(6))).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(err(format!(
+            "{} changed under {MAX_ATTEMPTS} attempts to update it; retry",
+            text(key)
+        )))
+    }
+
+    // ------------------------------------------------------------------ string commands
+
+    async fn get(&mut self, key: &[u8]) -> Result<Reply> {
+        Ok(match self.read_value(key).await? {
+            Ok(v) => bulk_or_null(v),
+            Err(conflict) => conflict,
+        })
+    }
+
+    async fn set(&mut self, a: &[Vec<u8>]) -> Result<Reply> {
+        let (key, value) = (&a[0], &a[1]);
+        let mut cond = Cond::Always;
+        let mut get = false;
+        for option in &a[2..] {
+            match text(option).to_ascii_uppercase().as_str() {
+                "NX" if cond == Cond::Always => cond = Cond::IfAbsent,
+                "XX" if cond == Cond::Always => cond = Cond::IfPresent,
+                "GET" => get = true,
+                "KEEPTTL" => {}
+                "EX" | "PX" | "EXAT" | "PXAT" => {
+                    return Ok(err(
+                        "chordkv has no TTLs yet: SET with EX, PX, EXAT or PXAT is refused \
+                         (the key was not written)",
+                    ));
+                }
+                _ => return Ok(syntax()),
+            }
+        }
+        let reply = self.set_with(key, value, cond, get).await?;
+        Ok(match reply {
+            Reply::Error(_) => reply,
+            _ if get => reply,
+            Reply::Null => Reply::Null,
+            _ => ok(),
+        })
+    }
+
+    /// `SET key value` under `cond`; with `get` the reply is the old value, else `OK` (or
+    /// null when `cond` did not hold).
+    async fn set_with(&mut self, key: &[u8], value: &[u8], cond: Cond, get: bool) -> Result<Reply> {
+        if cond == Cond::Always && !get {
+            // Nothing to read first: the owner replaces whatever it holds.
+            self.write(
+                key,
+                Some(value.to_vec()),
+                &VersionVector::new(),
+                WriteMode::Overwrite,
+            )
+            .await?;
+            return Ok(ok());
+        }
+        self.update(key, |old| {
+            let holds = match cond {
+                Cond::Always => true,
+                Cond::IfAbsent => old.is_none(),
+                Cond::IfPresent => old.is_some(),
+            };
+            let reply = if get {
+                bulk_or_null(old.map(<[u8]>::to_vec))
+            } else if holds {
+                ok()
+            } else {
+                Reply::Null
+            };
+            Ok(if holds {
+                Step::Write(Some(value.to_vec()), reply)
+            } else {
+                Step::Answer(reply)
+            })
+        })
+        .await
+    }
+
+    async fn mget(&mut self, keys: &[Vec<u8>]) -> Result<Reply> {
+        let mut requests = Vec::with_capacity(keys.len());
+        for key in keys {
+            requests.push(self.get_request(key, None)?);
+        }
+        let answers = self.conn.call_all(requests).await;
+        let mut values = Vec::with_capacity(keys.len());
+        for (key, answer) in keys.iter().zip(answers) {
+            values.push(match self.observe_read(key, answer) {
+                Ok(read) => match single(key, &read) {
+                    Ok(v) => bulk_or_null(v),
+                    Err(conflict) => conflict,
+                },
+                Err(e) => error_reply(&e),
+            });
+        }
+        Ok(Reply::Array(values))
+    }
+
+    async fn mset(&mut self, a: &[Vec<u8>]) -> Result<Reply> {
+        if !a.len().is_multiple_of(2) {
+            return Ok(err("wrong number of arguments for 'mset' command"));
+        }
+        let mut requests = Vec::with_capacity(a.len() / 2);
+        for pair in a.chunks(2) {
+            let request = self
+                .write_request(
+                    &pair[0],
+                    Some(pair[1].clone()),
+                    &VersionVector::new(),
+                    WriteMode::Overwrite,
+                )
+                .await?;
+            requests.push(request);
+        }
+        let answers = self.conn.call_all(requests).await;
+        let mut first_error = None;
+        for (pair, answer) in a.chunks(2).zip(answers) {
+            if let Err(e) = self.observe_write(&pair[0], answer) {
+                first_error.get_or_insert(e);
+            }
+        }
+        match first_error {
+            Some(e) => Err(e),
+            None => Ok(ok()),
+        }
+    }
+
+    /// `DEL`: read the keys, then delete those with a value (writing no tombstone for a key
+    /// that has none).
+    async fn del(&mut self, keys: &[Vec<u8>]) -> Result<Reply> {
+        let mut requests = Vec::with_capacity(keys.len());
+        for key in keys {
+            requests.push(self.get_request(key, None)?);
+        }
+        let answers = self.conn.call_all(requests).await;
+        let mut live = Vec::new();
+        for (key, answer) in keys.iter().zip(answers) {
+            let read = self.observe_read(key, answer)?;
+            if !read.values.is_empty() && !live.iter().any(|(k, _)| k == key) {
+                live.push((key.clone(), read.context));
+            }
+        }
+        let mut requests = Vec::with_capacity(live.len());
+        for (key, context) in &live {
+            let request = self
+                .write_request(key, None, context, WriteMode::Overwrite)
+                .await?;
+            requests.push(request);
+        }
+        let answers = self.conn.call_all(requests).await;
+        let mut deleted = 0;
+        for ((key, _), answer) in live.iter().zip(answers) {
+            if self.observe_write(key, answer)? {
+                deleted += 1;
+            }
+        }
+        Ok(Reply::Integer(deleted))
+    }
+
+    async fn exists(&mut self, keys: &[Vec<u8>]) -> Result<Reply> {
+        let mut requests = Vec::with_capacity(keys.len());
+        for key in keys {
+            requests.push(self.get_request(key, None)?);
+        }
+        let answers = self.conn.call_all(requests).await;
+        let mut count = 0;
+        for (key, answer) in keys.iter().zip(answers) {
+            if !self.observe_read(key, answer)?.values.is_empty() {
+                count += 1;
+            }
+        }
+        Ok(Reply::Integer(count))
+    }
+
+    async fn setrange(&mut self, a: &[Vec<u8>]) -> Result<Reply> {
+        let Some(offset) = parse_i64(&a[1]).and_then(|o| usize::try_from(o).ok()) else {
+            return Ok(err("offset is out of range"));
+        };
+        let patch = a[2].clone();
+        let max = self.gateway.core.limits().max_value;
+        if !patch.is_empty() && offset.saturating_add(patch.len()) > max {
+            return Ok(too_large(offset.saturating_add(patch.len()), max));
+        }
+        self.update(&a[0], |old| {
+            let mut v = old.map(<[u8]>::to_vec).unwrap_or_default();
+            if patch.is_empty() {
+                return Ok(Step::Answer(Reply::Integer(v.len() as i64)));
+            }
+            if v.len() < offset + patch.len() {
+                v.resize(offset + patch.len(), 0);
+            }
+            v[offset..offset + patch.len()].copy_from_slice(&patch);
+            let len = v.len() as i64;
+            Ok(Step::Write(Some(v), Reply::Integer(len)))
+        })
+        .await
+    }
+
+    async fn incr_by(&mut self, key: &[u8], by: i64) -> Result<Reply> {
+        self.update(key, |old| {
+            let current = match old {
+                None => 0,
+                Some(v) => parse_i64(v).ok_or_else(not_integer)?,
+            };
+            let next = current
+                .checked_add(by)
+                .ok_or_else(|| err("increment or decrement would overflow"))?;
+            Ok(Step::Write(
+                Some(next.to_string().into_bytes()),
+                Reply::Integer(next),
+            ))
+        })
+        .await
+    }
+
+    async fn incr_by_float(&mut self, a: &[Vec<u8>]) -> Result<Reply> {
+        let Some(by) = parse_f64(&a[1]) else {
+            return Ok(err("value is not a valid float"));
+        };
+        self.update(&a[0], |old| {
+            let current = match old {
+                None => 0.0,
+                Some(v) => parse_f64(v).ok_or_else(|| err("value is not a valid float"))?,
+            };
+            let next = current + by;
+            if !next.is_finite() {
+                return Err(err("increment would produce NaN or Infinity"));
+            }
+            let shown = format_float(next).into_bytes();
+            Ok(Step::Write(Some(shown.clone()), Reply::Bulk(shown)))
+        })
+        .await
+    }
+
+    // ------------------------------------------------------------------ chordkv commands
+
+    async fn siblings(&mut self, key: &[u8]) -> Result<Reply> {
+        let read = self.read(key).await?;
+        let token = Context::from(read.context).to_token();
+        Ok(Reply::Array(vec![
+            Reply::Bulk(token.into_bytes()),
+            Reply::Array(read.values.into_iter().map(Reply::Bulk).collect()),
+        ]))
+    }
+
+    async fn ckv_put(&mut self, a: &[Vec<u8>]) -> Result<Reply> {
+        let token = text(&a[2]);
+        let context = if token.is_empty() {
+            VersionVector::new()
+        } else {
+            Context::from_token(&token)?.into()
+        };
+        self.write(&a[0], Some(a[1].clone()), &context, WriteMode::Context)
+            .await?;
+        Ok(ok())
+    }
+
+    async fn lookup(&mut self, key: &[u8]) -> Result<Reply> {
+        match self
+            .conn
+            .call(Request::Lookup { key: key.to_vec() })
+            .await?
+        {
+            Response::Lookup(info) => {
+                let pair = |k: &str, v: Reply| (Reply::Bulk(k.into()), v);
+                Ok(Reply::Map(vec![
+                    pair("key-id", Reply::Bulk(info.key_id.to_string().into_bytes())),
+                    pair(
+                        "owner-id",
+                        Reply::Bulk(info.owner.id.to_string().into_bytes()),
+                    ),
+                    pair(
+                        "owner",
+                        Reply::Bulk(info.owner.addr.to_string().into_bytes()),
+                    ),
+                    pair("hops", Reply::Integer(i64::from(info.hops))),
+                    pair("timeouts", Reply::Integer(i64::from(info.timeouts))),
+                ]))
+            }
+            other => Err(unexpected("lookup", &other)),
+        }
+    }
+
+    /// This node's status, through the core.
+    async fn status(&mut self) -> Result<NodeStatus> {
+        match self.conn.call(Request::Status).await? {
+            Response::Status(s) => Ok(s),
+            other => Err(unexpected("status", &other)),
+        }
+    }
+
+    /// Every node of the ring with its status, following successors from this node (a node
+    /// that does not answer is passed over through the previous one's successor list).
+    async fn walk(&mut self) -> Result<Vec<NodeStatus>> {
+        let start = self.status().await?;
+        let mut seen: HashSet<NodeRef> = HashSet::from([start.node]);
+        let mut nodes = vec![start];
+        'walk: while nodes.len() < MAX_RING_NODES {
+            let last = nodes.last().expect("the walk starts with this node");
+            for succ in last.succs.clone() {
+                if succ == nodes[0].node {
+                    break 'walk;
+                }
+                if seen.contains(&succ) {
+                    continue;
+                }
+                seen.insert(succ);
+                if let Ok(status) = self.remote_status(succ.addr).await {
+                    nodes.push(status);
+                    continue 'walk;
+                }
+            }
+            break;
+        }
+        nodes.sort_by_key(|s| s.node.id);
+        Ok(nodes)
+    }
+
+    async fn remote_status(&self, addr: SocketAddr) -> Result<NodeStatus> {
+        let timeout = self.gateway.rpc_timeout;
+        let channel = Channel::dial(addr, &self.gateway.dialer, timeout).await?;
+        match channel.call(Request::Status, timeout).await? {
+            Response::Status(s) => Ok(s),
+            other => Err(unexpected("status", &other)),
+        }
+    }
+
+    async fn dbsize(&mut self) -> Result<Reply> {
+        let nodes = self.walk().await?;
+        Ok(Reply::Integer(nodes.iter().map(|n| n.owned as i64).sum()))
+    }
+
+    async fn ring(&mut self) -> Result<Reply> {
+        let nodes = self.walk().await?;
+        Ok(Reply::Array(
+            nodes
+                .iter()
+                .map(|n| {
+                    Reply::Array(vec![
+                        Reply::Bulk(n.node.id.to_string().into_bytes()),
+                        Reply::Bulk(n.node.addr.to_string().into_bytes()),
+                        Reply::Integer(n.owned as i64),
+                    ])
+                })
+                .collect(),
+        ))
+    }
+
+    async fn flushall(&mut self, a: &[Vec<u8>]) -> Result<Reply> {
+        if a.len() > 1
+            || a.first()
+                .is_some_and(|m| !matches!(text(m).to_ascii_uppercase().as_str(), "SYNC" | "ASYNC"))
+        {
+            return Ok(syntax());
+        }
+        if !self.gateway.config.allow_flushall {
+            return Ok(err(
+                "FLUSHALL is off on this node: it deletes every key of the ring; start the node \
+                 with --resp-flushall to allow it",
+            ));
+        }
+        Ok(err("FLUSHALL is not built yet"))
+    }
+
+    async fn info(&mut self, a: &[Vec<u8>]) -> Result<Reply> {
+        let wanted: Vec<String> = a.iter().map(|s| text(s).to_ascii_lowercase()).collect();
+        let all = wanted.is_empty()
+            || wanted
+                .iter()
+                .any(|w| matches!(w.as_str(), "all" | "default" | "everything"));
+        let want = |s: &str| all || wanted.iter().any(|w| w == s);
+        let mut out = String::new();
+        if want("server") {
+            out += &format!(
+                "# Server\r\nredis_version:{REDIS_VERSION}\r\nchordkv_version:{}\r\n\
+                 redis_mode:standalone\r\nos:{}\r\narch_bits:64\r\nprocess_id:{}\r\n\
+                 tcp_port:{}\r\nuptime_in_seconds:{}\r\n\r\n",
+                env!("CARGO_PKG_VERSION"),
+                std::env::consts::OS,
+                std::process::id(),
+                self.gateway.config.listen.port(),
+                self.gateway.started.elapsed().as_secs()
+            );
+        }
+        if want("clients") {
+            out += &format!(
+                "# Clients\r\nconnected_clients:{}\r\nmaxclients:{}\r\n\r\n",
+                self.gateway.connected.load(Ordering::Relaxed),
+                self.gateway.config.max_connections
+            );
+        }
+        if want("stats") {
+            out += &format!(
+                "# Stats\r\ntotal_commands_processed:{}\r\n\r\n",
+                self.gateway.commands.load(Ordering::Relaxed)
+            );
+        }
+        if want("ring") || want("replication") {
+            let s = self.status().await?;
+            let (n, r, w) = self.gateway.quorums;
+            let succs: Vec<String> = s.succs.iter().map(|n| n.addr.to_string()).collect();
+            out += &format!(
+                "# Ring\r\nrole:master\r\nchord_node_id:{}\r\nchord_addr:{}\r\njoined:{}\r\n\
+                 predecessor:{}\r\nsuccessors:{}\r\nreplicas:{n}\r\nread_quorum:{r}\r\n\
+                 write_quorum:{w}\r\nkeys_stored:{}\r\nkeys_owned:{}\r\n\r\n",
+                s.node.id,
+                s.node.addr,
+                u8::from(s.joined),
+                s.pred.map_or_else(|| "-".into(), |p| p.addr.to_string()),
+                succs.join(","),
+                s.keys,
+                s.owned
+            );
+        }
+        if want("keyspace") {
+            let keys: u64 = self.walk().await?.iter().map(|n| n.owned).sum();
+            out += "# Keyspace\r\n";
+            if keys > 0 {
+                out += &format!("db0:keys={keys},expires=0,avg_ttl=0\r\n");
+            }
+            out += "\r\n";
+        }
+        Ok(Reply::Verbatim(VerbatimFormat::Text, out.into_bytes()))
+    }
+}
+
+/// The Redis version the port reports (`INFO`, `HELLO`): the command set and reply shapes it
+/// follows, which is what client libraries check before they use a feature.
+pub const REDIS_VERSION: &str = "7.2.0";
+
+/// When a conditional `SET` writes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Cond {
+    Always,
+    IfAbsent,
+    IfPresent,
+}
+
+fn too_large(size: usize, max: usize) -> Reply {
+    err(format!(
+        "string exceeds maximum allowed size ({size} bytes; this node's --max-value-bytes is \
+         {max})"
+    ))
+}
+
+fn unexpected(what: &str, got: &Response) -> Error {
+    Error::InvalidData(format!("unexpected answer to {what}: {got:?}"))
+}
+
+/// `COMMAND`, `COMMAND COUNT`, `COMMAND INFO name…`, `COMMAND DOCS [name…]`.
+fn command(a: &[Vec<u8>]) -> Reply {
+    let info = |c: &Spec| {
+        let flags = match c.kind {
+            Read => vec!["readonly", "fast"],
+            Write => vec!["write", "denyoom"],
+            Other => vec!["fast"],
+        };
+        Reply::Array(vec![
+            Reply::Bulk(c.name.into()),
+            Reply::Integer(c.arity),
+            Reply::Set(flags.into_iter().map(|f| Reply::Simple(f.into())).collect()),
+            Reply::Integer(c.keys.0),
+            Reply::Integer(c.keys.1),
+            Reply::Integer(c.keys.2),
+        ])
+    };
+    let named = |names: &[Vec<u8>]| -> Vec<&'static Spec> {
+        if names.is_empty() {
+            COMMANDS.iter().collect()
+        } else {
+            names
+                .iter()
+                .filter_map(|n| find(&text(n).to_ascii_lowercase()))
+                .collect()
+        }
+    };
+    match a.split_first() {
+        None => Reply::Array(COMMANDS.iter().map(info).collect()),
+        Some((sub, rest)) => match text(sub).to_ascii_lowercase().as_str() {
+            "count" => Reply::Integer(COMMANDS.len() as i64),
+            "info" => Reply::Array(named(rest).into_iter().map(info).collect()),
+            "docs" => Reply::Map(
+                named(rest)
+                    .into_iter()
+                    .map(|c| {
+                        let group = if c.name.starts_with("ckv.") {
+                            "chordkv"
+                        } else if c.kind == Other {
+                            "connection"
+                        } else {
+                            "string"
+                        };
+                        let doc = Reply::Map(vec![
+                            (
+                                Reply::Bulk(b"summary".to_vec()),
+                                Reply::Bulk(c.summary.into()),
+                            ),
+                            (
+                                Reply::Bulk(b"since".to_vec()),
+                                Reply::Bulk(b"1.0.0".to_vec()),
+                            ),
+                            (Reply::Bulk(b"group".to_vec()), Reply::Bulk(group.into())),
+                        ]);
+                        (Reply::Bulk(c.name.into()), doc)
+                    })
+                    .collect(),
+            ),
+            other => err(format!(
+                "unknown subcommand '{other}'. Try COMMAND, COMMAND COUNT, COMMAND INFO, \
+                 COMMAND DOCS."
+            )),
+        },
+    }
+}
+
+/// `CONFIG GET pattern…`: the few settings tools ask about (redis-benchmark reads `save` and
+/// `appendonly`); anything else matches nothing. `CONFIG SET` is refused.
+fn config(a: &[Vec<u8>]) -> Reply {
+    if !text(&a[0]).eq_ignore_ascii_case("get") || a.len() < 2 {
+        return err("chordkv takes CONFIG GET only; its settings are the node's flags");
+    }
+    let known = [("save", ""), ("appendonly", "no"), ("databases", "1")];
+    let mut pairs = Vec::new();
+    for pattern in &a[1..] {
+        let p = text(pattern).to_ascii_lowercase();
+        for (k, v) in known {
+            if p == "*" || p == k {
+                pairs.push((Reply::Bulk(k.into()), Reply::Bulk(v.into())));
+            }
+        }
+    }
+    Reply::Map(pairs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn substring_indices_follow_redis() {
+        // "Hello World" as in Redis's GETRANGE docs.
+        let cases = [
+            ((0, 3), Some((0, 3))),
+            ((-3, -1), Some((8, 10))),
+            ((0, -1), Some((0, 10))),
+            ((10, 100), Some((10, 10))),
+            ((5, 3), None),
+            ((11, 20), None),
+            ((-100, 2), Some((0, 2))),
+        ];
+        for ((s, e), want) in cases {
+            assert_eq!(range(11, s, e), want, "GETRANGE {s} {e}");
+        }
+        assert_eq!(range(0, 0, -1), None);
+    }
+
+    #[test]
+    fn floats_print_as_redis_stores_them() {
+        assert_eq!(format_float(10.6), "10.6");
+        assert_eq!(format_float(3.0), "3");
+        assert_eq!(format_float(-0.5), "-0.5");
+        assert_eq!(format_float(5.0e3), "5000");
+        assert!(!format_float(1e20).contains('e'));
+    }
+
+    #[test]
+    fn every_command_in_the_table_is_found_and_has_a_sane_arity() {
+        for c in COMMANDS {
+            assert!(std::ptr::eq(find(c.name).expect("found"), c));
+            assert!(c.arity != 0, "{}", c.name);
+            assert_eq!(c.name, c.name.to_ascii_lowercase());
+        }
+        assert!(find("GET").is_none(), "lookups take lowercase names");
+    }
+}
