@@ -5,8 +5,9 @@
 //! node's keys, [`version`] their causal histories, [`session`] is the client's half of the
 //! session guarantees, [`kv`] is the key-value layer as a pure state machine on top of the ring
 //! (what is stored, and how copies agree), [`node`] composes the two, [`message`] and [`wire`]
-//! are what crosses the network, and [`server`] drives a node with real sockets, clocks and
-//! disks. [`testing`] holds the simulator and the history and session checkers.
+//! are what crosses the network, [`server`] drives a node with real sockets, clocks and
+//! disks, and [`resp`] is its Redis protocol port. [`testing`] holds the simulator and the
+//! history and session checkers.
 
 pub mod auth;
 pub(crate) mod bounded;

@@ -343,6 +343,17 @@ pub enum Request {
     },
     /// Describe yourself: [`Response::Status`]. `kvctl ring` walks the ring with it.
     Status,
+    /// List the live keys of the range this node owns, in ring order after `after` (from the
+    /// range's start if `after` lies outside it): [`Response::Keys`]. A page holds at most
+    /// `max` keys (at most [`MAX_ITEMS`]) and looks at most four times that many stored states,
+    /// so its cost never grows with the data; the RESP port's `FLUSHALL` pages through every
+    /// node with it.
+    Keys {
+        /// Where the page starts (exclusive): the id the last page ended at.
+        after: Id,
+        /// Most keys in the page.
+        max: u32,
+    },
     /// Fault injection for tests: from now on, silently drop every request this node sends to
     /// `peers` (an empty list heals), as a network partition would. Refused with
     /// [`Error::InvalidInput`] unless the node runs with `--allow-fault-injection`.
@@ -469,6 +480,38 @@ pub enum Response {
     Lookup(LookupInfo),
     /// Answer to [`Request::Status`].
     Status(NodeStatus),
+    /// Answer to [`Request::Keys`].
+    Keys {
+        /// Live keys, in ring order. At most [`MAX_ITEMS`].
+        #[serde(deserialize_with = "items")]
+        keys: Vec<Vec<u8>>,
+        /// Where the next page starts, or `None` when the range is done.
+        next: Option<Id>,
+    },
+}
+
+impl Response {
+    /// The variant's name, for errors about an answer that does not fit its request (the
+    /// answer itself may be megabytes long).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Response::Pong { .. } => "Pong",
+            Response::Route { .. } => "Route",
+            Response::Neighbors { .. } => "Neighbors",
+            Response::Ack => "Ack",
+            Response::Redirect { .. } => "Redirect",
+            Response::Read { .. } => "Read",
+            Response::Written { .. } => "Written",
+            Response::State { .. } => "State",
+            Response::SyncKeys { .. } => "SyncKeys",
+            Response::SyncItems { .. } => "SyncItems",
+            Response::HandedOff { .. } => "HandedOff",
+            Response::Reaped { .. } => "Reaped",
+            Response::Lookup { .. } => "Lookup",
+            Response::Status { .. } => "Status",
+            Response::Keys { .. } => "Keys",
+        }
+    }
 }
 
 /// What a read found.
@@ -597,6 +640,7 @@ impl Request {
             | Request::StoreGet { .. }
             | Request::Lookup { .. }
             | Request::Status
+            | Request::Keys { .. }
             | Request::Ping => Clearance::Read,
             Request::Put { .. } | Request::Delete { .. } => Clearance::Write,
             Request::FindSuccessor { .. }
@@ -641,6 +685,7 @@ impl Request {
             Request::Delete { .. } => "delete",
             Request::Lookup { .. } => "lookup",
             Request::Status => "status",
+            Request::Keys { .. } => "keys",
             Request::Block { .. } => "block",
         }
     }

@@ -942,6 +942,7 @@ impl<S: Storage> Kv<S> {
                 return None;
             }
             Request::Reap { items, commit } => self.on_reap(ring, io, items, commit),
+            Request::Keys { after, max } => self.list_keys(ring, after, max),
             Request::Get { r: Some(q), .. }
             | Request::Put { w: Some(q), .. }
             | Request::Delete { w: Some(q), .. }
@@ -1137,6 +1138,50 @@ impl<S: Storage> Kv<S> {
     }
 
     /// The versions of `key` in our storage (empty if absent).
+    /// One page of the live keys of our range after `after` ([`Request::Keys`]).
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] for a page of no keys or over [`crate::message::MAX_ITEMS`];
+    /// storage failures.
+    fn list_keys(&self, ring: &Ring, after: Id, max: u32) -> Result<Response> {
+        let max = usize::try_from(max).unwrap_or(usize::MAX);
+        if max == 0 || max > crate::message::MAX_ITEMS {
+            return Err(Error::InvalidInput(format!(
+                "a page of keys holds 1 to {} keys",
+                crate::message::MAX_ITEMS
+            )));
+        }
+        let me = self.me.id;
+        let start = ring.range_start().map_or(me, |p| p.id);
+        let from = if after != me && in_half_open(start, me, after) {
+            after
+        } else {
+            start
+        };
+        let mut keys = Vec::new();
+        let mut looked = 0;
+        let mut last = None;
+        let mut failed = None;
+        self.storage.visit_range(from, me, &mut |key, bytes| {
+            looked += 1;
+            last = Some(Id::hash(key));
+            match Versioned::decode(bytes) {
+                Ok(state) if !state.is_deleted() => keys.push(key.to_vec()),
+                Ok(_) => {}
+                Err(e) => failed = Some(e),
+            }
+            failed.is_none() && keys.len() < max && looked < 4 * max
+        })?;
+        if let Some(e) = failed {
+            return Err(e);
+        }
+        let full = keys.len() >= max || looked >= 4 * max;
+        Ok(Response::Keys {
+            keys,
+            next: if full { last } else { None },
+        })
+    }
+
     fn read_versions(&self, key: &[u8]) -> Result<Versioned> {
         match self.storage.get(key)? {
             Some(bytes) => Versioned::decode(&bytes),

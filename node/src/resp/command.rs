@@ -22,6 +22,9 @@ use std::time::Duration;
 /// How often a read-modify-write command reads and tries again when the key changed under it.
 pub const MAX_ATTEMPTS: u32 = 32;
 
+/// Keys per page of `FLUSHALL`'s listing of a node's range.
+const FLUSH_PAGE: u32 = 512;
+
 /// Most nodes a ring walk (`DBSIZE`, `INFO keyspace`, `CKV.RING`) visits.
 const MAX_RING_NODES: usize = 4096;
 
@@ -1236,7 +1239,42 @@ impl Client {
                  with --resp-flushall to allow it",
             ));
         }
-        Ok(err("FLUSHALL is not built yet"))
+        let mut deleted = 0u64;
+        for node in self.walk().await? {
+            let timeout = self.gateway.rpc_timeout;
+            let channel = Channel::dial(node.node.addr, &self.gateway.dialer, timeout).await?;
+            let mut after = node.pred.map_or(node.node.id, |p| p.id);
+            loop {
+                let page = Request::Keys {
+                    after,
+                    max: FLUSH_PAGE,
+                };
+                let (keys, next) = match channel.call(page, timeout).await? {
+                    Response::Keys { keys, next } => (keys, next),
+                    other => return Err(unexpected("keys", &other)),
+                };
+                let mut requests = Vec::with_capacity(keys.len());
+                for key in &keys {
+                    // Not through the session: a session of every key would be full at once.
+                    let mut delete = Request::write(key.clone(), None, VersionVector::new(), None);
+                    if let Request::Delete { mode, .. } = &mut delete {
+                        *mode = WriteMode::Overwrite;
+                    }
+                    requests.push(delete);
+                }
+                for answer in self.conn.call_all(requests).await {
+                    if let Response::Written { existed: true, .. } = answer? {
+                        deleted += 1;
+                    }
+                }
+                match next {
+                    Some(id) => after = id,
+                    None => break,
+                }
+            }
+        }
+        metrics::counter!("chordkv_resp_flushed_keys_total").increment(deleted);
+        Ok(ok())
     }
 
     async fn info(&mut self, a: &[Vec<u8>]) -> Result<Reply> {
@@ -1321,7 +1359,7 @@ fn too_large(size: usize, max: usize) -> Reply {
 }
 
 fn unexpected(what: &str, got: &Response) -> Error {
-    Error::InvalidData(format!("unexpected answer to {what}: {got:?}"))
+    Error::InvalidData(format!("the node answered {what} with {}", got.kind()))
 }
 
 /// `COMMAND`, `COMMAND COUNT`, `COMMAND INFO name…`, `COMMAND DOCS [name…]`.

@@ -93,7 +93,8 @@ use std::io::Write as _;
 pub const PROTO_MAX_BULK: usize = 512 << 20;
 
 /// The longest header line (`*<n>`, `$<len>`), in bytes after its type byte and before its
-/// `\r\n`: room for any 64-bit number with a sign and some leading junk to report.
+/// `\r\n`. A 64-bit number with its sign takes 20; a longer line is bad data before its end
+/// arrives, so a header never makes the decoder wait on an unbounded line.
 pub const MAX_HEADER: usize = 32;
 
 /// How many argument slots a command's announced count may reserve up front; more grow as the

@@ -275,3 +275,6 @@ async fn serve_connection(mut stream: TcpStream, peer: SocketAddr, gateway: &Gat
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -381,6 +381,7 @@ impl Limits {
             | Request::FailureNotice { .. }
             | Request::Block { .. }
             | Request::SyncTree { .. }
+            | Request::Keys { .. }
             | Request::Status => Ok(()),
         }
     }
