@@ -19,8 +19,8 @@
 //! over 1,000 random keys got 256 SETs/s from one node (p50 136 ms, against 12,000/s for the
 //! first 5,000 requests), and three nodes answered `-ERR session full` (a write would carry 580
 //! dependencies, the limit is 64), which stops redis-benchmark. `CHORDKV_REDIS_RING=0` skips
-//! (d). `CHORDKV_NODE_BIN` names a node binary to run instead of the release build. Needs `redis-server` and `redis-benchmark` on PATH (`apt-get install
-//! redis-server redis-tools`). Every process it starts is killed when it ends, and after each
+//! (d). `CHORDKV_NODE_BIN` names a node binary to run instead of the release build. Needs
+//! `redis-server` and `redis-benchmark` on PATH (`apt-get install redis-server redis-tools`). Every process it starts is killed when it ends, and after each
 //! run what the SETs wrote is read back, so a port that answered errors cannot pass for a fast
 //! one (redis-benchmark itself stops at an error reply).
 //!
