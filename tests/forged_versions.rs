@@ -12,28 +12,11 @@ mod common;
 
 use common::{Cluster, assert_prints, stderr, wait_until};
 use kvctl::{Context, Id, VersionVector};
-use std::net::SocketAddr;
 use std::time::Duration;
-
-/// The node index of the cluster's node at `addr`.
-fn index(cluster: &Cluster, addr: SocketAddr) -> usize {
-    cluster
-        .all()
-        .into_iter()
-        .find(|&i| cluster.addr(i) == addr)
-        .unwrap_or_else(|| panic!("{addr} is none of the cluster's nodes"))
-}
 
 /// The owner of `key` as `kvctl --json lookup` through node `via` reports it.
 fn owner(cluster: &Cluster, via: usize, key: &str) -> usize {
-    let out = cluster.kvctl(via, &["--json", "lookup", key]);
-    assert!(out.status.success(), "lookup {key}: {}", stderr(&out));
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("lookup prints JSON");
-    let addr: SocketAddr = v["owner"]["addr"]
-        .as_str()
-        .and_then(|a| a.parse().ok())
-        .unwrap_or_else(|| panic!("no owner address in {v}"));
-    index(cluster, addr)
+    cluster.owner_of(via, key).unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// Up to `n` keys that node `node` owns, found by looking candidates up through it.

@@ -14,7 +14,7 @@
 #[allow(dead_code)]
 mod common;
 
-use chordkv_node::message::{Request, Response};
+use chordkv_node::message::Request;
 use common::{CONVERGE, Cluster, wait_until};
 use kvctl::{Client, Error, VersionVector, Written};
 use std::collections::{BTreeMap, BTreeSet};
@@ -58,20 +58,11 @@ fn addrs(cluster: &Cluster, members: &[usize]) -> Vec<SocketAddr> {
     members.iter().map(|&i| cluster.addr(i)).collect()
 }
 
-/// Tells node `i` to drop every request it sends to `peers` from now on (none: heal).
-fn block(cluster: &Cluster, i: usize, peers: Vec<SocketAddr>) {
-    let client = cluster.client(i);
-    match cluster.block_on(client.call(Request::Block { peers })) {
-        Ok(Response::Ack) => {}
-        other => panic!("node {i} did not take the block: {other:?}"),
-    }
-}
-
 /// Cuts `a` and `b` off from each other, both ways.
 fn partition(cluster: &Cluster, a: &[usize], b: &[usize]) {
     for (side, other) in [(a, b), (b, a)] {
         for &i in side {
-            block(cluster, i, addrs(cluster, other));
+            cluster.block(i, addrs(cluster, other));
         }
     }
 }
@@ -79,7 +70,7 @@ fn partition(cluster: &Cluster, a: &[usize], b: &[usize]) {
 /// Lifts every block on every node.
 fn heal(cluster: &Cluster) {
     for i in cluster.all() {
-        block(cluster, i, Vec::new());
+        cluster.block(i, Vec::new());
     }
 }
 

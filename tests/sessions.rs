@@ -3,8 +3,8 @@
 //! when the copy that now answers lags; and when no reachable copy holds what the session saw,
 //! kvctl says so (exit 4) instead of answering from an older state.
 //!
-//! Lag is made with the nodes' test-only fault injection ([`Request::Block`]: a node drops
-//! every request it sends to the peers named) and kept by turning anti-entropy off
+//! Lag is made with the nodes' test-only fault injection ([`Cluster::block`]: a node drops every
+//! request it sends to the peers named) and kept by turning anti-entropy off
 //! (`--sync-ms 600000`): a copy that missed a write stays without it. Writes and reads take
 //! one copy (`--write-quorum 1 --read-quorum 1`), so a write is acknowledged by its owner alone
 //! and a plain read is answered from one copy: the weakest setting, where sessions matter most.
@@ -13,9 +13,7 @@
 #[allow(dead_code)]
 mod common;
 
-use chordkv_node::message::{Request, Response};
 use common::{Cluster, assert_prints, kvctl, stderr, wait_until};
-use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
@@ -37,55 +35,6 @@ const FLAGS: [&str; 9] = [
 /// How long the ring may take to repair after a node is killed.
 const REPAIR: Duration = Duration::from_secs(30);
 
-/// Tells node `i` to drop every request it sends to `peers` from now on.
-fn block(cluster: &Cluster, i: usize, peers: Vec<SocketAddr>) {
-    let client = cluster.client(i);
-    match cluster.block_on(client.call(Request::Block { peers })) {
-        Ok(Response::Ack) => {}
-        other => panic!("node {i} did not take the block: {other:?}"),
-    }
-}
-
-/// The index of the node at `addr`.
-fn index(cluster: &Cluster, addr: SocketAddr) -> usize {
-    cluster
-        .all()
-        .into_iter()
-        .find(|&i| cluster.addr(i) == addr)
-        .unwrap_or_else(|| panic!("{addr} is none of the cluster's nodes"))
-}
-
-/// The owner of `key` as `kvctl --json lookup` through node `via` reports it.
-fn owner(cluster: &Cluster, via: usize, key: &str) -> Result<usize, String> {
-    let out = cluster.kvctl(via, &["--json", "lookup", key]);
-    if !out.status.success() {
-        return Err(format!("lookup {key} through node {via}: {}", stderr(&out)));
-    }
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).map_err(|e| e.to_string())?;
-    let addr: SocketAddr = v["owner"]["addr"]
-        .as_str()
-        .and_then(|a| a.parse().ok())
-        .ok_or_else(|| format!("no owner address in {v}"))?;
-    Ok(index(cluster, addr))
-}
-
-/// The nodes after node `i` in ring order, nearest first, as node indices.
-fn successors(cluster: &Cluster, i: usize) -> Vec<usize> {
-    let view = cluster.converged(&cluster.all()).expect("a converged ring");
-    let mut order: Vec<usize> = view
-        .nodes
-        .iter()
-        .map(|m| index(cluster, m.node().addr))
-        .collect();
-    let at = order
-        .iter()
-        .position(|&n| n == i)
-        .expect("node i is on the ring");
-    order.rotate_left(at);
-    order.remove(0);
-    order
-}
-
 /// `--session FILE` as arguments.
 fn in_session(file: &Path) -> [&str; 2] {
     ["--session", file.to_str().expect("a UTF-8 temporary path")]
@@ -101,23 +50,11 @@ struct Setup {
 
 fn setup() -> Setup {
     let cluster = Cluster::start_with(4, &FLAGS);
-    // A consistent ring is not enough: a node whose successor list is still short replicates
-    // to fewer nodes, and a write the owner sends only to the node it blocks would reach no
-    // other copy. Wait until every node has all N copies' worth of successors.
-    wait_until(REPAIR, "every node to know N - 1 successors", || {
-        for i in cluster.all() {
-            let st = cluster.status(i)?;
-            if st.replicas < st.replicas_wanted {
-                return Err(format!(
-                    "node {i} has {} of {} copies",
-                    st.replicas, st.replicas_wanted
-                ));
-            }
-        }
-        Ok(())
-    });
-    let owner = owner(&cluster, 0, "x").expect("x has an owner");
-    let succs = successors(&cluster, owner);
+    // A write the owner sends only to the node it blocks would reach no other copy if the
+    // owner's successor list were still short.
+    cluster.wait_for_all_copies();
+    let owner = cluster.owner_of(0, "x").expect("x has an owner");
+    let succs = cluster.successors_of(owner);
     assert_eq!(
         succs.len(),
         3,
@@ -145,7 +82,7 @@ impl Setup {
         wait_until(REPAIR, "the ring to repair without x's owner", || {
             self.cluster.converged(&rest)?;
             for &i in &rest {
-                match owner(&self.cluster, i, "x")? {
+                match self.cluster.owner_of(i, "x")? {
                     o if o == b => {}
                     o => return Err(format!("node {i} says node {o} owns x")),
                 }
@@ -161,7 +98,7 @@ fn a_session_reads_its_write_through_another_node_when_the_new_owner_lags() {
     let (a, b) = (s.owner, s.succs[0]);
     let file = s.file();
     // A drops everything it sends to B: B never gets the write; the next copies do.
-    block(&s.cluster, a, vec![s.cluster.addr(b)]);
+    s.cluster.block(a, vec![s.cluster.addr(b)]);
     let mut args = in_session(&file).to_vec();
     args.extend(["put", "x", "1"]);
     let out = s.cluster.kvctl(a, &args);
@@ -205,7 +142,7 @@ fn a_session_whose_write_no_reachable_copy_holds_fails_with_exit_4() {
     let file = s.file();
     // A drops everything it sends to every other node: its write stays on A alone.
     let peers = s.succs.iter().map(|&i| s.cluster.addr(i)).collect();
-    block(&s.cluster, a, peers);
+    s.cluster.block(a, peers);
     let mut args = in_session(&file).to_vec();
     args.extend(["put", "x", "1"]);
     assert_prints(&s.cluster.kvctl(a, &args), b"ok\n");

@@ -37,7 +37,8 @@ pub fn release_binary(bin: &str, package: &str) -> PathBuf {
     dir.join(bin)
 }
 
-fn free_port() -> u16 {
+/// A loopback port that was free a moment ago.
+pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
@@ -62,11 +63,19 @@ impl Ring {
     /// Panics if a node has exited (a flag it refused, a port taken): waiting for the ring
     /// would only time out.
     pub fn assert_running(&mut self) {
+        if let Some(why) = self.exited() {
+            panic!("{why}");
+        }
+    }
+
+    /// Which node has exited and how, if one has.
+    pub fn exited(&mut self) -> Option<String> {
         for (i, c) in self.children.iter_mut().enumerate() {
             if let Ok(Some(status)) = c.try_wait() {
-                panic!("node {i} ({}) exited: {status}", self.addrs[i]);
+                return Some(format!("node {i} ({}) exited: {status}", self.addrs[i]));
             }
         }
+        None
     }
 
     /// Node `i`'s data directory.

@@ -11,6 +11,7 @@
 //! because `cargo test --test e2e` builds only the root package's targets and would otherwise run
 //! stale binaries after a change under `node/src` or `kvctl/src`.
 
+use chordkv_node::message::{Request, Response};
 use chordkv_node::wire::Dialer;
 use kvctl::{Client, Id, NodeStatus, RingMember, RingView};
 use std::collections::{BTreeMap, BTreeSet, HashSet};
@@ -146,6 +147,27 @@ pub fn free_addr() -> SocketAddr {
     }
 }
 
+/// Sends an inline `PING` to the Redis port at `addr` and checks the answer is a reply to it.
+fn resp_ping(addr: SocketAddr) -> Result<(), String> {
+    use std::io::Read;
+    let mut stream = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2))
+        .map_err(|e| format!("connect: {e}"))?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(2)))
+        .map_err(|e| e.to_string())?;
+    stream
+        .write_all(b"PING\r\n")
+        .map_err(|e| format!("write: {e}"))?;
+    let mut answer = [0u8; 64];
+    let n = stream.read(&mut answer).map_err(|e| format!("read: {e}"))?;
+    let answer = &answer[..n];
+    if answer == b"+PONG\r\n" || answer.starts_with(b"-NOAUTH") {
+        Ok(())
+    } else {
+        Err(format!("answered {:?}", String::from_utf8_lossy(answer)))
+    }
+}
+
 /// Runs the real `kvctl` binary with `args`, feeding it `stdin`.
 ///
 /// Without `--session FILE` or `--no-session` among `args` it runs with `--no-session`: the default session
@@ -193,6 +215,8 @@ struct Node {
     extra_args: Vec<String>,
     /// Where it serves Prometheus metrics, if asked to.
     metrics: Option<SocketAddr>,
+    /// Where it serves the Redis protocol (`--resp`), if asked to.
+    resp: Option<SocketAddr>,
     /// The running process, if any.
     child: Option<Child>,
 }
@@ -207,6 +231,8 @@ pub struct Cluster {
     kvctl_args: Vec<String>,
     /// Whether nodes started from now on serve metrics (`--metrics`).
     with_metrics: bool,
+    /// Whether nodes started from now on serve the Redis protocol (`--resp`).
+    with_resp: bool,
     runtime: tokio::runtime::Runtime,
     // Dropped last: the children must be gone before their directories.
     dir: tempfile::TempDir,
@@ -220,6 +246,7 @@ impl Cluster {
             dialer: Client::open_dialer(),
             kvctl_args: Vec::new(),
             with_metrics: false,
+            with_resp: false,
             runtime: tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
                 .enable_all()
@@ -260,6 +287,24 @@ impl Cluster {
         cluster
     }
 
+    /// [`Cluster::start_with`], each node also serving the Redis protocol on a port of its own
+    /// ([`Cluster::resp_addr`]), and answering PING there before this returns.
+    pub fn start_with_resp(n: usize, extra_args: &[&str]) -> Cluster {
+        let mut cluster = Cluster::new();
+        cluster.serve_resp();
+        for i in 0..n {
+            cluster.start_node((i > 0).then_some(0), extra_args);
+        }
+        cluster.wait_for_ring(&cluster.all());
+        cluster
+    }
+
+    /// Nodes started from now on also serve the Redis protocol (`--resp ADDR`, a free loopback
+    /// port each), and [`Cluster::start_node`] returns only once that port answers PING.
+    pub fn serve_resp(&mut self) {
+        self.with_resp = true;
+    }
+
     /// The cluster's node indices in ring order, as walked in `view`, rotated to start at
     /// node 0.
     pub fn ring_order(&self, view: &RingView) -> Vec<usize> {
@@ -288,9 +333,13 @@ impl Cluster {
             let addr = free_addr();
             let data_dir = self.dir.path().join(format!("node{i}-{}", addr.port()));
             let metrics = self.with_metrics.then(free_addr);
+            let resp = self.with_resp.then(free_addr);
             let mut args: Vec<String> = extra_args.iter().map(|a| a.to_string()).collect();
             if let Some(m) = metrics {
                 args.extend(["--metrics".to_string(), m.to_string()]);
+            }
+            if let Some(r) = resp {
+                args.extend(["--resp".to_string(), r.to_string()]);
             }
             self.nodes.truncate(i);
             self.nodes.push(Node {
@@ -299,10 +348,16 @@ impl Cluster {
                 log: self.dir.path().join(format!("node{i}.log")),
                 extra_args: args,
                 metrics,
+                resp,
                 child: None,
             });
             match self.spawn(i, bootstrap) {
-                Ok(()) => return i,
+                Ok(()) => {
+                    if self.with_resp {
+                        self.wait_for_resp(i);
+                    }
+                    return i;
+                }
                 Err(log)
                     if attempt < 5
                         && (log.contains("cannot listen") || log.contains("cannot serve")) =>
@@ -432,6 +487,40 @@ impl Cluster {
         self.nodes[i].addr
     }
 
+    /// Where node `i` serves the Redis protocol. Needs a cluster that serves it
+    /// ([`Cluster::start_with_resp`], [`Cluster::serve_resp`]).
+    pub fn resp_addr(&self, i: usize) -> SocketAddr {
+        self.nodes[i]
+            .resp
+            .unwrap_or_else(|| panic!("node {i} was started without --resp"))
+    }
+
+    /// Where each node serves the Redis protocol, in node order.
+    pub fn resp_addrs(&self) -> Vec<SocketAddr> {
+        self.all().into_iter().map(|i| self.resp_addr(i)).collect()
+    }
+
+    /// Waits until node `i`'s Redis port answers an inline `PING` with `+PONG` (before AUTH, a
+    /// node with tokens answers `-NOAUTH`, which shows it serves as well). Panics with its log
+    /// if it does not within the start timeout.
+    pub fn wait_for_resp(&self, i: usize) {
+        let addr = self.resp_addr(i);
+        let what = format!("node {i}'s Redis port {addr} to answer PING");
+        let deadline = Instant::now() + START;
+        loop {
+            match resp_ping(addr) {
+                Ok(()) => return,
+                Err(e) if Instant::now() >= deadline => {
+                    panic!(
+                        "timed out waiting for {what}: {e}; its log:\n{}",
+                        self.log_tail(i)
+                    )
+                }
+                Err(_) => std::thread::sleep(POLL),
+            }
+        }
+    }
+
     /// The value of the sample `name` (with its labels, e.g. `m{quantile="1"}`) in node `i`'s
     /// Prometheus metrics; `Ok(None)` if the node has not recorded it yet. Needs a cluster
     /// started with [`Cluster::start_with_metrics`].
@@ -551,6 +640,74 @@ impl Cluster {
     pub fn wait_for_ring(&self, members: &[usize]) -> RingView {
         let what = format!("a consistent ring of nodes {members:?}");
         wait_until(CONVERGE, &what, || self.converged(members))
+    }
+
+    /// Waits until every node keeps all N copies of its keys. A consistent ring is not enough
+    /// for that: a node whose successor list is still short replicates to fewer nodes.
+    pub fn wait_for_all_copies(&self) {
+        wait_until(CONVERGE, "every node to know N - 1 successors", || {
+            for i in self.all() {
+                let st = self.status(i)?;
+                if st.replicas < st.replicas_wanted {
+                    return Err(format!(
+                        "node {i} has {} of {} copies",
+                        st.replicas, st.replicas_wanted
+                    ));
+                }
+            }
+            Ok(())
+        });
+    }
+
+    /// The index of the cluster's node at `addr`.
+    pub fn index_of(&self, addr: SocketAddr) -> usize {
+        self.all()
+            .into_iter()
+            .find(|&i| self.addr(i) == addr)
+            .unwrap_or_else(|| panic!("{addr} is none of the cluster's nodes"))
+    }
+
+    /// The owner of `key` as `kvctl --json lookup` through node `via` reports it.
+    pub fn owner_of(&self, via: usize, key: &str) -> Result<usize, String> {
+        let out = self.kvctl(via, &["--json", "lookup", key]);
+        if !out.status.success() {
+            return Err(format!("lookup {key} through node {via}: {}", stderr(&out)));
+        }
+        let v: serde_json::Value =
+            serde_json::from_slice(&out.stdout).map_err(|e| e.to_string())?;
+        let addr: SocketAddr = v["owner"]["addr"]
+            .as_str()
+            .and_then(|a| a.parse().ok())
+            .ok_or_else(|| format!("no owner address in {v}"))?;
+        Ok(self.index_of(addr))
+    }
+
+    /// The nodes after node `i` in ring order, nearest first, as node indices (the ring must
+    /// be converged with all the cluster's nodes).
+    pub fn successors_of(&self, i: usize) -> Vec<usize> {
+        let view = self.converged(&self.all()).expect("a converged ring");
+        let mut order: Vec<usize> = view
+            .nodes
+            .iter()
+            .map(|m| self.index_of(m.node().addr))
+            .collect();
+        let at = order
+            .iter()
+            .position(|&n| n == i)
+            .expect("node i is on the ring");
+        order.rotate_left(at);
+        order.remove(0);
+        order
+    }
+
+    /// Tells node `i` to drop every request it sends to `peers` from now on (none: heal).
+    /// Needs nodes started with `--allow-fault-injection`.
+    pub fn block(&self, i: usize, peers: Vec<SocketAddr>) {
+        let client = self.client(i);
+        match self.block_on(client.call(Request::Block { peers })) {
+            Ok(Response::Ack) => {}
+            other => panic!("node {i} did not take the block: {other:?}"),
+        }
     }
 
     /// The last lines of node `i`'s log.
