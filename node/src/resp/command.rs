@@ -44,8 +44,8 @@ const BATCH: usize = 256;
 /// Most bytes of a session blob `CKV.SESSION SET` takes.
 const MAX_SESSION_BLOB: usize = 1 << 20;
 
-/// Keys per page of `FLUSHALL`'s listing of a node's range.
-const FLUSH_PAGE: u32 = 512;
+/// Keys per page of `DBSIZE`'s and `FLUSHALL`'s listing of a node's range.
+const KEY_PAGE: u32 = 512;
 
 /// Most nodes a ring walk (`DBSIZE`, `INFO keyspace`, `CKV.RING`) visits.
 const MAX_RING_NODES: usize = 4096;
@@ -1005,12 +1005,10 @@ impl Client {
                 "NX" if cond != Cond::IfPresent => cond = Cond::IfAbsent,
                 "XX" if cond != Cond::IfAbsent => cond = Cond::IfPresent,
                 "GET" => get = true,
-                "KEEPTTL" => {}
+                // KEEPTTL too: a client that asks to keep a TTL expects the key to have one.
+                "KEEPTTL" => return Ok(no_ttls()),
                 "EX" | "PX" | "EXAT" | "PXAT" if options.next().is_some() => {
-                    return Ok(err(
-                        "chordkv has no TTLs yet: SET with EX, PX, EXAT or PXAT is refused \
-                         (the key was not written)",
-                    ));
+                    return Ok(no_ttls());
                 }
                 _ => return Ok(syntax()),
             }
@@ -1330,16 +1328,52 @@ impl Client {
 
     async fn remote_status(&self, addr: SocketAddr) -> Result<NodeStatus> {
         let timeout = self.gateway.rpc_timeout;
-        let channel = Channel::dial(addr, &self.gateway.dialer, timeout).await?;
+        let channel = self.dial(addr).await?;
         match channel.call(Request::Status, timeout).await? {
             Response::Status(s) => Ok(s),
             other => Err(unexpected("status", &other)),
         }
     }
 
+    /// `DBSIZE`: the live keys of every node's own range, counted page by page
+    /// ([`Request::Keys`]): exact where the ring is stable, and it takes time in proportion to
+    /// the keys (each page a bounded piece of work for its node). `INFO keyspace` gives the
+    /// nodes' own counts at once instead, deleted keys included until collected.
     async fn dbsize(&mut self) -> Result<Reply> {
-        let nodes = self.walk().await?;
-        Ok(Reply::Integer(nodes.iter().map(|n| n.owned as i64).sum()))
+        let mut count = 0;
+        for node in self.walk().await? {
+            let channel = self.dial(node.node.addr).await?;
+            let mut after = node.pred.map_or(node.node.id, |p| p.id);
+            loop {
+                let (keys, next) = self.key_page(&channel, after).await?;
+                count += keys.len() as i64;
+                match next {
+                    Some(id) => after = id,
+                    None => break,
+                }
+            }
+        }
+        Ok(Reply::Integer(count))
+    }
+
+    async fn dial(&self, addr: SocketAddr) -> Result<Channel> {
+        Channel::dial(addr, &self.gateway.dialer, self.gateway.rpc_timeout).await
+    }
+
+    /// One page of a node's live keys after `after`, and where the next page starts.
+    async fn key_page(
+        &self,
+        channel: &Channel,
+        after: crate::id::Id,
+    ) -> Result<(Vec<Vec<u8>>, Option<crate::id::Id>)> {
+        let page = Request::Keys {
+            after,
+            max: KEY_PAGE,
+        };
+        match channel.call(page, self.gateway.rpc_timeout).await? {
+            Response::Keys { keys, next } => Ok((keys, next)),
+            other => Err(unexpected("keys", &other)),
+        }
     }
 
     async fn ring(&mut self) -> Result<Reply> {
@@ -1373,18 +1407,10 @@ impl Client {
         }
         let mut deleted = 0u64;
         for node in self.walk().await? {
-            let timeout = self.gateway.rpc_timeout;
-            let channel = Channel::dial(node.node.addr, &self.gateway.dialer, timeout).await?;
+            let channel = self.dial(node.node.addr).await?;
             let mut after = node.pred.map_or(node.node.id, |p| p.id);
             loop {
-                let page = Request::Keys {
-                    after,
-                    max: FLUSH_PAGE,
-                };
-                let (keys, next) = match channel.call(page, timeout).await? {
-                    Response::Keys { keys, next } => (keys, next),
-                    other => return Err(unexpected("keys", &other)),
-                };
+                let (keys, next) = self.key_page(&channel, after).await?;
                 let mut requests = Vec::with_capacity(keys.len());
                 for key in &keys {
                     // Not through the session: a session of every key would be full at once.
@@ -1481,6 +1507,13 @@ enum Cond {
     Always,
     IfAbsent,
     IfPresent,
+}
+
+fn no_ttls() -> Reply {
+    err(
+        "chordkv has no TTLs yet: SET with EX, PX, EXAT, PXAT or KEEPTTL is refused (the key \
+         was not written)",
+    )
 }
 
 fn too_large(size: usize, max: usize) -> Reply {

@@ -61,11 +61,12 @@
 //!
 //! CAVEATS
 //!
-//! - No TTLs: `EX`, `PX`, `EXAT`, `PXAT` are refused with an error saying so (`KEEPTTL` is
-//!   accepted: there is no TTL to keep).
+//! - No TTLs: `EX`, `PX`, `EXAT`, `PXAT` and `KEEPTTL` are refused with an error saying so.
 //! - One database: `SELECT 0` only.
-//! - `DBSIZE` and `INFO keyspace` walk the ring and add up what each node owns: a count, not a
-//!   snapshot, while keys move.
+//! - `DBSIZE` walks the ring and counts each node's live keys page by page
+//!   ([`crate::message::Request::Keys`]): exact in a stable ring, a count rather than a snapshot while keys move, and it takes time
+//!   in proportion to the keys. `INFO keyspace` adds up the nodes' own key counts at once
+//!   instead, and those count a deleted key until its tombstone is collected.
 //! - `FLUSHALL` deletes key by key, through every node's listing of its own range; it is off
 //!   unless the node runs with `--resp-flushall`, and a write racing it may survive it.
 
