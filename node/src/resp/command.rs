@@ -1337,9 +1337,14 @@ impl Client {
 
     /// `DBSIZE`: the live keys of every node's own range, counted page by page
     /// ([`Request::Keys`]): exact where the ring is stable, and it takes time in proportion to
-    /// the keys (each page a bounded piece of work for its node). `INFO keyspace` gives the
-    /// nodes' own counts at once instead, deleted keys included until collected.
+    /// the keys (each page a bounded piece of work for its node). `INFO keyspace` reports the
+    /// same count.
     async fn dbsize(&mut self) -> Result<Reply> {
+        Ok(Reply::Integer(self.count_keys().await?))
+    }
+
+    /// The live keys of the ring, as `DBSIZE` and `INFO keyspace` report them.
+    async fn count_keys(&mut self) -> Result<i64> {
         let mut count = 0;
         for node in self.walk().await? {
             let channel = self.dial(node.node.addr).await?;
@@ -1353,7 +1358,7 @@ impl Client {
                 }
             }
         }
-        Ok(Reply::Integer(count))
+        Ok(count)
     }
 
     async fn dial(&self, addr: SocketAddr) -> Result<Channel> {
@@ -1486,7 +1491,7 @@ impl Client {
             );
         }
         if want("keyspace") {
-            let keys: u64 = self.walk().await?.iter().map(|n| n.owned).sum();
+            let keys = self.count_keys().await?;
             out += "# Keyspace\r\n";
             if keys > 0 {
                 out += &format!("db0:keys={keys},expires=0,avg_ttl=0\r\n");
@@ -1530,10 +1535,10 @@ fn unexpected(what: &str, got: &Response) -> Error {
 /// `COMMAND`, `COMMAND COUNT`, `COMMAND INFO name…`, `COMMAND DOCS [name…]`.
 fn command(a: &[Vec<u8>]) -> Reply {
     let info = |c: &Spec| {
-        let flags = match c.kind {
-            Read => vec!["readonly", "fast"],
-            Write => vec!["write", "denyoom"],
-            Other => vec!["fast"],
+        let (flags, categories) = match c.kind {
+            Read => (vec!["readonly", "fast"], vec!["@read", "@string", "@fast"]),
+            Write => (vec!["write", "denyoom"], vec!["@write", "@string", "@slow"]),
+            Other => (vec!["fast"], vec!["@connection", "@fast"]),
         };
         Reply::Array(vec![
             Reply::Bulk(c.name.into()),
@@ -1542,6 +1547,16 @@ fn command(a: &[Vec<u8>]) -> Reply {
             Reply::Integer(c.keys.0),
             Reply::Integer(c.keys.1),
             Reply::Integer(c.keys.2),
+            // Redis 7's four more: ACL categories, tips, key specs, subcommands.
+            Reply::Set(
+                categories
+                    .into_iter()
+                    .map(|f| Reply::Simple(f.into()))
+                    .collect(),
+            ),
+            Reply::Array(vec![]),
+            Reply::Array(vec![]),
+            Reply::Array(vec![]),
         ])
     };
     let named = |names: &[Vec<u8>]| -> Vec<&'static Spec> {

@@ -65,8 +65,7 @@
 //! - One database: `SELECT 0` only.
 //! - `DBSIZE` walks the ring and counts each node's live keys page by page
 //!   ([`crate::message::Request::Keys`]): exact in a stable ring, a count rather than a snapshot while keys move, and it takes time
-//!   in proportion to the keys. `INFO keyspace` adds up the nodes' own key counts at once
-//!   instead, and those count a deleted key until its tombstone is collected.
+//!   in proportion to the keys. `INFO keyspace` reports the same count, at the same cost.
 //! - `FLUSHALL` deletes key by key, through every node's listing of its own range; it is off
 //!   unless the node runs with `--resp-flushall`, and a write racing it may survive it.
 
