@@ -1137,7 +1137,6 @@ impl<S: Storage> Kv<S> {
                 .is_some_and(|s| in_half_open(s.id, self.me.id, id))
     }
 
-    /// The versions of `key` in our storage (empty if absent).
     /// One page of the live keys of our range after `after` ([`Request::Keys`]).
     ///
     /// # Errors
@@ -1182,6 +1181,7 @@ impl<S: Storage> Kv<S> {
         })
     }
 
+    /// The versions of `key` in our storage (empty if absent).
     fn read_versions(&self, key: &[u8]) -> Result<Versioned> {
         match self.storage.get(key)? {
             Some(bytes) => Versioned::decode(&bytes),
