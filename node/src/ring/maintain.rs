@@ -412,6 +412,13 @@ impl Ring {
             }
         }
         if known {
+            // Stop watching it now rather than at the next heartbeat. A neighbour's stale list
+            // can bring it back before then; the detector must then watch it afresh (and
+            // suspect it again if it is still silent) instead of keeping the suspicion it
+            // already reported, which it never reports twice: such a node stayed in the
+            // successor list for good (the two sides of a partition kept naming each other in
+            // `tests/partition.rs`).
+            self.watch_neighbours(io.now());
             io.emit(Event::Suspected { node });
             // Remember it: if it was cut off rather than dead, it may be in another ring now.
             if !self.lost.iter().any(|n| n.id == node.id) {
@@ -434,11 +441,9 @@ impl Ring {
         found
     }
 
-    /// Heartbeats: watch the predecessor and successor list, probe whoever is due, act on
-    /// suspicions that came due.
-    pub(super) fn heartbeat(&mut self, io: &mut dyn RingIo) {
-        let now = io.now();
-        // Tell the detector who the neighbours are only when they changed: this runs every tick.
+    /// Tell the detector who the neighbours (predecessor and successors) are, if they changed
+    /// since it was last told: this runs every tick.
+    fn watch_neighbours(&mut self, now: u64) {
         let neighbours: Vec<NodeRef> = self.pred.iter().chain(self.succs.iter()).copied().collect();
         if neighbours != self.monitored {
             let set: BTreeSet<NodeRef> = neighbours
@@ -449,6 +454,13 @@ impl Ring {
             self.detector.monitor(set, now);
             self.monitored = neighbours;
         }
+    }
+
+    /// Heartbeats: watch the predecessor and successor list, probe whoever is due, act on
+    /// suspicions that came due.
+    pub(super) fn heartbeat(&mut self, io: &mut dyn RingIo) {
+        let now = io.now();
+        self.watch_neighbours(now);
         for v in self.detector.tick(now) {
             self.on_verdict(io, v);
         }
