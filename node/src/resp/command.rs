@@ -28,6 +28,10 @@ pub const MAX_ATTEMPTS: u32 = 100;
 /// that kept every key a long-lived connection touched would make each write slower.
 pub const SESSION_KEYS: usize = 256;
 
+/// How often an overwrite (`SET`) is sent again when the node cannot tell whether its own
+/// retry of it was applied.
+const MAX_OVERWRITE_ATTEMPTS: u32 = 8;
+
 /// Most keys a session compaction reads (from all N copies) before one write.
 const MAX_COMPACTION_READS: usize = crate::session::MAX_DEPS;
 
@@ -905,19 +909,26 @@ impl Client {
         context: &VersionVector,
         mode: WriteMode,
     ) -> Result<bool> {
-        let request = self
-            .write_request(key, value.clone(), context, mode)
-            .await?;
-        let response = self.conn.call(request).await;
-        if mode == WriteMode::Overwrite && matches!(response, Err(Error::Ambiguous(_))) {
-            // The node could not tell whether its retry of this write had been applied. An
-            // overwrite applied twice is the same write (the value stands either way), so it
-            // is sent once more as a new write rather than failing the SET.
-            let request = self.write_request(key, value, context, mode).await?;
+        let mut attempts = 0;
+        loop {
+            let request = self
+                .write_request(key, value.clone(), context, mode)
+                .await?;
             let response = self.conn.call(request).await;
+            attempts += 1;
+            if mode == WriteMode::Overwrite
+                && attempts < MAX_OVERWRITE_ATTEMPTS
+                && matches!(response, Err(Error::Ambiguous(_)))
+            {
+                // The node could not tell whether its retry of this write had been applied
+                // (many writes of one key through it came first). An overwrite applied twice
+                // is the same write (the value stands either way), so it is sent again as a
+                // new write rather than failing the SET.
+                metrics::counter!("chordkv_resp_overwrite_retries_total").increment(1);
+                continue;
+            }
             return self.observe_write(key, response);
         }
-        self.observe_write(key, response)
     }
 
     /// At the session's dependency bound, read its oldest unstable keys from all N copies to
