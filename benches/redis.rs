@@ -15,10 +15,12 @@
 //! `CHORDKV_REDIS_KEYS=K` spreads the commands over K random keys (`-r K`); by default
 //! (0) every command uses redis-benchmark's one key, as its plain `-t get,set` run does. Each
 //! RESP connection is a chordkv session, and a session's writes carry the keys it holds, so a
-//! key space per connection measures sessions as they fill: on the first runs, 50 connections
-//! over 1,000 random keys got 256 SETs/s from one node (p50 136 ms, against 12,000/s for the
-//! first 5,000 requests), and three nodes answered `-ERR session full` (a write would carry 580
-//! dependencies, the limit is 64), which stops redis-benchmark. `CHORDKV_REDIS_RING=0` skips
+//! key space per connection measures sessions as they fill: before a session's write measured
+//! its dependencies in one pass (and a connection's session was trimmed to 256 keys), 50
+//! connections over 1,000 random keys got 256 SETs/s from one node (p50 136 ms, against
+//! 12,000/s for the first 5,000 requests), and three nodes answered `-ERR session full` (a write
+//! would carry 580 dependencies, the limit is 64), which stops redis-benchmark; on three nodes
+//! that can still happen (writes acknowledged at W < N are not stable). `CHORDKV_REDIS_RING=0` skips
 //! (d). `CHORDKV_NODE_BIN` names a node binary to run instead of the release build. Needs
 //! `redis-server` and `redis-benchmark` on PATH (`apt-get install redis-server redis-tools`). Every process it starts is killed when it ends, and after each
 //! run what the SETs wrote is read back, so a port that answered errors cannot pass for a fast
