@@ -25,7 +25,7 @@ mod common;
 
 use chordkv_node::auth::Token;
 use chordkv_node::wire::Credential;
-use common::{CLIENT_TIMEOUT, CONVERGE, Cluster, free_addr, wait_until};
+use common::{CLIENT_TIMEOUT, CONVERGE, Cluster, LAGGING_COPY_FLAGS, free_addr, wait_until};
 use kvctl::Client;
 use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -893,21 +893,10 @@ fn siblings_from_a_blind_ckv_put_conflict_until_a_put_with_their_context() {
 fn a_connection_reads_its_own_write_when_the_copy_that_answers_lags() {
     // As in tests/sessions.rs: one copy per write and per read, anti-entropy off, and the key's
     // owner dropping what it sends to its first successor, which takes over when it dies.
-    let flags = [
-        "--allow-fault-injection",
-        "--sync-ms",
-        "600000",
-        "--write-quorum",
-        "1",
-        "--read-quorum",
-        "1",
-        "--request-timeout-ms",
-        "3000",
-    ];
     let mut cluster = Cluster::new();
     cluster.serve_resp();
     for i in 0..4 {
-        cluster.start_node((i > 0).then_some(0), &flags);
+        cluster.start_node((i > 0).then_some(0), &LAGGING_COPY_FLAGS);
     }
     cluster.wait_for_ring(&cluster.all());
     cluster.wait_for_all_copies();
@@ -971,21 +960,7 @@ fn tokens_decide_who_may_read_and_write() {
     let args = [&ALONE[..], &["--tokens-file", path(&tokens)]].concat();
     cluster.start_node(None, &args);
     let port = [cluster.resp_addr(0)];
-    let creds = [
-        "--user",
-        WRITER.0,
-        "--password",
-        WRITER.1,
-        "--ro-user",
-        READER.0,
-        "--ro-password",
-        READER.1,
-    ];
-    for protocol in ["2", "3"] {
-        let mut args = vec!["--protocol", protocol];
-        args.extend_from_slice(&creds);
-        python("auth", &port, &args);
-    }
+    python_auth(&port);
     // redis-cli with --user and --pass authenticates as the token's name and secret.
     let out = redis_cli_with_input(
         port[0],
@@ -1058,22 +1033,25 @@ fn redis_server_passes_the_same_checks() {
         "+@read",
         "+@connection",
     ]);
+    python_auth(&[acl.addr]);
+}
+
+/// client.py's `auth` scenario against `ports`, in RESP2 and RESP3, with the writer's and the
+/// reader's credentials.
+fn python_auth(ports: &[SocketAddr]) {
+    let creds = [
+        "--user",
+        WRITER.0,
+        "--password",
+        WRITER.1,
+        "--ro-user",
+        READER.0,
+        "--ro-password",
+        READER.1,
+    ];
     for protocol in ["2", "3"] {
-        python(
-            "auth",
-            &[acl.addr],
-            &[
-                "--protocol",
-                protocol,
-                "--user",
-                WRITER.0,
-                "--password",
-                WRITER.1,
-                "--ro-user",
-                READER.0,
-                "--ro-password",
-                READER.1,
-            ],
-        );
+        let mut args = vec!["--protocol", protocol];
+        args.extend_from_slice(&creds);
+        python("auth", ports, &args);
     }
 }

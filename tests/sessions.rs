@@ -13,24 +13,9 @@
 #[allow(dead_code)]
 mod common;
 
-use common::{Cluster, assert_prints, kvctl, stderr, wait_until};
+use common::{Cluster, LAGGING_COPY_FLAGS, assert_prints, kvctl, stderr, wait_until};
 use std::path::Path;
 use std::time::Duration;
-
-/// Flags for every node beyond the harness's fast timers. A client request gives up after
-/// 3 s (the default is 10), so a session read that no copy can serve fails quickly; kvctl's
-/// own timeout (the harness's 10 s) is longer, so kvctl hears why.
-const FLAGS: [&str; 9] = [
-    "--allow-fault-injection",
-    "--sync-ms",
-    "600000",
-    "--write-quorum",
-    "1",
-    "--read-quorum",
-    "1",
-    "--request-timeout-ms",
-    "3000",
-];
 
 /// How long the ring may take to repair after a node is killed.
 const REPAIR: Duration = Duration::from_secs(30);
@@ -40,7 +25,7 @@ fn in_session(file: &Path) -> [&str; 2] {
     ["--session", file.to_str().expect("a UTF-8 temporary path")]
 }
 
-/// Four nodes in the FLAGS setting; key `x`'s owner, its successors, and a session file.
+/// Four nodes in the LAGGING_COPY_FLAGS setting; key `x`'s owner, its successors, and a session file.
 struct Setup {
     cluster: Cluster,
     owner: usize,
@@ -49,7 +34,7 @@ struct Setup {
 }
 
 fn setup() -> Setup {
-    let cluster = Cluster::start_with(4, &FLAGS);
+    let cluster = Cluster::start_with(4, &LAGGING_COPY_FLAGS);
     // A write the owner sends only to the node it blocks would reach no other copy if the
     // owner's successor list were still short.
     cluster.wait_for_all_copies();

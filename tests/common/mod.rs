@@ -49,6 +49,22 @@ const FAST_TIMERS: [&str; 8] = [
     "500",
 ];
 
+/// Node flags for tests of a copy that lags: one copy per write and per read, anti-entropy off
+/// (so a lagging copy stays behind), fault injection on, and a client request that gives up
+/// after 3 s (the default is 10), so a session read no copy can serve fails quickly; kvctl's
+/// own timeout (10 s) is longer, so kvctl hears why.
+pub const LAGGING_COPY_FLAGS: [&str; 9] = [
+    "--allow-fault-injection",
+    "--sync-ms",
+    "600000",
+    "--write-quorum",
+    "1",
+    "--read-quorum",
+    "1",
+    "--request-timeout-ms",
+    "3000",
+];
+
 /// How many lines of each node's log to print when a test fails.
 const LOG_TAIL_LINES: usize = 60;
 
