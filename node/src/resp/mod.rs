@@ -19,11 +19,15 @@
 //! what it read and wrote, and its writes are ordered after them, whichever node owns the key
 //! and whichever copies answer. A client that opens several connections (a pool) has a session
 //! per connection; `CKV.SESSION GET` hands a connection's session out as an opaque blob and
-//! `CKV.SESSION SET blob` continues it on another connection, through any node. A session that
-//! reaches its key bound ([`crate::session::MAX_KEYS`]) forgets its oldest floors that every
-//! copy is known to hold (what the session essay's dependency bound already leaves out first), so
-//! a long-lived connection never fills up; only a session of that many keys none of which is
-//! stable is refused (`ERR session full`).
+//! `CKV.SESSION SET blob` continues it on another connection, through any node. A connection's
+//! session keeps at most [`command::SESSION_KEYS`] keys: past that, after each command, it
+//! forgets its oldest floors that every copy is known to hold (what the session essay's
+//! dependency bound already leaves out first; only a partition cutting off every copy of such a
+//! key could then show the connection an older state of it). So a long-lived connection never
+//! fills up, and a write's cost does not grow with the keys it touched. Unstable floors are
+//! kept: a connection whose writes cannot be shown stable (keys under constant writes on a ring
+//! of N > 1) compacts with reads of all N copies and, failing that, is refused
+//! (`ERR session full`).
 //!
 //! SIBLINGS AND READ-MODIFY-WRITE
 //!
