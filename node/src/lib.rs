@@ -25,6 +25,7 @@ pub mod storage;
 pub mod testing;
 pub mod tls;
 pub mod version;
+pub mod walk;
 pub mod wire;
 
 pub use error::{Error, Result};
