@@ -1143,13 +1143,13 @@ impl<S: Storage> Kv<S> {
     /// [`Error::InvalidInput`] for a page of no keys or over [`crate::message::MAX_ITEMS`];
     /// storage failures.
     fn list_keys(&self, ring: &Ring, after: Id, max: u32) -> Result<Response> {
-        let max = usize::try_from(max).unwrap_or(usize::MAX);
-        if max == 0 || max > crate::message::MAX_ITEMS {
-            return Err(Error::InvalidInput(format!(
-                "a page of keys holds 1 to {} keys",
-                crate::message::MAX_ITEMS
-            )));
-        }
+        let page = 1..=crate::message::MAX_ITEMS;
+        let max = usize::try_from(max)
+            .ok()
+            .filter(|m| page.contains(m))
+            .ok_or_else(|| {
+                Error::InvalidInput(format!("a page of keys holds 1 to {} keys", page.end()))
+            })?;
         let me = self.me.id;
         let start = ring.range_start().map_or(me, |p| p.id);
         let from = if after != me && in_half_open(start, me, after) {

@@ -12,9 +12,9 @@ use crate::message::{NodeRef, NodeStatus, ReadReply, Request, Response, WriteMod
 use crate::server::local::LocalConn;
 use crate::session::Session;
 use crate::version::{Context, VersionVector};
+use crate::walk::{RingMember, WalkEnd, walk_ring};
 use crate::wire::Channel;
 use crate::{Error, Result};
-use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -50,9 +50,6 @@ const MAX_SESSION_BLOB: usize = 1 << 20;
 
 /// Keys per page of `DBSIZE`'s and `FLUSHALL`'s listing of a node's range.
 const KEY_PAGE: u32 = 512;
-
-/// Most nodes a ring walk (`DBSIZE`, `INFO keyspace`, `CKV.RING`) visits.
-const MAX_RING_NODES: usize = 4096;
 
 /// Whether the connection goes on after a command.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -1137,29 +1134,34 @@ impl Client {
         }
     }
 
-    /// Every node of the ring with its status, following successors from this node (a node
-    /// that does not answer is passed over through the previous one's successor list).
+    /// Every node of the ring with its status, in id order: a walk from this node
+    /// ([`crate::walk::walk_ring`]). A node that does not answer, or a walk that does not close,
+    /// is `TRYAGAIN`: a count or a flush over part of the ring would pass for the whole.
     async fn walk(&mut self) -> Result<Vec<NodeStatus>> {
         let start = self.status().await?;
-        let mut seen: HashSet<NodeRef> = HashSet::from([start.node]);
-        let mut nodes = vec![start];
-        'walk: while nodes.len() < MAX_RING_NODES {
-            let last = nodes.last().expect("the walk starts with this node");
-            for succ in last.succs.clone() {
-                if succ == nodes[0].node {
-                    break 'walk;
-                }
-                if seen.contains(&succ) {
-                    continue;
-                }
-                seen.insert(succ);
-                if let Ok(status) = self.remote_status(succ.addr).await {
-                    nodes.push(status);
-                    continue 'walk;
-                }
-            }
-            break;
+        let this = &*self;
+        let view = walk_ring(start, |n: NodeRef| async move {
+            this.remote_status(n.addr).await
+        })
+        .await;
+        if let Some(RingMember::Unreachable { node, error }) =
+            view.nodes.iter().find(|m| m.status().is_none())
+        {
+            return Err(Error::Unavailable(format!(
+                "the ring is changing: {node} did not answer ({error})"
+            )));
         }
+        if view.end != WalkEnd::Closed {
+            return Err(Error::Unavailable(format!(
+                "the ring is changing: the walk ended {:?}",
+                view.end
+            )));
+        }
+        let mut nodes: Vec<NodeStatus> = view
+            .nodes
+            .into_iter()
+            .filter_map(|m| m.status().cloned())
+            .collect();
         nodes.sort_by_key(|s| s.node.id);
         Ok(nodes)
     }
