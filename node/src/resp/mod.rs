@@ -75,6 +75,7 @@
 
 pub(crate) mod command;
 pub mod frame;
+mod table;
 
 use crate::auth::{Access, Tokens};
 use crate::server::local::Core;
